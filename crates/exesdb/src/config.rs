@@ -1,0 +1,221 @@
+//! Settings of one store's System: where it keeps its data and every limit it enforces.
+//!
+//! Every limit is a named setting with its unit last (`append_events_max`, `writer_idle_ms`);
+//! the defaults suit a small server and can all be changed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::StartError;
+use crate::system::core::store::store_registry::NodeStores;
+
+/// The longest stream id the contract allows, in bytes.
+pub const STREAM_ID_BYTES_MAX: usize = 512;
+/// The longest event type the contract allows, in bytes.
+pub const EVENT_TYPE_BYTES_MAX: usize = 256;
+/// The longest store id, in bytes; store ids name directories, so they stay short and plain.
+pub const STORE_ID_BYTES_MAX: usize = 64;
+
+/// Limits the store enforces on requests; exceeding one gives `limit_exceeded`, never a crash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Data plus metadata of one event.
+    pub event_bytes_max: u64,
+    /// Events in one append.
+    pub append_events_max: u64,
+    /// Data plus metadata of all events in one append.
+    pub append_bytes_max: u64,
+    /// Events returned by one read (a page).
+    pub read_events_max: u64,
+    /// Snapshot data plus metadata.
+    pub snapshot_bytes_max: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            event_bytes_max: 1024 * 1024,
+            append_events_max: 10_000,
+            append_bytes_max: 16 * 1024 * 1024,
+            read_events_max: 10_000,
+            snapshot_bytes_max: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Restart intensity of a supervisor: more than `max_restarts` within `period_ms` and the
+/// supervisor gives up, stops its children and fails, so its own parent decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intensity {
+    /// Restarts tolerated within the period.
+    pub max_restarts: u32,
+    /// The sliding window, in milliseconds.
+    pub period_ms: u64,
+}
+
+impl Intensity {
+    pub(crate) fn period(&self) -> Duration {
+        Duration::from_millis(self.period_ms)
+    }
+}
+
+impl Default for Intensity {
+    /// OTP's default: 3 restarts in 5 seconds.
+    fn default() -> Self {
+        Intensity {
+            max_restarts: 3,
+            period_ms: 5_000,
+        }
+    }
+}
+
+/// Sizes of the worker pools and the queues in front of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Partitions of `StreamsWriters` (each a dynamic supervisor of per-stream writers).
+    pub streams_writers_partitions: usize,
+    /// Partitions of `StreamsReaders`.
+    pub streams_readers_partitions: usize,
+    /// Partitions of `SnapshotsWriters` and of `SnapshotsReaders`.
+    pub snapshots_partitions: usize,
+    /// Partitions of `EmitterPools`.
+    pub emitter_partitions: usize,
+    /// Partitions of `GatewayWorkers`.
+    pub gateway_partitions: usize,
+    /// Workers one partition may run at once; a request for one more gets `unavailable`.
+    pub workers_per_partition_max: usize,
+    /// A writer with no request for this long stops.
+    pub writer_idle_ms: u64,
+    /// A reader with no request for this long stops.
+    pub reader_idle_ms: u64,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            streams_writers_partitions: 4,
+            streams_readers_partitions: 4,
+            snapshots_partitions: 2,
+            emitter_partitions: 2,
+            gateway_partitions: 2,
+            workers_per_partition_max: 16_384,
+            writer_idle_ms: 10_000,
+            reader_idle_ms: 10_000,
+        }
+    }
+}
+
+/// Settings of the Store's committer (group commit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitSettings {
+    /// Commands waiting for the committer; a writer waits when the queue is full.
+    pub commit_queue_commands_max: usize,
+    /// Commands applied in one storage batch (one fsync).
+    pub commit_batch_commands_max: usize,
+    /// Stream versions kept in memory; older entries are re-read from storage.
+    pub stream_head_cache_entries_max: usize,
+    /// Requests (appends, reads, snapshot calls) in flight through the API at once.
+    pub requests_in_flight_max: usize,
+    /// How long a request waits for a free slot before `unavailable`.
+    pub request_admission_wait_ms: u64,
+}
+
+impl Default for CommitSettings {
+    fn default() -> Self {
+        CommitSettings {
+            commit_queue_commands_max: 8_192,
+            commit_batch_commands_max: 2_048,
+            stream_head_cache_entries_max: 100_000,
+            requests_in_flight_max: 8_192,
+            request_admission_wait_ms: 5_000,
+        }
+    }
+}
+
+/// Everything needed to start one store's System.
+#[derive(Debug, Clone)]
+pub struct SystemConfig {
+    /// The node's data directory; this store lives in `<data_dir>/<store_id>`.
+    pub data_dir: PathBuf,
+    /// The store's name (`default` unless told otherwise).
+    pub store_id: String,
+    /// Request limits.
+    pub limits: Limits,
+    /// Pool sizes and idle times.
+    pub pools: PoolSettings,
+    /// Committer settings.
+    pub commit: CommitSettings,
+    /// Restart intensity of every supervisor in the tree.
+    pub intensity: Intensity,
+    /// How long a process gets to stop before it is killed, in milliseconds.
+    pub shutdown_timeout_ms: u64,
+    /// The stores hosted by this node; Systems started with the same value list each other.
+    pub node_stores: NodeStores,
+}
+
+impl SystemConfig {
+    /// A configuration with the defaults for `store_id` under `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>, store_id: impl Into<String>) -> Self {
+        SystemConfig {
+            data_dir: data_dir.into(),
+            store_id: store_id.into(),
+            limits: Limits::default(),
+            pools: PoolSettings::default(),
+            commit: CommitSettings::default(),
+            intensity: Intensity::default(),
+            shutdown_timeout_ms: 10_000,
+            node_stores: NodeStores::default(),
+        }
+    }
+
+    /// The directory of this store's data.
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join(&self.store_id)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), StartError> {
+        validate_store_id(&self.store_id).map_err(StartError::InvalidConfig)?;
+        let pools = &self.pools;
+        for (name, value) in [
+            ("streams_writers_partitions", pools.streams_writers_partitions),
+            ("streams_readers_partitions", pools.streams_readers_partitions),
+            ("snapshots_partitions", pools.snapshots_partitions),
+            ("emitter_partitions", pools.emitter_partitions),
+            ("gateway_partitions", pools.gateway_partitions),
+            ("workers_per_partition_max", pools.workers_per_partition_max),
+            ("commit_queue_commands_max", self.commit.commit_queue_commands_max),
+            ("commit_batch_commands_max", self.commit.commit_batch_commands_max),
+            ("stream_head_cache_entries_max", self.commit.stream_head_cache_entries_max),
+            ("requests_in_flight_max", self.commit.requests_in_flight_max),
+        ] {
+            if value == 0 {
+                return Err(StartError::InvalidConfig(format!("{name} must be at least 1")));
+            }
+        }
+        let limits = &self.limits;
+        if limits.append_events_max == 0 || limits.read_events_max == 0 {
+            return Err(StartError::InvalidConfig(
+                "append_events_max and read_events_max must be at least 1".into(),
+            ));
+        }
+        if limits.event_bytes_max > limits.append_bytes_max {
+            return Err(StartError::InvalidConfig(
+                "event_bytes_max cannot exceed append_bytes_max".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Store ids name directories: 1..=64 ASCII letters, digits, `-` or `_`.
+pub fn validate_store_id(store_id: &str) -> Result<(), String> {
+    let plain = store_id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if store_id.is_empty() || store_id.len() > STORE_ID_BYTES_MAX || !plain {
+        return Err(format!(
+            "store id {store_id:?} must be 1 to {STORE_ID_BYTES_MAX} ASCII letters, digits, '-' or '_'"
+        ));
+    }
+    Ok(())
+}

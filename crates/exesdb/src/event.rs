@@ -1,0 +1,185 @@
+//! The data model of the contract: events as written and as recorded, expected versions,
+//! append results, and the validation of stream ids.
+
+use std::fmt;
+
+use uuid::Uuid;
+
+use crate::config::STREAM_ID_BYTES_MAX;
+use crate::error::StoreError;
+
+/// The id of the global stream of every event in the store, in position order.
+pub const ALL_STREAM: &str = "$all";
+
+/// The content type events get when the writer names none.
+pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+
+/// An event as a client writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The event's id; the store generates a UUID v7 when it is `None`.
+    pub event_id: Option<Uuid>,
+    /// What happened, e.g. `OrderPlaced` (1..=256 bytes).
+    pub event_type: String,
+    /// The payload.
+    pub data: Vec<u8>,
+    /// Anything the writer wants to keep beside the payload.
+    pub metadata: Vec<u8>,
+    /// How `data` is encoded.
+    pub data_content_type: String,
+    /// How `metadata` is encoded.
+    pub metadata_content_type: String,
+}
+
+impl NewEvent {
+    /// An event with the given type and data, no metadata, and the default content types.
+    pub fn new(event_type: impl Into<String>, data: impl Into<Vec<u8>>) -> Self {
+        NewEvent {
+            event_id: None,
+            event_type: event_type.into(),
+            data: data.into(),
+            metadata: Vec::new(),
+            data_content_type: DEFAULT_CONTENT_TYPE.to_string(),
+            metadata_content_type: DEFAULT_CONTENT_TYPE.to_string(),
+        }
+    }
+
+    /// An event whose data is JSON text.
+    pub fn json(event_type: impl Into<String>, data: &serde_json::Value) -> Self {
+        let mut event = NewEvent::new(event_type, data.to_string());
+        event.data_content_type = "application/json".to_string();
+        event
+    }
+
+    /// Sets the event id, making a retry of the same append idempotent.
+    pub fn with_id(mut self, event_id: Uuid) -> Self {
+        self.event_id = Some(event_id);
+        self
+    }
+
+    /// Sets the metadata and its content type.
+    pub fn with_metadata(mut self, metadata: impl Into<Vec<u8>>, content_type: &str) -> Self {
+        self.metadata = metadata.into();
+        self.metadata_content_type = content_type.to_string();
+        self
+    }
+}
+
+/// An event as the store recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// The stream it belongs to.
+    pub stream_id: String,
+    /// Its 0-based version within the stream.
+    pub event_number: u64,
+    /// Its 0-based, gapless place in the store's global order.
+    pub position: u64,
+    /// Its id.
+    pub event_id: Uuid,
+    /// What happened.
+    pub event_type: String,
+    /// The payload.
+    pub data: Vec<u8>,
+    /// The writer's metadata.
+    pub metadata: Vec<u8>,
+    /// How `data` is encoded.
+    pub data_content_type: String,
+    /// How `metadata` is encoded.
+    pub metadata_content_type: String,
+    /// When the store accepted it: microseconds since the Unix epoch, UTC.
+    pub created_micros: i64,
+}
+
+/// What version a stream must be at for an append to go ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must have no events (version -1).
+    NoStream,
+    /// The stream must have at least one event.
+    StreamExists,
+    /// The stream's last event must have this number.
+    Exact(u64),
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any"),
+            ExpectedVersion::NoStream => f.write_str("no_stream"),
+            ExpectedVersion::StreamExists => f.write_str("stream_exists"),
+            ExpectedVersion::Exact(version) => write!(f, "{version}"),
+        }
+    }
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    /// Event number of the first event written.
+    pub first_event_number: u64,
+    /// Event number of the last event written: the stream's new version.
+    pub last_event_number: u64,
+    /// Global position of the first event written.
+    pub first_position: u64,
+    /// Global position of the last event written.
+    pub last_position: u64,
+}
+
+/// Which way a read goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    /// Oldest first.
+    #[default]
+    Forward,
+    /// Newest first.
+    Backward,
+}
+
+/// A read of `$all`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadAllRequest {
+    /// The first position to consider; `None` is the start (forward) or the end (backward).
+    pub from_position: Option<u64>,
+    /// At most this many events are returned.
+    pub count: u64,
+    /// Which way to read.
+    pub direction: Direction,
+    /// Only events of streams whose id starts with this.
+    pub stream_prefix: Option<String>,
+    /// Only events of these types (all types when empty).
+    pub event_types: Vec<String>,
+}
+
+/// A stream and its version, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// The stream's id.
+    pub stream_id: String,
+    /// The number of its last event.
+    pub version: u64,
+}
+
+/// Checks a stream id against the contract: UTF-8 (guaranteed by `&str`), 1..=512 bytes, no
+/// control characters, and not reserved (`$...`) unless `allow_reserved`.
+pub fn validate_stream_id(stream_id: &str, allow_reserved: bool) -> Result<(), StoreError> {
+    if stream_id.is_empty() {
+        return Err(StoreError::invalid("stream id is empty"));
+    }
+    if stream_id.len() > STREAM_ID_BYTES_MAX {
+        return Err(StoreError::invalid(format!(
+            "stream id is {} bytes; the most is {STREAM_ID_BYTES_MAX}",
+            stream_id.len()
+        )));
+    }
+    if stream_id.chars().any(char::is_control) {
+        return Err(StoreError::invalid("stream id contains a control character"));
+    }
+    if !allow_reserved && stream_id.starts_with('$') {
+        return Err(StoreError::invalid(format!(
+            "stream id {stream_id:?} starts with '$', which is reserved for system streams"
+        )));
+    }
+    Ok(())
+}

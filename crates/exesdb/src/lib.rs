@@ -1,0 +1,24 @@
+//! ExESDB in Rust: an event store for event-sourced systems, embeddable in a Rust program or
+//! run as a server, built as the supervision tree of the Elixir original.
+//!
+//! Start a store with [`System::start`], then append, read, snapshot and stop through the
+//! returned [`System`]. `docs/ARCHITECTURE.md` maps the code; `docs/DURABILITY.md` says when
+//! bytes reach the disk.
+
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod storage;
+pub mod supervision;
+pub mod system;
+
+pub use config::{CommitSettings, Intensity, Limits, PoolSettings, SystemConfig};
+pub use error::{StartError, StoreError};
+pub use event::{
+    ALL_STREAM, AppendResult, Direction, ExpectedVersion, NewEvent, ReadAllRequest,
+    RecordedEvent, StreamInfo,
+};
+pub use supervision::{Kind, Strategy, TreeSnapshot};
+pub use system::context::CommitStats;
+pub use system::core::store::store_registry::NodeStores;
+pub use system::{Snapshot, SnapshotVersion, System};

@@ -1,0 +1,487 @@
+//! The store's data on disk: fjall keyspaces, their key layout, the format marker, and the
+//! reads every reader process shares. Writes happen only in the Store's committer, through
+//! [`Storage::durable_batch`]; see `docs/DURABILITY.md` for the layout and the crash analysis.
+
+pub mod codec;
+
+use std::fs;
+use std::io::Write;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+use uuid::Uuid;
+
+use crate::error::{StartError, StoreError};
+use crate::event::{Direction, ReadAllRequest, RecordedEvent, StreamInfo};
+use codec::{CorruptRecord, SnapshotRecord, decode_event, decode_event_header};
+
+/// The on-disk format this build writes and reads. Bump it with every incompatible change and
+/// record the change in the format log of `docs/DURABILITY.md`.
+pub const FORMAT_VERSION: u32 = 1;
+const FORMAT_FILE: &str = "FORMAT";
+const FORMAT_PREFIX: &str = "exesdb-format ";
+const ENGINE_DIR: &str = "fjall";
+
+/// Separates the parts of composite keys. Stream ids, snapshot source and stream uuids never
+/// contain control characters, so the separator cannot occur inside a part.
+const SEPARATOR: u8 = 0;
+
+/// A failure of the storage layer while serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The engine failed (I/O, full disk, poisoned after an earlier failure).
+    #[error("storage engine error: {0}")]
+    Engine(#[from] fjall::Error),
+    /// A stored record failed its checksum or structure checks.
+    #[error("corrupt record in {keyspace}: {detail}")]
+    Corrupt {
+        keyspace: &'static str,
+        detail: String,
+    },
+}
+
+impl From<StorageError> for StoreError {
+    fn from(error: StorageError) -> Self {
+        StoreError::Unavailable(error.to_string())
+    }
+}
+
+fn corrupt(keyspace: &'static str) -> impl Fn(CorruptRecord) -> StorageError {
+    move |error| StorageError::Corrupt {
+        keyspace,
+        detail: error.0,
+    }
+}
+
+/// A stored snapshot with its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    pub source_uuid: String,
+    pub stream_uuid: String,
+    pub version: u64,
+    pub record: SnapshotRecord,
+}
+
+/// The open storage of one store.
+pub struct Storage {
+    db: Database,
+    /// position (u64 BE) → event record.
+    pub(crate) log: Keyspace,
+    /// stream id, 0, event number (u64 BE) → position (u64 BE).
+    pub(crate) stream_index: Keyspace,
+    /// stream id → version (u64 BE); a stream exists iff it has a head.
+    pub(crate) stream_heads: Keyspace,
+    /// stream id, 0, event id (16 bytes) → event number (u64 BE); for idempotent retries.
+    pub(crate) event_ids: Keyspace,
+    /// source uuid, 0, stream uuid, 0, version (u64 BE) → snapshot record.
+    pub(crate) snapshots: Keyspace,
+    /// subscription key → subscription definition (written by `SubscriptionsWriter`).
+    pub(crate) subscriptions: Keyspace,
+    /// subscription key → checkpoint position (u64 BE).
+    #[expect(dead_code, reason = "persistent subscriptions (issue 4) write checkpoints")]
+    pub(crate) checkpoints: Keyspace,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("path", &self.path).finish()
+    }
+}
+
+impl Storage {
+    /// Opens (or creates) the store directory, refusing a directory of another format.
+    pub fn open(dir: &Path) -> Result<Storage, StartError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StartError::Io { path, source }
+        };
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        check_or_write_format(dir)?;
+        let engine_dir = dir.join(ENGINE_DIR);
+        let storage_error = |error: fjall::Error| StartError::Storage {
+            path: engine_dir.clone(),
+            message: error.to_string(),
+        };
+        let db = Database::builder(&engine_dir)
+            .open()
+            .map_err(storage_error)?;
+        let keyspace = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let storage = Storage {
+            log: keyspace("log").map_err(storage_error)?,
+            stream_index: keyspace("stream_index").map_err(storage_error)?,
+            stream_heads: keyspace("stream_heads").map_err(storage_error)?,
+            event_ids: keyspace("event_ids").map_err(storage_error)?,
+            snapshots: keyspace("snapshots").map_err(storage_error)?,
+            subscriptions: keyspace("subscriptions").map_err(storage_error)?,
+            checkpoints: keyspace("checkpoints").map_err(storage_error)?,
+            db,
+            path: dir.to_path_buf(),
+        };
+        Ok(storage)
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A batch that fsyncs its journal (`SyncData`) when committed. `durability` consumes the
+    /// batch and returns a new one: dropping the returned value would silently lose the mode.
+    pub(crate) fn durable_batch(&self) -> OwnedWriteBatch {
+        self.db.batch().durability(Some(PersistMode::SyncData))
+    }
+
+    /// The position the next event gets: one past the last in the log.
+    pub fn next_position(&self) -> Result<u64, StorageError> {
+        match self.log.last_key_value() {
+            None => Ok(0),
+            Some(guard) => {
+                let key = guard.key()?;
+                Ok(decode_u64(&key, "log")? + 1)
+            }
+        }
+    }
+
+    /// The version of a stream, or `None` when it has no events.
+    pub fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, StorageError> {
+        match self.stream_heads.get(stream_id.as_bytes())? {
+            None => Ok(None),
+            Some(value) => Ok(Some(decode_u64(&value, "stream_heads")?)),
+        }
+    }
+
+    /// The position of event `event_number` of a stream.
+    pub fn position_of(
+        &self,
+        stream_id: &str,
+        event_number: u64,
+    ) -> Result<Option<u64>, StorageError> {
+        match self.stream_index.get(stream_index_key(stream_id, event_number))? {
+            None => Ok(None),
+            Some(value) => Ok(Some(decode_u64(&value, "stream_index")?)),
+        }
+    }
+
+    /// The event id recorded at a position.
+    pub fn event_id_at(&self, position: u64) -> Result<Option<Uuid>, StorageError> {
+        match self.log.get(position.to_be_bytes())? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(decode_event_header(&bytes).map_err(corrupt("log"))?.1)),
+        }
+    }
+
+    /// The event number at which `event_id` was recorded in a stream, if it was.
+    pub fn event_number_of_id(
+        &self,
+        stream_id: &str,
+        event_id: Uuid,
+    ) -> Result<Option<u64>, StorageError> {
+        match self.event_ids.get(event_id_key(stream_id, event_id))? {
+            None => Ok(None),
+            Some(value) => Ok(Some(decode_u64(&value, "event_ids")?)),
+        }
+    }
+
+    /// The event at a position.
+    pub fn event_at(&self, position: u64) -> Result<Option<RecordedEvent>, StorageError> {
+        match self.log.get(position.to_be_bytes())? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(decode_event(position, &bytes).map_err(corrupt("log"))?)),
+        }
+    }
+
+    /// Up to `count` events of a stream starting at `from` (inclusive); `None` starts at the
+    /// first event (forward) or the last (backward).
+    pub fn read_stream(
+        &self,
+        stream_id: &str,
+        from: Option<u64>,
+        count: u64,
+        direction: Direction,
+    ) -> Result<Vec<RecordedEvent>, StorageError> {
+        let start = stream_index_key(stream_id, 0);
+        let end = stream_index_key(stream_id, u64::MAX);
+        let range = match (direction, from) {
+            (Direction::Forward, Some(from)) => {
+                self.stream_index.range(stream_index_key(stream_id, from)..=end)
+            }
+            (Direction::Forward, None) => self.stream_index.range(start..=end),
+            (Direction::Backward, Some(from)) => {
+                self.stream_index.range(start..=stream_index_key(stream_id, from))
+            }
+            (Direction::Backward, None) => self.stream_index.range(start..=end),
+        };
+        let positions: Box<dyn Iterator<Item = fjall::Guard>> = match direction {
+            Direction::Forward => Box::new(range),
+            Direction::Backward => Box::new(range.rev()),
+        };
+        let mut events = Vec::new();
+        for guard in positions.take(usize::try_from(count).unwrap_or(usize::MAX)) {
+            let position = decode_u64(&guard.value()?, "stream_index")?;
+            let event = self.event_at(position)?.ok_or_else(|| StorageError::Corrupt {
+                keyspace: "stream_index",
+                detail: format!("{stream_id} points at missing position {position}"),
+            })?;
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    /// Up to `count` events of `$all` that pass the request's filters.
+    pub fn read_all(&self, request: &ReadAllRequest) -> Result<Vec<RecordedEvent>, StorageError> {
+        let iter = match (request.direction, request.from_position) {
+            (Direction::Forward, Some(from)) => self.log.range(from.to_be_bytes()..),
+            (Direction::Forward, None) => self.log.iter(),
+            (Direction::Backward, Some(from)) => self.log.range(..=from.to_be_bytes()),
+            (Direction::Backward, None) => self.log.iter(),
+        };
+        let records: Box<dyn Iterator<Item = fjall::Guard>> = match request.direction {
+            Direction::Forward => Box::new(iter),
+            Direction::Backward => Box::new(iter.rev()),
+        };
+        let filtered = request.stream_prefix.is_some() || !request.event_types.is_empty();
+        let mut events = Vec::new();
+        for guard in records {
+            if events.len() as u64 >= request.count {
+                break;
+            }
+            let (key, value) = guard.into_inner()?;
+            if filtered {
+                let (stream_id, _, event_type) =
+                    decode_event_header(&value).map_err(corrupt("log"))?;
+                let stream_ok = request
+                    .stream_prefix
+                    .as_ref()
+                    .is_none_or(|prefix| stream_id.starts_with(prefix.as_str()));
+                let type_ok =
+                    request.event_types.is_empty() || request.event_types.contains(&event_type);
+                if !(stream_ok && type_ok) {
+                    continue;
+                }
+            }
+            let position = decode_u64(&key, "log")?;
+            events.push(decode_event(position, &value).map_err(corrupt("log"))?);
+        }
+        Ok(events)
+    }
+
+    /// Streams in id order, starting after `after`.
+    pub fn list_streams(
+        &self,
+        after: Option<&str>,
+        count: u64,
+    ) -> Result<Vec<StreamInfo>, StorageError> {
+        let lower = match after {
+            Some(after) => Bound::Excluded(after.as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut streams = Vec::new();
+        for guard in self
+            .stream_heads
+            .range::<Vec<u8>, _>((lower, Bound::Unbounded))
+            .take(usize::try_from(count).unwrap_or(usize::MAX))
+        {
+            let (key, value) = guard.into_inner()?;
+            let stream_id = String::from_utf8(key.to_vec()).map_err(|_| StorageError::Corrupt {
+                keyspace: "stream_heads",
+                detail: "stream id is not UTF-8".into(),
+            })?;
+            streams.push(StreamInfo {
+                stream_id,
+                version: decode_u64(&value, "stream_heads")?,
+            });
+        }
+        Ok(streams)
+    }
+
+    /// The snapshot at exactly `version`, or the latest at or below it.
+    pub fn read_snapshot(
+        &self,
+        source_uuid: &str,
+        stream_uuid: &str,
+        version: u64,
+        exact: bool,
+    ) -> Result<Option<StoredSnapshot>, StorageError> {
+        let found = if exact {
+            let key = snapshot_key(source_uuid, stream_uuid, version);
+            self.snapshots.get(&key)?.map(|value| (key, value))
+        } else {
+            let lower = snapshot_key(source_uuid, stream_uuid, 0);
+            let upper = snapshot_key(source_uuid, stream_uuid, version);
+            match self.snapshots.range(lower..=upper).next_back() {
+                None => None,
+                Some(guard) => {
+                    let (key, value) = guard.into_inner()?;
+                    Some((key.to_vec(), value))
+                }
+            }
+        };
+        found
+            .map(|(key, value)| decode_snapshot(&key, &value))
+            .transpose()
+    }
+
+    /// Snapshots whose source (and, if given, stream) match, in key order.
+    pub fn list_snapshots(
+        &self,
+        source_uuid: Option<&str>,
+        stream_uuid: Option<&str>,
+        count: u64,
+    ) -> Result<Vec<StoredSnapshot>, StorageError> {
+        let mut prefix = Vec::new();
+        if let Some(source) = source_uuid {
+            prefix.extend_from_slice(source.as_bytes());
+            prefix.push(SEPARATOR);
+            if let Some(stream) = stream_uuid {
+                prefix.extend_from_slice(stream.as_bytes());
+                prefix.push(SEPARATOR);
+            }
+        }
+        let mut snapshots = Vec::new();
+        for guard in self
+            .snapshots
+            .prefix(&prefix)
+            .take(usize::try_from(count).unwrap_or(usize::MAX))
+        {
+            let (key, value) = guard.into_inner()?;
+            let snapshot = decode_snapshot(&key, &value)?;
+            if source_uuid.is_none() && stream_uuid.is_some_and(|s| s != snapshot.stream_uuid) {
+                continue;
+            }
+            snapshots.push(snapshot);
+        }
+        Ok(snapshots)
+    }
+}
+
+fn decode_snapshot(key: &[u8], value: &[u8]) -> Result<StoredSnapshot, StorageError> {
+    let bad_key = || StorageError::Corrupt {
+        keyspace: "snapshots",
+        detail: "malformed key".into(),
+    };
+    if key.len() < 10 {
+        return Err(bad_key());
+    }
+    let (names, version) = key.split_at(key.len() - 8);
+    let names = names.strip_suffix(&[SEPARATOR]).ok_or_else(bad_key)?;
+    let split = names.iter().position(|b| *b == SEPARATOR).ok_or_else(bad_key)?;
+    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| bad_key());
+    Ok(StoredSnapshot {
+        source_uuid: text(&names[..split])?,
+        stream_uuid: text(&names[split + 1..])?,
+        version: decode_u64(version, "snapshots")?,
+        record: SnapshotRecord::decode(value).map_err(corrupt("snapshots"))?,
+    })
+}
+
+pub(crate) fn decode_u64(bytes: &[u8], keyspace: &'static str) -> Result<u64, StorageError> {
+    let array: [u8; 8] = bytes.try_into().map_err(|_| StorageError::Corrupt {
+        keyspace,
+        detail: format!("expected 8 bytes, found {}", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(array))
+}
+
+pub(crate) fn stream_index_key(stream_id: &str, event_number: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream_id.len() + 9);
+    key.extend_from_slice(stream_id.as_bytes());
+    key.push(SEPARATOR);
+    key.extend_from_slice(&event_number.to_be_bytes());
+    key
+}
+
+pub(crate) fn event_id_key(stream_id: &str, event_id: Uuid) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream_id.len() + 17);
+    key.extend_from_slice(stream_id.as_bytes());
+    key.push(SEPARATOR);
+    key.extend_from_slice(event_id.as_bytes());
+    key
+}
+
+pub(crate) fn snapshot_key(source_uuid: &str, stream_uuid: &str, version: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(source_uuid.len() + stream_uuid.len() + 10);
+    key.extend_from_slice(source_uuid.as_bytes());
+    key.push(SEPARATOR);
+    key.extend_from_slice(stream_uuid.as_bytes());
+    key.push(SEPARATOR);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+/// Reads the directory's format marker, or writes it (durably) into a new, empty directory.
+fn check_or_write_format(dir: &Path) -> Result<(), StartError> {
+    let format_path = dir.join(FORMAT_FILE);
+    let io = |source| StartError::Io {
+        path: format_path.clone(),
+        source,
+    };
+    match fs::read_to_string(&format_path) {
+        Ok(text) => {
+            let found = text.trim().to_string();
+            let version = found
+                .strip_prefix(FORMAT_PREFIX)
+                .and_then(|v| v.parse::<u32>().ok());
+            if version == Some(FORMAT_VERSION) {
+                Ok(())
+            } else {
+                Err(StartError::UnsupportedFormat {
+                    path: dir.to_path_buf(),
+                    found,
+                    supported: FORMAT_VERSION,
+                })
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let mut entries = fs::read_dir(dir).map_err(io)?;
+            if entries.next().is_some() {
+                return Err(StartError::NotADataDirectory {
+                    path: dir.to_path_buf(),
+                });
+            }
+            // Written to a temporary name, synced, renamed and the directory synced, so a crash
+            // leaves either no marker (and an empty directory) or a complete one.
+            let temporary = dir.join(format!("{FORMAT_FILE}.tmp"));
+            let mut file = fs::File::create(&temporary).map_err(io)?;
+            writeln!(file, "{FORMAT_PREFIX}{FORMAT_VERSION}").map_err(io)?;
+            file.sync_all().map_err(io)?;
+            fs::rename(&temporary, &format_path).map_err(io)?;
+            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            Ok(())
+        }
+        Err(error) => Err(io(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_directory_gets_a_format_marker_and_reopens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = dir.path().join("s");
+        drop(Storage::open(&store).expect("creates"));
+        let marker = fs::read_to_string(store.join(FORMAT_FILE)).expect("marker");
+        assert_eq!(marker.trim(), format!("exesdb-format {FORMAT_VERSION}"));
+        drop(Storage::open(&store).expect("reopens"));
+    }
+
+    #[test]
+    fn a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join(FORMAT_FILE), "exesdb-format 99\n").expect("write");
+        let error = Storage::open(dir.path()).expect_err("must refuse");
+        assert!(matches!(error, StartError::UnsupportedFormat { .. }), "{error}");
+        assert!(error.to_string().contains("exesdb-format 99"));
+    }
+
+    #[test]
+    fn a_foreign_directory_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("something"), "x").expect("write");
+        let error = Storage::open(dir.path()).expect_err("must refuse");
+        assert!(matches!(error, StartError::NotADataDirectory { .. }), "{error}");
+    }
+}

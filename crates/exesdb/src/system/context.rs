@@ -1,0 +1,127 @@
+//! What every process of one store's tree shares: the configuration, the open storage, the
+//! door to the Store's committer, and the commit notices. It outlives process restarts;
+//! process state is always re-derived from it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::SystemConfig;
+use crate::error::StoreError;
+use crate::storage::Storage;
+use crate::system::core::store::state_machine::{Command, Outcome};
+
+/// A command waiting for the committer, with the channel its outcome goes back on.
+pub struct CommitRequest {
+    pub command: Command,
+    pub reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+/// What the committer's queue carries.
+pub enum CommitMsg {
+    Command(CommitRequest),
+    /// Finish what is queued, then exit.
+    Stop,
+}
+
+/// Counters of the commit path, for benchmarks and metrics.
+#[derive(Debug, Default)]
+pub struct CommitCounters {
+    /// Storage batches committed (one fsync each).
+    pub batches: AtomicU64,
+    /// Commands in those batches.
+    pub commands: AtomicU64,
+    /// Events appended by those batches.
+    pub events: AtomicU64,
+}
+
+/// A copy of the commit counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitStats {
+    pub batches: u64,
+    pub commands: u64,
+    pub events: u64,
+}
+
+/// The shared context of one store's System.
+pub struct StoreContext {
+    pub config: SystemConfig,
+    pub storage: Arc<Storage>,
+    committer: RwLock<Option<mpsc::Sender<CommitMsg>>>,
+    /// Held by the running committer thread, so that a restarted Store's committer cannot
+    /// start (and derive its state) before the previous one has finished.
+    pub committer_lease: Arc<Mutex<()>>,
+    /// The position one past the last durable event: "committed up to".
+    pub committed: watch::Sender<u64>,
+    pub counters: CommitCounters,
+    /// Whether this node leads the store (always, in single mode); kept by `LeaderTracker`.
+    pub leader: AtomicBool,
+}
+
+impl StoreContext {
+    pub fn new(config: SystemConfig, storage: Arc<Storage>, next_position: u64) -> Self {
+        StoreContext {
+            config,
+            storage,
+            committer: RwLock::new(None),
+            committer_lease: Arc::new(Mutex::new(())),
+            committed: watch::Sender::new(next_position),
+            counters: CommitCounters::default(),
+            leader: AtomicBool::new(false),
+        }
+    }
+
+    pub fn store_id(&self) -> &str {
+        &self.config.store_id
+    }
+
+    pub(crate) fn set_committer(&self, queue: Option<mpsc::Sender<CommitMsg>>) {
+        *self
+            .committer
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = queue;
+    }
+
+    fn committer(&self) -> Option<mpsc::Sender<CommitMsg>> {
+        self.committer
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Queues a command for the committer; the outcome arrives on `reply`. When the queue is
+    /// full this waits (backpressure); when there is no committer the reply is `unavailable`.
+    pub async fn submit(
+        &self,
+        command: Command,
+        reply: oneshot::Sender<Result<Outcome, StoreError>>,
+    ) {
+        let Some(queue) = self.committer() else {
+            let _ = reply.send(Err(StoreError::unavailable(
+                "the store is restarting or stopping",
+            )));
+            return;
+        };
+        if let Err(mpsc::error::SendError(CommitMsg::Command(request))) = queue
+            .send(CommitMsg::Command(CommitRequest { command, reply }))
+            .await
+        {
+            let _ = request.reply.send(Err(StoreError::unavailable(
+                "the store stopped before accepting the command",
+            )));
+        }
+    }
+
+    pub fn commit_stats(&self) -> CommitStats {
+        CommitStats {
+            batches: self.counters.batches.load(Ordering::Relaxed),
+            commands: self.counters.commands.load(Ordering::Relaxed),
+            events: self.counters.events.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,7 @@
+//! `ExESDB.CoreSystem` [S] (:one_for_all): `PersistenceSystem`, `NotificationSystem`,
+//! `StoreSystem`. Tightly coupled (workers submit to the Store, emitters follow its commits),
+//! so any of them failing restarts all three from a consistent start.
+
+pub mod notification;
+pub mod persistence;
+pub mod store;

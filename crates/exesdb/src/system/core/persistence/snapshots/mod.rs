@@ -1,0 +1,89 @@
+//! `ExESDB.Snapshots` [S] (:one_for_one): `SnapshotsWriters` [PS] and `SnapshotsReaders` [PS],
+//! one worker per (source uuid, stream uuid) being written or read. Writes go through the
+//! Store's committer like appends (durable before the reply); reads go to storage.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::error::StoreError;
+use crate::storage::StoredSnapshot;
+use crate::supervision::pool::KeyedWork;
+use crate::system::context::StoreContext;
+use crate::system::core::store::state_machine::{Command, Outcome};
+
+/// A snapshot write (record or delete) on its way to the committer.
+pub struct SnapshotWrite {
+    pub command: Command,
+    pub reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+/// What snapshot writers do.
+pub struct SnapshotsWriterWork {
+    pub context: Arc<StoreContext>,
+}
+
+impl KeyedWork for SnapshotsWriterWork {
+    type Request = SnapshotWrite;
+    const WORKER_NAME: &'static str = "ExESDB.SnapshotsWriter";
+
+    async fn handle(&self, _key: &str, request: SnapshotWrite) {
+        self.context.submit(request.command, request.reply).await;
+    }
+}
+
+/// A snapshot read.
+pub enum SnapshotRead {
+    Read {
+        source_uuid: String,
+        stream_uuid: String,
+        version: u64,
+        exact: bool,
+        reply: oneshot::Sender<Result<Option<StoredSnapshot>, StoreError>>,
+    },
+    List {
+        source_uuid: Option<String>,
+        stream_uuid: Option<String>,
+        count: u64,
+        reply: oneshot::Sender<Result<Vec<StoredSnapshot>, StoreError>>,
+    },
+}
+
+/// What snapshot readers do.
+pub struct SnapshotsReaderWork {
+    pub context: Arc<StoreContext>,
+}
+
+impl KeyedWork for SnapshotsReaderWork {
+    type Request = SnapshotRead;
+    const WORKER_NAME: &'static str = "ExESDB.SnapshotsReader";
+
+    async fn handle(&self, _key: &str, request: SnapshotRead) {
+        let storage = &self.context.storage;
+        match request {
+            SnapshotRead::Read {
+                source_uuid,
+                stream_uuid,
+                version,
+                exact,
+                reply,
+            } => {
+                let result = storage
+                    .read_snapshot(&source_uuid, &stream_uuid, version, exact)
+                    .map_err(StoreError::from);
+                let _ = reply.send(result);
+            }
+            SnapshotRead::List {
+                source_uuid,
+                stream_uuid,
+                count,
+                reply,
+            } => {
+                let result = storage
+                    .list_snapshots(source_uuid.as_deref(), stream_uuid.as_deref(), count)
+                    .map_err(StoreError::from);
+                let _ = reply.send(result);
+            }
+        }
+    }
+}

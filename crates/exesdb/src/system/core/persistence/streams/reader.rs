@@ -1,0 +1,85 @@
+//! `StreamsReaders` workers: one per stream being read (and one for `$all`). Reads go straight
+//! to storage, whose views are consistent; they never wait for the committer.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::error::StoreError;
+use crate::event::{Direction, ReadAllRequest, RecordedEvent, StreamInfo};
+use crate::supervision::pool::KeyedWork;
+use crate::system::context::StoreContext;
+
+/// A read, with the channel its answer goes back on.
+pub enum ReadRequest {
+    Stream {
+        from: Option<u64>,
+        count: u64,
+        direction: Direction,
+        reply: oneshot::Sender<Result<Vec<RecordedEvent>, StoreError>>,
+    },
+    All {
+        request: ReadAllRequest,
+        reply: oneshot::Sender<Result<Vec<RecordedEvent>, StoreError>>,
+    },
+    Version {
+        reply: oneshot::Sender<Result<Option<u64>, StoreError>>,
+    },
+    ListStreams {
+        after: Option<String>,
+        count: u64,
+        reply: oneshot::Sender<Result<Vec<StreamInfo>, StoreError>>,
+    },
+}
+
+/// What stream readers do.
+pub struct StreamsReaderWork {
+    pub context: Arc<StoreContext>,
+}
+
+impl KeyedWork for StreamsReaderWork {
+    type Request = ReadRequest;
+    const WORKER_NAME: &'static str = "ExESDB.StreamsReader";
+
+    async fn handle(&self, stream_id: &str, request: ReadRequest) {
+        let storage = &self.context.storage;
+        match request {
+            ReadRequest::Stream {
+                from,
+                count,
+                direction,
+                reply,
+            } => {
+                let result = storage
+                    .read_stream(stream_id, from, count, direction)
+                    .map_err(StoreError::from)
+                    .and_then(|events| {
+                        if events.is_empty() && storage.stream_version(stream_id)?.is_none() {
+                            Err(StoreError::StreamNotFound {
+                                stream_id: stream_id.to_string(),
+                            })
+                        } else {
+                            Ok(events)
+                        }
+                    });
+                let _ = reply.send(result);
+            }
+            ReadRequest::All { request, reply } => {
+                let _ = reply.send(storage.read_all(&request).map_err(StoreError::from));
+            }
+            ReadRequest::Version { reply } => {
+                let _ = reply.send(storage.stream_version(stream_id).map_err(StoreError::from));
+            }
+            ReadRequest::ListStreams {
+                after,
+                count,
+                reply,
+            } => {
+                let result = storage
+                    .list_streams(after.as_deref(), count)
+                    .map_err(StoreError::from);
+                let _ = reply.send(result);
+            }
+        }
+    }
+}

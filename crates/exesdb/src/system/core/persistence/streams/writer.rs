@@ -1,0 +1,61 @@
+//! `StreamsWriters` workers: one per stream being written. A writer fixes what `apply` must
+//! not decide (event ids, the acceptance time), then queues the append for the committer
+//! without waiting for it, so appends to one stream keep their order and many streams commit
+//! together.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::event::{ExpectedVersion, NewEvent};
+use crate::supervision::pool::KeyedWork;
+use crate::system::context::StoreContext;
+use crate::system::core::store::state_machine::{AppendCommand, Command, Outcome, PreparedEvent};
+
+/// An append on its way to the committer.
+pub struct AppendRequest {
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+    pub reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+/// What stream writers do.
+pub struct StreamsWriterWork {
+    pub context: Arc<StoreContext>,
+}
+
+impl KeyedWork for StreamsWriterWork {
+    type Request = AppendRequest;
+    const WORKER_NAME: &'static str = "ExESDB.StreamsWriter";
+
+    async fn handle(&self, stream_id: &str, request: AppendRequest) {
+        let command = Command::Append(AppendCommand {
+            stream_id: stream_id.to_string(),
+            expected: request.expected,
+            created_micros: now_micros(),
+            events: request.events.into_iter().map(prepare).collect(),
+        });
+        self.context.submit(command, request.reply).await;
+    }
+}
+
+fn prepare(event: NewEvent) -> PreparedEvent {
+    PreparedEvent {
+        event_id: event.event_id.unwrap_or_else(Uuid::now_v7),
+        event_type: event.event_type,
+        data: event.data,
+        metadata: event.metadata,
+        data_content_type: event.data_content_type,
+        metadata_content_type: event.metadata_content_type,
+    }
+}
+
+/// Microseconds since the Unix epoch; a clock before 1970 counts as 0.
+pub(crate) fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX))
+}

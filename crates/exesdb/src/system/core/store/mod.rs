@@ -1,0 +1,8 @@
+//! `ExESDB.StoreSystem` [S] (:rest_for_one): `Store` → `StoreCluster` → `StoreRegistry`.
+//! Restart limits: the System's intensity (default 3 in 5 s). rest_for_one because the
+//! registry advertises the store only while a committer is running behind it.
+
+pub mod state_machine;
+pub mod store;
+pub mod store_cluster;
+pub mod store_registry;

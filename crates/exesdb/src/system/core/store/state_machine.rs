@@ -1,0 +1,481 @@
+//! The Store as a deterministic state machine: `apply(command) -> outcome`.
+//!
+//! Every decision that changes data is made here, from the stored state and the command alone:
+//! the expected-version check, event numbers, global positions, idempotent retries and limits.
+//! Nothing here reads the clock or random numbers: event ids and timestamps arrive in the
+//! command. Single mode applies commands in the Store's committer; cluster mode will apply the
+//! same commands on every node after Raft has ordered them.
+
+use std::collections::HashMap;
+
+use fjall::OwnedWriteBatch;
+use uuid::Uuid;
+
+use crate::config::{EVENT_TYPE_BYTES_MAX, Limits, STREAM_ID_BYTES_MAX};
+use crate::error::StoreError;
+use crate::event::{AppendResult, ExpectedVersion, validate_stream_id};
+use crate::storage::codec::{EventRecord, SnapshotRecord};
+use crate::storage::{Storage, StorageError, event_id_key, snapshot_key, stream_index_key};
+
+/// Content types are short labels; anything longer is a mistake.
+const CONTENT_TYPE_BYTES_MAX: usize = 256;
+
+/// A change to the store, ready to be applied. Ids and timestamps are already assigned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Append events to a stream.
+    Append(AppendCommand),
+    /// Record (or replace) a snapshot.
+    RecordSnapshot(SnapshotCommand),
+    /// Delete a snapshot; deleting one that does not exist is not an error.
+    DeleteSnapshot {
+        source_uuid: String,
+        stream_uuid: String,
+        version: u64,
+    },
+}
+
+/// An append, with every event's id and the time of acceptance fixed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendCommand {
+    pub stream_id: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<PreparedEvent>,
+    pub created_micros: i64,
+}
+
+/// An event whose id is fixed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub data: Vec<u8>,
+    pub metadata: Vec<u8>,
+    pub data_content_type: String,
+    pub metadata_content_type: String,
+}
+
+/// A snapshot to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotCommand {
+    pub source_uuid: String,
+    pub stream_uuid: String,
+    pub version: u64,
+    pub data: Vec<u8>,
+    pub metadata: Vec<u8>,
+    pub created_micros: i64,
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Events were appended, or a retry found them already there (nothing written).
+    Appended(AppendResult),
+    /// The snapshot was written.
+    SnapshotRecorded,
+    /// The snapshot is gone.
+    SnapshotDeleted,
+}
+
+/// State derived from the log, kept between batches: the next position and a bounded cache of
+/// stream versions (memory does not grow with the number of streams stored).
+pub struct StateMachine {
+    next_position: u64,
+    heads: HeadCache,
+    limits: Limits,
+}
+
+impl StateMachine {
+    /// Derives the state from what storage holds.
+    pub fn recover(
+        storage: &Storage,
+        limits: Limits,
+        head_cache_entries_max: usize,
+    ) -> Result<Self, StorageError> {
+        Ok(StateMachine {
+            next_position: storage.next_position()?,
+            heads: HeadCache::new(head_cache_entries_max),
+            limits,
+        })
+    }
+
+    /// The position the next appended event gets.
+    pub fn next_position(&self) -> u64 {
+        self.next_position
+    }
+
+    /// Starts a batch of commands that will be written as one storage batch.
+    pub fn begin<'a>(&'a mut self, storage: &'a Storage) -> Transaction<'a> {
+        Transaction {
+            next_position: self.next_position,
+            machine: self,
+            storage,
+            batch: storage.durable_batch(),
+            heads: HashMap::new(),
+            appended: HashMap::new(),
+            event_ids: HashMap::new(),
+        }
+    }
+}
+
+/// Commands applied together; [`Transaction::commit`] writes them with one fsync, and only a
+/// successful commit changes the machine's state.
+pub struct Transaction<'a> {
+    machine: &'a mut StateMachine,
+    storage: &'a Storage,
+    batch: OwnedWriteBatch,
+    next_position: u64,
+    heads: HashMap<String, u64>,
+    appended: HashMap<(String, u64), (Uuid, u64)>,
+    event_ids: HashMap<(String, Uuid), u64>,
+}
+
+impl Transaction<'_> {
+    /// Applies one command on top of the batch so far. A command that fails writes nothing.
+    pub fn apply(&mut self, command: &Command) -> Result<Outcome, StoreError> {
+        match command {
+            Command::Append(append) => self.append(append).map(Outcome::Appended),
+            Command::RecordSnapshot(snapshot) => {
+                self.record_snapshot(snapshot)?;
+                Ok(Outcome::SnapshotRecorded)
+            }
+            Command::DeleteSnapshot {
+                source_uuid,
+                stream_uuid,
+                version,
+            } => {
+                validate_snapshot_key(source_uuid, stream_uuid)?;
+                self.batch.remove(
+                    &self.storage.snapshots,
+                    snapshot_key(source_uuid, stream_uuid, *version),
+                );
+                Ok(Outcome::SnapshotDeleted)
+            }
+        }
+    }
+
+    /// Writes the batch durably (fsync) and, on success, folds its effects into the machine.
+    pub fn commit(self) -> Result<u64, StorageError> {
+        if !self.batch.is_empty() {
+            self.batch.commit()?;
+        }
+        self.machine.next_position = self.next_position;
+        for (stream_id, version) in self.heads {
+            self.machine.heads.insert(stream_id, version);
+        }
+        Ok(self.next_position)
+    }
+
+    fn append(&mut self, command: &AppendCommand) -> Result<AppendResult, StoreError> {
+        validate_append(command, &self.machine.limits)?;
+        let stream_id = command.stream_id.as_str();
+        let current = self.stream_version(stream_id)?;
+        let existing = command
+            .events
+            .iter()
+            .map(|event| self.event_number_of_id(stream_id, event.event_id))
+            .collect::<Result<Vec<_>, _>>()?;
+        if existing.iter().all(Option::is_none) {
+            check_expected(command.expected, current)?;
+            return self.write_append(command, current);
+        }
+        let first = existing[0];
+        let full_repeat = first.is_some_and(|first| {
+            existing
+                .iter()
+                .enumerate()
+                .all(|(i, number)| *number == Some(first + i as u64))
+        });
+        match first {
+            Some(first) if full_repeat => {
+                let at_expected_place = match command.expected {
+                    ExpectedVersion::Any | ExpectedVersion::StreamExists => true,
+                    ExpectedVersion::NoStream => first == 0,
+                    ExpectedVersion::Exact(version) => first == version + 1,
+                };
+                if !at_expected_place {
+                    return Err(wrong_expected_version(command.expected, current));
+                }
+                self.original_result(stream_id, first, command.events.len() as u64)
+            }
+            _ => Err(StoreError::IdempotencyConflict(format!(
+                "some of the append's event ids are already recorded in {stream_id}, \
+                 but not as one earlier append of exactly these events"
+            ))),
+        }
+    }
+
+    fn write_append(
+        &mut self,
+        command: &AppendCommand,
+        current: Option<u64>,
+    ) -> Result<AppendResult, StoreError> {
+        let stream_id = command.stream_id.as_str();
+        let first_event_number = current.map_or(0, |version| version + 1);
+        let first_position = self.next_position;
+        for (offset, event) in command.events.iter().enumerate() {
+            let offset = offset as u64;
+            let event_number = first_event_number + offset;
+            let position = first_position + offset;
+            let record = EventRecord {
+                stream_id,
+                event_number,
+                event_id: event.event_id,
+                created_micros: command.created_micros,
+                event_type: &event.event_type,
+                data_content_type: &event.data_content_type,
+                metadata_content_type: &event.metadata_content_type,
+                data: &event.data,
+                metadata: &event.metadata,
+            };
+            let storage = self.storage;
+            self.batch
+                .insert(&storage.log, position.to_be_bytes(), record.encode());
+            self.batch.insert(
+                &storage.stream_index,
+                stream_index_key(stream_id, event_number),
+                position.to_be_bytes(),
+            );
+            self.batch.insert(
+                &storage.event_ids,
+                event_id_key(stream_id, event.event_id),
+                event_number.to_be_bytes(),
+            );
+            self.appended.insert(
+                (stream_id.to_string(), event_number),
+                (event.event_id, position),
+            );
+            self.event_ids
+                .insert((stream_id.to_string(), event.event_id), event_number);
+        }
+        let count = command.events.len() as u64;
+        let last_event_number = first_event_number + count - 1;
+        self.batch.insert(
+            &self.storage.stream_heads,
+            stream_id.as_bytes(),
+            last_event_number.to_be_bytes(),
+        );
+        self.heads.insert(stream_id.to_string(), last_event_number);
+        self.next_position += count;
+        Ok(AppendResult {
+            first_event_number,
+            last_event_number,
+            first_position,
+            last_position: first_position + count - 1,
+        })
+    }
+
+    fn original_result(
+        &self,
+        stream_id: &str,
+        first_event_number: u64,
+        count: u64,
+    ) -> Result<AppendResult, StoreError> {
+        let last_event_number = first_event_number + count - 1;
+        let position = |number| {
+            self.position_of(stream_id, number)?.ok_or_else(|| {
+                StoreError::unavailable(format!(
+                    "stream index of {stream_id} lacks event {number} that its id index names"
+                ))
+            })
+        };
+        Ok(AppendResult {
+            first_event_number,
+            last_event_number,
+            first_position: position(first_event_number)?,
+            last_position: position(last_event_number)?,
+        })
+    }
+
+    fn record_snapshot(&mut self, snapshot: &SnapshotCommand) -> Result<(), StoreError> {
+        validate_snapshot_key(&snapshot.source_uuid, &snapshot.stream_uuid)?;
+        let bytes = (snapshot.data.len() + snapshot.metadata.len()) as u64;
+        let max = self.machine.limits.snapshot_bytes_max;
+        if bytes > max {
+            return Err(StoreError::limit("snapshot_bytes_max", max, bytes));
+        }
+        let record = SnapshotRecord {
+            data: snapshot.data.clone(),
+            metadata: snapshot.metadata.clone(),
+            created_micros: snapshot.created_micros,
+        };
+        self.batch.insert(
+            &self.storage.snapshots,
+            snapshot_key(&snapshot.source_uuid, &snapshot.stream_uuid, snapshot.version),
+            record.encode(),
+        );
+        Ok(())
+    }
+
+    fn stream_version(&mut self, stream_id: &str) -> Result<Option<u64>, StoreError> {
+        if let Some(version) = self.heads.get(stream_id) {
+            return Ok(Some(*version));
+        }
+        if let Some(version) = self.machine.heads.get(stream_id) {
+            return Ok(Some(version));
+        }
+        let stored = self.storage.stream_version(stream_id)?;
+        if let Some(version) = stored {
+            self.machine.heads.insert(stream_id.to_string(), version);
+        }
+        Ok(stored)
+    }
+
+    fn event_number_of_id(
+        &self,
+        stream_id: &str,
+        event_id: Uuid,
+    ) -> Result<Option<u64>, StoreError> {
+        if let Some(number) = self.event_ids.get(&(stream_id.to_string(), event_id)) {
+            return Ok(Some(*number));
+        }
+        Ok(self.storage.event_number_of_id(stream_id, event_id)?)
+    }
+
+    fn position_of(&self, stream_id: &str, event_number: u64) -> Result<Option<u64>, StoreError> {
+        if let Some((_, position)) = self.appended.get(&(stream_id.to_string(), event_number)) {
+            return Ok(Some(*position));
+        }
+        Ok(self.storage.position_of(stream_id, event_number)?)
+    }
+}
+
+fn check_expected(expected: ExpectedVersion, current: Option<u64>) -> Result<(), StoreError> {
+    let ok = match expected {
+        ExpectedVersion::Any => true,
+        ExpectedVersion::NoStream => current.is_none(),
+        ExpectedVersion::StreamExists => current.is_some(),
+        ExpectedVersion::Exact(version) => current == Some(version),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(wrong_expected_version(expected, current))
+    }
+}
+
+fn wrong_expected_version(expected: ExpectedVersion, current: Option<u64>) -> StoreError {
+    StoreError::WrongExpectedVersion {
+        expected: expected.to_string(),
+        current: current.map_or(-1, |version| version as i64),
+    }
+}
+
+/// Checks an append against the contract and the limits; shared by every path into the store.
+pub fn validate_append(command: &AppendCommand, limits: &Limits) -> Result<(), StoreError> {
+    validate_stream_id(&command.stream_id, false)?;
+    let count = command.events.len() as u64;
+    if count == 0 {
+        return Err(StoreError::invalid("an append needs at least one event"));
+    }
+    if count > limits.append_events_max {
+        return Err(StoreError::limit(
+            "append_events_max",
+            limits.append_events_max,
+            count,
+        ));
+    }
+    let mut total_bytes = 0u64;
+    let mut ids = std::collections::HashSet::with_capacity(command.events.len());
+    for event in &command.events {
+        if event.event_type.is_empty() || event.event_type.len() > EVENT_TYPE_BYTES_MAX {
+            return Err(StoreError::invalid(format!(
+                "event type must be 1 to {EVENT_TYPE_BYTES_MAX} bytes, found {}",
+                event.event_type.len()
+            )));
+        }
+        for content_type in [&event.data_content_type, &event.metadata_content_type] {
+            if content_type.len() > CONTENT_TYPE_BYTES_MAX {
+                return Err(StoreError::invalid(format!(
+                    "content type is {} bytes; the most is {CONTENT_TYPE_BYTES_MAX}",
+                    content_type.len()
+                )));
+            }
+        }
+        let bytes = (event.data.len() + event.metadata.len()) as u64;
+        if bytes > limits.event_bytes_max {
+            return Err(StoreError::limit("event_bytes_max", limits.event_bytes_max, bytes));
+        }
+        total_bytes += bytes;
+        if !ids.insert(event.event_id) {
+            return Err(StoreError::invalid(format!(
+                "event id {} appears twice in one append",
+                event.event_id
+            )));
+        }
+    }
+    if total_bytes > limits.append_bytes_max {
+        return Err(StoreError::limit(
+            "append_bytes_max",
+            limits.append_bytes_max,
+            total_bytes,
+        ));
+    }
+    Ok(())
+}
+
+fn validate_snapshot_key(source_uuid: &str, stream_uuid: &str) -> Result<(), StoreError> {
+    for (what, value) in [("source uuid", source_uuid), ("stream uuid", stream_uuid)] {
+        if value.is_empty()
+            || value.len() > STREAM_ID_BYTES_MAX
+            || value.chars().any(char::is_control)
+        {
+            return Err(StoreError::invalid(format!(
+                "snapshot {what} must be 1 to {STREAM_ID_BYTES_MAX} bytes without control characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A bounded map of stream versions: two generations, the older dropped whole when the newer
+/// fills up. Cheap, and memory stays within twice the half-capacity whatever is stored.
+struct HeadCache {
+    young: HashMap<String, u64>,
+    old: HashMap<String, u64>,
+    generation_entries_max: usize,
+}
+
+impl HeadCache {
+    fn new(entries_max: usize) -> Self {
+        HeadCache {
+            young: HashMap::new(),
+            old: HashMap::new(),
+            generation_entries_max: (entries_max / 2).max(1),
+        }
+    }
+
+    fn get(&mut self, stream_id: &str) -> Option<u64> {
+        if let Some(version) = self.young.get(stream_id) {
+            return Some(*version);
+        }
+        let version = self.old.remove(stream_id)?;
+        self.insert(stream_id.to_string(), version);
+        Some(version)
+    }
+
+    fn insert(&mut self, stream_id: String, version: u64) {
+        if self.young.len() >= self.generation_entries_max && !self.young.contains_key(&stream_id)
+        {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.old.remove(&stream_id);
+        self.young.insert(stream_id, version);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_cache_stays_bounded_and_keeps_recent_entries() {
+        let mut cache = HeadCache::new(10);
+        for i in 0..1_000u64 {
+            cache.insert(format!("s{i}"), i);
+        }
+        assert!(cache.young.len() + cache.old.len() <= 10);
+        assert_eq!(cache.get("s999"), Some(999));
+        assert_eq!(cache.get("s0"), None);
+    }
+}

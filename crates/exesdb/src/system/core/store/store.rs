@@ -1,0 +1,242 @@
+//! `ExESDB.Store` [GS]: owns the committer, the one place where commands are applied.
+//!
+//! The committer is a dedicated thread (fsync blocks; it must not stall the async runtime). It
+//! takes every command queued since its last batch, applies them in order to the state machine,
+//! writes them as one storage batch with one fsync (group commit), and only then replies to
+//! each and announces "committed up to position P". If the Store process dies, for any reason,
+//! the committer finishes what is queued and exits; the restarted Store's committer waits for
+//! that (the lease) and derives its state from storage again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::state_machine::{Outcome, StateMachine};
+use crate::error::StoreError;
+use crate::system::context::{CommitMsg, CommitRequest, StoreContext};
+
+/// The Store process.
+pub struct Store;
+
+/// Messages of the Store process.
+pub enum StoreMsg {
+    /// The committer thread ended.
+    CommitterExited,
+}
+
+/// The Store's state: a guard that tells the committer to stop when the Store goes away,
+/// however it goes (a graceful stop, a failure, or a kill, which drops the state).
+pub struct StoreState {
+    committer: CommitterGuard,
+    stopping: bool,
+}
+
+struct CommitterGuard {
+    context: Arc<StoreContext>,
+    queue: mpsc::Sender<CommitMsg>,
+    stop: Arc<AtomicBool>,
+    exited: watch::Receiver<bool>,
+}
+
+impl Drop for CommitterGuard {
+    fn drop(&mut self) {
+        self.context.set_committer(None);
+        self.stop.store(true, Ordering::Release);
+        // If the queue is full the committer is busy and sees the flag after this batch.
+        let _ = self.queue.try_send(CommitMsg::Stop);
+    }
+}
+
+impl Actor for Store {
+    type Msg = StoreMsg;
+    type State = StoreState;
+    type Arguments = Arc<StoreContext>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<StoreMsg>,
+        context: Arc<StoreContext>,
+    ) -> Result<StoreState, ActorProcessingErr> {
+        let settings = &context.config.commit;
+        let (queue, receiver) = mpsc::channel(settings.commit_queue_commands_max);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (exited_sender, exited) = watch::channel(false);
+        let (ready_sender, ready) = oneshot::channel();
+        let thread_context = context.clone();
+        let thread_stop = stop.clone();
+        std::thread::Builder::new()
+            .name(format!("exesdb-committer-{}", context.store_id()))
+            .spawn(move || {
+                let _exited = ExitSignal(exited_sender);
+                run_committer(thread_context, receiver, thread_stop, ready_sender);
+            })
+            .map_err(|error| format!("cannot start the committer thread: {error}"))?;
+        let guard = CommitterGuard {
+            context: context.clone(),
+            queue: queue.clone(),
+            stop,
+            exited: exited.clone(),
+        };
+        match ready.await {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => return Err(message.into()),
+            Err(_) => return Err("the committer thread died while starting".into()),
+        }
+        context.set_committer(Some(queue));
+        let mut watch_exit = exited;
+        tokio::spawn(async move {
+            let _ = watch_exit.wait_for(|exited| *exited).await;
+            let _ = myself.send_message(StoreMsg::CommitterExited);
+        });
+        Ok(StoreState {
+            committer: guard,
+            stopping: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<StoreMsg>,
+        message: StoreMsg,
+        state: &mut StoreState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            StoreMsg::CommitterExited if !state.stopping => {
+                Err("the committer thread exited unexpectedly".into())
+            }
+            StoreMsg::CommitterExited => Ok(()),
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<StoreMsg>,
+        state: &mut StoreState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.stopping = true;
+        let guard = &state.committer;
+        guard.context.set_committer(None);
+        guard.stop.store(true, Ordering::Release);
+        let _ = guard.queue.send(CommitMsg::Stop).await;
+        let mut exited = guard.exited.clone();
+        let timeout = Duration::from_millis(guard.context.config.shutdown_timeout_ms);
+        if tokio::time::timeout(timeout, exited.wait_for(|exited| *exited))
+            .await
+            .is_err()
+        {
+            tracing::error!("the committer did not finish within the shutdown timeout");
+        }
+        Ok(())
+    }
+}
+
+/// Marks the committer's end when dropped, including by a panic unwinding the thread.
+struct ExitSignal(watch::Sender<bool>);
+
+impl Drop for ExitSignal {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
+}
+
+fn run_committer(
+    context: Arc<StoreContext>,
+    mut receiver: mpsc::Receiver<CommitMsg>,
+    stop: Arc<AtomicBool>,
+    ready: oneshot::Sender<Result<(), String>>,
+) {
+    let lease = context.committer_lease.clone();
+    let _lease = lease.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let settings = context.config.commit.clone();
+    let mut machine = match StateMachine::recover(
+        &context.storage,
+        context.config.limits.clone(),
+        settings.stream_head_cache_entries_max,
+    ) {
+        Ok(machine) => machine,
+        Err(error) => {
+            let _ = ready.send(Err(format!("cannot recover the store's state: {error}")));
+            return;
+        }
+    };
+    context.committed.send_replace(machine.next_position());
+    if ready.send(Ok(())).is_err() {
+        return;
+    }
+    let mut batch = Vec::with_capacity(settings.commit_batch_commands_max);
+    let mut closing = false;
+    while let Some(first) = receiver.blocking_recv() {
+        let mut saw_stop = collect(first, &mut batch);
+        while batch.len() < settings.commit_batch_commands_max {
+            match receiver.try_recv() {
+                Ok(message) => saw_stop |= collect(message, &mut batch),
+                Err(_) => break,
+            }
+        }
+        if !closing && (saw_stop || stop.load(Ordering::Acquire)) {
+            // No new commands; what is already queued is still committed and answered.
+            receiver.close();
+            closing = true;
+        }
+        if !batch.is_empty() {
+            commit_batch(&context, &mut machine, &mut batch);
+        }
+    }
+}
+
+fn collect(message: CommitMsg, batch: &mut Vec<CommitRequest>) -> bool {
+    match message {
+        CommitMsg::Command(request) => {
+            batch.push(request);
+            false
+        }
+        CommitMsg::Stop => true,
+    }
+}
+
+fn commit_batch(
+    context: &StoreContext,
+    machine: &mut StateMachine,
+    batch: &mut Vec<CommitRequest>,
+) {
+    let first_position = machine.next_position();
+    let mut transaction = machine.begin(&context.storage);
+    let outcomes: Vec<Result<Outcome, StoreError>> = batch
+        .iter()
+        .map(|request| transaction.apply(&request.command))
+        .collect();
+    match transaction.commit() {
+        Ok(next_position) => {
+            let counters = &context.counters;
+            counters.batches.fetch_add(1, Ordering::Relaxed);
+            counters
+                .commands
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            counters
+                .events
+                .fetch_add(next_position - first_position, Ordering::Relaxed);
+            context.committed.send_if_modified(|committed| {
+                let changed = *committed != next_position;
+                *committed = next_position;
+                changed
+            });
+            for (request, outcome) in batch.drain(..).zip(outcomes) {
+                let _ = request.reply.send(outcome);
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "commit failed; the batch's commands were not written");
+            let failure = StoreError::unavailable(format!("the storage write failed: {error}"));
+            for (request, outcome) in batch.drain(..).zip(outcomes) {
+                let answer = match outcome {
+                    Ok(_) => Err(failure.clone()),
+                    Err(refusal) => Err(refusal),
+                };
+                let _ = request.reply.send(answer);
+            }
+        }
+    }
+}

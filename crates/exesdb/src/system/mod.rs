@@ -1,0 +1,684 @@
+//! `ExESDB.System` [S] (:rest_for_one): one store's whole process tree, and [`System`], the
+//! embedded API that drives it. The tree is built here, node for node as in
+//! `spec/supervision-tree.md` (single mode); each supervisor's module says why its strategy.
+
+pub mod context;
+pub mod core;
+pub mod gateway;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::config::SystemConfig;
+use crate::error::{StartError, StoreError};
+use crate::event::{
+    ALL_STREAM, AppendResult, Direction, ExpectedVersion, NewEvent, ReadAllRequest,
+    RecordedEvent, StreamInfo, validate_stream_id,
+};
+use crate::storage::{Storage, StoredSnapshot};
+use crate::supervision::pool::{PoolSettings as WorkerPoolSettings, WorkerPool};
+use crate::supervision::service::{Service, ServiceActor, ServiceArgs};
+use crate::supervision::supervisor::{Supervisor, SupervisorArgs};
+use crate::supervision::{ChildSpec, Kind, Strategy, SupervisorSettings, TreeNode, TreeSnapshot};
+use context::{CommitStats, StoreContext};
+use core::notification::emitter::EmitterWork;
+use core::notification::leader::{tracker::LeaderTracker, worker::LeaderWorker};
+use core::persistence::snapshots::{
+    SnapshotRead, SnapshotWrite, SnapshotsReaderWork, SnapshotsWriterWork,
+};
+use core::persistence::streams::reader::{ReadRequest, StreamsReaderWork};
+use core::persistence::streams::writer::{AppendRequest, StreamsWriterWork, now_micros};
+use core::persistence::subscriptions::{SubscriptionsReader, SubscriptionsWriter};
+use core::store::state_machine::{Command, Outcome, SnapshotCommand};
+use core::store::store::Store;
+use core::store::store_cluster::StoreCluster;
+use core::store::store_registry::StoreRegistry;
+use gateway::{GatewayWork, PubSub};
+
+/// The name of the root of the tree.
+pub const ROOT_NAME: &str = "ExESDB.System";
+
+/// A snapshot of an aggregate or a projection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Who took it (e.g. an aggregate type).
+    pub source_uuid: String,
+    /// Of what (e.g. the aggregate's stream).
+    pub stream_uuid: String,
+    /// The stream version it reflects.
+    pub version: u64,
+    /// The snapshot itself.
+    pub data: Vec<u8>,
+    /// Anything kept beside it.
+    pub metadata: Vec<u8>,
+    /// When it was recorded, in microseconds since the Unix epoch (set by the store).
+    pub created_micros: i64,
+}
+
+impl From<StoredSnapshot> for Snapshot {
+    fn from(stored: StoredSnapshot) -> Self {
+        Snapshot {
+            source_uuid: stored.source_uuid,
+            stream_uuid: stored.stream_uuid,
+            version: stored.version,
+            data: stored.record.data,
+            metadata: stored.record.metadata,
+            created_micros: stored.record.created_micros,
+        }
+    }
+}
+
+/// Which snapshot a read wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotVersion {
+    /// Exactly this version.
+    Exact(u64),
+    /// The newest at or below this version.
+    AtOrBelow(u64),
+    /// The newest there is.
+    Latest,
+}
+
+struct Pools {
+    streams_writers: WorkerPool<StreamsWriterWork>,
+    streams_readers: WorkerPool<StreamsReaderWork>,
+    snapshots_writers: WorkerPool<SnapshotsWriterWork>,
+    snapshots_readers: WorkerPool<SnapshotsReaderWork>,
+}
+
+/// A running store: its supervision tree and the embedded API.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use exesdb::{ExpectedVersion, NewEvent, System, SystemConfig};
+/// let system = System::start(SystemConfig::new("./data", "default")).await?;
+/// let result = system
+///     .append("order-1", ExpectedVersion::NoStream, vec![NewEvent::new("OrderPlaced", "{}")])
+///     .await?;
+/// assert_eq!(result.first_event_number, 0);
+/// system.stop().await;
+/// # Ok(()) }
+/// ```
+pub struct System {
+    context: Arc<StoreContext>,
+    root: ActorRef<()>,
+    root_node: Arc<TreeNode>,
+    pools: Pools,
+    admission: Arc<Semaphore>,
+    accepting: AtomicBool,
+}
+
+impl System {
+    /// Opens the store's data and starts its tree. Returns once every process is running.
+    pub async fn start(config: SystemConfig) -> Result<System, StartError> {
+        config.validate()?;
+        let directory = config.store_dir();
+        let storage = tokio::task::spawn_blocking(move || Storage::open(&directory))
+            .await
+            .map_err(|error| StartError::Tree(format!("opening storage panicked: {error}")))??;
+        let next_position = storage
+            .next_position()
+            .map_err(|error| StartError::Corrupt(error.to_string()))?;
+        let admission = Arc::new(Semaphore::new(config.commit.requests_in_flight_max));
+        let context = Arc::new(StoreContext::new(config, Arc::new(storage), next_position));
+        let (pools, root_spec) = build_tree(&context);
+        let root_node = root_spec.node.clone();
+        let args = SupervisorArgs {
+            node: root_node.clone(),
+            strategy: Strategy::RestForOne,
+            settings: supervisor_settings(&context),
+            children: root_spec.children,
+        };
+        let (root, _) = Actor::spawn(None, Supervisor, args)
+            .await
+            .map_err(|error| StartError::Tree(error.to_string()))?;
+        root_node.set_cell(Some(root.get_cell()));
+        Ok(System {
+            context,
+            root,
+            root_node,
+            pools,
+            admission,
+            accepting: AtomicBool::new(true),
+        })
+    }
+
+    /// The store's id.
+    pub fn store_id(&self) -> &str {
+        self.context.store_id()
+    }
+
+    /// Whether the tree is up and this node accepts writes for the store.
+    pub fn accepts_writes(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+            && self.root.get_status() == ractor::ActorStatus::Running
+            && self.context.is_leader()
+    }
+
+    /// Appends events to a stream, atomically, if its version is what `expected` says.
+    /// Returns once the events are durable (fsync'd).
+    pub async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_stream_id(stream_id, false)?;
+        let _permit = self.admit().await?;
+        let (reply, answer) = oneshot::channel();
+        let request = AppendRequest {
+            expected,
+            events,
+            reply,
+        };
+        self.pools
+            .streams_writers
+            .dispatch(stream_id, request)
+            .await?;
+        match await_reply(answer).await? {
+            Outcome::Appended(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Up to `count` events of a stream from event number `from` (`None`: the first event
+    /// forward, the last backward). `stream_not_found` if the stream has no events.
+    pub async fn read_stream(
+        &self,
+        stream_id: &str,
+        from: Option<u64>,
+        count: u64,
+        direction: Direction,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if stream_id == ALL_STREAM {
+            let request = ReadAllRequest {
+                from_position: from,
+                count,
+                direction,
+                ..ReadAllRequest::default()
+            };
+            return self.read_all(request).await;
+        }
+        validate_stream_id(stream_id, false)?;
+        self.check_read_count(count)?;
+        let _permit = self.admit().await?;
+        let (reply, answer) = oneshot::channel();
+        let request = ReadRequest::Stream {
+            from,
+            count,
+            direction,
+            reply,
+        };
+        self.pools
+            .streams_readers
+            .dispatch(stream_id, request)
+            .await?;
+        await_reply(answer).await
+    }
+
+    /// Up to `request.count` events of `$all` that pass its filters, in position order.
+    pub async fn read_all(&self, request: ReadAllRequest) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.check_read_count(request.count)?;
+        if let Some(prefix) = &request.stream_prefix {
+            if prefix.chars().any(char::is_control) {
+                return Err(StoreError::invalid("stream prefix contains a control character"));
+            }
+        }
+        let _permit = self.admit().await?;
+        let (reply, answer) = oneshot::channel();
+        self.pools
+            .streams_readers
+            .dispatch(ALL_STREAM, ReadRequest::All { request, reply })
+            .await?;
+        await_reply(answer).await
+    }
+
+    /// The number of the stream's last event; -1 when it has none.
+    pub async fn stream_version(&self, stream_id: &str) -> Result<i64, StoreError> {
+        validate_stream_id(stream_id, false)?;
+        let _permit = self.admit().await?;
+        let (reply, answer) = oneshot::channel();
+        self.pools
+            .streams_readers
+            .dispatch(stream_id, ReadRequest::Version { reply })
+            .await?;
+        let version = await_reply(answer).await?;
+        Ok(version.map_or(-1, |v| v as i64))
+    }
+
+    /// Up to `count` streams in id order, after `after` (for paging).
+    pub async fn list_streams(
+        &self,
+        after: Option<&str>,
+        count: u64,
+    ) -> Result<Vec<StreamInfo>, StoreError> {
+        self.check_read_count(count)?;
+        let _permit = self.admit().await?;
+        let (reply, answer) = oneshot::channel();
+        let request = ReadRequest::ListStreams {
+            after: after.map(str::to_string),
+            count,
+            reply,
+        };
+        self.pools
+            .streams_readers
+            .dispatch(ALL_STREAM, request)
+            .await?;
+        await_reply(answer).await
+    }
+
+    /// Records a snapshot (replacing one with the same key). Durable when this returns.
+    pub async fn record_snapshot(
+        &self,
+        source_uuid: &str,
+        stream_uuid: &str,
+        version: u64,
+        data: Vec<u8>,
+        metadata: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let command = Command::RecordSnapshot(SnapshotCommand {
+            source_uuid: source_uuid.to_string(),
+            stream_uuid: stream_uuid.to_string(),
+            version,
+            data,
+            metadata,
+            created_micros: now_micros(),
+        });
+        self.write_snapshot(source_uuid, stream_uuid, command).await
+    }
+
+    /// Deletes a snapshot; deleting one that does not exist succeeds.
+    pub async fn delete_snapshot(
+        &self,
+        source_uuid: &str,
+        stream_uuid: &str,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        let command = Command::DeleteSnapshot {
+            source_uuid: source_uuid.to_string(),
+            stream_uuid: stream_uuid.to_string(),
+            version,
+        };
+        self.write_snapshot(source_uuid, stream_uuid, command).await
+    }
+
+    /// Reads a snapshot; `snapshot_not_found` when none matches.
+    pub async fn read_snapshot(
+        &self,
+        source_uuid: &str,
+        stream_uuid: &str,
+        version: SnapshotVersion,
+    ) -> Result<Snapshot, StoreError> {
+        let (version_value, exact) = match version {
+            SnapshotVersion::Exact(v) => (v, true),
+            SnapshotVersion::AtOrBelow(v) => (v, false),
+            SnapshotVersion::Latest => (u64::MAX, false),
+        };
+        let _permit = self.admit().await?;
+        let (reply, answer) = oneshot::channel();
+        let request = SnapshotRead::Read {
+            source_uuid: source_uuid.to_string(),
+            stream_uuid: stream_uuid.to_string(),
+            version: version_value,
+            exact,
+            reply,
+        };
+        self.pools
+            .snapshots_readers
+            .dispatch(&snapshot_worker_key(source_uuid, stream_uuid), request)
+            .await?;
+        await_reply(answer).await?.map(Snapshot::from).ok_or_else(|| {
+            StoreError::SnapshotNotFound(format!(
+                "{source_uuid}/{stream_uuid} at {version:?}"
+            ))
+        })
+    }
+
+    /// Snapshots, optionally only of one source (and stream), in key order.
+    pub async fn list_snapshots(
+        &self,
+        source_uuid: Option<&str>,
+        stream_uuid: Option<&str>,
+        count: u64,
+    ) -> Result<Vec<Snapshot>, StoreError> {
+        self.check_read_count(count)?;
+        let _permit = self.admit().await?;
+        let (reply, answer) = oneshot::channel();
+        let request = SnapshotRead::List {
+            source_uuid: source_uuid.map(str::to_string),
+            stream_uuid: stream_uuid.map(str::to_string),
+            count,
+            reply,
+        };
+        self.pools
+            .snapshots_readers
+            .dispatch("$list", request)
+            .await?;
+        Ok(await_reply(answer)
+            .await?
+            .into_iter()
+            .map(Snapshot::from)
+            .collect())
+    }
+
+    /// The stores hosted by this node (those started with the same `node_stores`).
+    pub fn list_stores(&self) -> Vec<String> {
+        self.context.config.node_stores.list()
+    }
+
+    /// The live supervision tree.
+    pub fn tree(&self) -> TreeSnapshot {
+        self.root_node.snapshot()
+    }
+
+    /// Counters of the commit path since start: batches (fsyncs), commands, events.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.context.commit_stats()
+    }
+
+    /// Stream and snapshot workers running now.
+    pub fn active_workers(&self) -> usize {
+        self.pools.streams_writers.active_workers()
+            + self.pools.streams_readers.active_workers()
+            + self.pools.snapshots_writers.active_workers()
+            + self.pools.snapshots_readers.active_workers()
+    }
+
+    /// Stops cleanly: refuses new requests, lets those in flight finish (up to the shutdown
+    /// timeout), then stops the tree in reverse start order. Everything acknowledged is durable.
+    pub async fn stop(self) {
+        self.accepting.store(false, Ordering::Release);
+        let all = u32::try_from(self.context.config.commit.requests_in_flight_max)
+            .unwrap_or(u32::MAX);
+        let timeout = Duration::from_millis(self.context.config.shutdown_timeout_ms);
+        let _ = tokio::time::timeout(timeout, self.admission.acquire_many(all)).await;
+        self.admission.close();
+        supervision_stop(&self.root, timeout).await;
+    }
+
+    /// Makes the named process of the tree fail, as a crash would (test builds only).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault(&self, process_name: &str) -> Result<(), StoreError> {
+        let node = self
+            .root_node
+            .find(process_name)
+            .ok_or_else(|| StoreError::invalid(format!("no process named {process_name}")))?;
+        let cell = node
+            .cell()
+            .ok_or_else(|| StoreError::unavailable(format!("{process_name} is not running")))?;
+        cell.kill();
+        Ok(())
+    }
+
+    /// The actor id of the named process now (changes when it restarts).
+    #[cfg(feature = "fault-injection")]
+    pub fn process_id(&self, process_name: &str) -> Option<String> {
+        let cell = self.root_node.find(process_name)?.cell()?;
+        Some(cell.get_id().to_string())
+    }
+
+    async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
+        if !self.accepting.load(Ordering::Acquire) {
+            return Err(StoreError::unavailable("the store is stopping"));
+        }
+        let wait = Duration::from_millis(self.context.config.commit.request_admission_wait_ms);
+        match tokio::time::timeout(wait, self.admission.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(StoreError::unavailable("the store is stopping")),
+            Err(_) => Err(StoreError::unavailable(format!(
+                "{} requests already in flight (requests_in_flight_max)",
+                self.context.config.commit.requests_in_flight_max
+            ))),
+        }
+    }
+
+    fn check_read_count(&self, count: u64) -> Result<(), StoreError> {
+        let max = self.context.config.limits.read_events_max;
+        if count == 0 {
+            return Err(StoreError::invalid("count must be at least 1"));
+        }
+        if count > max {
+            return Err(StoreError::limit("read_events_max", max, count));
+        }
+        Ok(())
+    }
+
+    async fn write_snapshot(
+        &self,
+        source_uuid: &str,
+        stream_uuid: &str,
+        command: Command,
+    ) -> Result<(), StoreError> {
+        let _permit = self.admit().await?;
+        let (reply, answer) = oneshot::channel();
+        self.pools
+            .snapshots_writers
+            .dispatch(
+                &snapshot_worker_key(source_uuid, stream_uuid),
+                SnapshotWrite { command, reply },
+            )
+            .await?;
+        await_reply(answer).await.map(|_| ())
+    }
+}
+
+async fn supervision_stop(root: &ActorRef<()>, timeout: Duration) {
+    // The root's post_stop stops its children in reverse order, each waiting for its own.
+    let patience = timeout * 4;
+    if root
+        .stop_and_wait(Some("shutdown".into()), Some(patience))
+        .await
+        .is_err()
+    {
+        tracing::error!("the tree did not stop in time; killing it");
+        root.kill();
+    }
+}
+
+fn snapshot_worker_key(source_uuid: &str, stream_uuid: &str) -> String {
+    format!("{source_uuid}/{stream_uuid}")
+}
+
+async fn await_reply<T>(
+    answer: oneshot::Receiver<Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    answer.await.map_err(|_| {
+        StoreError::unavailable(
+            "the store stopped before answering; a write may or may not have happened \
+             (retry it with the same event ids: the retry is idempotent)",
+        )
+    })?
+}
+
+fn unexpected(outcome: Outcome) -> StoreError {
+    StoreError::unavailable(format!("unexpected outcome {outcome:?}"))
+}
+
+fn supervisor_settings(context: &StoreContext) -> SupervisorSettings {
+    SupervisorSettings {
+        intensity: context.config.intensity,
+        shutdown_timeout: Duration::from_millis(context.config.shutdown_timeout_ms),
+    }
+}
+
+struct BuiltTree {
+    node: Arc<TreeNode>,
+    children: Vec<ChildSpec>,
+}
+
+fn service(name: &str, context: &Arc<StoreContext>, service: Arc<dyn Service>) -> ChildSpec {
+    let context = context.clone();
+    ChildSpec::actor(TreeNode::new(name, Kind::GenServer, None), move || {
+        (
+            ServiceActor,
+            ServiceArgs {
+                service: service.clone(),
+                context: context.clone(),
+            },
+        )
+    })
+}
+
+fn supervisor(
+    name: &str,
+    strategy: Strategy,
+    settings: SupervisorSettings,
+    children: Vec<ChildSpec>,
+) -> ChildSpec {
+    ChildSpec::supervisor(name, Kind::Supervisor, strategy, settings, children)
+}
+
+/// Builds the single-mode tree of the spec, node for node.
+fn build_tree(context: &Arc<StoreContext>) -> (Pools, BuiltTree) {
+    let settings = supervisor_settings(context);
+    let pools_config = &context.config.pools;
+    let pool = |partitions: usize, idle_ms: u64| WorkerPoolSettings {
+        partitions,
+        workers_per_partition_max: pools_config.workers_per_partition_max,
+        idle: Duration::from_millis(idle_ms),
+    };
+    let writer_pool = pool(pools_config.streams_writers_partitions, pools_config.writer_idle_ms);
+    let reader_pool = pool(pools_config.streams_readers_partitions, pools_config.reader_idle_ms);
+    let snapshot_writer_pool = pool(pools_config.snapshots_partitions, pools_config.writer_idle_ms);
+    let snapshot_reader_pool = pool(pools_config.snapshots_partitions, pools_config.reader_idle_ms);
+    let emitter_pool = pool(pools_config.emitter_partitions, pools_config.reader_idle_ms);
+    let gateway_pool = pool(pools_config.gateway_partitions, pools_config.reader_idle_ms);
+
+    let (streams_writers, streams_writers_spec) = WorkerPool::new(
+        "ExESDB.StreamsWriters",
+        StreamsWriterWork {
+            context: context.clone(),
+        },
+        writer_pool,
+        settings,
+    );
+    let (streams_readers, streams_readers_spec) = WorkerPool::new(
+        "ExESDB.StreamsReaders",
+        StreamsReaderWork {
+            context: context.clone(),
+        },
+        reader_pool,
+        settings,
+    );
+    let (snapshots_writers, snapshots_writers_spec) = WorkerPool::new(
+        "ExESDB.SnapshotsWriters",
+        SnapshotsWriterWork {
+            context: context.clone(),
+        },
+        snapshot_writer_pool,
+        settings,
+    );
+    let (snapshots_readers, snapshots_readers_spec) = WorkerPool::new(
+        "ExESDB.SnapshotsReaders",
+        SnapshotsReaderWork {
+            context: context.clone(),
+        },
+        snapshot_reader_pool,
+        settings,
+    );
+    let (_emitters, emitter_pools_spec) =
+        WorkerPool::new("ExESDB.EmitterPools", EmitterWork, emitter_pool, settings);
+    let (_gateway, gateway_workers_spec) =
+        WorkerPool::new("ExESDB.GatewayWorkers", GatewayWork, gateway_pool, settings);
+
+    let persistence = supervisor(
+        "ExESDB.PersistenceSystem",
+        Strategy::OneForOne,
+        settings,
+        vec![
+            supervisor(
+                "ExESDB.Streams",
+                Strategy::OneForOne,
+                settings,
+                vec![streams_writers_spec, streams_readers_spec],
+            ),
+            supervisor(
+                "ExESDB.Snapshots",
+                Strategy::OneForOne,
+                settings,
+                vec![snapshots_writers_spec, snapshots_readers_spec],
+            ),
+            supervisor(
+                "ExESDB.Subscriptions",
+                Strategy::OneForOne,
+                settings,
+                vec![
+                    service("ExESDB.SubscriptionsReader", context, Arc::new(SubscriptionsReader)),
+                    service("ExESDB.SubscriptionsWriter", context, Arc::new(SubscriptionsWriter)),
+                ],
+            ),
+        ],
+    );
+    let notification = supervisor(
+        "ExESDB.NotificationSystem",
+        Strategy::RestForOne,
+        settings,
+        vec![
+            supervisor(
+                "ExESDB.LeaderSystem",
+                Strategy::RestForOne,
+                settings,
+                vec![
+                    service("ExESDB.LeaderTracker", context, Arc::new(LeaderTracker)),
+                    service("ExESDB.LeaderWorker", context, Arc::new(LeaderWorker)),
+                ],
+            ),
+            supervisor(
+                "ExESDB.EmitterSystem",
+                Strategy::OneForOne,
+                settings,
+                vec![emitter_pools_spec],
+            ),
+        ],
+    );
+    let store_context = context.clone();
+    let store = ChildSpec::actor(
+        TreeNode::new("ExESDB.Store", Kind::GenServer, None),
+        move || (Store, store_context.clone()),
+    );
+    let store_system = supervisor(
+        "ExESDB.StoreSystem",
+        Strategy::RestForOne,
+        settings,
+        vec![
+            store,
+            service("ExESDB.StoreCluster", context, Arc::new(StoreCluster)),
+            service("ExESDB.StoreRegistry", context, Arc::new(StoreRegistry)),
+        ],
+    );
+    let core = supervisor(
+        "ExESDB.CoreSystem",
+        Strategy::OneForAll,
+        settings,
+        vec![persistence, notification, store_system],
+    );
+    let gateway = supervisor(
+        "ExESDB.GatewaySystem",
+        Strategy::OneForOne,
+        settings,
+        vec![
+            gateway_workers_spec,
+            service("ExESDB.PubSub", context, Arc::new(PubSub)),
+        ],
+    );
+    let root = TreeNode::new(ROOT_NAME, Kind::Supervisor, Some(Strategy::RestForOne));
+    root.add_child(core.node.clone());
+    root.add_child(gateway.node.clone());
+    let pools = Pools {
+        streams_writers,
+        streams_readers,
+        snapshots_writers,
+        snapshots_readers,
+    };
+    (
+        pools,
+        BuiltTree {
+            node: root,
+            children: vec![core, gateway],
+        },
+    )
+}
