@@ -111,31 +111,26 @@ impl Actor for Supervisor {
     type State = SupervisorState;
     type Arguments = SupervisorArgs;
 
+    /// Children start here, not in `post_start`, so that spawning a supervisor returns only
+    /// once its whole subtree runs: `System::start` then hands out a ready store.
     async fn pre_start(
         &self,
-        _myself: ActorRef<()>,
+        myself: ActorRef<()>,
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let running = vec![None; args.children.len()];
-        Ok(SupervisorState {
+        let mut state = SupervisorState {
             args,
             running,
             restart_times: VecDeque::new(),
-        })
-    }
-
-    async fn post_start(
-        &self,
-        myself: ActorRef<()>,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
+        };
         for index in 0..state.running.len() {
             if let Err(error) = state.start_child(&myself, index).await {
                 state.stop_children(&myself, 0..index).await;
                 return Err(error);
             }
         }
-        Ok(())
+        Ok(state)
     }
 
     async fn handle(
