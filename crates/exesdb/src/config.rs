@@ -177,19 +177,36 @@ impl SystemConfig {
         validate_store_id(&self.store_id).map_err(StartError::InvalidConfig)?;
         let pools = &self.pools;
         for (name, value) in [
-            ("streams_writers_partitions", pools.streams_writers_partitions),
-            ("streams_readers_partitions", pools.streams_readers_partitions),
+            (
+                "streams_writers_partitions",
+                pools.streams_writers_partitions,
+            ),
+            (
+                "streams_readers_partitions",
+                pools.streams_readers_partitions,
+            ),
             ("snapshots_partitions", pools.snapshots_partitions),
             ("emitter_partitions", pools.emitter_partitions),
             ("gateway_partitions", pools.gateway_partitions),
             ("workers_per_partition_max", pools.workers_per_partition_max),
-            ("commit_queue_commands_max", self.commit.commit_queue_commands_max),
-            ("commit_batch_commands_max", self.commit.commit_batch_commands_max),
-            ("stream_head_cache_entries_max", self.commit.stream_head_cache_entries_max),
+            (
+                "commit_queue_commands_max",
+                self.commit.commit_queue_commands_max,
+            ),
+            (
+                "commit_batch_commands_max",
+                self.commit.commit_batch_commands_max,
+            ),
+            (
+                "stream_head_cache_entries_max",
+                self.commit.stream_head_cache_entries_max,
+            ),
             ("requests_in_flight_max", self.commit.requests_in_flight_max),
         ] {
             if value == 0 {
-                return Err(StartError::InvalidConfig(format!("{name} must be at least 1")));
+                return Err(StartError::InvalidConfig(format!(
+                    "{name} must be at least 1"
+                )));
             }
         }
         let limits = &self.limits;

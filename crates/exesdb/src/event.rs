@@ -174,7 +174,9 @@ pub fn validate_stream_id(stream_id: &str, allow_reserved: bool) -> Result<(), S
         )));
     }
     if stream_id.chars().any(char::is_control) {
-        return Err(StoreError::invalid("stream id contains a control character"));
+        return Err(StoreError::invalid(
+            "stream id contains a control character",
+        ));
     }
     if !allow_reserved && stream_id.starts_with('$') {
         return Err(StoreError::invalid(format!(

@@ -15,8 +15,8 @@ pub mod system;
 pub use config::{CommitSettings, Intensity, Limits, PoolSettings, SystemConfig};
 pub use error::{StartError, StoreError};
 pub use event::{
-    ALL_STREAM, AppendResult, Direction, ExpectedVersion, NewEvent, ReadAllRequest,
-    RecordedEvent, StreamInfo,
+    ALL_STREAM, AppendResult, Direction, ExpectedVersion, NewEvent, ReadAllRequest, RecordedEvent,
+    StreamInfo,
 };
 pub use supervision::{Kind, Strategy, TreeSnapshot};
 pub use system::context::CommitStats;

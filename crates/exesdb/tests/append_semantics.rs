@@ -4,14 +4,14 @@
 mod common;
 
 use common::{event, start, start_with};
-use exesdb::{
-    Direction, ExpectedVersion, NewEvent, ReadAllRequest, SnapshotVersion, StoreError,
-};
+use exesdb::{Direction, ExpectedVersion, NewEvent, ReadAllRequest, SnapshotVersion, StoreError};
 use uuid::Uuid;
 
 fn wrong_version(error: &StoreError) -> Option<(String, i64)> {
     match error {
-        StoreError::WrongExpectedVersion { expected, current } => Some((expected.clone(), *current)),
+        StoreError::WrongExpectedVersion { expected, current } => {
+            Some((expected.clone(), *current))
+        }
         _ => None,
     }
 }
@@ -23,7 +23,11 @@ async fn expected_version_cases_on_new_existing_and_empty_streams() {
 
     // A new stream: no_stream and any succeed; stream_exists and exact fail with current -1.
     let error = s
-        .append("new-1", ExpectedVersion::StreamExists, vec![event("A", "1")])
+        .append(
+            "new-1",
+            ExpectedVersion::StreamExists,
+            vec![event("A", "1")],
+        )
         .await
         .expect_err("stream_exists on a new stream");
     assert_eq!(wrong_version(&error), Some(("stream_exists".into(), -1)));
@@ -57,12 +61,20 @@ async fn expected_version_cases_on_new_existing_and_empty_streams() {
         .expect_err("exact 5 at version 0");
     assert_eq!(wrong_version(&error), Some(("5".into(), 0)));
     let exists = s
-        .append("new-1", ExpectedVersion::StreamExists, vec![event("A", "2")])
+        .append(
+            "new-1",
+            ExpectedVersion::StreamExists,
+            vec![event("A", "2")],
+        )
         .await
         .expect("stream_exists on an existing stream");
     assert_eq!(exists.first_event_number, 1);
     let exact = s
-        .append("new-1", ExpectedVersion::Exact(1), vec![event("A", "3"), event("A", "4")])
+        .append(
+            "new-1",
+            ExpectedVersion::Exact(1),
+            vec![event("A", "3"), event("A", "4")],
+        )
         .await
         .expect("exact 1 at version 1");
     assert_eq!((exact.first_event_number, exact.last_event_number), (2, 3));
@@ -75,7 +87,10 @@ async fn expected_version_cases_on_new_existing_and_empty_streams() {
 
     // Global positions are gapless across streams.
     let all = s
-        .read_all(ReadAllRequest { count: 100, ..Default::default() })
+        .read_all(ReadAllRequest {
+            count: 100,
+            ..Default::default()
+        })
         .await
         .expect("read $all");
     let positions: Vec<u64> = all.iter().map(|e| e.position).collect();
@@ -113,7 +128,10 @@ async fn a_failing_append_writes_nothing() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].event_type, "A");
     let all = s
-        .read_all(ReadAllRequest { count: 100, ..Default::default() })
+        .read_all(ReadAllRequest {
+            count: 100,
+            ..Default::default()
+        })
         .await
         .expect("read all");
     assert_eq!(all.len(), 1, "no partial append in $all");
@@ -126,7 +144,9 @@ async fn idempotent_retry_returns_the_original_result_and_writes_nothing() {
     let s = &store.system;
     let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
     let batch = |ids: &[Uuid]| -> Vec<NewEvent> {
-        ids.iter().map(|id| event("Placed", "x").with_id(*id)).collect()
+        ids.iter()
+            .map(|id| event("Placed", "x").with_id(*id))
+            .collect()
     };
     s.append("other", ExpectedVersion::Any, vec![event("X", "0")])
         .await
@@ -168,7 +188,10 @@ async fn idempotent_retry_returns_the_original_result_and_writes_nothing() {
     assert_eq!(error.code(), "wrong_expected_version");
 
     let all = s
-        .read_all(ReadAllRequest { count: 100, ..Default::default() })
+        .read_all(ReadAllRequest {
+            count: 100,
+            ..Default::default()
+        })
         .await
         .expect("read all");
     assert_eq!(all.len(), 4, "retries wrote nothing");
@@ -188,27 +211,58 @@ async fn bad_input_gets_typed_errors_and_the_store_keeps_working() {
     let one = || vec![event("A", "1")];
     let long_id = "x".repeat(513);
     let cases: Vec<(&str, Result<_, StoreError>)> = vec![
-        ("empty stream id", s.append("", ExpectedVersion::Any, one()).await),
-        ("long stream id", s.append(&long_id, ExpectedVersion::Any, one()).await),
-        ("control character", s.append("a\u{7}b", ExpectedVersion::Any, one()).await),
-        ("reserved stream", s.append("$all", ExpectedVersion::Any, one()).await),
-        ("no events", s.append("s", ExpectedVersion::Any, vec![]).await),
-        ("empty type", s.append("s", ExpectedVersion::Any, vec![event("", "1")]).await),
+        (
+            "empty stream id",
+            s.append("", ExpectedVersion::Any, one()).await,
+        ),
+        (
+            "long stream id",
+            s.append(&long_id, ExpectedVersion::Any, one()).await,
+        ),
+        (
+            "control character",
+            s.append("a\u{7}b", ExpectedVersion::Any, one()).await,
+        ),
+        (
+            "reserved stream",
+            s.append("$all", ExpectedVersion::Any, one()).await,
+        ),
+        (
+            "no events",
+            s.append("s", ExpectedVersion::Any, vec![]).await,
+        ),
+        (
+            "empty type",
+            s.append("s", ExpectedVersion::Any, vec![event("", "1")])
+                .await,
+        ),
         (
             "oversized event",
-            s.append("s", ExpectedVersion::Any, vec![NewEvent::new("A", vec![0u8; 1_001])]).await,
+            s.append(
+                "s",
+                ExpectedVersion::Any,
+                vec![NewEvent::new("A", vec![0u8; 1_001])],
+            )
+            .await,
         ),
         (
             "too many events",
-            s.append("s", ExpectedVersion::Any, (0..6).map(|_| event("A", "1")).collect()).await,
+            s.append(
+                "s",
+                ExpectedVersion::Any,
+                (0..6).map(|_| event("A", "1")).collect(),
+            )
+            .await,
         ),
-        (
-            "duplicate ids in one append",
-            {
-                let id = Uuid::now_v7();
-                s.append("s", ExpectedVersion::Any, vec![event("A", "1").with_id(id), event("A", "2").with_id(id)]).await
-            },
-        ),
+        ("duplicate ids in one append", {
+            let id = Uuid::now_v7();
+            s.append(
+                "s",
+                ExpectedVersion::Any,
+                vec![event("A", "1").with_id(id), event("A", "2").with_id(id)],
+            )
+            .await
+        }),
     ];
     let expected_codes = [
         "invalid_argument",
@@ -230,12 +284,21 @@ async fn bad_input_gets_typed_errors_and_the_store_keeps_working() {
             .read_stream("s", None, count, Direction::Forward)
             .await
             .expect_err("absurd count");
-        assert!(matches!(error.code(), "invalid_argument" | "limit_exceeded"), "{error}");
+        assert!(
+            matches!(error.code(), "invalid_argument" | "limit_exceeded"),
+            "{error}"
+        );
         let error = s
-            .read_all(ReadAllRequest { count, ..Default::default() })
+            .read_all(ReadAllRequest {
+                count,
+                ..Default::default()
+            })
             .await
             .expect_err("absurd count on $all");
-        assert!(matches!(error.code(), "invalid_argument" | "limit_exceeded"), "{error}");
+        assert!(
+            matches!(error.code(), "invalid_argument" | "limit_exceeded"),
+            "{error}"
+        );
     }
     let error = s
         .read_stream("never-written", None, 10, Direction::Forward)
@@ -245,10 +308,17 @@ async fn bad_input_gets_typed_errors_and_the_store_keeps_working() {
 
     // Nothing was written, and the store still works.
     let all = s
-        .read_all(ReadAllRequest { count: 50, ..Default::default() })
+        .read_all(ReadAllRequest {
+            count: 50,
+            ..Default::default()
+        })
         .await
         .expect("read all");
-    assert!(all.is_empty(), "rejected requests wrote {} events", all.len());
+    assert!(
+        all.is_empty(),
+        "rejected requests wrote {} events",
+        all.len()
+    );
     let ok = s
         .append("s", ExpectedVersion::NoStream, vec![event("A", "1")])
         .await
@@ -262,20 +332,52 @@ async fn reads_forward_backward_filtered_and_paged() {
     let store = start().await;
     let s = &store.system;
     for i in 0..5 {
-        s.append("cart-1", ExpectedVersion::Any, vec![event("Added", &i.to_string())])
-            .await
-            .expect("append cart");
-        s.append("order-1", ExpectedVersion::Any, vec![event("Placed", &i.to_string())])
-            .await
-            .expect("append order");
+        s.append(
+            "cart-1",
+            ExpectedVersion::Any,
+            vec![event("Added", &i.to_string())],
+        )
+        .await
+        .expect("append cart");
+        s.append(
+            "order-1",
+            ExpectedVersion::Any,
+            vec![event("Placed", &i.to_string())],
+        )
+        .await
+        .expect("append order");
     }
-    let forward = s.read_stream("cart-1", Some(1), 2, Direction::Forward).await.expect("read");
-    assert_eq!(forward.iter().map(|e| e.event_number).collect::<Vec<_>>(), vec![1, 2]);
-    let backward = s.read_stream("cart-1", None, 3, Direction::Backward).await.expect("read");
-    assert_eq!(backward.iter().map(|e| e.event_number).collect::<Vec<_>>(), vec![4, 3, 2]);
-    let backward_from = s.read_stream("cart-1", Some(1), 5, Direction::Backward).await.expect("read");
-    assert_eq!(backward_from.iter().map(|e| e.event_number).collect::<Vec<_>>(), vec![1, 0]);
-    let beyond = s.read_stream("cart-1", Some(10), 5, Direction::Forward).await.expect("read");
+    let forward = s
+        .read_stream("cart-1", Some(1), 2, Direction::Forward)
+        .await
+        .expect("read");
+    assert_eq!(
+        forward.iter().map(|e| e.event_number).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    let backward = s
+        .read_stream("cart-1", None, 3, Direction::Backward)
+        .await
+        .expect("read");
+    assert_eq!(
+        backward.iter().map(|e| e.event_number).collect::<Vec<_>>(),
+        vec![4, 3, 2]
+    );
+    let backward_from = s
+        .read_stream("cart-1", Some(1), 5, Direction::Backward)
+        .await
+        .expect("read");
+    assert_eq!(
+        backward_from
+            .iter()
+            .map(|e| e.event_number)
+            .collect::<Vec<_>>(),
+        vec![1, 0]
+    );
+    let beyond = s
+        .read_stream("cart-1", Some(10), 5, Direction::Forward)
+        .await
+        .expect("read");
     assert!(beyond.is_empty());
 
     let orders = s
@@ -298,18 +400,35 @@ async fn reads_forward_backward_filtered_and_paged() {
         .await
         .expect("by type");
     assert_eq!(typed_backward.len(), 5);
-    assert!(typed_backward.windows(2).all(|w| w[0].position > w[1].position));
+    assert!(
+        typed_backward
+            .windows(2)
+            .all(|w| w[0].position > w[1].position)
+    );
     let from_middle = s
-        .read_all(ReadAllRequest { from_position: Some(8), count: 10, ..Default::default() })
+        .read_all(ReadAllRequest {
+            from_position: Some(8),
+            count: 10,
+            ..Default::default()
+        })
         .await
         .expect("from position");
-    assert_eq!(from_middle.iter().map(|e| e.position).collect::<Vec<_>>(), vec![8, 9]);
+    assert_eq!(
+        from_middle.iter().map(|e| e.position).collect::<Vec<_>>(),
+        vec![8, 9]
+    );
 
     let page_one = s.list_streams(None, 1).await.expect("streams");
     assert_eq!(page_one.len(), 1);
     assert_eq!(page_one[0].stream_id, "cart-1");
     let page_two = s.list_streams(Some("cart-1"), 10).await.expect("streams");
-    assert_eq!(page_two.iter().map(|i| (i.stream_id.as_str(), i.version)).collect::<Vec<_>>(), vec![("order-1", 4)]);
+    assert_eq!(
+        page_two
+            .iter()
+            .map(|i| (i.stream_id.as_str(), i.version))
+            .collect::<Vec<_>>(),
+        vec![("order-1", 4)]
+    );
     assert_eq!(s.list_stores(), vec!["default".to_string()]);
     store.system.stop().await;
 }
@@ -319,18 +438,33 @@ async fn snapshots_record_read_delete_list() {
     let store = start().await;
     let s = &store.system;
     for version in [3, 7, 12] {
-        s.record_snapshot("cart", "cart-1", version, format!("v{version}").into_bytes(), vec![])
-            .await
-            .expect("record");
+        s.record_snapshot(
+            "cart",
+            "cart-1",
+            version,
+            format!("v{version}").into_bytes(),
+            vec![],
+        )
+        .await
+        .expect("record");
     }
     s.record_snapshot("cart", "cart-2", 1, b"other".to_vec(), b"m".to_vec())
         .await
         .expect("record");
-    let exact = s.read_snapshot("cart", "cart-1", SnapshotVersion::Exact(7)).await.expect("exact");
+    let exact = s
+        .read_snapshot("cart", "cart-1", SnapshotVersion::Exact(7))
+        .await
+        .expect("exact");
     assert_eq!(exact.data, b"v7");
-    let below = s.read_snapshot("cart", "cart-1", SnapshotVersion::AtOrBelow(11)).await.expect("below");
+    let below = s
+        .read_snapshot("cart", "cart-1", SnapshotVersion::AtOrBelow(11))
+        .await
+        .expect("below");
     assert_eq!(below.version, 7);
-    let latest = s.read_snapshot("cart", "cart-1", SnapshotVersion::Latest).await.expect("latest");
+    let latest = s
+        .read_snapshot("cart", "cart-1", SnapshotVersion::Latest)
+        .await
+        .expect("latest");
     assert_eq!(latest.version, 12);
     let error = s
         .read_snapshot("cart", "cart-1", SnapshotVersion::Exact(8))
@@ -343,12 +477,25 @@ async fn snapshots_record_read_delete_list() {
         .expect_err("none at or below 2");
     assert_eq!(error.code(), "snapshot_not_found");
 
-    s.delete_snapshot("cart", "cart-1", 12).await.expect("delete");
-    s.delete_snapshot("cart", "cart-1", 12).await.expect("delete again is fine");
-    let latest = s.read_snapshot("cart", "cart-1", SnapshotVersion::Latest).await.expect("latest");
+    s.delete_snapshot("cart", "cart-1", 12)
+        .await
+        .expect("delete");
+    s.delete_snapshot("cart", "cart-1", 12)
+        .await
+        .expect("delete again is fine");
+    let latest = s
+        .read_snapshot("cart", "cart-1", SnapshotVersion::Latest)
+        .await
+        .expect("latest");
     assert_eq!(latest.version, 7);
-    let listed = s.list_snapshots(Some("cart"), Some("cart-1"), 100).await.expect("list");
-    assert_eq!(listed.iter().map(|x| x.version).collect::<Vec<_>>(), vec![3, 7]);
+    let listed = s
+        .list_snapshots(Some("cart"), Some("cart-1"), 100)
+        .await
+        .expect("list");
+    assert_eq!(
+        listed.iter().map(|x| x.version).collect::<Vec<_>>(),
+        vec![3, 7]
+    );
     let all = s.list_snapshots(None, None, 100).await.expect("list all");
     assert_eq!(all.len(), 3);
     let store = store.restart().await;
@@ -357,7 +504,10 @@ async fn snapshots_record_read_delete_list() {
         .read_snapshot("cart", "cart-2", SnapshotVersion::Exact(1))
         .await
         .expect("survives restart");
-    assert_eq!((after.data.as_slice(), after.metadata.as_slice()), (&b"other"[..], &b"m"[..]));
+    assert_eq!(
+        (after.data.as_slice(), after.metadata.as_slice()),
+        (&b"other"[..], &b"m"[..])
+    );
     store.system.stop().await;
 }
 
@@ -369,7 +519,11 @@ async fn acknowledged_appends_survive_a_restart() {
         let stream = format!("s-{}", i % 7);
         let result = store
             .system
-            .append(&stream, ExpectedVersion::Any, vec![event("E", &i.to_string())])
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![event("E", &i.to_string())],
+            )
             .await
             .expect("append");
         acknowledged.push((stream, result, i.to_string()));
@@ -378,7 +532,12 @@ async fn acknowledged_appends_survive_a_restart() {
     for (stream, result, data) in &acknowledged {
         let events = store
             .system
-            .read_stream(stream, Some(result.first_event_number), 1, Direction::Forward)
+            .read_stream(
+                stream,
+                Some(result.first_event_number),
+                1,
+                Direction::Forward,
+            )
             .await
             .expect("read");
         assert_eq!(events[0].position, result.first_position);

@@ -160,7 +160,9 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn open(bytes: &'a [u8], format: u8, what: &str) -> Result<Self, CorruptRecord> {
         if bytes.len() < HEADER_BYTES {
-            return Err(CorruptRecord(format!("{what} record shorter than its header")));
+            return Err(CorruptRecord(format!(
+                "{what} record shorter than its header"
+            )));
         }
         if bytes[0] != format {
             return Err(CorruptRecord(format!(

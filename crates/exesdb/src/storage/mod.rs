@@ -79,7 +79,10 @@ pub struct Storage {
     /// subscription key → subscription definition (written by `SubscriptionsWriter`).
     pub(crate) subscriptions: Keyspace,
     /// subscription key → checkpoint position (u64 BE).
-    #[expect(dead_code, reason = "persistent subscriptions (issue 4) write checkpoints")]
+    #[expect(
+        dead_code,
+        reason = "persistent subscriptions (issue 4) write checkpoints"
+    )]
     pub(crate) checkpoints: Keyspace,
     path: PathBuf,
 }
@@ -158,7 +161,10 @@ impl Storage {
         stream_id: &str,
         event_number: u64,
     ) -> Result<Option<u64>, StorageError> {
-        match self.stream_index.get(stream_index_key(stream_id, event_number))? {
+        match self
+            .stream_index
+            .get(stream_index_key(stream_id, event_number))?
+        {
             None => Ok(None),
             Some(value) => Ok(Some(decode_u64(&value, "stream_index")?)),
         }
@@ -188,7 +194,9 @@ impl Storage {
     pub fn event_at(&self, position: u64) -> Result<Option<RecordedEvent>, StorageError> {
         match self.log.get(position.to_be_bytes())? {
             None => Ok(None),
-            Some(bytes) => Ok(Some(decode_event(position, &bytes).map_err(corrupt("log"))?)),
+            Some(bytes) => Ok(Some(
+                decode_event(position, &bytes).map_err(corrupt("log"))?,
+            )),
         }
     }
 
@@ -204,13 +212,13 @@ impl Storage {
         let start = stream_index_key(stream_id, 0);
         let end = stream_index_key(stream_id, u64::MAX);
         let range = match (direction, from) {
-            (Direction::Forward, Some(from)) => {
-                self.stream_index.range(stream_index_key(stream_id, from)..=end)
-            }
+            (Direction::Forward, Some(from)) => self
+                .stream_index
+                .range(stream_index_key(stream_id, from)..=end),
             (Direction::Forward, None) => self.stream_index.range(start..=end),
-            (Direction::Backward, Some(from)) => {
-                self.stream_index.range(start..=stream_index_key(stream_id, from))
-            }
+            (Direction::Backward, Some(from)) => self
+                .stream_index
+                .range(start..=stream_index_key(stream_id, from)),
             (Direction::Backward, None) => self.stream_index.range(start..=end),
         };
         let positions: Box<dyn Iterator<Item = fjall::Guard>> = match direction {
@@ -220,10 +228,12 @@ impl Storage {
         let mut events = Vec::new();
         for guard in positions.take(usize::try_from(count).unwrap_or(usize::MAX)) {
             let position = decode_u64(&guard.value()?, "stream_index")?;
-            let event = self.event_at(position)?.ok_or_else(|| StorageError::Corrupt {
-                keyspace: "stream_index",
-                detail: format!("{stream_id} points at missing position {position}"),
-            })?;
+            let event = self
+                .event_at(position)?
+                .ok_or_else(|| StorageError::Corrupt {
+                    keyspace: "stream_index",
+                    detail: format!("{stream_id} points at missing position {position}"),
+                })?;
             events.push(event);
         }
         Ok(events)
@@ -366,7 +376,10 @@ fn decode_snapshot(key: &[u8], value: &[u8]) -> Result<StoredSnapshot, StorageEr
     }
     let (names, version) = key.split_at(key.len() - 8);
     let names = names.strip_suffix(&[SEPARATOR]).ok_or_else(bad_key)?;
-    let split = names.iter().position(|b| *b == SEPARATOR).ok_or_else(bad_key)?;
+    let split = names
+        .iter()
+        .position(|b| *b == SEPARATOR)
+        .ok_or_else(bad_key)?;
     let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| bad_key());
     Ok(StoredSnapshot {
         source_uuid: text(&names[..split])?,
@@ -473,7 +486,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join(FORMAT_FILE), "exesdb-format 99\n").expect("write");
         let error = Storage::open(dir.path()).expect_err("must refuse");
-        assert!(matches!(error, StartError::UnsupportedFormat { .. }), "{error}");
+        assert!(
+            matches!(error, StartError::UnsupportedFormat { .. }),
+            "{error}"
+        );
         assert!(error.to_string().contains("exesdb-format 99"));
     }
 
@@ -482,6 +498,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join("something"), "x").expect("write");
         let error = Storage::open(dir.path()).expect_err("must refuse");
-        assert!(matches!(error, StartError::NotADataDirectory { .. }), "{error}");
+        assert!(
+            matches!(error, StartError::NotADataDirectory { .. }),
+            "{error}"
+        );
     }
 }

@@ -71,7 +71,9 @@ struct WorkerEntry<W: KeyedWork> {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections are single map operations; a poisoned lock holds consistent data.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<W: KeyedWork> Partition<W> {
@@ -269,9 +271,15 @@ impl<W: KeyedWork> Actor for PartitionActor<W> {
         state: &mut PartitionState<W>,
     ) -> Result<(), ActorProcessingErr> {
         let (cell, failure) = match event {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+            SupervisionEvent::ActorTerminated(cell, final_state, reason) => {
+                // The final state may own resources (the Store's committer guard): release
+                // them now, before restarting anything that waits for them.
+                drop(final_state);
                 let idle = reason.as_deref() == Some(IDLE_EXIT);
-                (cell, (!idle).then(|| reason.unwrap_or_else(|| "stopped".into())))
+                (
+                    cell,
+                    (!idle).then(|| reason.unwrap_or_else(|| "stopped".into())),
+                )
             }
             SupervisionEvent::ActorFailed(cell, error) => (cell, Some(error.to_string())),
             _ => return Ok(()),
@@ -365,8 +373,7 @@ impl<W: KeyedWork> PartitionState<W> {
             }
         };
         node.set_cell(Some(actor.get_cell()));
-        self.children
-            .insert(actor.get_id(), (key.clone(), node));
+        self.children.insert(actor.get_id(), (key.clone(), node));
         lock(&partition.workers).insert(key, WorkerEntry { actor, sent: 0 });
         Ok(())
     }
@@ -456,7 +463,11 @@ impl<W: KeyedWork> Actor for WorkerActor<W> {
                     myself.stop(Some(IDLE_EXIT.into()));
                     return Ok(());
                 }
-                let next = state.args.idle.saturating_sub(idle_for).max(Duration::from_millis(1));
+                let next = state
+                    .args
+                    .idle
+                    .saturating_sub(idle_for)
+                    .max(Duration::from_millis(1));
                 myself.send_after(next, || WorkerMsg::IdleCheck);
             }
         }

@@ -149,7 +149,10 @@ impl Actor for Supervisor {
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         let (cell, reason) = match event {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+            SupervisionEvent::ActorTerminated(cell, final_state, reason) => {
+                // The final state may own resources (the Store's committer guard): release
+                // them now, before restarting anything that waits for them.
+                drop(final_state);
                 (cell, reason.unwrap_or_else(|| "stopped".into()))
             }
             SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),

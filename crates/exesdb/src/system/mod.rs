@@ -16,8 +16,8 @@ use tokio::sync::{Semaphore, oneshot};
 use crate::config::SystemConfig;
 use crate::error::{StartError, StoreError};
 use crate::event::{
-    ALL_STREAM, AppendResult, Direction, ExpectedVersion, NewEvent, ReadAllRequest,
-    RecordedEvent, StreamInfo, validate_stream_id,
+    ALL_STREAM, AppendResult, Direction, ExpectedVersion, NewEvent, ReadAllRequest, RecordedEvent,
+    StreamInfo, validate_stream_id,
 };
 use crate::storage::{Storage, StoredSnapshot};
 use crate::supervision::pool::{PoolSettings as WorkerPoolSettings, WorkerPool};
@@ -221,11 +221,16 @@ impl System {
     }
 
     /// Up to `request.count` events of `$all` that pass its filters, in position order.
-    pub async fn read_all(&self, request: ReadAllRequest) -> Result<Vec<RecordedEvent>, StoreError> {
+    pub async fn read_all(
+        &self,
+        request: ReadAllRequest,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         self.check_read_count(request.count)?;
         if let Some(prefix) = &request.stream_prefix {
             if prefix.chars().any(char::is_control) {
-                return Err(StoreError::invalid("stream prefix contains a control character"));
+                return Err(StoreError::invalid(
+                    "stream prefix contains a control character",
+                ));
             }
         }
         let _permit = self.admit().await?;
@@ -331,11 +336,12 @@ impl System {
             .snapshots_readers
             .dispatch(&snapshot_worker_key(source_uuid, stream_uuid), request)
             .await?;
-        await_reply(answer).await?.map(Snapshot::from).ok_or_else(|| {
-            StoreError::SnapshotNotFound(format!(
-                "{source_uuid}/{stream_uuid} at {version:?}"
-            ))
-        })
+        await_reply(answer)
+            .await?
+            .map(Snapshot::from)
+            .ok_or_else(|| {
+                StoreError::SnapshotNotFound(format!("{source_uuid}/{stream_uuid} at {version:?}"))
+            })
     }
 
     /// Snapshots, optionally only of one source (and stream), in key order.
@@ -392,8 +398,8 @@ impl System {
     /// timeout), then stops the tree in reverse start order. Everything acknowledged is durable.
     pub async fn stop(self) {
         self.accepting.store(false, Ordering::Release);
-        let all = u32::try_from(self.context.config.commit.requests_in_flight_max)
-            .unwrap_or(u32::MAX);
+        let all =
+            u32::try_from(self.context.config.commit.requests_in_flight_max).unwrap_or(u32::MAX);
         let timeout = Duration::from_millis(self.context.config.shutdown_timeout_ms);
         let _ = tokio::time::timeout(timeout, self.admission.acquire_many(all)).await;
         self.admission.close();
@@ -483,9 +489,7 @@ fn snapshot_worker_key(source_uuid: &str, stream_uuid: &str) -> String {
     format!("{source_uuid}/{stream_uuid}")
 }
 
-async fn await_reply<T>(
-    answer: oneshot::Receiver<Result<T, StoreError>>,
-) -> Result<T, StoreError> {
+async fn await_reply<T>(answer: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
     answer.await.map_err(|_| {
         StoreError::unavailable(
             "the store stopped before answering; a write may or may not have happened \
@@ -541,10 +545,22 @@ fn build_tree(context: &Arc<StoreContext>) -> (Pools, BuiltTree) {
         workers_per_partition_max: pools_config.workers_per_partition_max,
         idle: Duration::from_millis(idle_ms),
     };
-    let writer_pool = pool(pools_config.streams_writers_partitions, pools_config.writer_idle_ms);
-    let reader_pool = pool(pools_config.streams_readers_partitions, pools_config.reader_idle_ms);
-    let snapshot_writer_pool = pool(pools_config.snapshots_partitions, pools_config.writer_idle_ms);
-    let snapshot_reader_pool = pool(pools_config.snapshots_partitions, pools_config.reader_idle_ms);
+    let writer_pool = pool(
+        pools_config.streams_writers_partitions,
+        pools_config.writer_idle_ms,
+    );
+    let reader_pool = pool(
+        pools_config.streams_readers_partitions,
+        pools_config.reader_idle_ms,
+    );
+    let snapshot_writer_pool = pool(
+        pools_config.snapshots_partitions,
+        pools_config.writer_idle_ms,
+    );
+    let snapshot_reader_pool = pool(
+        pools_config.snapshots_partitions,
+        pools_config.reader_idle_ms,
+    );
     let emitter_pool = pool(pools_config.emitter_partitions, pools_config.reader_idle_ms);
     let gateway_pool = pool(pools_config.gateway_partitions, pools_config.reader_idle_ms);
 
@@ -607,8 +623,16 @@ fn build_tree(context: &Arc<StoreContext>) -> (Pools, BuiltTree) {
                 Strategy::OneForOne,
                 settings,
                 vec![
-                    service("ExESDB.SubscriptionsReader", context, Arc::new(SubscriptionsReader)),
-                    service("ExESDB.SubscriptionsWriter", context, Arc::new(SubscriptionsWriter)),
+                    service(
+                        "ExESDB.SubscriptionsReader",
+                        context,
+                        Arc::new(SubscriptionsReader),
+                    ),
+                    service(
+                        "ExESDB.SubscriptionsWriter",
+                        context,
+                        Arc::new(SubscriptionsWriter),
+                    ),
                 ],
             ),
         ],

@@ -21,11 +21,16 @@ pub async fn start() -> TestStore {
 }
 
 pub async fn start_in(dir: tempfile::TempDir) -> TestStore {
-    let system = System::start(config(dir.path())).await.expect("store starts");
+    let system = System::start(config(dir.path()))
+        .await
+        .expect("store starts");
     TestStore { system, dir }
 }
 
-pub async fn start_with(dir: tempfile::TempDir, change: impl FnOnce(&mut SystemConfig)) -> TestStore {
+pub async fn start_with(
+    dir: tempfile::TempDir,
+    change: impl FnOnce(&mut SystemConfig),
+) -> TestStore {
     let mut config = config(dir.path());
     change(&mut config);
     let system = System::start(config).await.expect("store starts");

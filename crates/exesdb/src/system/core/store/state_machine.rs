@@ -301,7 +301,11 @@ impl Transaction<'_> {
         };
         self.batch.insert(
             &self.storage.snapshots,
-            snapshot_key(&snapshot.source_uuid, &snapshot.stream_uuid, snapshot.version),
+            snapshot_key(
+                &snapshot.source_uuid,
+                &snapshot.stream_uuid,
+                snapshot.version,
+            ),
             record.encode(),
         );
         Ok(())
@@ -394,7 +398,11 @@ pub fn validate_append(command: &AppendCommand, limits: &Limits) -> Result<(), S
         }
         let bytes = (event.data.len() + event.metadata.len()) as u64;
         if bytes > limits.event_bytes_max {
-            return Err(StoreError::limit("event_bytes_max", limits.event_bytes_max, bytes));
+            return Err(StoreError::limit(
+                "event_bytes_max",
+                limits.event_bytes_max,
+                bytes,
+            ));
         }
         total_bytes += bytes;
         if !ids.insert(event.event_id) {
@@ -455,8 +463,7 @@ impl HeadCache {
     }
 
     fn insert(&mut self, stream_id: String, version: u64) {
-        if self.young.len() >= self.generation_entries_max && !self.young.contains_key(&stream_id)
-        {
+        if self.young.len() >= self.generation_entries_max && !self.young.contains_key(&stream_id) {
             self.old = std::mem::take(&mut self.young);
         }
         self.old.remove(&stream_id);

@@ -149,7 +149,9 @@ fn run_committer(
     ready: oneshot::Sender<Result<(), String>>,
 ) {
     let lease = context.committer_lease.clone();
-    let _lease = lease.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _lease = lease
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let settings = context.config.commit.clone();
     let mut machine = match StateMachine::recover(
         &context.storage,

@@ -9,7 +9,10 @@ pub struct StoreCluster;
 
 impl Service for StoreCluster {
     fn start(&self, context: &StoreContext) -> Result<(), String> {
-        tracing::debug!(store = context.store_id(), "single mode: this node is the whole replica set");
+        tracing::debug!(
+            store = context.store_id(),
+            "single mode: this node is the whole replica set"
+        );
         Ok(())
     }
 

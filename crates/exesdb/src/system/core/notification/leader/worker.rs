@@ -12,7 +12,11 @@ impl Service for LeaderWorker {
     fn start(&self, context: &StoreContext) -> Result<(), String> {
         if context.is_leader() {
             let stored = context.storage.subscriptions.approximate_len();
-            tracing::info!(store = context.store_id(), subscriptions = stored, "leader duties active");
+            tracing::info!(
+                store = context.store_id(),
+                subscriptions = stored,
+                "leader duties active"
+            );
         }
         Ok(())
     }

@@ -11,7 +11,11 @@ pub struct SubscriptionsReader;
 impl Service for SubscriptionsReader {
     fn start(&self, context: &StoreContext) -> Result<(), String> {
         let stored = context.storage.subscriptions.approximate_len();
-        tracing::debug!(store = context.store_id(), stored, "subscription definitions found");
+        tracing::debug!(
+            store = context.store_id(),
+            stored,
+            "subscription definitions found"
+        );
         Ok(())
     }
 
