@@ -226,12 +226,12 @@ impl System {
         request: ReadAllRequest,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         self.check_read_count(request.count)?;
-        if let Some(prefix) = &request.stream_prefix {
-            if prefix.chars().any(char::is_control) {
-                return Err(StoreError::invalid(
-                    "stream prefix contains a control character",
-                ));
-            }
+        if let Some(prefix) = &request.stream_prefix
+            && prefix.chars().any(char::is_control)
+        {
+            return Err(StoreError::invalid(
+                "stream prefix contains a control character",
+            ));
         }
         let _permit = self.admit().await?;
         let (reply, answer) = oneshot::channel();
