@@ -154,7 +154,7 @@ async fn health(State(node): State<Arc<Node>>) -> (StatusCode, axum::Json<serde_
             serde_json::json!({
                 "store": system.store_id(),
                 "accepts_writes": system.accepts_writes(),
-                "leader": system.accepts_writes(),
+                "leader": system.is_leader(),
             })
         })
         .collect();

@@ -9,7 +9,9 @@ use std::io::Write;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+use fjall::{
+    Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode, Readable, Snapshot,
+};
 use uuid::Uuid;
 
 use crate::error::{StartError, StoreError};
@@ -136,9 +138,15 @@ impl Storage {
         self.db.batch().durability(Some(PersistMode::SyncData))
     }
 
+    /// A consistent view: every batch committed before this call, and nothing of one in
+    /// progress. (Plain keyspace reads see a batch's items as they are inserted.)
+    fn view(&self) -> Snapshot {
+        self.db.snapshot()
+    }
+
     /// The position the next event gets: one past the last in the log.
     pub fn next_position(&self) -> Result<u64, StorageError> {
-        match self.log.last_key_value() {
+        match self.view().last_key_value(&self.log) {
             None => Ok(0),
             Some(guard) => {
                 let key = guard.key()?;
@@ -149,7 +157,7 @@ impl Storage {
 
     /// The version of a stream, or `None` when it has no events.
     pub fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, StorageError> {
-        match self.stream_heads.get(stream_id.as_bytes())? {
+        match self.view().get(&self.stream_heads, stream_id.as_bytes())? {
             None => Ok(None),
             Some(value) => Ok(Some(decode_u64(&value, "stream_heads")?)),
         }
@@ -172,7 +180,7 @@ impl Storage {
 
     /// The event id recorded at a position.
     pub fn event_id_at(&self, position: u64) -> Result<Option<Uuid>, StorageError> {
-        match self.log.get(position.to_be_bytes())? {
+        match self.view().get(&self.log, position.to_be_bytes())? {
             None => Ok(None),
             Some(bytes) => Ok(Some(decode_event_header(&bytes).map_err(corrupt("log"))?.1)),
         }
@@ -184,7 +192,10 @@ impl Storage {
         stream_id: &str,
         event_id: Uuid,
     ) -> Result<Option<u64>, StorageError> {
-        match self.event_ids.get(event_id_key(stream_id, event_id))? {
+        match self
+            .view()
+            .get(&self.event_ids, event_id_key(stream_id, event_id))?
+        {
             None => Ok(None),
             Some(value) => Ok(Some(decode_u64(&value, "event_ids")?)),
         }
@@ -192,65 +203,70 @@ impl Storage {
 
     /// The event at a position.
     pub fn event_at(&self, position: u64) -> Result<Option<RecordedEvent>, StorageError> {
-        match self.log.get(position.to_be_bytes())? {
-            None => Ok(None),
-            Some(bytes) => Ok(Some(
-                decode_event(position, &bytes).map_err(corrupt("log"))?,
-            )),
-        }
+        event_at(&self.view(), &self.log, position)
     }
 
     /// Up to `count` events of a stream starting at `from` (inclusive); `None` starts at the
-    /// first event (forward) or the last (backward).
+    /// first event (forward) or the last (backward). `Ok(None)` when the stream has no events.
     pub fn read_stream(
         &self,
         stream_id: &str,
         from: Option<u64>,
         count: u64,
         direction: Direction,
-    ) -> Result<Vec<RecordedEvent>, StorageError> {
-        let start = stream_index_key(stream_id, 0);
-        let end = stream_index_key(stream_id, u64::MAX);
-        let range = match (direction, from) {
-            (Direction::Forward, Some(from)) => self
-                .stream_index
-                .range(stream_index_key(stream_id, from)..=end),
-            (Direction::Forward, None) => self.stream_index.range(start..=end),
-            (Direction::Backward, Some(from)) => self
-                .stream_index
-                .range(start..=stream_index_key(stream_id, from)),
-            (Direction::Backward, None) => self.stream_index.range(start..=end),
-        };
-        let positions: Box<dyn Iterator<Item = fjall::Guard>> = match direction {
-            Direction::Forward => Box::new(range),
-            Direction::Backward => Box::new(range.rev()),
+    ) -> Result<Option<Vec<RecordedEvent>>, StorageError> {
+        let view = self.view();
+        if view
+            .get(&self.stream_heads, stream_id.as_bytes())?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let first = stream_index_key(stream_id, 0);
+        let last = stream_index_key(stream_id, u64::MAX);
+        let entries: Box<dyn Iterator<Item = fjall::Guard>> = match (direction, from) {
+            (Direction::Forward, Some(from)) => {
+                Box::new(view.range(&self.stream_index, stream_index_key(stream_id, from)..=last))
+            }
+            (Direction::Forward, None) => Box::new(view.range(&self.stream_index, first..=last)),
+            (Direction::Backward, Some(from)) => Box::new(
+                view.range(
+                    &self.stream_index,
+                    first..=stream_index_key(stream_id, from),
+                )
+                .rev(),
+            ),
+            (Direction::Backward, None) => {
+                Box::new(view.range(&self.stream_index, first..=last).rev())
+            }
         };
         let mut events = Vec::new();
-        for guard in positions.take(usize::try_from(count).unwrap_or(usize::MAX)) {
+        for guard in entries.take(usize::try_from(count).unwrap_or(usize::MAX)) {
             let position = decode_u64(&guard.value()?, "stream_index")?;
-            let event = self
-                .event_at(position)?
-                .ok_or_else(|| StorageError::Corrupt {
+            let event =
+                event_at(&view, &self.log, position)?.ok_or_else(|| StorageError::Corrupt {
                     keyspace: "stream_index",
                     detail: format!("{stream_id} points at missing position {position}"),
                 })?;
             events.push(event);
         }
-        Ok(events)
+        Ok(Some(events))
     }
 
     /// Up to `count` events of `$all` that pass the request's filters.
     pub fn read_all(&self, request: &ReadAllRequest) -> Result<Vec<RecordedEvent>, StorageError> {
-        let iter = match (request.direction, request.from_position) {
-            (Direction::Forward, Some(from)) => self.log.range(from.to_be_bytes()..),
-            (Direction::Forward, None) => self.log.iter(),
-            (Direction::Backward, Some(from)) => self.log.range(..=from.to_be_bytes()),
-            (Direction::Backward, None) => self.log.iter(),
-        };
-        let records: Box<dyn Iterator<Item = fjall::Guard>> = match request.direction {
-            Direction::Forward => Box::new(iter),
-            Direction::Backward => Box::new(iter.rev()),
-        };
+        let view = self.view();
+        let records: Box<dyn Iterator<Item = fjall::Guard>> =
+            match (request.direction, request.from_position) {
+                (Direction::Forward, Some(from)) => {
+                    Box::new(view.range(&self.log, from.to_be_bytes()..))
+                }
+                (Direction::Forward, None) => Box::new(view.iter(&self.log)),
+                (Direction::Backward, Some(from)) => {
+                    Box::new(view.range(&self.log, ..=from.to_be_bytes()).rev())
+                }
+                (Direction::Backward, None) => Box::new(view.iter(&self.log).rev()),
+            };
         let filtered = request.stream_prefix.is_some() || !request.event_types.is_empty();
         let mut events = Vec::new();
         for guard in records {
@@ -287,10 +303,10 @@ impl Storage {
             Some(after) => Bound::Excluded(after.as_bytes().to_vec()),
             None => Bound::Unbounded,
         };
+        let view = self.view();
         let mut streams = Vec::new();
-        for guard in self
-            .stream_heads
-            .range::<Vec<u8>, _>((lower, Bound::Unbounded))
+        for guard in view
+            .range::<Vec<u8>, _>(&self.stream_heads, (lower, Bound::Unbounded))
             .take(usize::try_from(count).unwrap_or(usize::MAX))
         {
             let (key, value) = guard.into_inner()?;
@@ -314,13 +330,14 @@ impl Storage {
         version: u64,
         exact: bool,
     ) -> Result<Option<StoredSnapshot>, StorageError> {
+        let view = self.view();
         let found = if exact {
             let key = snapshot_key(source_uuid, stream_uuid, version);
-            self.snapshots.get(&key)?.map(|value| (key, value))
+            view.get(&self.snapshots, &key)?.map(|value| (key, value))
         } else {
             let lower = snapshot_key(source_uuid, stream_uuid, 0);
             let upper = snapshot_key(source_uuid, stream_uuid, version);
-            match self.snapshots.range(lower..=upper).next_back() {
+            match view.range(&self.snapshots, lower..=upper).next_back() {
                 None => None,
                 Some(guard) => {
                     let (key, value) = guard.into_inner()?;
@@ -349,12 +366,12 @@ impl Storage {
                 prefix.push(SEPARATOR);
             }
         }
+        let view = self.view();
         let mut snapshots = Vec::new();
-        for guard in self
-            .snapshots
-            .prefix(&prefix)
-            .take(usize::try_from(count).unwrap_or(usize::MAX))
-        {
+        for guard in view.prefix(&self.snapshots, &prefix) {
+            if snapshots.len() as u64 >= count {
+                break;
+            }
             let (key, value) = guard.into_inner()?;
             let snapshot = decode_snapshot(&key, &value)?;
             if source_uuid.is_none() && stream_uuid.is_some_and(|s| s != snapshot.stream_uuid) {
@@ -363,6 +380,19 @@ impl Storage {
             snapshots.push(snapshot);
         }
         Ok(snapshots)
+    }
+}
+
+fn event_at(
+    view: &Snapshot,
+    log: &Keyspace,
+    position: u64,
+) -> Result<Option<RecordedEvent>, StorageError> {
+    match view.get(log, position.to_be_bytes())? {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(
+            decode_event(position, &bytes).map_err(corrupt("log"))?,
+        )),
     }
 }
 
@@ -447,7 +477,11 @@ fn check_or_write_format(dir: &Path) -> Result<(), StartError> {
             }
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let mut entries = fs::read_dir(dir).map_err(io)?;
+            // A crash while writing the marker leaves only its temporary file: still empty.
+            let temporary = dir.join(format!("{FORMAT_FILE}.tmp"));
+            let mut entries = fs::read_dir(dir)
+                .map_err(io)?
+                .filter(|entry| entry.as_ref().map_or(true, |e| e.path() != temporary));
             if entries.next().is_some() {
                 return Err(StartError::NotADataDirectory {
                     path: dir.to_path_buf(),
@@ -455,7 +489,6 @@ fn check_or_write_format(dir: &Path) -> Result<(), StartError> {
             }
             // Written to a temporary name, synced, renamed and the directory synced, so a crash
             // leaves either no marker (and an empty directory) or a complete one.
-            let temporary = dir.join(format!("{FORMAT_FILE}.tmp"));
             let mut file = fs::File::create(&temporary).map_err(io)?;
             writeln!(file, "{FORMAT_PREFIX}{FORMAT_VERSION}").map_err(io)?;
             file.sync_all().map_err(io)?;
@@ -491,6 +524,14 @@ mod tests {
             "{error}"
         );
         assert!(error.to_string().contains("exesdb-format 99"));
+    }
+
+    #[test]
+    fn a_leftover_temporary_marker_does_not_block_creation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("FORMAT.tmp"), "exesdb-form").expect("write");
+        drop(Storage::open(dir.path()).expect("creates"));
+        assert!(dir.path().join(FORMAT_FILE).exists());
     }
 
     #[test]

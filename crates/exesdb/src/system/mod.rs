@@ -159,6 +159,11 @@ impl System {
             && self.context.is_leader()
     }
 
+    /// Whether this node leads the store (always while running, in single mode).
+    pub fn is_leader(&self) -> bool {
+        self.context.is_leader()
+    }
+
     /// Appends events to a stream, atomically, if its version is what `expected` says.
     /// Returns once the events are durable (fsync'd).
     pub async fn append(

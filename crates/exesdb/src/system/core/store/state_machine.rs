@@ -155,15 +155,17 @@ impl Transaction<'_> {
     }
 
     /// Writes the batch durably (fsync) and, on success, folds its effects into the machine.
-    pub fn commit(self) -> Result<u64, StorageError> {
-        if !self.batch.is_empty() {
+    /// Returns the next position, and whether anything was written (an fsync happened).
+    pub fn commit(self) -> Result<(u64, bool), StorageError> {
+        let wrote = !self.batch.is_empty();
+        if wrote {
             self.batch.commit()?;
         }
         self.machine.next_position = self.next_position;
         for (stream_id, version) in self.heads {
             self.machine.heads.insert(stream_id, version);
         }
-        Ok(self.next_position)
+        Ok((self.next_position, wrote))
     }
 
     fn append(&mut self, command: &AppendCommand) -> Result<AppendResult, StoreError> {

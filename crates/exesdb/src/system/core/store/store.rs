@@ -211,9 +211,11 @@ fn commit_batch(
         .map(|request| transaction.apply(&request.command))
         .collect();
     match transaction.commit() {
-        Ok(next_position) => {
+        Ok((next_position, wrote)) => {
             let counters = &context.counters;
-            counters.batches.fetch_add(1, Ordering::Relaxed);
+            if wrote {
+                counters.batches.fetch_add(1, Ordering::Relaxed);
+            }
             counters
                 .commands
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);

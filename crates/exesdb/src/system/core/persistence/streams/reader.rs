@@ -1,5 +1,6 @@
 //! `StreamsReaders` workers: one per stream being read (and one for `$all`). Reads go straight
-//! to storage, whose views are consistent; they never wait for the committer.
+//! to a storage snapshot (every committed batch, none in progress); they never wait for the
+//! committer.
 
 use std::sync::Arc;
 
@@ -54,13 +55,9 @@ impl KeyedWork for StreamsReaderWork {
                     .read_stream(stream_id, from, count, direction)
                     .map_err(StoreError::from)
                     .and_then(|events| {
-                        if events.is_empty() && storage.stream_version(stream_id)?.is_none() {
-                            Err(StoreError::StreamNotFound {
-                                stream_id: stream_id.to_string(),
-                            })
-                        } else {
-                            Ok(events)
-                        }
+                        events.ok_or_else(|| StoreError::StreamNotFound {
+                            stream_id: stream_id.to_string(),
+                        })
                     });
                 let _ = reply.send(result);
             }
