@@ -12,7 +12,7 @@ pub mod storage;
 pub mod supervision;
 pub mod system;
 
-pub use config::{CommitSettings, Intensity, Limits, PoolSettings, SystemConfig};
+pub use config::{CommitSettings, Intensity, Limits, PoolSettings, StorageSettings, SystemConfig};
 pub use error::{StartError, StoreError};
 pub use event::{
     ALL_STREAM, AppendResult, Direction, ExpectedVersion, NewEvent, ReadAllRequest, RecordedEvent,

@@ -14,6 +14,7 @@ use fjall::{
 };
 use uuid::Uuid;
 
+use crate::config::StorageSettings;
 use crate::error::{StartError, StoreError};
 use crate::event::{Direction, ReadAllRequest, RecordedEvent, StreamInfo};
 use codec::{CorruptRecord, SnapshotRecord, decode_event, decode_event_header};
@@ -97,7 +98,7 @@ impl std::fmt::Debug for Storage {
 
 impl Storage {
     /// Opens (or creates) the store directory, refusing a directory of another format.
-    pub fn open(dir: &Path) -> Result<Storage, StartError> {
+    pub fn open(dir: &Path, settings: &StorageSettings) -> Result<Storage, StartError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| StartError::Io { path, source }
@@ -110,9 +111,16 @@ impl Storage {
             message: error.to_string(),
         };
         let db = Database::builder(&engine_dir)
+            .max_journaling_size(settings.journal_bytes_max)
+            .cache_size(settings.cache_bytes_max)
             .open()
             .map_err(storage_error)?;
-        let keyspace = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let memtable_bytes_max = settings.memtable_bytes_max;
+        let keyspace = |name: &str| {
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes_max)
+            })
+        };
         let storage = Storage {
             log: keyspace("log").map_err(storage_error)?,
             stream_index: keyspace("stream_index").map_err(storage_error)?,
@@ -157,47 +165,15 @@ impl Storage {
 
     /// The version of a stream, or `None` when it has no events.
     pub fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, StorageError> {
-        match self.view().get(&self.stream_heads, stream_id.as_bytes())? {
-            None => Ok(None),
-            Some(value) => Ok(Some(decode_u64(&value, "stream_heads")?)),
-        }
+        self.point_view().stream_version(stream_id)
     }
 
-    /// The position of event `event_number` of a stream.
-    pub fn position_of(
-        &self,
-        stream_id: &str,
-        event_number: u64,
-    ) -> Result<Option<u64>, StorageError> {
-        match self
-            .stream_index
-            .get(stream_index_key(stream_id, event_number))?
-        {
-            None => Ok(None),
-            Some(value) => Ok(Some(decode_u64(&value, "stream_index")?)),
-        }
-    }
-
-    /// The event id recorded at a position.
-    pub fn event_id_at(&self, position: u64) -> Result<Option<Uuid>, StorageError> {
-        match self.view().get(&self.log, position.to_be_bytes())? {
-            None => Ok(None),
-            Some(bytes) => Ok(Some(decode_event_header(&bytes).map_err(corrupt("log"))?.1)),
-        }
-    }
-
-    /// The event number at which `event_id` was recorded in a stream, if it was.
-    pub fn event_number_of_id(
-        &self,
-        stream_id: &str,
-        event_id: Uuid,
-    ) -> Result<Option<u64>, StorageError> {
-        match self
-            .view()
-            .get(&self.event_ids, event_id_key(stream_id, event_id))?
-        {
-            None => Ok(None),
-            Some(value) => Ok(Some(decode_u64(&value, "event_ids")?)),
+    /// A view for several point reads that must agree with each other (the committer takes
+    /// one per batch).
+    pub fn point_view(&self) -> PointView<'_> {
+        PointView {
+            storage: self,
+            snapshot: self.view(),
         }
     }
 
@@ -383,6 +359,51 @@ impl Storage {
     }
 }
 
+/// Point reads against one consistent snapshot.
+pub struct PointView<'a> {
+    storage: &'a Storage,
+    snapshot: Snapshot,
+}
+
+impl PointView<'_> {
+    /// The version of a stream, or `None` when it has no events.
+    pub fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, StorageError> {
+        match self
+            .snapshot
+            .get(&self.storage.stream_heads, stream_id.as_bytes())?
+        {
+            None => Ok(None),
+            Some(value) => Ok(Some(decode_u64(&value, "stream_heads")?)),
+        }
+    }
+
+    /// The position of event `event_number` of a stream.
+    pub fn position_of(
+        &self,
+        stream_id: &str,
+        event_number: u64,
+    ) -> Result<Option<u64>, StorageError> {
+        let key = stream_index_key(stream_id, event_number);
+        match self.snapshot.get(&self.storage.stream_index, key)? {
+            None => Ok(None),
+            Some(value) => Ok(Some(decode_u64(&value, "stream_index")?)),
+        }
+    }
+
+    /// The event number at which `event_id` was recorded in a stream, if it was.
+    pub fn event_number_of_id(
+        &self,
+        stream_id: &str,
+        event_id: Uuid,
+    ) -> Result<Option<u64>, StorageError> {
+        let key = event_id_key(stream_id, event_id);
+        match self.snapshot.get(&self.storage.event_ids, key)? {
+            None => Ok(None),
+            Some(value) => Ok(Some(decode_u64(&value, "event_ids")?)),
+        }
+    }
+}
+
 fn event_at(
     view: &Snapshot,
     log: &Keyspace,
@@ -508,17 +529,18 @@ mod tests {
     fn a_new_directory_gets_a_format_marker_and_reopens() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = dir.path().join("s");
-        drop(Storage::open(&store).expect("creates"));
+        drop(Storage::open(&store, &StorageSettings::default()).expect("creates"));
         let marker = fs::read_to_string(store.join(FORMAT_FILE)).expect("marker");
         assert_eq!(marker.trim(), format!("exesdb-format {FORMAT_VERSION}"));
-        drop(Storage::open(&store).expect("reopens"));
+        drop(Storage::open(&store, &StorageSettings::default()).expect("reopens"));
     }
 
     #[test]
     fn a_newer_format_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join(FORMAT_FILE), "exesdb-format 99\n").expect("write");
-        let error = Storage::open(dir.path()).expect_err("must refuse");
+        let error =
+            Storage::open(dir.path(), &StorageSettings::default()).expect_err("must refuse");
         assert!(
             matches!(error, StartError::UnsupportedFormat { .. }),
             "{error}"
@@ -530,7 +552,7 @@ mod tests {
     fn a_leftover_temporary_marker_does_not_block_creation() {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join("FORMAT.tmp"), "exesdb-form").expect("write");
-        drop(Storage::open(dir.path()).expect("creates"));
+        drop(Storage::open(dir.path(), &StorageSettings::default()).expect("creates"));
         assert!(dir.path().join(FORMAT_FILE).exists());
     }
 
@@ -538,7 +560,8 @@ mod tests {
     fn a_foreign_directory_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join("something"), "x").expect("write");
-        let error = Storage::open(dir.path()).expect_err("must refuse");
+        let error =
+            Storage::open(dir.path(), &StorageSettings::default()).expect_err("must refuse");
         assert!(
             matches!(error, StartError::NotADataDirectory { .. }),
             "{error}"

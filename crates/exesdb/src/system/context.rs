@@ -34,6 +34,10 @@ pub struct CommitCounters {
     pub commands: AtomicU64,
     /// Events appended by those batches.
     pub events: AtomicU64,
+    /// Time spent applying commands to the state machine, in nanoseconds.
+    pub apply_nanos: AtomicU64,
+    /// Time spent writing and syncing batches, in nanoseconds.
+    pub write_nanos: AtomicU64,
 }
 
 /// A copy of the commit counters.
@@ -42,6 +46,8 @@ pub struct CommitStats {
     pub batches: u64,
     pub commands: u64,
     pub events: u64,
+    pub apply_nanos: u64,
+    pub write_nanos: u64,
 }
 
 /// The shared context of one store's System.
@@ -118,6 +124,8 @@ impl StoreContext {
             batches: self.counters.batches.load(Ordering::Relaxed),
             commands: self.counters.commands.load(Ordering::Relaxed),
             events: self.counters.events.load(Ordering::Relaxed),
+            apply_nanos: self.counters.apply_nanos.load(Ordering::Relaxed),
+            write_nanos: self.counters.write_nanos.load(Ordering::Relaxed),
         }
     }
 

@@ -117,9 +117,13 @@ impl System {
     pub async fn start(config: SystemConfig) -> Result<System, StartError> {
         config.validate()?;
         let directory = config.store_dir();
-        let storage = tokio::task::spawn_blocking(move || Storage::open(&directory))
-            .await
-            .map_err(|error| StartError::Tree(format!("opening storage panicked: {error}")))??;
+        let storage_settings = config.storage.clone();
+        let storage =
+            tokio::task::spawn_blocking(move || Storage::open(&directory, &storage_settings))
+                .await
+                .map_err(|error| {
+                    StartError::Tree(format!("opening storage panicked: {error}"))
+                })??;
         let next_position = storage
             .next_position()
             .map_err(|error| StartError::Corrupt(error.to_string()))?;

@@ -15,7 +15,9 @@ use crate::config::{EVENT_TYPE_BYTES_MAX, Limits, STREAM_ID_BYTES_MAX};
 use crate::error::StoreError;
 use crate::event::{AppendResult, ExpectedVersion, validate_stream_id};
 use crate::storage::codec::{EventRecord, SnapshotRecord};
-use crate::storage::{Storage, StorageError, event_id_key, snapshot_key, stream_index_key};
+use crate::storage::{
+    PointView, Storage, StorageError, event_id_key, snapshot_key, stream_index_key,
+};
 
 /// Content types are short labels; anything longer is a mistake.
 const CONTENT_TYPE_BYTES_MAX: usize = 256;
@@ -48,6 +50,8 @@ pub struct AppendCommand {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedEvent {
     pub event_id: Uuid,
+    /// Whether the client chose the id (a retry may repeat it) or the store generated it.
+    pub client_event_id: bool,
     pub event_type: String,
     pub data: Vec<u8>,
     pub metadata: Vec<u8>,
@@ -110,6 +114,7 @@ impl StateMachine {
             next_position: self.next_position,
             machine: self,
             storage,
+            view: storage.point_view(),
             batch: storage.durable_batch(),
             heads: HashMap::new(),
             appended: HashMap::new(),
@@ -123,10 +128,13 @@ impl StateMachine {
 pub struct Transaction<'a> {
     machine: &'a mut StateMachine,
     storage: &'a Storage,
+    /// Everything committed before this batch; the batch's own effects are in the maps below.
+    view: PointView<'a>,
     batch: OwnedWriteBatch,
     next_position: u64,
     heads: HashMap<String, u64>,
-    appended: HashMap<(String, u64), (Uuid, u64)>,
+    /// Positions of the events this batch appended, by (stream, event number).
+    appended: HashMap<(String, u64), u64>,
     event_ids: HashMap<(String, Uuid), u64>,
 }
 
@@ -172,10 +180,15 @@ impl Transaction<'_> {
         validate_append(command, &self.machine.limits)?;
         let stream_id = command.stream_id.as_str();
         let current = self.stream_version(stream_id)?;
+        // Ids the store generated (UUID v7) are new by construction; only ids a client chose
+        // can repeat, so only they cost an index lookup.
         let existing = command
             .events
             .iter()
-            .map(|event| self.event_number_of_id(stream_id, event.event_id))
+            .map(|event| match event.client_event_id {
+                true => self.event_number_of_id(stream_id, event.event_id),
+                false => Ok(None),
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if existing.iter().all(Option::is_none) {
             check_expected(command.expected, current)?;
@@ -238,17 +251,18 @@ impl Transaction<'_> {
                 stream_index_key(stream_id, event_number),
                 position.to_be_bytes(),
             );
-            self.batch.insert(
-                &storage.event_ids,
-                event_id_key(stream_id, event.event_id),
-                event_number.to_be_bytes(),
-            );
-            self.appended.insert(
-                (stream_id.to_string(), event_number),
-                (event.event_id, position),
-            );
-            self.event_ids
-                .insert((stream_id.to_string(), event.event_id), event_number);
+            // Only client-chosen ids can come back in a retry, so only they are indexed.
+            if event.client_event_id {
+                self.batch.insert(
+                    &storage.event_ids,
+                    event_id_key(stream_id, event.event_id),
+                    event_number.to_be_bytes(),
+                );
+                self.event_ids
+                    .insert((stream_id.to_string(), event.event_id), event_number);
+            }
+            self.appended
+                .insert((stream_id.to_string(), event_number), position);
         }
         let count = command.events.len() as u64;
         let last_event_number = first_event_number + count - 1;
@@ -320,7 +334,7 @@ impl Transaction<'_> {
         if let Some(version) = self.machine.heads.get(stream_id) {
             return Ok(Some(version));
         }
-        let stored = self.storage.stream_version(stream_id)?;
+        let stored = self.view.stream_version(stream_id)?;
         if let Some(version) = stored {
             self.machine.heads.insert(stream_id.to_string(), version);
         }
@@ -335,14 +349,14 @@ impl Transaction<'_> {
         if let Some(number) = self.event_ids.get(&(stream_id.to_string(), event_id)) {
             return Ok(Some(*number));
         }
-        Ok(self.storage.event_number_of_id(stream_id, event_id)?)
+        Ok(self.view.event_number_of_id(stream_id, event_id)?)
     }
 
     fn position_of(&self, stream_id: &str, event_number: u64) -> Result<Option<u64>, StoreError> {
-        if let Some((_, position)) = self.appended.get(&(stream_id.to_string(), event_number)) {
+        if let Some(position) = self.appended.get(&(stream_id.to_string(), event_number)) {
             return Ok(Some(*position));
         }
-        Ok(self.storage.position_of(stream_id, event_number)?)
+        Ok(self.view.position_of(stream_id, event_number)?)
     }
 }
 

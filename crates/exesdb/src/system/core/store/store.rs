@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -205,14 +205,23 @@ fn commit_batch(
     batch: &mut Vec<CommitRequest>,
 ) {
     let first_position = machine.next_position();
+    let applying = Instant::now();
     let mut transaction = machine.begin(&context.storage);
     let outcomes: Vec<Result<Outcome, StoreError>> = batch
         .iter()
         .map(|request| transaction.apply(&request.command))
         .collect();
-    match transaction.commit() {
+    let writing = Instant::now();
+    let committed = transaction.commit();
+    let counters = &context.counters;
+    counters
+        .apply_nanos
+        .fetch_add(elapsed_nanos(applying, writing), Ordering::Relaxed);
+    counters
+        .write_nanos
+        .fetch_add(elapsed_nanos(writing, Instant::now()), Ordering::Relaxed);
+    match committed {
         Ok((next_position, wrote)) => {
-            let counters = &context.counters;
             if wrote {
                 counters.batches.fetch_add(1, Ordering::Relaxed);
             }
@@ -243,4 +252,8 @@ fn commit_batch(
             }
         }
     }
+}
+
+fn elapsed_nanos(from: Instant, to: Instant) -> u64 {
+    u64::try_from(to.saturating_duration_since(from).as_nanos()).unwrap_or(u64::MAX)
 }

@@ -44,6 +44,7 @@ impl KeyedWork for StreamsWriterWork {
 
 fn prepare(event: NewEvent) -> PreparedEvent {
     PreparedEvent {
+        client_event_id: event.event_id.is_some(),
         event_id: event.event_id.unwrap_or_else(Uuid::now_v7),
         event_type: event.event_type,
         data: event.data,
