@@ -373,3 +373,49 @@ async fn exceeding_the_intensity_escalates_to_the_parent() {
     append_and_check(s, "probe", &mut acknowledged).await;
     store.system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_partition_answers_unavailable_and_recovers_when_workers_idle_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = start_with(dir, |config| {
+        config.pools.streams_writers_partitions = 1;
+        config.pools.workers_per_partition_max = 2;
+        config.pools.writer_idle_ms = 200;
+    })
+    .await;
+    let s = &store.system;
+    for stream in ["a", "b"] {
+        s.append(stream, ExpectedVersion::Any, vec![event("E", "x")])
+            .await
+            .expect("within the limit");
+    }
+    let error = s
+        .append("c", ExpectedVersion::Any, vec![event("E", "x")])
+        .await
+        .expect_err("a third active stream exceeds workers_per_partition_max");
+    assert_eq!(error.code(), "unavailable");
+    assert!(
+        error.to_string().contains("workers_per_partition_max"),
+        "{error}"
+    );
+    // Streams with a running worker are still served.
+    s.append("a", ExpectedVersion::Exact(0), vec![event("E", "y")])
+        .await
+        .expect("existing worker still serves");
+    // Once the workers idle out, the new stream gets one.
+    let mut result = Err(error);
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        result = s
+            .append("c", ExpectedVersion::NoStream, vec![event("E", "x")])
+            .await;
+        if result.is_ok() {
+            break;
+        }
+    }
+    assert_eq!(
+        result.expect("served after idle stop").first_event_number,
+        0
+    );
+    store.system.stop().await;
+}

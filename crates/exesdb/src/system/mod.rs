@@ -481,6 +481,16 @@ impl System {
     }
 }
 
+impl Drop for System {
+    /// A System dropped without [`System::stop`] still stops its tree (in the background:
+    /// a destructor cannot wait). Everything acknowledged is already durable.
+    fn drop(&mut self) {
+        if self.root.get_status() == ractor::ActorStatus::Running {
+            self.root.stop(Some("the System handle was dropped".into()));
+        }
+    }
+}
+
 async fn supervision_stop(root: &ActorRef<()>, timeout: Duration) {
     // The root's post_stop stops its children in reverse order, each waiting for its own.
     let patience = timeout * 4;
