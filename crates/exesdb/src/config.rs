@@ -82,6 +82,12 @@ pub struct PoolSettings {
     pub emitter_partitions: usize,
     /// Partitions of `GatewayWorkers`.
     pub gateway_partitions: usize,
+    /// Gateway workers (requests are spread over them by stream).
+    pub gateway_workers: usize,
+    /// Requests the gateway runs at once; one more gets `unavailable` at once, not a queue.
+    pub gateway_requests_in_flight_max: usize,
+    /// Events buffered per streaming read; a slow reader holds the read, not more memory.
+    pub read_stream_buffer_events: usize,
     /// Workers one partition may run at once; a request for one more gets `unavailable`.
     pub workers_per_partition_max: usize,
     /// A writer with no request for this long stops.
@@ -98,6 +104,9 @@ impl Default for PoolSettings {
             snapshots_partitions: 2,
             emitter_partitions: 2,
             gateway_partitions: 2,
+            gateway_workers: 8,
+            gateway_requests_in_flight_max: 4_096,
+            read_stream_buffer_events: 1_024,
             workers_per_partition_max: 16_384,
             writer_idle_ms: 10_000,
             reader_idle_ms: 10_000,
@@ -214,6 +223,12 @@ impl SystemConfig {
             ("emitter_partitions", pools.emitter_partitions),
             ("gateway_partitions", pools.gateway_partitions),
             ("workers_per_partition_max", pools.workers_per_partition_max),
+            ("gateway_workers", pools.gateway_workers),
+            (
+                "gateway_requests_in_flight_max",
+                pools.gateway_requests_in_flight_max,
+            ),
+            ("read_stream_buffer_events", pools.read_stream_buffer_events),
             (
                 "commit_queue_commands_max",
                 self.commit.commit_queue_commands_max,

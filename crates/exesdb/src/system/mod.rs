@@ -37,7 +37,7 @@ use core::store::state_machine::{Command, Outcome, SnapshotCommand};
 use core::store::store::Store;
 use core::store::store_cluster::StoreCluster;
 use core::store::store_registry::StoreRegistry;
-use gateway::{GatewayWork, PubSub};
+use gateway::{Gateway, GatewayWork, PubSub};
 
 /// The name of the root of the tree.
 pub const ROOT_NAME: &str = "ExESDB.System";
@@ -84,6 +84,7 @@ pub enum SnapshotVersion {
 }
 
 struct Pools {
+    gateway_workers: WorkerPool<GatewayWork>,
     streams_writers: WorkerPool<StreamsWriterWork>,
     streams_readers: WorkerPool<StreamsReaderWork>,
     snapshots_writers: WorkerPool<SnapshotsWriterWork>,
@@ -104,12 +105,28 @@ struct Pools {
 /// # Ok(()) }
 /// ```
 pub struct System {
-    context: Arc<StoreContext>,
+    api: StoreApi,
+    gateway: Gateway,
     root: ActorRef<()>,
     root_node: Arc<TreeNode>,
-    pools: Pools,
+}
+
+/// The store's API, the same one `System` offers (a `System` derefs to it). Cheap to clone:
+/// the gateway's workers each hold one.
+#[derive(Clone)]
+pub struct StoreApi {
+    context: Arc<StoreContext>,
+    pools: Arc<Pools>,
     admission: Arc<Semaphore>,
-    accepting: AtomicBool,
+    accepting: Arc<AtomicBool>,
+}
+
+impl std::ops::Deref for System {
+    type Target = StoreApi;
+
+    fn deref(&self) -> &StoreApi {
+        &self.api
+    }
 }
 
 impl System {
@@ -141,19 +158,25 @@ impl System {
             .await
             .map_err(|error| StartError::Tree(error.to_string()))?;
         root_node.set_cell(Some(root.get_cell()));
-        Ok(System {
+        let api = StoreApi {
             context,
+            pools: Arc::new(pools),
+            admission,
+            accepting: Arc::new(AtomicBool::new(true)),
+        };
+        let pool_settings = &api.context.config.pools;
+        let gateway = Gateway::new(
+            api.clone(),
+            api.pools.gateway_workers.clone(),
+            pool_settings.gateway_workers,
+            pool_settings.gateway_requests_in_flight_max,
+        );
+        Ok(System {
+            api,
+            gateway,
             root,
             root_node,
-            pools,
-            admission,
-            accepting: AtomicBool::new(true),
         })
-    }
-
-    /// The store's id.
-    pub fn store_id(&self) -> &str {
-        self.context.store_id()
     }
 
     /// Whether the tree is up and this node accepts writes for the store.
@@ -161,6 +184,23 @@ impl System {
         self.accepting.load(Ordering::Acquire)
             && self.root.get_status() == ractor::ActorStatus::Running
             && self.context.is_leader()
+    }
+
+    /// The way in for network requests: admission control and gateway workers.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// The live supervision tree.
+    pub fn tree(&self) -> TreeSnapshot {
+        self.root_node.snapshot()
+    }
+}
+
+impl StoreApi {
+    /// The store's id.
+    pub fn store_id(&self) -> &str {
+        self.context.store_id()
     }
 
     /// Whether this node leads the store (always while running, in single mode).
@@ -385,11 +425,6 @@ impl System {
         self.context.config.node_stores.list()
     }
 
-    /// The live supervision tree.
-    pub fn tree(&self) -> TreeSnapshot {
-        self.root_node.snapshot()
-    }
-
     /// Counters of the commit path since start: batches (fsyncs), commands, events.
     pub fn commit_stats(&self) -> CommitStats {
         self.context.commit_stats()
@@ -402,7 +437,9 @@ impl System {
             + self.pools.snapshots_writers.active_workers()
             + self.pools.snapshots_readers.active_workers()
     }
+}
 
+impl System {
     /// Stops cleanly: refuses new requests, lets those in flight finish (up to the shutdown
     /// timeout), then stops the tree in reverse start order. Everything acknowledged is durable.
     pub async fn stop(self) {
@@ -435,7 +472,9 @@ impl System {
         let cell = self.root_node.find(process_name)?.cell()?;
         Some(cell.get_id().to_string())
     }
+}
 
+impl StoreApi {
     async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
         if !self.accepting.load(Ordering::Acquire) {
             return Err(StoreError::unavailable("the store is stopping"));
@@ -617,7 +656,7 @@ fn build_tree(context: &Arc<StoreContext>) -> (Pools, BuiltTree) {
     );
     let (_emitters, emitter_pools_spec) =
         WorkerPool::new("ExESDB.EmitterPools", EmitterWork, emitter_pool, settings);
-    let (_gateway, gateway_workers_spec) =
+    let (gateway_workers, gateway_workers_spec) =
         WorkerPool::new("ExESDB.GatewayWorkers", GatewayWork, gateway_pool, settings);
 
     let persistence = supervisor(
@@ -716,6 +755,7 @@ fn build_tree(context: &Arc<StoreContext>) -> (Pools, BuiltTree) {
         streams_readers,
         snapshots_writers,
         snapshots_readers,
+        gateway_workers,
     };
     (
         pools,

@@ -1,24 +1,112 @@
 //! `ExESDB.GatewaySystem` [S] (:one_for_one), started last: `GatewayWorkers` [PS] and the
-//! native `ExESDB.PubSub` [GS]. The gRPC gateway (issue 3) routes requests through the gateway
-//! workers; until then the pool has partitions and no workers, and the embedded API calls the
-//! core pools directly.
+//! native `ExESDB.PubSub` [GS].
+//!
+//! Every request from the network passes through [`Gateway::call`]: admission control first
+//! (at most `gateway_requests_in_flight_max` requests at once; one more is answered
+//! `unavailable` immediately rather than queued), then a gateway worker, chosen by the request's
+//! stream so one stream's requests keep their order, runs the call against the store's API as
+//! its own task.
 
-use std::convert::Infallible;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::Arc;
 
-use crate::supervision::pool::KeyedWork;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::error::StoreError;
+use crate::supervision::pool::{KeyedWork, WorkerPool};
 use crate::supervision::service::Service;
+use crate::system::StoreApi;
 use crate::system::context::StoreContext;
 
-/// The work of gateway workers: none until the gRPC gateway exists.
+/// A call admitted by the gateway, with the permit that counts it in flight.
+pub struct GatewayCall {
+    permit: OwnedSemaphorePermit,
+    task: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+/// What gateway workers do: run each admitted call as its own task, so one slow request never
+/// holds up the others routed to the same worker.
 pub struct GatewayWork;
 
 impl KeyedWork for GatewayWork {
-    type Request = Infallible;
+    type Request = GatewayCall;
     const WORKER_NAME: &'static str = "ExESDB.GatewayWorker";
 
-    async fn handle(&self, _key: &str, request: Infallible) {
-        match request {}
+    async fn handle(&self, _key: &str, call: GatewayCall) {
+        let GatewayCall { permit, task } = call;
+        tokio::spawn(async move {
+            task.await;
+            drop(permit);
+        });
     }
+}
+
+/// The way in for network requests to one store.
+#[derive(Clone)]
+pub struct Gateway {
+    api: StoreApi,
+    workers: WorkerPool<GatewayWork>,
+    worker_count: usize,
+    in_flight: Arc<Semaphore>,
+    in_flight_max: usize,
+}
+
+impl Gateway {
+    pub(crate) fn new(
+        api: StoreApi,
+        workers: WorkerPool<GatewayWork>,
+        worker_count: usize,
+        in_flight_max: usize,
+    ) -> Self {
+        Gateway {
+            api,
+            workers,
+            worker_count,
+            in_flight: Arc::new(Semaphore::new(in_flight_max)),
+            in_flight_max,
+        }
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight_max - self.in_flight.available_permits()
+    }
+
+    /// Runs `call` on the store's API through a gateway worker; `route` (a stream id, usually)
+    /// picks the worker. `unavailable` at once when the gateway is full.
+    pub async fn call<T, F, Fut>(&self, route: &str, call: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(StoreApi) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
+            StoreError::unavailable(format!(
+                "the gateway is full: {} requests in flight (gateway_requests_in_flight_max)",
+                self.in_flight_max
+            ))
+        })?;
+        let (reply, answer) = oneshot::channel();
+        let api = self.api.clone();
+        let task = Box::pin(async move {
+            let _ = reply.send(call(api).await);
+        });
+        let key = format!("{}", worker_index(route, self.worker_count));
+        self.workers
+            .dispatch(&key, GatewayCall { permit, task })
+            .await?;
+        answer
+            .await
+            .map_err(|_| StoreError::unavailable("the gateway worker stopped before answering"))?
+    }
+}
+
+fn worker_index(route: &str, workers: usize) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    route.hash(&mut hasher);
+    (hasher.finish() % workers.max(1) as u64) as usize
 }
 
 /// The native PubSub: topics `<store>:$all` and `<store>:<topic>` arrive with issue 4.
