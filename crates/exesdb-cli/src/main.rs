@@ -6,12 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
 use clap::{Parser, Subcommand, ValueEnum};
-use exesdb::{NodeStores, System, SystemConfig};
+use exesdb::{MetricsRenderer, Node, SystemConfig};
 
 #[derive(Parser)]
 #[command(name = "exesdb", version, about = "ExESDB in Rust: an event store")]
@@ -101,76 +97,45 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-struct Node {
-    systems: Vec<System>,
-}
-
 async fn serve(args: ServeArgs) -> Result<(), String> {
     if matches!(args.mode, Mode::Cluster) {
         return Err("cluster mode is not available yet; run with --mode single".into());
     }
-    let node_stores = NodeStores::default();
-    let mut systems = Vec::new();
-    for store_id in &args.stores {
-        let mut config = SystemConfig::new(&args.data_dir, store_id.clone());
-        config.node_stores = node_stores.clone();
-        match System::start(config).await {
-            Ok(system) => systems.push(system),
-            Err(error) => {
-                for system in systems {
-                    system.stop().await;
-                }
-                return Err(format!("store {store_id}: {error}"));
-            }
-        }
-    }
-    let node = Arc::new(Node { systems });
+    let metrics = install_metrics()?;
+    let template = SystemConfig::new(&args.data_dir, "default");
+    let node = Node::start(template, &args.stores)
+        .await
+        .map_err(|error| error.to_string())?;
+    let node = Arc::new(node);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     let local = listener
         .local_addr()
         .map_err(|error| format!("cannot read the listen address: {error}"))?;
+    let app = node.router(Some(metrics))?;
     tracing::info!(listen = %local, data_dir = %args.data_dir.display(), stores = ?args.stores, "exesdb serving");
-    let app = Router::new()
-        .route("/health", get(health))
-        .with_state(node.clone());
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
-    let node = Arc::into_inner(node).ok_or("a request still holds the node after shutdown")?;
-    for system in node.systems {
-        system.stop().await;
-    }
+    node.stop().await;
     tracing::info!("exesdb stopped");
     served.map_err(|error| format!("the HTTP server failed: {error}"))
 }
 
-async fn health(State(node): State<Arc<Node>>) -> (StatusCode, axum::Json<serde_json::Value>) {
-    let stores: Vec<serde_json::Value> = node
-        .systems
-        .iter()
-        .map(|system| {
-            serde_json::json!({
-                "store": system.store_id(),
-                "accepts_writes": system.accepts_writes(),
-                "leader": system.is_leader(),
-            })
-        })
-        .collect();
-    let healthy = node.systems.iter().all(System::accepts_writes);
-    let status = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = serde_json::json!({
-        "status": if healthy { "ok" } else { "unavailable" },
-        "mode": "single",
-        "version": env!("CARGO_PKG_VERSION"),
-        "stores": stores,
-    });
-    (status, axum::Json(body))
+fn install_metrics() -> Result<MetricsRenderer, String> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let latency = [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0];
+    let batch = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full("exesdb_append_latency_seconds".into()), &latency)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full("exesdb_commit_batch_events".into()), &batch))
+        .map_err(|error| format!("cannot configure metrics: {error}"))?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)
+        .map_err(|error| format!("cannot install the metrics recorder: {error}"))?;
+    Ok(Arc::new(move || handle.render()))
 }
 
 async fn shutdown_signal() {

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod node;
 pub mod storage;
 pub mod supervision;
 pub mod system;
@@ -21,4 +22,5 @@ pub use event::{
 pub use supervision::{Kind, Strategy, TreeSnapshot};
 pub use system::context::CommitStats;
 pub use system::core::store::store_registry::NodeStores;
-pub use system::{Snapshot, SnapshotVersion, System};
+pub use node::{MetricsRenderer, Node, NodeHealth, StoreHealth};
+pub use system::{Snapshot, SnapshotVersion, StoreApi, System};

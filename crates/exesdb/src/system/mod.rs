@@ -195,6 +195,28 @@ impl System {
     pub fn tree(&self) -> TreeSnapshot {
         self.root_node.snapshot()
     }
+
+    /// Sets the gauges a metrics scrape reads: active workers, gateway requests in flight and
+    /// each process's restart count.
+    pub fn publish_gauges(&self) {
+        let store = self.store_id().to_string();
+        metrics::gauge!("exesdb_active_workers", "store" => store.clone())
+            .set(self.active_workers() as f64);
+        metrics::gauge!("exesdb_gateway_in_flight", "store" => store.clone())
+            .set(self.gateway.in_flight() as f64);
+        fn restarts(node: &TreeSnapshot, store: &str) {
+            metrics::gauge!(
+                "exesdb_supervisor_restarts",
+                "store" => store.to_string(),
+                "process" => node.name.clone()
+            )
+            .set(node.restarts as f64);
+            for child in &node.children {
+                restarts(child, store);
+            }
+        }
+        restarts(&self.tree(), &store);
+    }
 }
 
 impl StoreApi {
@@ -217,6 +239,8 @@ impl StoreApi {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         validate_stream_id(stream_id, false)?;
+        let started = std::time::Instant::now();
+        let event_count = events.len() as u64;
         let _permit = self.admit().await?;
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest {
@@ -229,7 +253,15 @@ impl StoreApi {
             .dispatch(stream_id, request)
             .await?;
         match await_reply(answer).await? {
-            Outcome::Appended(result) => Ok(result),
+            Outcome::Appended(result) => {
+                let store = self.context.store_id().to_string();
+                metrics::counter!("exesdb_appends_total", "store" => store.clone()).increment(1);
+                metrics::counter!("exesdb_events_appended_total", "store" => store.clone())
+                    .increment(event_count);
+                metrics::histogram!("exesdb_append_latency_seconds", "store" => store)
+                    .record(started.elapsed().as_secs_f64());
+                Ok(result)
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -254,6 +286,7 @@ impl StoreApi {
         }
         validate_stream_id(stream_id, false)?;
         self.check_read_count(count)?;
+        self.count_read();
         let _permit = self.admit().await?;
         let (reply, answer) = oneshot::channel();
         let request = ReadRequest::Stream {
@@ -275,6 +308,7 @@ impl StoreApi {
         request: ReadAllRequest,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         self.check_read_count(request.count)?;
+        self.count_read();
         if let Some(prefix) = &request.stream_prefix
             && prefix.chars().any(char::is_control)
         {
@@ -443,6 +477,12 @@ impl System {
     /// Stops cleanly: refuses new requests, lets those in flight finish (up to the shutdown
     /// timeout), then stops the tree in reverse start order. Everything acknowledged is durable.
     pub async fn stop(self) {
+        self.shutdown().await;
+    }
+
+    /// [`System::stop`] for a System that is shared: stops the tree, leaves the handle, whose
+    /// calls then answer `unavailable`.
+    pub async fn shutdown(&self) {
         self.accepting.store(false, Ordering::Release);
         let all =
             u32::try_from(self.context.config.commit.requests_in_flight_max).unwrap_or(u32::MAX);
@@ -488,6 +528,16 @@ impl StoreApi {
                 self.context.config.commit.requests_in_flight_max
             ))),
         }
+    }
+
+    /// The configuration the store runs with.
+    pub fn config(&self) -> &SystemConfig {
+        &self.context.config
+    }
+
+    fn count_read(&self) {
+        metrics::counter!("exesdb_reads_total", "store" => self.context.store_id().to_string())
+            .increment(1);
     }
 
     fn check_read_count(&self, count: u64) -> Result<(), StoreError> {

@@ -7,6 +7,9 @@
 //! stream so one stream's requests keep their order, runs the call against the store's API as
 //! its own task.
 
+pub mod grpc;
+pub mod wire;
+
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;

@@ -224,6 +224,11 @@ fn commit_batch(
         Ok((next_position, wrote)) => {
             if wrote {
                 counters.batches.fetch_add(1, Ordering::Relaxed);
+                metrics::histogram!(
+                    "exesdb_commit_batch_events",
+                    "store" => context.store_id().to_string()
+                )
+                .record((next_position - first_position) as f64);
             }
             counters
                 .commands

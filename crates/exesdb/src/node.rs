@@ -1,0 +1,203 @@
+//! A node: the stores it hosts (one [`System`] each) and the one port that serves them, gRPC
+//! and HTTP together (`/health`, `/metrics`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use exesdb_proto::v1::event_store_server::EventStoreServer;
+use exesdb_proto::v1::system_service_server::SystemServiceServer;
+
+use crate::config::SystemConfig;
+use crate::error::{StartError, StoreError};
+use crate::system::System;
+use crate::system::core::store::store_registry::NodeStores;
+use crate::system::gateway::grpc::GrpcServices;
+
+/// Renders metrics in Prometheus text; supplied by whoever installed the metrics recorder.
+pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// The stores of one node.
+pub struct Node {
+    systems: BTreeMap<String, System>,
+}
+
+/// What `/health` and the `Health` call report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeHealth {
+    pub healthy: bool,
+    pub mode: &'static str,
+    pub version: &'static str,
+    pub stores: Vec<StoreHealth>,
+}
+
+/// One store's part of the health report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreHealth {
+    pub store_id: String,
+    pub accepts_writes: bool,
+    pub leader: bool,
+}
+
+impl Node {
+    /// Starts one System per store id, each from `template` with its store id set. Stops the
+    /// ones already started if one fails.
+    pub async fn start(template: SystemConfig, store_ids: &[String]) -> Result<Node, StartError> {
+        let node_stores = NodeStores::default();
+        let mut systems = BTreeMap::new();
+        for store_id in store_ids {
+            let mut config = template.clone();
+            config.store_id = store_id.clone();
+            config.node_stores = node_stores.clone();
+            match System::start(config).await {
+                Ok(system) => {
+                    systems.insert(store_id.clone(), system);
+                }
+                Err(error) => {
+                    for system in systems.into_values() {
+                        system.stop().await;
+                    }
+                    return Err(StartError::InvalidConfig(format!("store {store_id}: {error}")));
+                }
+            }
+        }
+        Ok(Node { systems })
+    }
+
+    /// The System of a store, or `store_not_found`.
+    pub fn system(&self, store_id: &str) -> Result<&System, StoreError> {
+        self.systems
+            .get(store_id)
+            .ok_or_else(|| StoreError::StoreNotFound(store_id.to_string()))
+    }
+
+    /// The hosted store ids, sorted.
+    pub fn store_ids(&self) -> Vec<String> {
+        self.systems.keys().cloned().collect()
+    }
+
+    /// The health of every store.
+    pub fn health(&self) -> NodeHealth {
+        let stores: Vec<StoreHealth> = self
+            .systems
+            .values()
+            .map(|system| StoreHealth {
+                store_id: system.store_id().to_string(),
+                accepts_writes: system.accepts_writes(),
+                leader: system.is_leader(),
+            })
+            .collect();
+        NodeHealth {
+            healthy: !stores.is_empty() && stores.iter().all(|s| s.accepts_writes),
+            mode: "single",
+            version: env!("CARGO_PKG_VERSION"),
+            stores,
+        }
+    }
+
+    pub(crate) fn read_page_events_max(&self, store_id: &str) -> u64 {
+        self.systems
+            .get(store_id)
+            .map_or(1, |s| s.config().limits.read_events_max)
+    }
+
+    pub(crate) fn read_stream_buffer_events(&self, store_id: &str) -> usize {
+        self.systems
+            .get(store_id)
+            .map_or(1, |s| s.config().pools.read_stream_buffer_events)
+    }
+
+    /// The largest request the node accepts: the largest append of any store, plus room for
+    /// the envelope. Bigger messages are refused before they are decoded.
+    pub fn message_bytes_max(&self) -> usize {
+        let largest = self
+            .systems
+            .values()
+            .map(|s| s.config().limits.append_bytes_max.max(s.config().limits.snapshot_bytes_max))
+            .max()
+            .unwrap_or(0);
+        usize::try_from(largest).unwrap_or(usize::MAX).saturating_add(1024 * 1024)
+    }
+
+    /// gRPC (with reflection) and HTTP routes for this node, on one router.
+    pub fn router(self: &Arc<Self>, metrics: Option<MetricsRenderer>) -> Result<Router, String> {
+        let services = GrpcServices::new(self.clone());
+        let limit = self.message_bytes_max();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(exesdb_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|error| format!("cannot build gRPC reflection: {error}"))?;
+        let grpc = tonic::service::Routes::new(
+            EventStoreServer::new(services.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+        .add_service(SystemServiceServer::new(services))
+        .add_service(reflection)
+        .into_axum_router();
+        let http = Router::new()
+            .route("/health", get(health))
+            .route("/metrics", get(render_metrics))
+            .with_state(HttpState {
+                node: self.clone(),
+                metrics,
+            });
+        Ok(grpc.merge(http))
+    }
+
+    /// Stops every store (see [`System::stop`]); calls still arriving answer `unavailable`.
+    pub async fn stop(&self) {
+        for system in self.systems.values() {
+            system.shutdown().await;
+        }
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    node: Arc<Node>,
+    metrics: Option<MetricsRenderer>,
+}
+
+async fn health(State(state): State<HttpState>) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let health = state.node.health();
+    let stores: Vec<serde_json::Value> = health
+        .stores
+        .iter()
+        .map(|store| {
+            serde_json::json!({
+                "store": store.store_id,
+                "accepts_writes": store.accepts_writes,
+                "leader": store.leader,
+            })
+        })
+        .collect();
+    let status = if health.healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if health.healthy { "ok" } else { "unavailable" },
+        "mode": health.mode,
+        "version": health.version,
+        "stores": stores,
+    });
+    (status, axum::Json(body))
+}
+
+async fn render_metrics(State(state): State<HttpState>) -> (StatusCode, String) {
+    for system in state.node.systems.values() {
+        system.publish_gauges();
+    }
+    match &state.metrics {
+        Some(render) => (StatusCode::OK, render()),
+        None => (
+            StatusCode::NOT_FOUND,
+            "metrics are not enabled in this process\n".to_string(),
+        ),
+    }
+}

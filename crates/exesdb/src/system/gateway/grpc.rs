@@ -1,0 +1,342 @@
+//! The gRPC services (`exesdb.v1.EventStore`, `exesdb.v1.SystemService`): wire requests become
+//! calls through the named store's [`Gateway`](super::Gateway); streaming reads page under the
+//! hood into a bounded channel, so a slow client holds its read, not the server's memory.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use exesdb_proto::v1 as wire;
+use exesdb_proto::v1::event_store_server::EventStore;
+use exesdb_proto::v1::system_service_server::SystemService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::wire as convert;
+use crate::error::StoreError;
+use crate::event::{Direction, ReadAllRequest, RecordedEvent, StreamInfo};
+use crate::node::Node;
+
+type WireStream<T> = ReceiverStream<Result<T, Status>>;
+
+/// Both services, over one node's stores.
+#[derive(Clone)]
+pub struct GrpcServices {
+    node: Arc<Node>,
+}
+
+impl GrpcServices {
+    pub fn new(node: Arc<Node>) -> Self {
+        GrpcServices { node }
+    }
+
+    fn gateway(&self, store_id: &str) -> Result<super::Gateway, Status> {
+        self.node
+            .system(store_id)
+            .map(|system| system.gateway().clone())
+            .map_err(|error| convert::status(&error))
+    }
+}
+
+fn reply<T>(result: Result<T, StoreError>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(|error| convert::status(&error))
+}
+
+#[tonic::async_trait]
+impl EventStore for GrpcServices {
+    async fn append_events(
+        &self,
+        request: Request<wire::AppendEventsRequest>,
+    ) -> Result<Response<wire::AppendEventsResponse>, Status> {
+        let request = request.into_inner();
+        let gateway = self.gateway(&request.store_id)?;
+        let expected = convert::expected_version(request.expected);
+        let events = request
+            .events
+            .into_iter()
+            .map(convert::new_event)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| convert::status(&error))?;
+        let stream_id = request.stream_id;
+        let route = stream_id.clone();
+        let result = gateway
+            .call(&route, move |api| async move {
+                api.append(&stream_id, expected, events).await
+            })
+            .await;
+        reply(result.map(convert::append_result))
+    }
+
+    async fn get_version(
+        &self,
+        request: Request<wire::GetVersionRequest>,
+    ) -> Result<Response<wire::GetVersionResponse>, Status> {
+        let request = request.into_inner();
+        let gateway = self.gateway(&request.store_id)?;
+        let stream_id = request.stream_id;
+        let route = stream_id.clone();
+        let result = gateway
+            .call(&route, move |api| async move { api.stream_version(&stream_id).await })
+            .await;
+        reply(result.map(|version| wire::GetVersionResponse { version }))
+    }
+
+    type ReadStreamStream = WireStream<wire::RecordedEvent>;
+
+    async fn read_stream(
+        &self,
+        request: Request<wire::ReadStreamRequest>,
+    ) -> Result<Response<Self::ReadStreamStream>, Status> {
+        let request = request.into_inner();
+        let gateway = self.gateway(&request.store_id)?;
+        let direction = convert::direction(request.direction).map_err(|e| convert::status(&e))?;
+        let stream_id = request.stream_id;
+        let total = request.count;
+        let page_max = self.node.read_page_events_max(&request.store_id);
+        let buffer = self.node.read_stream_buffer_events(&request.store_id);
+        let stream = paged(buffer, total, page_max, request.from, move |from, count| {
+            let gateway = gateway.clone();
+            let stream_id = stream_id.clone();
+            async move {
+                let route = stream_id.clone();
+                let events = gateway
+                    .call(&route, move |api| async move {
+                        api.read_stream(&stream_id, from, count, direction).await
+                    })
+                    .await?;
+                let next = events.last().and_then(|last| match direction {
+                    Direction::Forward => last.event_number.checked_add(1),
+                    Direction::Backward => last.event_number.checked_sub(1),
+                });
+                Ok((events.into_iter().map(convert::recorded_event).collect(), next))
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    type ReadAllStream = WireStream<wire::RecordedEvent>;
+
+    async fn read_all(
+        &self,
+        request: Request<wire::ReadAllRequest>,
+    ) -> Result<Response<Self::ReadAllStream>, Status> {
+        let request = request.into_inner();
+        let gateway = self.gateway(&request.store_id)?;
+        let direction = convert::direction(request.direction).map_err(|e| convert::status(&e))?;
+        let page_max = self.node.read_page_events_max(&request.store_id);
+        let buffer = self.node.read_stream_buffer_events(&request.store_id);
+        let prefix = (!request.stream_prefix.is_empty()).then_some(request.stream_prefix);
+        let event_types = request.event_types;
+        let stream = paged(buffer, request.count, page_max, request.from_position, move |from, count| {
+            let gateway = gateway.clone();
+            let read = ReadAllRequest {
+                from_position: from,
+                count,
+                direction,
+                stream_prefix: prefix.clone(),
+                event_types: event_types.clone(),
+            };
+            async move {
+                let events: Vec<RecordedEvent> = gateway
+                    .call(crate::event::ALL_STREAM, move |api| async move { api.read_all(read).await })
+                    .await?;
+                let next = events.last().and_then(|last| match direction {
+                    Direction::Forward => last.position.checked_add(1),
+                    Direction::Backward => last.position.checked_sub(1),
+                });
+                Ok((events.into_iter().map(convert::recorded_event).collect(), next))
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    type ListStreamsStream = WireStream<wire::StreamInfo>;
+
+    async fn list_streams(
+        &self,
+        request: Request<wire::ListStreamsRequest>,
+    ) -> Result<Response<Self::ListStreamsStream>, Status> {
+        let request = request.into_inner();
+        let gateway = self.gateway(&request.store_id)?;
+        let page_max = self.node.read_page_events_max(&request.store_id);
+        let buffer = self.node.read_stream_buffer_events(&request.store_id);
+        let first = (!request.after.is_empty()).then_some(request.after);
+        let stream = paged(buffer, request.count, page_max, first, move |after: Option<String>, count| {
+            let gateway = gateway.clone();
+            async move {
+                let streams: Vec<StreamInfo> = gateway
+                    .call(crate::event::ALL_STREAM, move |api| async move {
+                        api.list_streams(after.as_deref(), count).await
+                    })
+                    .await?;
+                let next = streams.last().map(|last| last.stream_id.clone());
+                Ok((streams.into_iter().map(convert::stream_info).collect(), next))
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn record_snapshot(
+        &self,
+        request: Request<wire::RecordSnapshotRequest>,
+    ) -> Result<Response<wire::RecordSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let gateway = self.gateway(&r.store_id)?;
+        let route = r.stream_uuid.clone();
+        let result = gateway
+            .call(&route, move |api| async move {
+                api.record_snapshot(&r.source_uuid, &r.stream_uuid, r.version, r.data, r.metadata)
+                    .await
+            })
+            .await;
+        reply(result.map(|()| wire::RecordSnapshotResponse {}))
+    }
+
+    async fn read_snapshot(
+        &self,
+        request: Request<wire::ReadSnapshotRequest>,
+    ) -> Result<Response<wire::Snapshot>, Status> {
+        let r = request.into_inner();
+        let gateway = self.gateway(&r.store_id)?;
+        let version = convert::snapshot_version(r.version);
+        let route = r.stream_uuid.clone();
+        let result = gateway
+            .call(&route, move |api| async move {
+                api.read_snapshot(&r.source_uuid, &r.stream_uuid, version).await
+            })
+            .await;
+        reply(result.map(convert::snapshot))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<wire::DeleteSnapshotRequest>,
+    ) -> Result<Response<wire::DeleteSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let gateway = self.gateway(&r.store_id)?;
+        let route = r.stream_uuid.clone();
+        let result = gateway
+            .call(&route, move |api| async move {
+                api.delete_snapshot(&r.source_uuid, &r.stream_uuid, r.version).await
+            })
+            .await;
+        reply(result.map(|()| wire::DeleteSnapshotResponse {}))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<wire::ListSnapshotsRequest>,
+    ) -> Result<Response<wire::ListSnapshotsResponse>, Status> {
+        let r = request.into_inner();
+        let gateway = self.gateway(&r.store_id)?;
+        let count = if r.count == 0 { self.node.read_page_events_max(&r.store_id) } else { r.count };
+        let route = r.stream_uuid.clone();
+        let result = gateway
+            .call(&route, move |api| async move {
+                let source = (!r.source_uuid.is_empty()).then_some(r.source_uuid);
+                let stream = (!r.stream_uuid.is_empty()).then_some(r.stream_uuid);
+                api.list_snapshots(source.as_deref(), stream.as_deref(), count).await
+            })
+            .await;
+        reply(result.map(|snapshots| wire::ListSnapshotsResponse {
+            snapshots: snapshots.into_iter().map(convert::snapshot).collect(),
+        }))
+    }
+
+    async fn list_stores(
+        &self,
+        _request: Request<wire::ListStoresRequest>,
+    ) -> Result<Response<wire::ListStoresResponse>, Status> {
+        Ok(Response::new(wire::ListStoresResponse {
+            store_ids: self.node.store_ids(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl SystemService for GrpcServices {
+    async fn health(
+        &self,
+        _request: Request<wire::HealthRequest>,
+    ) -> Result<Response<wire::HealthResponse>, Status> {
+        let health = self.node.health();
+        Ok(Response::new(wire::HealthResponse {
+            healthy: health.healthy,
+            mode: health.mode.to_string(),
+            version: health.version.to_string(),
+            stores: health
+                .stores
+                .into_iter()
+                .map(|store| wire::StoreHealth {
+                    store_id: store.store_id,
+                    accepts_writes: store.accepts_writes,
+                    leader: store.leader,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_tree(
+        &self,
+        request: Request<wire::GetTreeRequest>,
+    ) -> Result<Response<wire::TreeNode>, Status> {
+        let request = request.into_inner();
+        let system = self
+            .node
+            .system(&request.store_id)
+            .map_err(|error| convert::status(&error))?;
+        Ok(Response::new(convert::tree(&system.tree())))
+    }
+}
+
+type PageFuture<T, C> = Pin<Box<dyn Future<Output = Result<(Vec<T>, Option<C>), StoreError>> + Send>>;
+
+/// Streams up to `total` items (0: all) by asking `read_page(cursor, count)` for pages of at
+/// most `page_max`, into a channel of `buffer` items. A page shorter than asked ends the read.
+fn paged<T, C, F, Fut>(
+    buffer: usize,
+    total: u64,
+    page_max: u64,
+    first: Option<C>,
+    read_page: F,
+) -> WireStream<T>
+where
+    T: Send + 'static,
+    C: Send + 'static,
+    F: Fn(Option<C>, u64) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(Vec<T>, Option<C>), StoreError>> + Send + 'static,
+{
+    let (sender, receiver) = mpsc::channel(buffer.max(1));
+    let read_page = move |cursor, count| -> PageFuture<T, C> { Box::pin(read_page(cursor, count)) };
+    tokio::spawn(async move {
+        let mut sent = 0u64;
+        let mut cursor = first;
+        loop {
+            let want = if total == 0 { page_max } else { (total - sent).min(page_max) };
+            if want == 0 {
+                return;
+            }
+            match read_page(cursor, want).await {
+                Ok((items, next)) => {
+                    let short = (items.len() as u64) < want;
+                    for item in items {
+                        if sender.send(Ok(item)).await.is_err() {
+                            return; // the client went away
+                        }
+                        sent += 1;
+                    }
+                    match next {
+                        Some(next) if !short => cursor = Some(next),
+                        _ => return,
+                    }
+                }
+                Err(error) => {
+                    let _ = sender.send(Err(convert::status(&error))).await;
+                    return;
+                }
+            }
+        }
+    });
+    ReceiverStream::new(receiver)
+}

@@ -1,0 +1,230 @@
+//! Conversions between wire types (prost) and the store's types: one place per type, so wire
+//! types stop at the gateway.
+
+use exesdb_proto::v1 as wire;
+use prost::Message;
+use tonic::{Code, Status};
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::event::{AppendResult, Direction, ExpectedVersion, NewEvent, RecordedEvent, StreamInfo};
+use crate::supervision::TreeSnapshot;
+use crate::system::{Snapshot, SnapshotVersion};
+
+/// Response metadata key carrying the error code.
+pub const ERROR_CODE_METADATA: &str = "exesdb-error-code";
+
+/// A store error as a gRPC status: a code that fits, the message, the `Error` detail, and the
+/// code in the metadata.
+pub fn status(error: &StoreError) -> Status {
+    let code = match error {
+        StoreError::WrongExpectedVersion { .. } => Code::FailedPrecondition,
+        StoreError::StreamNotFound { .. }
+        | StoreError::SnapshotNotFound(_)
+        | StoreError::StoreNotFound(_) => Code::NotFound,
+        StoreError::IdempotencyConflict(_) => Code::AlreadyExists,
+        StoreError::InvalidArgument(_) => Code::InvalidArgument,
+        StoreError::LimitExceeded { .. } => Code::ResourceExhausted,
+        StoreError::Unavailable(_) => Code::Unavailable,
+    };
+    let mut detail = wire::Error {
+        code: error.code().to_string(),
+        message: error.to_string(),
+        ..Default::default()
+    };
+    match error {
+        StoreError::WrongExpectedVersion { expected, current } => {
+            detail.expected = expected.clone();
+            detail.current = *current;
+        }
+        StoreError::LimitExceeded { limit, max, actual } => {
+            detail.limit = (*limit).to_string();
+            detail.max = *max;
+            detail.actual = *actual;
+        }
+        _ => {}
+    }
+    let mut status = Status::with_details(code, error.to_string(), detail.encode_to_vec().into());
+    if let Ok(value) = error.code().parse() {
+        status.metadata_mut().insert(ERROR_CODE_METADATA, value);
+    }
+    status
+}
+
+/// The store error a status carries, if the server put one there.
+pub fn error_detail(status: &Status) -> Option<wire::Error> {
+    wire::Error::decode(status.details()).ok().filter(|e| !e.code.is_empty())
+}
+
+pub fn expected_version(expected: Option<wire::ExpectedVersion>) -> ExpectedVersion {
+    use wire::expected_version::Kind;
+    match expected.and_then(|e| e.kind) {
+        None | Some(Kind::Any(_)) => ExpectedVersion::Any,
+        Some(Kind::NoStream(_)) => ExpectedVersion::NoStream,
+        Some(Kind::StreamExists(_)) => ExpectedVersion::StreamExists,
+        Some(Kind::Exact(version)) => ExpectedVersion::Exact(version),
+    }
+}
+
+pub fn expected_version_to_wire(expected: ExpectedVersion) -> wire::ExpectedVersion {
+    use wire::expected_version::Kind;
+    let kind = match expected {
+        ExpectedVersion::Any => Kind::Any(wire::Empty {}),
+        ExpectedVersion::NoStream => Kind::NoStream(wire::Empty {}),
+        ExpectedVersion::StreamExists => Kind::StreamExists(wire::Empty {}),
+        ExpectedVersion::Exact(version) => Kind::Exact(version),
+    };
+    wire::ExpectedVersion { kind: Some(kind) }
+}
+
+pub fn new_event(event: wire::NewEvent) -> Result<NewEvent, StoreError> {
+    let event_id = if event.event_id.is_empty() {
+        None
+    } else {
+        Some(
+            Uuid::parse_str(&event.event_id)
+                .map_err(|_| StoreError::invalid(format!("event id {:?} is not a UUID", event.event_id)))?,
+        )
+    };
+    let default_type = |t: String| if t.is_empty() { crate::event::DEFAULT_CONTENT_TYPE.to_string() } else { t };
+    Ok(NewEvent {
+        event_id,
+        event_type: event.event_type,
+        data: event.data,
+        metadata: event.metadata,
+        data_content_type: default_type(event.data_content_type),
+        metadata_content_type: default_type(event.metadata_content_type),
+    })
+}
+
+pub fn new_event_to_wire(event: NewEvent) -> wire::NewEvent {
+    wire::NewEvent {
+        event_id: event.event_id.map(|id| id.to_string()).unwrap_or_default(),
+        event_type: event.event_type,
+        data: event.data,
+        metadata: event.metadata,
+        data_content_type: event.data_content_type,
+        metadata_content_type: event.metadata_content_type,
+    }
+}
+
+pub fn recorded_event(event: RecordedEvent) -> wire::RecordedEvent {
+    wire::RecordedEvent {
+        stream_id: event.stream_id,
+        event_number: event.event_number,
+        position: event.position,
+        event_id: event.event_id.to_string(),
+        event_type: event.event_type,
+        data: event.data,
+        metadata: event.metadata,
+        data_content_type: event.data_content_type,
+        metadata_content_type: event.metadata_content_type,
+        created_micros: event.created_micros,
+    }
+}
+
+pub fn recorded_event_from_wire(event: wire::RecordedEvent) -> Result<RecordedEvent, StoreError> {
+    Ok(RecordedEvent {
+        event_id: Uuid::parse_str(&event.event_id)
+            .map_err(|_| StoreError::invalid("the server sent an event id that is not a UUID"))?,
+        stream_id: event.stream_id,
+        event_number: event.event_number,
+        position: event.position,
+        event_type: event.event_type,
+        data: event.data,
+        metadata: event.metadata,
+        data_content_type: event.data_content_type,
+        metadata_content_type: event.metadata_content_type,
+        created_micros: event.created_micros,
+    })
+}
+
+pub fn append_result(result: AppendResult) -> wire::AppendEventsResponse {
+    wire::AppendEventsResponse {
+        first_event_number: result.first_event_number,
+        last_event_number: result.last_event_number,
+        first_position: result.first_position,
+        last_position: result.last_position,
+    }
+}
+
+pub fn append_result_from_wire(result: wire::AppendEventsResponse) -> AppendResult {
+    AppendResult {
+        first_event_number: result.first_event_number,
+        last_event_number: result.last_event_number,
+        first_position: result.first_position,
+        last_position: result.last_position,
+    }
+}
+
+pub fn direction(direction: i32) -> Result<Direction, StoreError> {
+    match wire::Direction::try_from(direction) {
+        Ok(wire::Direction::Forward) => Ok(Direction::Forward),
+        Ok(wire::Direction::Backward) => Ok(Direction::Backward),
+        Err(_) => Err(StoreError::invalid(format!("unknown direction {direction}"))),
+    }
+}
+
+pub fn direction_to_wire(direction: Direction) -> i32 {
+    match direction {
+        Direction::Forward => wire::Direction::Forward as i32,
+        Direction::Backward => wire::Direction::Backward as i32,
+    }
+}
+
+pub fn stream_info(info: StreamInfo) -> wire::StreamInfo {
+    wire::StreamInfo {
+        stream_id: info.stream_id,
+        version: info.version,
+    }
+}
+
+pub fn snapshot(snapshot: Snapshot) -> wire::Snapshot {
+    wire::Snapshot {
+        source_uuid: snapshot.source_uuid,
+        stream_uuid: snapshot.stream_uuid,
+        version: snapshot.version,
+        data: snapshot.data,
+        metadata: snapshot.metadata,
+        created_micros: snapshot.created_micros,
+    }
+}
+
+pub fn snapshot_from_wire(snapshot: wire::Snapshot) -> Snapshot {
+    Snapshot {
+        source_uuid: snapshot.source_uuid,
+        stream_uuid: snapshot.stream_uuid,
+        version: snapshot.version,
+        data: snapshot.data,
+        metadata: snapshot.metadata,
+        created_micros: snapshot.created_micros,
+    }
+}
+
+pub fn snapshot_version(version: Option<wire::read_snapshot_request::Version>) -> SnapshotVersion {
+    use wire::read_snapshot_request::Version;
+    match version {
+        Some(Version::Exact(v)) => SnapshotVersion::Exact(v),
+        Some(Version::AtOrBelow(v)) => SnapshotVersion::AtOrBelow(v),
+        Some(Version::Latest(_)) | None => SnapshotVersion::Latest,
+    }
+}
+
+pub fn snapshot_version_to_wire(version: SnapshotVersion) -> wire::read_snapshot_request::Version {
+    use wire::read_snapshot_request::Version;
+    match version {
+        SnapshotVersion::Exact(v) => Version::Exact(v),
+        SnapshotVersion::AtOrBelow(v) => Version::AtOrBelow(v),
+        SnapshotVersion::Latest => Version::Latest(wire::Empty {}),
+    }
+}
+
+pub fn tree(node: &TreeSnapshot) -> wire::TreeNode {
+    wire::TreeNode {
+        name: node.name.clone(),
+        kind: node.kind.abbreviation().to_string(),
+        strategy: node.strategy.map(|s| s.name().to_string()).unwrap_or_default(),
+        restarts: node.restarts,
+        children: node.children.iter().map(tree).collect(),
+    }
+}
