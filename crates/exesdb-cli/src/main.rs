@@ -125,11 +125,20 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 
 fn install_metrics() -> Result<MetricsRenderer, String> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    let latency = [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0];
-    let batch = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+    let latency = [
+        0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
+    ];
+    let batch = [
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+    ];
     let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full("exesdb_append_latency_seconds".into()), &latency)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full("exesdb_commit_batch_events".into()), &batch))
+        .set_buckets_for_metric(
+            Matcher::Full("exesdb_append_latency_seconds".into()),
+            &latency,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full("exesdb_commit_batch_events".into()), &batch)
+        })
         .map_err(|error| format!("cannot configure metrics: {error}"))?
         .build_recorder();
     let handle = recorder.handle();

@@ -35,7 +35,7 @@ pub enum StoreError {
     #[error("limit exceeded: {limit} is {max}, the request needs {actual}")]
     LimitExceeded {
         /// The setting's name, e.g. `append_events_max`.
-        limit: &'static str,
+        limit: String,
         /// The setting's value.
         max: u64,
         /// What the request asked for.
@@ -72,8 +72,12 @@ impl StoreError {
         StoreError::Unavailable(message.into())
     }
 
-    pub(crate) fn limit(limit: &'static str, max: u64, actual: u64) -> Self {
-        StoreError::LimitExceeded { limit, max, actual }
+    pub(crate) fn limit(limit: &str, max: u64, actual: u64) -> Self {
+        StoreError::LimitExceeded {
+            limit: limit.to_string(),
+            max,
+            actual,
+        }
     }
 }
 

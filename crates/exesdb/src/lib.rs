@@ -19,8 +19,8 @@ pub use event::{
     ALL_STREAM, AppendResult, Direction, ExpectedVersion, NewEvent, ReadAllRequest, RecordedEvent,
     StreamInfo,
 };
+pub use node::{MetricsRenderer, Node, NodeHealth, StoreHealth};
 pub use supervision::{Kind, Strategy, TreeSnapshot};
 pub use system::context::CommitStats;
 pub use system::core::store::store_registry::NodeStores;
-pub use node::{MetricsRenderer, Node, NodeHealth, StoreHealth};
 pub use system::{Snapshot, SnapshotVersion, StoreApi, System};

@@ -60,7 +60,9 @@ impl Node {
                     for system in systems.into_values() {
                         system.stop().await;
                     }
-                    return Err(StartError::InvalidConfig(format!("store {store_id}: {error}")));
+                    return Err(StartError::InvalidConfig(format!(
+                        "store {store_id}: {error}"
+                    )));
                 }
             }
         }
@@ -116,10 +118,17 @@ impl Node {
         let largest = self
             .systems
             .values()
-            .map(|s| s.config().limits.append_bytes_max.max(s.config().limits.snapshot_bytes_max))
+            .map(|s| {
+                s.config()
+                    .limits
+                    .append_bytes_max
+                    .max(s.config().limits.snapshot_bytes_max)
+            })
             .max()
             .unwrap_or(0);
-        usize::try_from(largest).unwrap_or(usize::MAX).saturating_add(1024 * 1024)
+        usize::try_from(largest)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1024 * 1024)
     }
 
     /// gRPC (with reflection) and HTTP routes for this node, on one router.

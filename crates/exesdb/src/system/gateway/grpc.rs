@@ -40,7 +40,9 @@ impl GrpcServices {
 }
 
 fn reply<T>(result: Result<T, StoreError>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(|error| convert::status(&error))
+    result
+        .map(Response::new)
+        .map_err(|error| convert::status(&error))
 }
 
 #[tonic::async_trait]
@@ -77,7 +79,9 @@ impl EventStore for GrpcServices {
         let stream_id = request.stream_id;
         let route = stream_id.clone();
         let result = gateway
-            .call(&route, move |api| async move { api.stream_version(&stream_id).await })
+            .call(&route, move |api| async move {
+                api.stream_version(&stream_id).await
+            })
             .await;
         reply(result.map(|version| wire::GetVersionResponse { version }))
     }
@@ -109,7 +113,10 @@ impl EventStore for GrpcServices {
                     Direction::Forward => last.event_number.checked_add(1),
                     Direction::Backward => last.event_number.checked_sub(1),
                 });
-                Ok((events.into_iter().map(convert::recorded_event).collect(), next))
+                Ok((
+                    events.into_iter().map(convert::recorded_event).collect(),
+                    next,
+                ))
             }
         });
         Ok(Response::new(stream))
@@ -128,26 +135,37 @@ impl EventStore for GrpcServices {
         let buffer = self.node.read_stream_buffer_events(&request.store_id);
         let prefix = (!request.stream_prefix.is_empty()).then_some(request.stream_prefix);
         let event_types = request.event_types;
-        let stream = paged(buffer, request.count, page_max, request.from_position, move |from, count| {
-            let gateway = gateway.clone();
-            let read = ReadAllRequest {
-                from_position: from,
-                count,
-                direction,
-                stream_prefix: prefix.clone(),
-                event_types: event_types.clone(),
-            };
-            async move {
-                let events: Vec<RecordedEvent> = gateway
-                    .call(crate::event::ALL_STREAM, move |api| async move { api.read_all(read).await })
-                    .await?;
-                let next = events.last().and_then(|last| match direction {
-                    Direction::Forward => last.position.checked_add(1),
-                    Direction::Backward => last.position.checked_sub(1),
-                });
-                Ok((events.into_iter().map(convert::recorded_event).collect(), next))
-            }
-        });
+        let stream = paged(
+            buffer,
+            request.count,
+            page_max,
+            request.from_position,
+            move |from, count| {
+                let gateway = gateway.clone();
+                let read = ReadAllRequest {
+                    from_position: from,
+                    count,
+                    direction,
+                    stream_prefix: prefix.clone(),
+                    event_types: event_types.clone(),
+                };
+                async move {
+                    let events: Vec<RecordedEvent> = gateway
+                        .call(crate::event::ALL_STREAM, move |api| async move {
+                            api.read_all(read).await
+                        })
+                        .await?;
+                    let next = events.last().and_then(|last| match direction {
+                        Direction::Forward => last.position.checked_add(1),
+                        Direction::Backward => last.position.checked_sub(1),
+                    });
+                    Ok((
+                        events.into_iter().map(convert::recorded_event).collect(),
+                        next,
+                    ))
+                }
+            },
+        );
         Ok(Response::new(stream))
     }
 
@@ -162,18 +180,27 @@ impl EventStore for GrpcServices {
         let page_max = self.node.read_page_events_max(&request.store_id);
         let buffer = self.node.read_stream_buffer_events(&request.store_id);
         let first = (!request.after.is_empty()).then_some(request.after);
-        let stream = paged(buffer, request.count, page_max, first, move |after: Option<String>, count| {
-            let gateway = gateway.clone();
-            async move {
-                let streams: Vec<StreamInfo> = gateway
-                    .call(crate::event::ALL_STREAM, move |api| async move {
-                        api.list_streams(after.as_deref(), count).await
-                    })
-                    .await?;
-                let next = streams.last().map(|last| last.stream_id.clone());
-                Ok((streams.into_iter().map(convert::stream_info).collect(), next))
-            }
-        });
+        let stream = paged(
+            buffer,
+            request.count,
+            page_max,
+            first,
+            move |after: Option<String>, count| {
+                let gateway = gateway.clone();
+                async move {
+                    let streams: Vec<StreamInfo> = gateway
+                        .call(crate::event::ALL_STREAM, move |api| async move {
+                            api.list_streams(after.as_deref(), count).await
+                        })
+                        .await?;
+                    let next = streams.last().map(|last| last.stream_id.clone());
+                    Ok((
+                        streams.into_iter().map(convert::stream_info).collect(),
+                        next,
+                    ))
+                }
+            },
+        );
         Ok(Response::new(stream))
     }
 
@@ -186,8 +213,14 @@ impl EventStore for GrpcServices {
         let route = r.stream_uuid.clone();
         let result = gateway
             .call(&route, move |api| async move {
-                api.record_snapshot(&r.source_uuid, &r.stream_uuid, r.version, r.data, r.metadata)
-                    .await
+                api.record_snapshot(
+                    &r.source_uuid,
+                    &r.stream_uuid,
+                    r.version,
+                    r.data,
+                    r.metadata,
+                )
+                .await
             })
             .await;
         reply(result.map(|()| wire::RecordSnapshotResponse {}))
@@ -203,7 +236,8 @@ impl EventStore for GrpcServices {
         let route = r.stream_uuid.clone();
         let result = gateway
             .call(&route, move |api| async move {
-                api.read_snapshot(&r.source_uuid, &r.stream_uuid, version).await
+                api.read_snapshot(&r.source_uuid, &r.stream_uuid, version)
+                    .await
             })
             .await;
         reply(result.map(convert::snapshot))
@@ -218,7 +252,8 @@ impl EventStore for GrpcServices {
         let route = r.stream_uuid.clone();
         let result = gateway
             .call(&route, move |api| async move {
-                api.delete_snapshot(&r.source_uuid, &r.stream_uuid, r.version).await
+                api.delete_snapshot(&r.source_uuid, &r.stream_uuid, r.version)
+                    .await
             })
             .await;
         reply(result.map(|()| wire::DeleteSnapshotResponse {}))
@@ -230,13 +265,18 @@ impl EventStore for GrpcServices {
     ) -> Result<Response<wire::ListSnapshotsResponse>, Status> {
         let r = request.into_inner();
         let gateway = self.gateway(&r.store_id)?;
-        let count = if r.count == 0 { self.node.read_page_events_max(&r.store_id) } else { r.count };
+        let count = if r.count == 0 {
+            self.node.read_page_events_max(&r.store_id)
+        } else {
+            r.count
+        };
         let route = r.stream_uuid.clone();
         let result = gateway
             .call(&route, move |api| async move {
                 let source = (!r.source_uuid.is_empty()).then_some(r.source_uuid);
                 let stream = (!r.stream_uuid.is_empty()).then_some(r.stream_uuid);
-                api.list_snapshots(source.as_deref(), stream.as_deref(), count).await
+                api.list_snapshots(source.as_deref(), stream.as_deref(), count)
+                    .await
             })
             .await;
         reply(result.map(|snapshots| wire::ListSnapshotsResponse {
@@ -290,7 +330,8 @@ impl SystemService for GrpcServices {
     }
 }
 
-type PageFuture<T, C> = Pin<Box<dyn Future<Output = Result<(Vec<T>, Option<C>), StoreError>> + Send>>;
+type PageFuture<T, C> =
+    Pin<Box<dyn Future<Output = Result<(Vec<T>, Option<C>), StoreError>> + Send>>;
 
 /// Streams up to `total` items (0: all) by asking `read_page(cursor, count)` for pages of at
 /// most `page_max`, into a channel of `buffer` items. A page shorter than asked ends the read.
@@ -313,7 +354,11 @@ where
         let mut sent = 0u64;
         let mut cursor = first;
         loop {
-            let want = if total == 0 { page_max } else { (total - sent).min(page_max) };
+            let want = if total == 0 {
+                page_max
+            } else {
+                (total - sent).min(page_max)
+            };
             if want == 0 {
                 return;
             }

@@ -27,9 +27,20 @@ pub fn status(error: &StoreError) -> Status {
         StoreError::LimitExceeded { .. } => Code::ResourceExhausted,
         StoreError::Unavailable(_) => Code::Unavailable,
     };
+    // The detail's message is the variant's own text (a stream id, a reason), so the client
+    // rebuilds the same error; the status message is the sentence for people.
+    let payload = match error {
+        StoreError::StreamNotFound { stream_id } => stream_id.clone(),
+        StoreError::SnapshotNotFound(text)
+        | StoreError::IdempotencyConflict(text)
+        | StoreError::InvalidArgument(text)
+        | StoreError::StoreNotFound(text)
+        | StoreError::Unavailable(text) => text.clone(),
+        StoreError::WrongExpectedVersion { .. } | StoreError::LimitExceeded { .. } => String::new(),
+    };
     let mut detail = wire::Error {
         code: error.code().to_string(),
-        message: error.to_string(),
+        message: payload,
         ..Default::default()
     };
     match error {
@@ -38,7 +49,7 @@ pub fn status(error: &StoreError) -> Status {
             detail.current = *current;
         }
         StoreError::LimitExceeded { limit, max, actual } => {
-            detail.limit = (*limit).to_string();
+            detail.limit = limit.clone();
             detail.max = *max;
             detail.actual = *actual;
         }
@@ -52,8 +63,27 @@ pub fn status(error: &StoreError) -> Status {
 }
 
 /// The store error a status carries, if the server put one there.
-pub fn error_detail(status: &Status) -> Option<wire::Error> {
-    wire::Error::decode(status.details()).ok().filter(|e| !e.code.is_empty())
+pub fn store_error(status: &Status) -> Option<StoreError> {
+    let detail = wire::Error::decode(status.details()).ok()?;
+    let text = detail.message;
+    Some(match detail.code.as_str() {
+        "wrong_expected_version" => StoreError::WrongExpectedVersion {
+            expected: detail.expected,
+            current: detail.current,
+        },
+        "stream_not_found" => StoreError::StreamNotFound { stream_id: text },
+        "snapshot_not_found" => StoreError::SnapshotNotFound(text),
+        "idempotency_conflict" => StoreError::IdempotencyConflict(text),
+        "invalid_argument" => StoreError::InvalidArgument(text),
+        "limit_exceeded" => StoreError::LimitExceeded {
+            limit: detail.limit,
+            max: detail.max,
+            actual: detail.actual,
+        },
+        "store_not_found" => StoreError::StoreNotFound(text),
+        "unavailable" => StoreError::Unavailable(text),
+        _ => return None,
+    })
 }
 
 pub fn expected_version(expected: Option<wire::ExpectedVersion>) -> ExpectedVersion {
@@ -81,12 +111,17 @@ pub fn new_event(event: wire::NewEvent) -> Result<NewEvent, StoreError> {
     let event_id = if event.event_id.is_empty() {
         None
     } else {
-        Some(
-            Uuid::parse_str(&event.event_id)
-                .map_err(|_| StoreError::invalid(format!("event id {:?} is not a UUID", event.event_id)))?,
-        )
+        Some(Uuid::parse_str(&event.event_id).map_err(|_| {
+            StoreError::invalid(format!("event id {:?} is not a UUID", event.event_id))
+        })?)
     };
-    let default_type = |t: String| if t.is_empty() { crate::event::DEFAULT_CONTENT_TYPE.to_string() } else { t };
+    let default_type = |t: String| {
+        if t.is_empty() {
+            crate::event::DEFAULT_CONTENT_TYPE.to_string()
+        } else {
+            t
+        }
+    };
     Ok(NewEvent {
         event_id,
         event_type: event.event_type,
@@ -161,7 +196,9 @@ pub fn direction(direction: i32) -> Result<Direction, StoreError> {
     match wire::Direction::try_from(direction) {
         Ok(wire::Direction::Forward) => Ok(Direction::Forward),
         Ok(wire::Direction::Backward) => Ok(Direction::Backward),
-        Err(_) => Err(StoreError::invalid(format!("unknown direction {direction}"))),
+        Err(_) => Err(StoreError::invalid(format!(
+            "unknown direction {direction}"
+        ))),
     }
 }
 
@@ -219,11 +256,48 @@ pub fn snapshot_version_to_wire(version: SnapshotVersion) -> wire::read_snapshot
     }
 }
 
+pub fn tree_from_wire(node: wire::TreeNode) -> Result<TreeSnapshot, StoreError> {
+    use crate::supervision::{Kind, Strategy};
+    let kind = match node.kind.as_str() {
+        "S" => Kind::Supervisor,
+        "GS" => Kind::GenServer,
+        "PS" => Kind::PartitionSupervisor,
+        "DS" => Kind::DynamicSupervisor,
+        "W" => Kind::Worker,
+        other => {
+            return Err(StoreError::invalid(format!(
+                "unknown process kind {other:?}"
+            )));
+        }
+    };
+    let strategy = match node.strategy.as_str() {
+        "" => None,
+        "one_for_one" => Some(Strategy::OneForOne),
+        "one_for_all" => Some(Strategy::OneForAll),
+        "rest_for_one" => Some(Strategy::RestForOne),
+        other => return Err(StoreError::invalid(format!("unknown strategy {other:?}"))),
+    };
+    Ok(TreeSnapshot {
+        name: node.name,
+        kind,
+        strategy,
+        restarts: node.restarts,
+        children: node
+            .children
+            .into_iter()
+            .map(tree_from_wire)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
 pub fn tree(node: &TreeSnapshot) -> wire::TreeNode {
     wire::TreeNode {
         name: node.name.clone(),
         kind: node.kind.abbreviation().to_string(),
-        strategy: node.strategy.map(|s| s.name().to_string()).unwrap_or_default(),
+        strategy: node
+            .strategy
+            .map(|s| s.name().to_string())
+            .unwrap_or_default(),
         restarts: node.restarts,
         children: node.children.iter().map(tree).collect(),
     }

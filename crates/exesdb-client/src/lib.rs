@@ -1,0 +1,443 @@
+//! An async Rust client for `exesdb serve`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), exesdb_client::ClientError> {
+//! use exesdb_client::{Client, ExpectedVersion, NewEvent};
+//! use tokio_stream::StreamExt;
+//!
+//! let client = Client::connect("http://127.0.0.1:2113").await?;
+//! let result = client
+//!     .append("order-1", ExpectedVersion::Any, vec![NewEvent::new("OrderPlaced", "{}")])
+//!     .await?;
+//! println!("written at version {}", result.last_event_number);
+//! let mut events = client.read_stream("order-1", ReadFrom::Start, Some(100), Direction::Forward);
+//! while let Some(event) = events.next().await {
+//!     println!("{:?}", event?.event_type);
+//! }
+//! # use exesdb_client::{Direction, ReadFrom};
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use exesdb::system::gateway::wire as convert;
+use exesdb_proto::v1 as wire;
+use exesdb_proto::v1::event_store_client::EventStoreClient;
+use exesdb_proto::v1::system_service_client::SystemServiceClient;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+pub use exesdb::{
+    AppendResult, Direction, ExpectedVersion, NewEvent, RecordedEvent, Snapshot, SnapshotVersion,
+    StoreError, StreamInfo, TreeSnapshot,
+};
+
+/// Items a streaming read buffers between the connection and the caller.
+const STREAM_BUFFER_ITEMS: usize = 256;
+
+/// The server most commands talk to unless told otherwise.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:2113";
+
+/// What can go wrong with a request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server refused the request; the error has the server's stable code.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The server could not be reached, or the connection broke.
+    #[error("connection error: {0}")]
+    Connection(String),
+    /// The server answered something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The stable error code: the server's, or `connection_error` / `protocol_error`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientError::Store(error) => error.code(),
+            ClientError::Connection(_) => "connection_error",
+            ClientError::Protocol(_) => "protocol_error",
+        }
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        if let Some(error) = convert::store_error(&status) {
+            return ClientError::Store(error);
+        }
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
+                ClientError::Connection(status.message().to_string())
+            }
+            code => ClientError::Protocol(format!("{code:?}: {}", status.message())),
+        }
+    }
+}
+
+/// Where a stream read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The first event (forward) or the last (backward).
+    Start,
+    /// This event number (stream reads) or position (`$all` reads).
+    At(u64),
+}
+
+impl ReadFrom {
+    fn value(self) -> Option<u64> {
+        match self {
+            ReadFrom::Start => None,
+            ReadFrom::At(at) => Some(at),
+        }
+    }
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The store requests name.
+    pub store_id: String,
+    /// How long connecting may take.
+    pub connect_timeout: Duration,
+    /// How long one unary request may take (streams are not limited).
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            store_id: "default".to_string(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A connection to one server, for one store. Cloning is cheap and shares the connection.
+#[derive(Clone)]
+pub struct Client {
+    store_id: String,
+    events: EventStoreClient<Channel>,
+    system: SystemServiceClient<Channel>,
+    request_timeout: Duration,
+}
+
+impl Client {
+    /// Connects with the default options (store `default`).
+    pub async fn connect(url: &str) -> Result<Client, ClientError> {
+        Client::connect_with(url, ClientOptions::default()).await
+    }
+
+    /// Connects with the given options.
+    pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|error| {
+                ClientError::Connection(format!("bad server address {url:?}: {error}"))
+            })?
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|error| ClientError::Connection(format!("cannot reach {url}: {error}")))?;
+        Ok(Client {
+            store_id: options.store_id,
+            events: EventStoreClient::new(channel.clone())
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+            system: SystemServiceClient::new(channel),
+            request_timeout: options.request_timeout,
+        })
+    }
+
+    /// The store this client talks to.
+    pub fn store_id(&self) -> &str {
+        &self.store_id
+    }
+
+    /// The same connection, for another store.
+    pub fn with_store(&self, store_id: &str) -> Client {
+        Client {
+            store_id: store_id.to_string(),
+            ..self.clone()
+        }
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.request_timeout);
+        request
+    }
+
+    /// Appends events atomically if the stream's version is as `expected`; returns once the
+    /// server has made them durable.
+    pub async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, ClientError> {
+        let request = wire::AppendEventsRequest {
+            store_id: self.store_id.clone(),
+            stream_id: stream_id.to_string(),
+            expected: Some(convert::expected_version_to_wire(expected)),
+            events: events.into_iter().map(convert::new_event_to_wire).collect(),
+        };
+        let response = self
+            .events
+            .clone()
+            .append_events(self.request(request))
+            .await?;
+        Ok(convert::append_result_from_wire(response.into_inner()))
+    }
+
+    /// The stream's version; -1 when it has no events.
+    pub async fn stream_version(&self, stream_id: &str) -> Result<i64, ClientError> {
+        let request = wire::GetVersionRequest {
+            store_id: self.store_id.clone(),
+            stream_id: stream_id.to_string(),
+        };
+        let response = self
+            .events
+            .clone()
+            .get_version(self.request(request))
+            .await?;
+        Ok(response.into_inner().version)
+    }
+
+    /// A stream's events, `count` of them at most (`None`: all), paged by the server.
+    pub fn read_stream(
+        &self,
+        stream_id: &str,
+        from: ReadFrom,
+        count: Option<u64>,
+        direction: Direction,
+    ) -> impl Stream<Item = Result<RecordedEvent, ClientError>> + Send + 'static {
+        let request = wire::ReadStreamRequest {
+            store_id: self.store_id.clone(),
+            stream_id: stream_id.to_string(),
+            from: from.value(),
+            count: count.unwrap_or(0),
+            direction: convert::direction_to_wire(direction),
+        };
+        let mut client = self.events.clone();
+        events_stream(async move { client.read_stream(request).await })
+    }
+
+    /// Events of `$all` in position order, filtered by stream-id prefix and event types.
+    pub fn read_all(
+        &self,
+        from: ReadFrom,
+        count: Option<u64>,
+        direction: Direction,
+        stream_prefix: Option<&str>,
+        event_types: &[String],
+    ) -> impl Stream<Item = Result<RecordedEvent, ClientError>> + Send + 'static {
+        let request = wire::ReadAllRequest {
+            store_id: self.store_id.clone(),
+            from_position: from.value(),
+            count: count.unwrap_or(0),
+            direction: convert::direction_to_wire(direction),
+            stream_prefix: stream_prefix.unwrap_or_default().to_string(),
+            event_types: event_types.to_vec(),
+        };
+        let mut client = self.events.clone();
+        events_stream(async move { client.read_all(request).await })
+    }
+
+    /// Streams in id order, after `after`, `count` at most (`None`: all).
+    pub fn list_streams(
+        &self,
+        after: Option<&str>,
+        count: Option<u64>,
+    ) -> impl Stream<Item = Result<StreamInfo, ClientError>> + Send + 'static {
+        let request = wire::ListStreamsRequest {
+            store_id: self.store_id.clone(),
+            after: after.unwrap_or_default().to_string(),
+            count: count.unwrap_or(0),
+        };
+        let mut client = self.events.clone();
+        async_stream(async move { client.list_streams(request).await }, |info| {
+            Ok(StreamInfo {
+                stream_id: info.stream_id,
+                version: info.version,
+            })
+        })
+    }
+
+    /// Records (or replaces) a snapshot.
+    pub async fn record_snapshot(
+        &self,
+        source_uuid: &str,
+        stream_uuid: &str,
+        version: u64,
+        data: Vec<u8>,
+        metadata: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let request = wire::RecordSnapshotRequest {
+            store_id: self.store_id.clone(),
+            source_uuid: source_uuid.to_string(),
+            stream_uuid: stream_uuid.to_string(),
+            version,
+            data,
+            metadata,
+        };
+        self.events
+            .clone()
+            .record_snapshot(self.request(request))
+            .await?;
+        Ok(())
+    }
+
+    /// Reads a snapshot; `snapshot_not_found` when none matches.
+    pub async fn read_snapshot(
+        &self,
+        source_uuid: &str,
+        stream_uuid: &str,
+        version: SnapshotVersion,
+    ) -> Result<Snapshot, ClientError> {
+        let request = wire::ReadSnapshotRequest {
+            store_id: self.store_id.clone(),
+            source_uuid: source_uuid.to_string(),
+            stream_uuid: stream_uuid.to_string(),
+            version: Some(convert::snapshot_version_to_wire(version)),
+        };
+        let response = self
+            .events
+            .clone()
+            .read_snapshot(self.request(request))
+            .await?;
+        Ok(convert::snapshot_from_wire(response.into_inner()))
+    }
+
+    /// Deletes a snapshot (no error if there is none).
+    pub async fn delete_snapshot(
+        &self,
+        source_uuid: &str,
+        stream_uuid: &str,
+        version: u64,
+    ) -> Result<(), ClientError> {
+        let request = wire::DeleteSnapshotRequest {
+            store_id: self.store_id.clone(),
+            source_uuid: source_uuid.to_string(),
+            stream_uuid: stream_uuid.to_string(),
+            version,
+        };
+        self.events
+            .clone()
+            .delete_snapshot(self.request(request))
+            .await?;
+        Ok(())
+    }
+
+    /// Snapshots of a source (and stream), or all, `count` at most (0: the server's page size).
+    pub async fn list_snapshots(
+        &self,
+        source_uuid: Option<&str>,
+        stream_uuid: Option<&str>,
+        count: u64,
+    ) -> Result<Vec<Snapshot>, ClientError> {
+        let request = wire::ListSnapshotsRequest {
+            store_id: self.store_id.clone(),
+            source_uuid: source_uuid.unwrap_or_default().to_string(),
+            stream_uuid: stream_uuid.unwrap_or_default().to_string(),
+            count,
+        };
+        let response = self
+            .events
+            .clone()
+            .list_snapshots(self.request(request))
+            .await?;
+        Ok(response
+            .into_inner()
+            .snapshots
+            .into_iter()
+            .map(convert::snapshot_from_wire)
+            .collect())
+    }
+
+    /// The stores the server hosts.
+    pub async fn list_stores(&self) -> Result<Vec<String>, ClientError> {
+        let response = self
+            .events
+            .clone()
+            .list_stores(self.request(wire::ListStoresRequest {}))
+            .await?;
+        Ok(response.into_inner().store_ids)
+    }
+
+    /// The live supervision tree of this client's store.
+    pub async fn tree(&self) -> Result<TreeSnapshot, ClientError> {
+        let request = wire::GetTreeRequest {
+            store_id: self.store_id.clone(),
+        };
+        let response = self.system.clone().get_tree(self.request(request)).await?;
+        Ok(convert::tree_from_wire(response.into_inner())?)
+    }
+
+    /// Whether the server's stores accept writes.
+    pub async fn healthy(&self) -> Result<bool, ClientError> {
+        let response = self
+            .system
+            .clone()
+            .health(self.request(wire::HealthRequest {}))
+            .await?;
+        Ok(response.into_inner().healthy)
+    }
+}
+
+fn events_stream<F>(
+    open: F,
+) -> impl Stream<Item = Result<RecordedEvent, ClientError>> + Send + 'static
+where
+    F: std::future::Future<
+            Output = Result<tonic::Response<tonic::Streaming<wire::RecordedEvent>>, tonic::Status>,
+        > + Send
+        + 'static,
+{
+    async_stream(open, |event| Ok(convert::recorded_event_from_wire(event)?))
+}
+
+/// Opens a server stream and forwards its items, mapped, through a small bounded channel; an
+/// error is yielded and ends the stream. Dropping the returned stream cancels the read.
+fn async_stream<W, T, F, M>(
+    open: F,
+    map: M,
+) -> impl Stream<Item = Result<T, ClientError>> + Send + 'static
+where
+    W: Send + 'static,
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<W>>, tonic::Status>>
+        + Send
+        + 'static,
+    M: Fn(W) -> Result<T, ClientError> + Send + 'static,
+{
+    let (sender, receiver) = mpsc::channel(STREAM_BUFFER_ITEMS);
+    tokio::spawn(async move {
+        let mut stream = match open.await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                let _ = sender.send(Err(status.into())).await;
+                return;
+            }
+        };
+        loop {
+            let item = match stream.message().await {
+                Ok(Some(item)) => map(item),
+                Ok(None) => return,
+                Err(status) => Err(status.into()),
+            };
+            let failed = item.is_err();
+            if sender.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(receiver)
+}
