@@ -118,6 +118,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
+    tracing::info!("connections closed; stopping the stores");
     node.stop().await;
     tracing::info!("exesdb stopped");
     served.map_err(|error| format!("the HTTP server failed: {error}"))

@@ -39,7 +39,15 @@ impl Server {
                 break rest.split_whitespace().next().expect("address").to_string();
             }
         };
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining the server's log so it never blocks on a full pipe; show it on request.
+        let show = std::env::var_os("EXESDB_TEST_SERVER_LOG").is_some();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if show {
+                    eprintln!("[server] {line}");
+                }
+            }
+        });
         Server {
             child,
             address,
