@@ -1,0 +1,358 @@
+//! `exesdb serve`: every setting from flags, `EXESDB_*` environment variables or a TOML file
+//! (`--config`), in that order of precedence, then the defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::ValueEnum;
+use exesdb::{MetricsRenderer, Node, SystemConfig};
+use serde::Deserialize;
+
+#[derive(Clone, Copy, Debug, ValueEnum, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Single,
+    Cluster,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Declares each tunable once: its flag and environment variable (clap), its key in the config
+/// file (serde), and where it goes in the store's configuration.
+macro_rules! tunables {
+    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty, $env:literal => $($path:ident).+ ;)*) => {
+        /// Limits, pool sizes, idle times and storage settings of every store on the node.
+        #[derive(clap::Args, Debug, Default)]
+        pub struct Tunables {
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, env = $env, help_heading = "Store settings")]
+                pub $field: Option<$ty>,
+            )*
+        }
+
+        /// The same settings, as keys of the config file.
+        #[derive(Deserialize, Debug, Default)]
+        #[serde(deny_unknown_fields)]
+        pub struct FileTunables {
+            $( pub $field: Option<$ty>, )*
+        }
+
+        impl Tunables {
+            /// Sets, on `config`, each value given as a flag or variable, else in the file.
+            fn apply(&self, file: &FileTunables, config: &mut SystemConfig) {
+                $(
+                    if let Some(value) = self.$field.clone().or_else(|| file.$field.clone()) {
+                        config.$($path).+ = value;
+                    }
+                )*
+            }
+        }
+    };
+}
+
+tunables! {
+    /// Data plus metadata of one event, bytes [default: 1048576].
+    event_bytes_max: u64, "EXESDB_EVENT_BYTES_MAX" => limits.event_bytes_max;
+    /// Events in one append [default: 10000].
+    append_events_max: u64, "EXESDB_APPEND_EVENTS_MAX" => limits.append_events_max;
+    /// Bytes in one append [default: 16777216].
+    append_bytes_max: u64, "EXESDB_APPEND_BYTES_MAX" => limits.append_bytes_max;
+    /// Events in one read page [default: 10000].
+    read_events_max: u64, "EXESDB_READ_EVENTS_MAX" => limits.read_events_max;
+    /// Snapshot data plus metadata, bytes [default: 16777216].
+    snapshot_bytes_max: u64, "EXESDB_SNAPSHOT_BYTES_MAX" => limits.snapshot_bytes_max;
+    /// Partitions of StreamsWriters [default: 4].
+    streams_writers_partitions: usize, "EXESDB_STREAMS_WRITERS_PARTITIONS" => pools.streams_writers_partitions;
+    /// Partitions of StreamsReaders [default: 4].
+    streams_readers_partitions: usize, "EXESDB_STREAMS_READERS_PARTITIONS" => pools.streams_readers_partitions;
+    /// Partitions of SnapshotsWriters and SnapshotsReaders [default: 2].
+    snapshots_partitions: usize, "EXESDB_SNAPSHOTS_PARTITIONS" => pools.snapshots_partitions;
+    /// Partitions of EmitterPools [default: 2].
+    emitter_partitions: usize, "EXESDB_EMITTER_PARTITIONS" => pools.emitter_partitions;
+    /// Partitions of GatewayWorkers [default: 2].
+    gateway_partitions: usize, "EXESDB_GATEWAY_PARTITIONS" => pools.gateway_partitions;
+    /// Gateway workers [default: 8].
+    gateway_workers: usize, "EXESDB_GATEWAY_WORKERS" => pools.gateway_workers;
+    /// Requests the gateway runs at once; more are refused with `unavailable` [default: 4096].
+    gateway_requests_in_flight_max: usize, "EXESDB_GATEWAY_REQUESTS_IN_FLIGHT_MAX" => pools.gateway_requests_in_flight_max;
+    /// Events buffered per streaming read [default: 1024].
+    read_stream_buffer_events: usize, "EXESDB_READ_STREAM_BUFFER_EVENTS" => pools.read_stream_buffer_events;
+    /// Workers per pool partition [default: 16384].
+    workers_per_partition_max: usize, "EXESDB_WORKERS_PER_PARTITION_MAX" => pools.workers_per_partition_max;
+    /// A stream writer with no work for this long stops, ms [default: 10000].
+    writer_idle_ms: u64, "EXESDB_WRITER_IDLE_MS" => pools.writer_idle_ms;
+    /// A stream reader with no work for this long stops, ms [default: 10000].
+    reader_idle_ms: u64, "EXESDB_READER_IDLE_MS" => pools.reader_idle_ms;
+    /// Commands queued for the committer [default: 8192].
+    commit_queue_commands_max: usize, "EXESDB_COMMIT_QUEUE_COMMANDS_MAX" => commit.commit_queue_commands_max;
+    /// Commands in one commit batch (one fsync) [default: 2048].
+    commit_batch_commands_max: usize, "EXESDB_COMMIT_BATCH_COMMANDS_MAX" => commit.commit_batch_commands_max;
+    /// Stream versions cached in memory [default: 100000].
+    stream_head_cache_entries_max: usize, "EXESDB_STREAM_HEAD_CACHE_ENTRIES_MAX" => commit.stream_head_cache_entries_max;
+    /// Requests in flight in a store's API [default: 8192].
+    requests_in_flight_max: usize, "EXESDB_REQUESTS_IN_FLIGHT_MAX" => commit.requests_in_flight_max;
+    /// How long a request waits for a slot before `unavailable`, ms [default: 5000].
+    request_admission_wait_ms: u64, "EXESDB_REQUEST_ADMISSION_WAIT_MS" => commit.request_admission_wait_ms;
+    /// Memtable size per keyspace, bytes [default: 67108864].
+    memtable_bytes_max: u64, "EXESDB_MEMTABLE_BYTES_MAX" => storage.memtable_bytes_max;
+    /// Journal kept before flushing (bounds restart replay), bytes, at least 64 MiB [default: 134217728].
+    journal_bytes_max: u64, "EXESDB_JOURNAL_BYTES_MAX" => storage.journal_bytes_max;
+    /// Block cache, bytes [default: 67108864].
+    cache_bytes_max: u64, "EXESDB_CACHE_BYTES_MAX" => storage.cache_bytes_max;
+    /// Restarts a supervisor tolerates within the period [default: 3].
+    max_restarts: u32, "EXESDB_MAX_RESTARTS" => intensity.max_restarts;
+    /// The restart-intensity period, ms [default: 5000].
+    restart_period_ms: u64, "EXESDB_RESTART_PERIOD_MS" => intensity.period_ms;
+    /// How long a process gets to stop before it is killed, ms [default: 10000].
+    shutdown_timeout_ms: u64, "EXESDB_SHUTDOWN_TIMEOUT_MS" => shutdown_timeout_ms;
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// A TOML file with any of these settings (keys as the flags, with underscores).
+    #[arg(long, env = "EXESDB_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the stores keep their data, one directory each [default: ./data].
+    #[arg(long, env = "EXESDB_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// A store to host; repeat (or separate with commas) for several [default: default].
+    #[arg(long = "store", env = "EXESDB_STORE", value_delimiter = ',')]
+    pub stores: Vec<String>,
+    /// Address for gRPC and HTTP together [default: 127.0.0.1:2113].
+    #[arg(long, env = "EXESDB_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// `single` (one node) or `cluster` (not available yet) [default: single].
+    #[arg(long, env = "EXESDB_MODE", value_enum)]
+    pub mode: Option<Mode>,
+    /// Log lines on stderr as text or JSON (filter with RUST_LOG) [default: text].
+    #[arg(long, env = "EXESDB_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(flatten)]
+    pub tunables: Tunables,
+}
+
+/// The config file: the server keys and every tunable.
+#[derive(Debug, Default)]
+struct ConfigFile {
+    data_dir: Option<PathBuf>,
+    stores: Option<Vec<String>>,
+    listen: Option<SocketAddr>,
+    mode: Option<Mode>,
+    log_format: Option<LogFormat>,
+    tunables: FileTunables,
+}
+
+/// The server's own keys of the config file (the rest are tunables).
+#[derive(Deserialize, Debug, Default)]
+struct ServerKeys {
+    data_dir: Option<PathBuf>,
+    stores: Option<Vec<String>>,
+    listen: Option<SocketAddr>,
+    mode: Option<Mode>,
+    log_format: Option<LogFormat>,
+}
+
+const SERVER_KEYS: [&str; 5] = ["data_dir", "stores", "listen", "mode", "log_format"];
+
+/// Everything `serve` runs with, after precedence is applied.
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub mode: Mode,
+    pub log_format: LogFormat,
+    pub stores: Vec<String>,
+    pub template: SystemConfig,
+}
+
+impl ServeArgs {
+    /// Flags and variables over the file over the defaults.
+    pub fn settings(&self) -> Result<Settings, String> {
+        let file = match &self.config {
+            Some(path) => read_config_file(path)?,
+            None => ConfigFile::default(),
+        };
+        let data_dir = self
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        let mut template = SystemConfig::new(data_dir, "default");
+        self.tunables.apply(&file.tunables, &mut template);
+        let stores = if !self.stores.is_empty() {
+            self.stores.clone()
+        } else {
+            file.stores.unwrap_or_else(|| vec!["default".to_string()])
+        };
+        let default_listen = SocketAddr::from(([127, 0, 0, 1], 2113));
+        Ok(Settings {
+            listen: self.listen.or(file.listen).unwrap_or(default_listen),
+            mode: self.mode.or(file.mode).unwrap_or(Mode::Single),
+            log_format: self
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+            stores,
+            template,
+        })
+    }
+}
+
+fn read_config_file(path: &Path) -> Result<ConfigFile, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read config file {}: {error}", path.display()))?;
+    let error = |error: toml::de::Error| format!("config file {}: {error}", path.display());
+    // Server keys and tunables are separated first, so that a misspelt key is an error
+    // (serde cannot deny unknown fields across a flattened struct).
+    let mut table: toml::Table = toml::from_str(&text).map_err(error)?;
+    let mut server = toml::Table::new();
+    for key in SERVER_KEYS {
+        if let Some(value) = table.remove(key) {
+            server.insert(key.to_string(), value);
+        }
+    }
+    let server: ServerKeys = server.try_into().map_err(error)?;
+    let tunables: FileTunables = table.try_into().map_err(error)?;
+    Ok(ConfigFile {
+        data_dir: server.data_dir,
+        stores: server.stores,
+        listen: server.listen,
+        mode: server.mode,
+        log_format: server.log_format,
+        tunables,
+    })
+}
+
+pub async fn serve(settings: Settings) -> Result<(), String> {
+    if settings.mode == Mode::Cluster {
+        return Err("cluster mode is not available yet; run with --mode single".into());
+    }
+    let metrics = install_metrics()?;
+    let data_dir = settings.template.data_dir.clone();
+    let node = Node::start(settings.template, &settings.stores)
+        .await
+        .map_err(|error| error.to_string())?;
+    let node = Arc::new(node);
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", settings.listen))?;
+    let local = listener
+        .local_addr()
+        .map_err(|error| format!("cannot read the listen address: {error}"))?;
+    let app = node.router(Some(metrics))?;
+    tracing::info!(listen = %local, data_dir = %data_dir.display(), stores = ?settings.stores, "exesdb serving");
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    tracing::info!("connections closed; stopping the stores");
+    node.stop().await;
+    tracing::info!("exesdb stopped");
+    served.map_err(|error| format!("the HTTP server failed: {error}"))
+}
+
+fn install_metrics() -> Result<MetricsRenderer, String> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let latency = [
+        0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
+    ];
+    let batch = [
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+    ];
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("exesdb_append_latency_seconds".into()),
+            &latency,
+        )
+        .and_then(|builder| {
+            builder
+                .set_buckets_for_metric(Matcher::Full("exesdb_commit_batch_events".into()), &batch)
+        })
+        .map_err(|error| format!("cannot configure metrics: {error}"))?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)
+        .map_err(|error| format!("cannot install the metrics recorder: {error}"))?;
+    Ok(Arc::new(move || handle.render()))
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::error!(%error, "cannot watch SIGTERM; only SIGINT stops the server");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("stopping: finishing in-flight work, then stopping the tree in reverse order");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("exesdb.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:7000\"\nappend_events_max = 7\nread_events_max = 70\nstores = [\"a\", \"b\"]\n",
+        )
+        .expect("write");
+        let args = Wrapper::try_parse_from([
+            "x",
+            "--config",
+            file.to_str().expect("utf-8"),
+            "--append-events-max",
+            "9",
+        ])
+        .expect("parses");
+        let settings = args.serve.settings().expect("settings");
+        assert_eq!(settings.template.limits.append_events_max, 9, "flag wins");
+        assert_eq!(
+            settings.template.limits.read_events_max, 70,
+            "file beats default"
+        );
+        assert_eq!(settings.listen, "127.0.0.1:7000".parse().expect("addr"));
+        assert_eq!(settings.stores, vec!["a", "b"]);
+        assert_eq!(settings.template.pools.writer_idle_ms, 10_000, "default");
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("exesdb.toml");
+        std::fs::write(&file, "apend_events_max = 7\n").expect("write");
+        let args = Wrapper::try_parse_from(["x", "--config", file.to_str().expect("utf-8")])
+            .expect("parses");
+        let error = args.serve.settings().expect_err("typo");
+        assert!(error.contains("apend_events_max"), "{error}");
+    }
+}
