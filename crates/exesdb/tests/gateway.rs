@@ -1,0 +1,74 @@
+//! The gateway's admission control: a full gateway refuses at once with `unavailable` instead of
+//! queueing, and serves again as soon as calls finish.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::start_with;
+use exesdb::{ExpectedVersion, NewEvent, StoreError};
+use tokio::sync::Semaphore;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_gateway_refuses_at_once_and_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = start_with(dir, |config| {
+        config.pools.gateway_requests_in_flight_max = 2
+    })
+    .await;
+    let gateway = store.system.gateway().clone();
+    // Held calls wait for permits that only the test hands out, whenever they get there.
+    let release = Arc::new(Semaphore::new(0));
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let gateway = gateway.clone();
+        let release = release.clone();
+        held.push(tokio::spawn(async move {
+            gateway
+                .call(&format!("held-{i}"), move |api| async move {
+                    let _permit = release.acquire().await;
+                    api.append(
+                        &format!("held-{i}"),
+                        ExpectedVersion::Any,
+                        vec![NewEvent::new("E", vec![])],
+                    )
+                    .await
+                })
+                .await
+        }));
+    }
+    for _ in 0..500 {
+        if gateway.in_flight() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gateway.in_flight(), 2);
+    let refused = gateway
+        .call(
+            "other",
+            |api| async move { api.stream_version("other").await },
+        )
+        .await
+        .expect_err("the gateway is full");
+    assert!(
+        matches!(&refused, StoreError::Unavailable(m) if m.contains("gateway_requests_in_flight_max")),
+        "{refused}"
+    );
+
+    release.add_permits(2);
+    for call in held {
+        call.await.expect("task").expect("held calls complete");
+    }
+    let version = gateway
+        .call(
+            "other",
+            |api| async move { api.stream_version("held-0").await },
+        )
+        .await
+        .expect("served again");
+    assert_eq!(version, 0);
+    assert_eq!(gateway.in_flight(), 0);
+    store.system.stop().await;
+}
