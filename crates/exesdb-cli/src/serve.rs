@@ -247,6 +247,13 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
         .map_err(|error| format!("cannot read the listen address: {error}"))?;
     let app = node.router(Some(metrics))?;
     tracing::info!(listen = %local, data_dir = %data_dir.display(), stores = ?settings.stores, "exesdb serving");
+    // Small gRPC replies must not wait for Nagle's algorithm (a 40 ms tail otherwise).
+    let listener =
+        axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::warn!(%error, "cannot set TCP_NODELAY");
+            }
+        });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;

@@ -34,8 +34,8 @@ pub use exesdb::{
     StoreError, StreamInfo, TreeSnapshot,
 };
 
-/// Items a streaming read buffers between the connection and the caller.
-const STREAM_BUFFER_ITEMS: usize = 256;
+/// Messages (batches of events) a streaming read buffers between the connection and the caller.
+const STREAM_BUFFER_MESSAGES: usize = 8;
 
 /// The server most commands talk to unless told otherwise.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:2113";
@@ -263,11 +263,15 @@ impl Client {
             count: count.unwrap_or(0),
         };
         let mut client = self.events.clone();
-        async_stream(async move { client.list_streams(request).await }, |info| {
-            Ok(StreamInfo {
-                stream_id: info.stream_id,
-                version: info.version,
-            })
+        async_stream(async move { client.list_streams(request).await }, |batch| {
+            Ok(batch
+                .streams
+                .into_iter()
+                .map(|info| StreamInfo {
+                    stream_id: info.stream_id,
+                    version: info.version,
+                })
+                .collect())
         })
     }
 
@@ -397,15 +401,22 @@ fn events_stream<F>(
 ) -> impl Stream<Item = Result<RecordedEvent, ClientError>> + Send + 'static
 where
     F: std::future::Future<
-            Output = Result<tonic::Response<tonic::Streaming<wire::RecordedEvent>>, tonic::Status>,
+            Output = Result<tonic::Response<tonic::Streaming<wire::ReadResponse>>, tonic::Status>,
         > + Send
         + 'static,
 {
-    async_stream(open, |event| Ok(convert::recorded_event_from_wire(event)?))
+    async_stream(open, |batch| {
+        batch
+            .events
+            .into_iter()
+            .map(|event| convert::recorded_event_from_wire(event).map_err(ClientError::from))
+            .collect()
+    })
 }
 
-/// Opens a server stream and forwards its items, mapped, through a small bounded channel; an
-/// error is yielded and ends the stream. Dropping the returned stream cancels the read.
+/// Opens a server stream and forwards the items of its messages (each message a batch, which
+/// `map` unpacks) through a small bounded channel; an error is yielded and ends the stream.
+/// Dropping the returned stream cancels the read.
 fn async_stream<W, T, F, M>(
     open: F,
     map: M,
@@ -416,28 +427,35 @@ where
     F: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<W>>, tonic::Status>>
         + Send
         + 'static,
-    M: Fn(W) -> Result<T, ClientError> + Send + 'static,
+    M: Fn(W) -> Result<Vec<T>, ClientError> + Send + 'static,
 {
-    let (sender, receiver) = mpsc::channel(STREAM_BUFFER_ITEMS);
+    let (sender, receiver) = mpsc::channel(STREAM_BUFFER_MESSAGES);
     tokio::spawn(async move {
         let mut stream = match open.await {
             Ok(response) => response.into_inner(),
             Err(status) => {
-                let _ = sender.send(Err(status.into())).await;
+                let _ = sender.send(Err(ClientError::from(status))).await;
                 return;
             }
         };
         loop {
-            let item = match stream.message().await {
-                Ok(Some(item)) => map(item),
+            let items = match stream.message().await {
+                Ok(Some(message)) => map(message),
                 Ok(None) => return,
                 Err(status) => Err(status.into()),
             };
-            let failed = item.is_err();
-            if sender.send(item).await.is_err() || failed {
+            let failed = items.is_err();
+            if sender.send(items).await.is_err() || failed {
                 return;
             }
         }
     });
-    ReceiverStream::new(receiver)
+    // Batches cross the channel whole (one send per message, not per event).
+    futures_util::StreamExt::flat_map(ReceiverStream::new(receiver), |batch| {
+        let items: Vec<Result<T, ClientError>> = match batch {
+            Ok(items) => items.into_iter().map(Ok).collect(),
+            Err(error) => vec![Err(error)],
+        };
+        futures_util::stream::iter(items)
+    })
 }

@@ -86,7 +86,7 @@ impl EventStore for GrpcServices {
         reply(result.map(|version| wire::GetVersionResponse { version }))
     }
 
-    type ReadStreamStream = WireStream<wire::RecordedEvent>;
+    type ReadStreamStream = WireStream<wire::ReadResponse>;
 
     async fn read_stream(
         &self,
@@ -99,30 +99,37 @@ impl EventStore for GrpcServices {
         let total = request.count;
         let page_max = self.node.read_page_events_max(&request.store_id);
         let buffer = self.node.read_stream_buffer_events(&request.store_id);
-        let stream = paged(buffer, total, page_max, request.from, move |from, count| {
-            let gateway = gateway.clone();
-            let stream_id = stream_id.clone();
-            async move {
-                let route = stream_id.clone();
-                let events = gateway
-                    .call(&route, move |api| async move {
-                        api.read_stream(&stream_id, from, count, direction).await
-                    })
-                    .await?;
-                let next = events.last().and_then(|last| match direction {
-                    Direction::Forward => last.event_number.checked_add(1),
-                    Direction::Backward => last.event_number.checked_sub(1),
-                });
-                Ok((
-                    events.into_iter().map(convert::recorded_event).collect(),
-                    next,
-                ))
-            }
-        });
+        let stream = paged(
+            buffer,
+            total,
+            page_max,
+            request.from,
+            event_batches,
+            move |from, count| {
+                let gateway = gateway.clone();
+                let stream_id = stream_id.clone();
+                async move {
+                    let route = stream_id.clone();
+                    let events = gateway
+                        .call(&route, move |api| async move {
+                            api.read_stream(&stream_id, from, count, direction).await
+                        })
+                        .await?;
+                    let next = events.last().and_then(|last| match direction {
+                        Direction::Forward => last.event_number.checked_add(1),
+                        Direction::Backward => last.event_number.checked_sub(1),
+                    });
+                    Ok((
+                        events.into_iter().map(convert::recorded_event).collect(),
+                        next,
+                    ))
+                }
+            },
+        );
         Ok(Response::new(stream))
     }
 
-    type ReadAllStream = WireStream<wire::RecordedEvent>;
+    type ReadAllStream = WireStream<wire::ReadResponse>;
 
     async fn read_all(
         &self,
@@ -140,6 +147,7 @@ impl EventStore for GrpcServices {
             request.count,
             page_max,
             request.from_position,
+            event_batches,
             move |from, count| {
                 let gateway = gateway.clone();
                 let read = ReadAllRequest {
@@ -169,7 +177,7 @@ impl EventStore for GrpcServices {
         Ok(Response::new(stream))
     }
 
-    type ListStreamsStream = WireStream<wire::StreamInfo>;
+    type ListStreamsStream = WireStream<wire::ListStreamsResponse>;
 
     async fn list_streams(
         &self,
@@ -185,6 +193,7 @@ impl EventStore for GrpcServices {
             request.count,
             page_max,
             first,
+            stream_batches,
             move |after: Option<String>, count| {
                 let gateway = gateway.clone();
                 async move {
@@ -333,22 +342,63 @@ impl SystemService for GrpcServices {
 type PageFuture<T, C> =
     Pin<Box<dyn Future<Output = Result<(Vec<T>, Option<C>), StoreError>> + Send>>;
 
+/// How much one streamed message carries, so that messages stay well under the size limits
+/// and a reader gets its first events before the whole page is encoded.
+const MESSAGE_BYTES_TARGET: usize = 1024 * 1024;
+const MESSAGE_ITEMS_MAX: usize = 512;
+
+/// Splits a page of events into messages of about `MESSAGE_BYTES_TARGET` (one event at least).
+fn event_batches(events: Vec<wire::RecordedEvent>) -> Vec<wire::ReadResponse> {
+    let mut batches = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for event in events {
+        let size = event.data.len() + event.metadata.len() + event.stream_id.len() + 128;
+        if !current.is_empty()
+            && (bytes + size > MESSAGE_BYTES_TARGET || current.len() >= MESSAGE_ITEMS_MAX)
+        {
+            batches.push(wire::ReadResponse {
+                events: std::mem::take(&mut current),
+            });
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(event);
+    }
+    if !current.is_empty() {
+        batches.push(wire::ReadResponse { events: current });
+    }
+    batches
+}
+
+fn stream_batches(streams: Vec<wire::StreamInfo>) -> Vec<wire::ListStreamsResponse> {
+    streams
+        .chunks(MESSAGE_ITEMS_MAX)
+        .map(|chunk| wire::ListStreamsResponse {
+            streams: chunk.to_vec(),
+        })
+        .collect()
+}
+
 /// Streams up to `total` items (0: all) by asking `read_page(cursor, count)` for pages of at
-/// most `page_max`, into a channel of `buffer` items. A page shorter than asked ends the read.
-fn paged<T, C, F, Fut>(
+/// most `page_max`, packed into messages by `batch`, through a channel of about `buffer` items.
+/// A page shorter than asked ends the read.
+fn paged<T, M, C, F, Fut>(
     buffer: usize,
     total: u64,
     page_max: u64,
     first: Option<C>,
+    batch: fn(Vec<T>) -> Vec<M>,
     read_page: F,
-) -> WireStream<T>
+) -> WireStream<M>
 where
     T: Send + 'static,
+    M: Send + 'static,
     C: Send + 'static,
     F: Fn(Option<C>, u64) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(Vec<T>, Option<C>), StoreError>> + Send + 'static,
 {
-    let (sender, receiver) = mpsc::channel(buffer.max(1));
+    let (sender, receiver) = mpsc::channel((buffer / MESSAGE_ITEMS_MAX).max(2));
     let read_page = move |cursor, count| -> PageFuture<T, C> { Box::pin(read_page(cursor, count)) };
     tokio::spawn(async move {
         let mut sent = 0u64;
@@ -364,15 +414,15 @@ where
             }
             match read_page(cursor, want).await {
                 Ok((items, next)) => {
-                    let short = (items.len() as u64) < want;
-                    for item in items {
-                        if sender.send(Ok(item)).await.is_err() {
+                    let count = items.len() as u64;
+                    for message in batch(items) {
+                        if sender.send(Ok(message)).await.is_err() {
                             return; // the client went away
                         }
-                        sent += 1;
                     }
+                    sent += count;
                     match next {
-                        Some(next) if !short => cursor = Some(next),
+                        Some(next) if count == want => cursor = Some(next),
                         _ => return,
                     }
                 }
