@@ -23,9 +23,18 @@ struct LooseAppend {
     events: Vec<wire::NewEvent>,
 }
 
-async fn raw_append(
+/// `AppendEventsRequest` whose `stream_id` field has the wrong wire type (a varint).
+#[derive(Clone, PartialEq, prost::Message)]
+struct MistypedAppend {
+    #[prost(string, tag = "1")]
+    store_id: String,
+    #[prost(uint64, tag = "2")]
+    stream_id: u64,
+}
+
+async fn raw_call<M: prost::Message + Default + Send + Sync + 'static>(
     server: &Server,
-    request: LooseAppend,
+    request: M,
 ) -> Result<wire::AppendEventsResponse, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(server.url())
         .expect("url")
@@ -34,7 +43,7 @@ async fn raw_append(
         .expect("connect");
     let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
     grpc.ready().await.expect("ready");
-    let codec = tonic_prost::ProstCodec::<LooseAppend, wire::AppendEventsResponse>::default();
+    let codec = tonic_prost::ProstCodec::<M, wire::AppendEventsResponse>::default();
     grpc.unary(
         tonic::Request::new(request),
         "/exesdb.v1.EventStore/AppendEvents".parse().expect("path"),
@@ -42,6 +51,13 @@ async fn raw_append(
     )
     .await
     .map(tonic::Response::into_inner)
+}
+
+async fn raw_append(
+    server: &Server,
+    request: LooseAppend,
+) -> Result<wire::AppendEventsResponse, tonic::Status> {
+    raw_call(server, request).await
 }
 
 fn wire_event(data: Vec<u8>) -> wire::NewEvent {
@@ -77,6 +93,19 @@ async fn malformed_and_invalid_requests_get_clear_statuses_and_write_nothing() {
     .expect_err("invalid UTF-8");
     assert_eq!(status.code(), Code::Internal, "{status:?}");
     assert!(status.message().contains("UTF-8"), "{}", status.message());
+
+    // A field of the wrong wire type: a parse error too.
+    let status = raw_call(
+        &server,
+        MistypedAppend {
+            store_id: "default".into(),
+            stream_id: 7,
+        },
+    )
+    .await
+    .expect_err("mistyped field");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(status.message().contains("decode"), "{}", status.message());
 
     // A store id that no store can have.
     let status = raw_append(

@@ -37,10 +37,21 @@ pub use exesdb::{
 /// Messages (batches of events) a streaming read buffers between the connection and the caller.
 const STREAM_BUFFER_MESSAGES: usize = 8;
 
-/// The server most commands talk to unless told otherwise.
+/// The server most commands talk to unless told otherwise (`exesdb serve`'s default address).
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:2113";
 
 /// What can go wrong with a request.
+///
+/// ```no_run
+/// # use exesdb_client::*;
+/// # async fn demo(client: Client) {
+/// match client.stream_version("$bad").await {
+///     Err(ClientError::Store(error)) => eprintln!("refused: {} ({})", error, error.code()),
+///     Err(other) => eprintln!("could not ask: {other}"),
+///     Ok(version) => println!("{version}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
@@ -57,6 +68,15 @@ pub enum ClientError {
 
 impl ClientError {
     /// The stable error code: the server's, or `connection_error` / `protocol_error`.
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// match client.append("s", ExpectedVersion::Exact(3), vec![NewEvent::new("E", "{}")]).await {
+    ///     Err(error) if error.code() == "wrong_expected_version" => println!("someone wrote first"),
+    ///     other => { other?; }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn code(&self) -> &'static str {
         match self {
             ClientError::Store(error) => error.code(),
@@ -81,6 +101,13 @@ impl From<tonic::Status> for ClientError {
 }
 
 /// Where a stream read starts.
+///
+/// ```
+/// use exesdb_client::ReadFrom;
+/// let from_the_top = ReadFrom::Start;
+/// let from_event_10 = ReadFrom::At(10);
+/// # let _ = (from_the_top, from_event_10);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadFrom {
     /// The first event (forward) or the last (backward).
@@ -99,6 +126,17 @@ impl ReadFrom {
 }
 
 /// Connection settings.
+///
+/// ```
+/// use std::time::Duration;
+/// use exesdb_client::ClientOptions;
+/// let options = ClientOptions {
+///     store_id: "orders".into(),
+///     request_timeout: Duration::from_secs(5),
+///     ..ClientOptions::default()
+/// };
+/// # let _ = options;
+/// ```
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// The store requests name.
@@ -119,7 +157,16 @@ impl Default for ClientOptions {
     }
 }
 
-/// A connection to one server, for one store. Cloning is cheap and shares the connection.
+/// A connection to one server, for one store. Cloning is cheap and shares the connection
+/// (HTTP/2 multiplexes the calls); for the most throughput, spread load over a few clients
+/// made with [`Client::connect`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), exesdb_client::ClientError> {
+/// let client = exesdb_client::Client::connect(exesdb_client::DEFAULT_SERVER).await?;
+/// let same_connection = client.clone();
+/// # let _ = same_connection; Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Client {
     store_id: String,
@@ -130,11 +177,24 @@ pub struct Client {
 
 impl Client {
     /// Connects with the default options (store `default`).
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// let client = Client::connect("http://127.0.0.1:2113").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
         Client::connect_with(url, ClientOptions::default()).await
     }
 
     /// Connects with the given options.
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// let options = ClientOptions { store_id: "orders".into(), ..ClientOptions::default() };
+    /// let client = Client::connect_with("http://127.0.0.1:2113", options).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
         let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|error| {
@@ -157,11 +217,24 @@ impl Client {
     }
 
     /// The store this client talks to.
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// assert_eq!(client.store_id(), "default");
+    /// # Ok(()) }
+    /// ```
     pub fn store_id(&self) -> &str {
         &self.store_id
     }
 
     /// The same connection, for another store.
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// let billing = client.with_store("billing");
+    /// billing.stream_version("invoice-1").await?;
+    /// # Ok(()) }
+    /// ```
     pub fn with_store(&self, store_id: &str) -> Client {
         Client {
             store_id: store_id.to_string(),
@@ -177,6 +250,15 @@ impl Client {
 
     /// Appends events atomically if the stream's version is as `expected`; returns once the
     /// server has made them durable.
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// let result = client
+    ///     .append("order-1", ExpectedVersion::NoStream, vec![NewEvent::new("OrderPlaced", "{}")])
+    ///     .await?;
+    /// assert_eq!(result.first_event_number, 0);
+    /// # Ok(()) }
+    /// ```
     pub async fn append(
         &self,
         stream_id: &str,
@@ -198,6 +280,12 @@ impl Client {
     }
 
     /// The stream's version; -1 when it has no events.
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// let version = client.stream_version("order-1").await?; // -1: no events yet
+    /// # Ok(()) }
+    /// ```
     pub async fn stream_version(&self, stream_id: &str) -> Result<i64, ClientError> {
         let request = wire::GetVersionRequest {
             store_id: self.store_id.clone(),
@@ -212,6 +300,16 @@ impl Client {
     }
 
     /// A stream's events, `count` of them at most (`None`: all), paged by the server.
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// use tokio_stream::StreamExt;
+    /// let mut events = std::pin::pin!(client.read_stream("order-1", ReadFrom::Start, None, Direction::Forward));
+    /// while let Some(event) = events.next().await {
+    ///     println!("{}", event?.event_number);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn read_stream(
         &self,
         stream_id: &str,
@@ -231,6 +329,17 @@ impl Client {
     }
 
     /// Events of `$all` in position order, filtered by stream-id prefix and event types.
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// use tokio_stream::StreamExt;
+    /// let types = vec!["OrderPlaced".to_string()];
+    /// let mut events = std::pin::pin!(client.read_all(ReadFrom::At(0), Some(100), Direction::Forward, Some("order-"), &types));
+    /// while let Some(event) = events.next().await {
+    ///     println!("{}", event?.position);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn read_all(
         &self,
         from: ReadFrom,
@@ -252,6 +361,17 @@ impl Client {
     }
 
     /// Streams in id order, after `after`, `count` at most (`None`: all).
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// use tokio_stream::StreamExt;
+    /// let mut streams = std::pin::pin!(client.list_streams(None, Some(50)));
+    /// while let Some(info) = streams.next().await {
+    ///     let info = info?;
+    ///     println!("{} at {}", info.stream_id, info.version);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn list_streams(
         &self,
         after: Option<&str>,
@@ -276,6 +396,12 @@ impl Client {
     }
 
     /// Records (or replaces) a snapshot.
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// client.record_snapshot("order", "order-1", 7, b"{}".to_vec(), vec![]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn record_snapshot(
         &self,
         source_uuid: &str,
@@ -300,6 +426,13 @@ impl Client {
     }
 
     /// Reads a snapshot; `snapshot_not_found` when none matches.
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// let snapshot = client.read_snapshot("order", "order-1", SnapshotVersion::AtOrBelow(10)).await?;
+    /// println!("state as of version {}", snapshot.version);
+    /// # Ok(()) }
+    /// ```
     pub async fn read_snapshot(
         &self,
         source_uuid: &str,
@@ -321,6 +454,12 @@ impl Client {
     }
 
     /// Deletes a snapshot (no error if there is none).
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// client.delete_snapshot("order", "order-1", 7).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_snapshot(
         &self,
         source_uuid: &str,
@@ -341,6 +480,14 @@ impl Client {
     }
 
     /// Snapshots of a source (and stream), or all, `count` at most (0: the server's page size).
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// for snapshot in client.list_snapshots(Some("order"), None, 0).await? {
+    ///     println!("{} {}", snapshot.stream_uuid, snapshot.version);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn list_snapshots(
         &self,
         source_uuid: Option<&str>,
@@ -367,6 +514,12 @@ impl Client {
     }
 
     /// The stores the server hosts.
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// let stores = client.list_stores().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn list_stores(&self) -> Result<Vec<String>, ClientError> {
         let response = self
             .events
@@ -377,6 +530,12 @@ impl Client {
     }
 
     /// The live supervision tree of this client's store.
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// print!("{}", client.tree().await?.render());
+    /// # Ok(()) }
+    /// ```
     pub async fn tree(&self) -> Result<TreeSnapshot, ClientError> {
         let request = wire::GetTreeRequest {
             store_id: self.store_id.clone(),
@@ -386,6 +545,12 @@ impl Client {
     }
 
     /// Whether the server's stores accept writes.
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// assert!(client.healthy().await?);
+    /// # Ok(()) }
+    /// ```
     pub async fn healthy(&self) -> Result<bool, ClientError> {
         let response = self
             .system
