@@ -29,6 +29,11 @@ pub struct Limits {
     pub read_events_max: u64,
     /// Snapshot data plus metadata.
     pub snapshot_bytes_max: u64,
+    /// Messages buffered for one subscriber; a subscriber that falls this far behind is fed
+    /// from storage as it reads, never from memory.
+    pub subscriber_buffer_events_max: usize,
+    /// Subscriptions one store serves at once.
+    pub subscriptions_max: usize,
 }
 
 impl Default for Limits {
@@ -39,6 +44,8 @@ impl Default for Limits {
             append_bytes_max: 16 * 1024 * 1024,
             read_events_max: 10_000,
             snapshot_bytes_max: 16 * 1024 * 1024,
+            subscriber_buffer_events_max: 1_024,
+            subscriptions_max: 10_000,
         }
     }
 }
@@ -88,6 +95,8 @@ pub struct PoolSettings {
     pub gateway_requests_in_flight_max: usize,
     /// Events buffered per streaming read; a slow reader holds the read, not more memory.
     pub read_stream_buffer_events: usize,
+    /// Log records an emitter scans in one step.
+    pub emitter_scan_events_max: u64,
     /// Workers one partition may run at once; a request for one more gets `unavailable`.
     pub workers_per_partition_max: usize,
     /// A writer with no request for this long stops.
@@ -107,6 +116,7 @@ impl Default for PoolSettings {
             gateway_workers: 8,
             gateway_requests_in_flight_max: 4_096,
             read_stream_buffer_events: 1_024,
+            emitter_scan_events_max: 4_096,
             workers_per_partition_max: 16_384,
             writer_idle_ms: 10_000,
             reader_idle_ms: 10_000,
@@ -261,6 +271,12 @@ impl SystemConfig {
             ));
         }
         let limits = &self.limits;
+        if limits.subscriber_buffer_events_max == 0 || self.pools.emitter_scan_events_max == 0 {
+            return Err(StartError::InvalidConfig(
+                "subscriber_buffer_events_max and emitter_scan_events_max must be at least 1"
+                    .into(),
+            ));
+        }
         if limits.append_events_max == 0 || limits.read_events_max == 0 {
             return Err(StartError::InvalidConfig(
                 "append_events_max and read_events_max must be at least 1".into(),

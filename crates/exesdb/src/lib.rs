@@ -22,5 +22,8 @@ pub use event::{
 pub use node::{MetricsRenderer, Node, NodeHealth, StoreHealth};
 pub use supervision::{Kind, Strategy, TreeSnapshot};
 pub use system::context::CommitStats;
+pub use system::core::notification::subscription::{
+    Selector, StartFrom, Subscription, SubscriptionMessage,
+};
 pub use system::core::store::store_registry::NodeStores;
 pub use system::{Snapshot, SnapshotVersion, StoreApi, System};

@@ -269,6 +269,36 @@ impl Storage {
         Ok(events)
     }
 
+    /// Scans the log from `from` up to `until` (exclusive), at most `scan_max` records, and
+    /// returns the events `matches` accepts with the position the next scan starts at.
+    pub fn scan_log(
+        &self,
+        from: u64,
+        until: u64,
+        scan_max: u64,
+        matches: impl Fn(&RecordedEvent) -> bool,
+    ) -> Result<(Vec<RecordedEvent>, u64), StorageError> {
+        let view = self.view();
+        let mut events = Vec::new();
+        let mut next = from;
+        if from >= until {
+            return Ok((events, next));
+        }
+        for guard in view
+            .range(&self.log, from.to_be_bytes()..until.to_be_bytes())
+            .take(usize::try_from(scan_max).unwrap_or(usize::MAX))
+        {
+            let (key, value) = guard.into_inner()?;
+            let position = decode_u64(&key, "log")?;
+            let event = decode_event(position, &value).map_err(corrupt("log"))?;
+            next = position + 1;
+            if matches(&event) {
+                events.push(event);
+            }
+        }
+        Ok((events, next))
+    }
+
     /// Streams in id order, starting after `after`.
     pub fn list_streams(
         &self,

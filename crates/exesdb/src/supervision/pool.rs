@@ -31,6 +31,13 @@ pub trait KeyedWork: Send + Sync + 'static {
     const WORKER_NAME: &'static str;
     /// Serves one request. Requests for one key are served one at a time, in order.
     fn handle(&self, key: &str, request: Self::Request) -> impl Future<Output = ()> + Send;
+
+    /// Work a (re)started worker must pick up by itself: the keys that need a worker as soon
+    /// as a partition starts, each with its first request. Most pools have none: their work
+    /// arrives as requests. Emitters resume their subscriptions here.
+    fn resume(&self) -> Vec<(String, Self::Request)> {
+        Vec::new()
+    }
 }
 
 /// Sizes of a pool.
@@ -114,15 +121,19 @@ impl<W: KeyedWork> WorkerPool<W> {
                 })
             })
             .collect();
+        let count = partitions.len();
         let children = partitions
             .iter()
-            .map(|partition| {
+            .enumerate()
+            .map(|(index, partition)| {
                 let partition = partition.clone();
                 let work = work.clone();
                 ChildSpec::actor(partition.node.clone(), move || {
                     (
                         PartitionActor::<W>(PhantomData),
                         PartitionArgs {
+                            index,
+                            partitions: count,
                             partition: partition.clone(),
                             work: work.clone(),
                             settings,
@@ -216,6 +227,8 @@ pub enum PartitionMsg {
 struct PartitionActor<W>(PhantomData<fn() -> W>);
 
 struct PartitionArgs<W: KeyedWork> {
+    index: usize,
+    partitions: usize,
     partition: Arc<Partition<W>>,
     work: Arc<W>,
     settings: PoolSettings,
@@ -247,6 +260,15 @@ impl<W: KeyedWork> Actor for PartitionActor<W> {
             children: HashMap::new(),
             restart_times: std::collections::VecDeque::new(),
         })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<PartitionMsg>,
+        state: &mut PartitionState<W>,
+    ) -> Result<(), ActorProcessingErr> {
+        state.resume(&myself, None).await;
+        Ok(())
     }
 
     async fn handle(
@@ -312,9 +334,15 @@ impl<W: KeyedWork> Actor for PartitionActor<W> {
             .into());
         }
         node.count_restart();
-        if let Err(error) = state.start_worker(&myself, key, Some(node.clone())).await {
-            state.args.partition.node.remove_child(&node);
-            tracing::error!(%error, "worker restart failed");
+        match state
+            .start_worker(&myself, key.clone(), Some(node.clone()))
+            .await
+        {
+            Ok(()) => state.resume(&myself, Some(&key)).await,
+            Err(error) => {
+                state.args.partition.node.remove_child(&node);
+                tracing::error!(%error, "worker restart failed");
+            }
         }
         Ok(())
     }
@@ -376,6 +404,34 @@ impl<W: KeyedWork> PartitionState<W> {
         self.children.insert(actor.get_id(), (key.clone(), node));
         lock(&partition.workers).insert(key, WorkerEntry { actor, sent: 0 });
         Ok(())
+    }
+
+    /// Starts a worker for each key of this partition that has work to resume, and hands it
+    /// that work (counted in the table like any request). Keys whose worker runs already are
+    /// left alone, their work being in hand, except `restarted`, whose worker just replaced
+    /// one that failed.
+    async fn resume(&mut self, myself: &ActorRef<PartitionMsg>, restarted: Option<&str>) {
+        for (key, request) in self.args.work.resume() {
+            if partition_of(&key, self.args.partitions) != self.args.index {
+                continue;
+            }
+            let running = lock(&self.args.partition.workers).contains_key(&key);
+            if running && restarted != Some(key.as_str()) {
+                continue;
+            }
+            if let Err(error) = self.start_worker(myself, key.clone(), None).await {
+                tracing::error!(%error, key, "cannot resume work");
+                continue;
+            }
+            if let Some(entry) = lock(&self.args.partition.workers).get_mut(&key)
+                && entry
+                    .actor
+                    .send_message(WorkerMsg::Request(request))
+                    .is_ok()
+            {
+                entry.sent += 1;
+            }
+        }
     }
 
     fn allow_restart(&mut self) -> bool {

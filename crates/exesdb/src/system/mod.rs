@@ -25,8 +25,11 @@ use crate::supervision::service::{Service, ServiceActor, ServiceArgs};
 use crate::supervision::supervisor::{Supervisor, SupervisorArgs};
 use crate::supervision::{ChildSpec, Kind, Strategy, SupervisorSettings, TreeNode, TreeSnapshot};
 use context::{CommitStats, StoreContext};
-use core::notification::emitter::EmitterWork;
+use core::notification::emitter::{EmitterRequest, EmitterWork};
 use core::notification::leader::{tracker::LeaderTracker, worker::LeaderWorker};
+use core::notification::subscription::{
+    Selector, StartFrom, Subscription, SubscriptionRegistry, SubscriptionState,
+};
 use core::persistence::snapshots::{
     SnapshotRead, SnapshotWrite, SnapshotsReaderWork, SnapshotsWriterWork,
 };
@@ -85,6 +88,7 @@ pub enum SnapshotVersion {
 
 struct Pools {
     gateway_workers: WorkerPool<GatewayWork>,
+    emitters: WorkerPool<EmitterWork>,
     streams_writers: WorkerPool<StreamsWriterWork>,
     streams_readers: WorkerPool<StreamsReaderWork>,
     snapshots_writers: WorkerPool<SnapshotsWriterWork>,
@@ -116,6 +120,7 @@ pub struct System {
 #[derive(Clone)]
 pub struct StoreApi {
     context: Arc<StoreContext>,
+    subscriptions: Arc<SubscriptionRegistry>,
     pools: Arc<Pools>,
     admission: Arc<Semaphore>,
     accepting: Arc<AtomicBool>,
@@ -146,7 +151,8 @@ impl System {
             .map_err(|error| StartError::Corrupt(error.to_string()))?;
         let admission = Arc::new(Semaphore::new(config.commit.requests_in_flight_max));
         let context = Arc::new(StoreContext::new(config, Arc::new(storage), next_position));
-        let (pools, root_spec) = build_tree(&context);
+        let subscriptions = Arc::new(SubscriptionRegistry::default());
+        let (pools, root_spec) = build_tree(&context, &subscriptions);
         let root_node = root_spec.node.clone();
         let args = SupervisorArgs {
             node: root_node.clone(),
@@ -160,6 +166,7 @@ impl System {
         root_node.set_cell(Some(root.get_cell()));
         let api = StoreApi {
             context,
+            subscriptions,
             pools: Arc::new(pools),
             admission,
             accepting: Arc::new(AtomicBool::new(true)),
@@ -454,6 +461,58 @@ impl StoreApi {
             .collect())
     }
 
+    /// Subscribes to the events `selector` picks, from `start`: first those already stored
+    /// (catch-up), then `CaughtUp`, then new ones as they commit, all in position order,
+    /// none skipped, none twice. Dropping the [`Subscription`] ends it.
+    pub async fn subscribe(
+        &self,
+        selector: Selector,
+        start: StartFrom,
+    ) -> Result<Subscription, StoreError> {
+        selector.validate()?;
+        if !self.accepting.load(Ordering::Acquire) {
+            return Err(StoreError::unavailable("the store is stopping"));
+        }
+        let limits = &self.context.config.limits;
+        let active = self.subscriptions.len();
+        if active >= limits.subscriptions_max {
+            return Err(StoreError::limit(
+                "subscriptions_max",
+                limits.subscriptions_max as u64,
+                active as u64 + 1,
+            ));
+        }
+        let position = match start {
+            StartFrom::Beginning => 0,
+            StartFrom::End => *self.context.committed.borrow(),
+            StartFrom::Position(position) => position,
+        };
+        let (sender, receiver) = tokio::sync::mpsc::channel(limits.subscriber_buffer_events_max);
+        let id = uuid::Uuid::now_v7().to_string();
+        self.subscriptions.insert(Arc::new(SubscriptionState {
+            id: id.clone(),
+            selector,
+            position: std::sync::atomic::AtomicU64::new(position),
+            caught_up_sent: AtomicBool::new(false),
+            sender,
+        }));
+        if let Err(error) = self
+            .pools
+            .emitters
+            .dispatch(&id, EmitterRequest::Pump)
+            .await
+        {
+            self.subscriptions.remove(&id);
+            return Err(error);
+        }
+        Ok(Subscription { receiver, id })
+    }
+
+    /// Subscriptions running now.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
     /// The stores hosted by this node (those started with the same `node_stores`).
     pub fn list_stores(&self) -> Vec<String> {
         self.context.config.node_stores.list()
@@ -484,12 +543,15 @@ impl System {
     /// calls then answer `unavailable`.
     pub async fn shutdown(&self) {
         self.accepting.store(false, Ordering::Release);
+        // Subscribers see the end of their streams; emitters find nothing left to do.
+        self.subscriptions.clear();
         let all =
             u32::try_from(self.context.config.commit.requests_in_flight_max).unwrap_or(u32::MAX);
         let timeout = Duration::from_millis(self.context.config.shutdown_timeout_ms);
         let _ = tokio::time::timeout(timeout, self.admission.acquire_many(all)).await;
         self.admission.close();
         supervision_stop(&self.root, timeout).await;
+        *lock_ignoring_poison(&self.pools.emitters.work().pool) = None;
     }
 
     /// Makes the named process of the tree fail, as a crash would (test builds only).
@@ -577,6 +639,8 @@ impl Drop for System {
         if self.root.get_status() == ractor::ActorStatus::Running {
             self.root.stop(Some("the System handle was dropped".into()));
         }
+        self.subscriptions.clear();
+        *lock_ignoring_poison(&self.pools.emitters.work().pool) = None;
     }
 }
 
@@ -645,7 +709,16 @@ fn supervisor(
 }
 
 /// Builds the single-mode tree of the spec, node for node.
-fn build_tree(context: &Arc<StoreContext>) -> (Pools, BuiltTree) {
+fn lock_ignoring_poison<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn build_tree(
+    context: &Arc<StoreContext>,
+    subscriptions: &Arc<SubscriptionRegistry>,
+) -> (Pools, BuiltTree) {
     let settings = supervisor_settings(context);
     let pools_config = &context.config.pools;
     let pool = |partitions: usize, idle_ms: u64| WorkerPoolSettings {
@@ -704,8 +777,18 @@ fn build_tree(context: &Arc<StoreContext>) -> (Pools, BuiltTree) {
         snapshot_reader_pool,
         settings,
     );
-    let (_emitters, emitter_pools_spec) =
-        WorkerPool::new("ExESDB.EmitterPools", EmitterWork, emitter_pool, settings);
+    let (emitters, emitter_pools_spec) = WorkerPool::new(
+        "ExESDB.EmitterPools",
+        EmitterWork {
+            context: context.clone(),
+            subscriptions: subscriptions.clone(),
+            pool: std::sync::Mutex::new(None),
+            scan_events_max: pools_config.emitter_scan_events_max,
+        },
+        emitter_pool,
+        settings,
+    );
+    *lock_ignoring_poison(&emitters.work().pool) = Some(emitters.clone());
     let (gateway_workers, gateway_workers_spec) =
         WorkerPool::new("ExESDB.GatewayWorkers", GatewayWork, gateway_pool, settings);
 
@@ -806,6 +889,7 @@ fn build_tree(context: &Arc<StoreContext>) -> (Pools, BuiltTree) {
         snapshots_writers,
         snapshots_readers,
         gateway_workers,
+        emitters,
     };
     (
         pools,

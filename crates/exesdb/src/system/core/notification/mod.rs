@@ -3,3 +3,4 @@
 
 pub mod emitter;
 pub mod leader;
+pub mod subscription;

@@ -1,19 +1,135 @@
-//! `ExESDB.EmitterSystem` [S] (:one_for_one) with `ExESDB.EmitterPools` [PS]: partitions
-//! (dynamic supervisors) that will run one emitter per subscription. Until subscriptions exist
-//! (issue 4) no request can reach an emitter, which the request type states: it has no values.
+//! `ExESDB.EmitterSystem` [S] (:one_for_one) with `ExESDB.EmitterPools` [PS]: one emitter per
+//! subscription, under the partition its id hashes to.
+//!
+//! An emitter delivers by reading storage, always: from the subscription's position up to the
+//! store's "committed up to" mark, in bounded pages. Catching up and following live commits are
+//! the same loop, so the switch between them can neither lose nor repeat an event; the moment
+//! the position reaches the mark for the first time, the subscriber gets `CaughtUp`. A
+//! subscriber that does not read fills its bounded buffer; the emitter then just stops
+//! advancing (its position stays in the subscription state) and retries, so memory stays
+//! bounded and writers never wait for it. Each step is one message to the emitter, handled in
+//! bounded time, so emitters stop promptly and a restarted one resumes from the position.
 
-use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use crate::supervision::pool::KeyedWork;
+use tokio::sync::mpsc::error::SendTimeoutError;
 
-/// The work of emitters: none yet.
-pub struct EmitterWork;
+use super::subscription::{SubscriptionMessage, SubscriptionRegistry, SubscriptionState};
+use crate::supervision::pool::{KeyedWork, WorkerPool};
+use crate::system::context::StoreContext;
+
+/// How long one emitter step waits for a subscriber's room or for new commits.
+const STEP_WAIT: Duration = Duration::from_millis(50);
+
+/// One step of an emitter.
+pub enum EmitterRequest {
+    Pump,
+}
+
+/// The work of emitters.
+pub struct EmitterWork {
+    pub context: Arc<StoreContext>,
+    pub subscriptions: Arc<SubscriptionRegistry>,
+    /// The emitters' own pool, for the next step: set once the pool exists, cleared when the
+    /// System stops (the pool holds this work, so the link must be broken by hand).
+    pub pool: Mutex<Option<WorkerPool<EmitterWork>>>,
+    /// Records scanned in one step.
+    pub scan_events_max: u64,
+}
 
 impl KeyedWork for EmitterWork {
-    type Request = Infallible;
+    type Request = EmitterRequest;
     const WORKER_NAME: &'static str = "ExESDB.Emitter";
 
-    async fn handle(&self, _key: &str, request: Infallible) {
-        match request {}
+    async fn handle(&self, key: &str, _request: EmitterRequest) {
+        let Some(subscription) = self.subscriptions.get(key) else {
+            return; // ended: no next step, and the emitter idles out
+        };
+        if subscription.sender.is_closed() {
+            self.subscriptions.remove(key);
+            return;
+        }
+        if self.step(&subscription).await {
+            let pool = self
+                .pool
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone();
+            if let Some(pool) = pool
+                && let Err(error) = pool.dispatch(key, EmitterRequest::Pump).await
+            {
+                tracing::warn!(%error, subscription = key, "cannot schedule the next step");
+            }
+        } else {
+            self.subscriptions.remove(key);
+        }
+    }
+
+    fn resume(&self) -> Vec<(String, EmitterRequest)> {
+        self.subscriptions
+            .ids()
+            .into_iter()
+            .map(|id| (id, EmitterRequest::Pump))
+            .collect()
+    }
+}
+
+impl EmitterWork {
+    /// One bounded step; false when the subscriber is gone.
+    async fn step(&self, subscription: &SubscriptionState) -> bool {
+        let committed = *self.context.committed.borrow();
+        let from = subscription.next_position();
+        if from >= committed {
+            return self.wait_for_commits(subscription, from).await;
+        }
+        let scanned =
+            self.context
+                .storage
+                .scan_log(from, committed, self.scan_events_max, |event| {
+                    subscription.selector.matches(event)
+                });
+        let (events, next) = match scanned {
+            Ok(scanned) => scanned,
+            Err(error) => {
+                tracing::error!(%error, "emitter cannot read storage; retrying");
+                tokio::time::sleep(STEP_WAIT).await;
+                return true;
+            }
+        };
+        for event in events {
+            let position = event.position;
+            match subscription
+                .sender
+                .send_timeout(SubscriptionMessage::Event(event), STEP_WAIT)
+                .await
+            {
+                Ok(()) => subscription.set_position(position + 1),
+                // Full: this event is not delivered; the next step starts from it.
+                Err(SendTimeoutError::Timeout(_)) => return true,
+                Err(SendTimeoutError::Closed(_)) => return false,
+            }
+        }
+        subscription.set_position(next);
+        true
+    }
+
+    /// At the committed mark: say `CaughtUp` once, then wait a little for new commits.
+    async fn wait_for_commits(&self, subscription: &SubscriptionState, from: u64) -> bool {
+        if !subscription.caught_up() {
+            match subscription
+                .sender
+                .send_timeout(SubscriptionMessage::CaughtUp, STEP_WAIT)
+                .await
+            {
+                Ok(()) => subscription.mark_caught_up(),
+                Err(SendTimeoutError::Timeout(_)) => return true,
+                Err(SendTimeoutError::Closed(_)) => return false,
+            }
+        }
+        let mut commits = self.context.committed.subscribe();
+        let _ =
+            tokio::time::timeout(STEP_WAIT, commits.wait_for(|committed| *committed > from)).await;
+        !subscription.sender.is_closed()
     }
 }

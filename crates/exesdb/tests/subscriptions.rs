@@ -1,0 +1,414 @@
+//! Transient subscriptions: catch-up then live with `CaughtUp` between, every selector kind,
+//! every start, emitters restarted without loss, and a property test under concurrent appends.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{event, start, start_with};
+use exesdb::{
+    ExpectedVersion, NewEvent, RecordedEvent, Selector, StartFrom, Subscription,
+    SubscriptionMessage,
+};
+use proptest::prelude::*;
+use serde_json::json;
+
+/// Receives events until `count` have arrived; returns them and whether `CaughtUp` came, and
+/// checks `CaughtUp` came at most once.
+async fn receive(subscription: &mut Subscription, count: usize) -> (Vec<RecordedEvent>, bool) {
+    let mut events = Vec::new();
+    let mut caught_up = false;
+    while events.len() < count {
+        let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("the subscription is open");
+        match message {
+            SubscriptionMessage::Event(event) => events.push(event),
+            SubscriptionMessage::CaughtUp => {
+                assert!(!caught_up, "CaughtUp twice");
+                caught_up = true;
+            }
+        }
+    }
+    (events, caught_up)
+}
+
+async fn expect_caught_up(subscription: &mut Subscription) {
+    let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("open");
+    assert_eq!(message, SubscriptionMessage::CaughtUp);
+}
+
+async fn expect_nothing(subscription: &mut Subscription) {
+    let waited = tokio::time::timeout(Duration::from_millis(200), subscription.next()).await;
+    assert!(waited.is_err(), "unexpected {waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_then_caught_up_then_live() {
+    let store = start().await;
+    let s = &store.system;
+    for i in 0..10 {
+        s.append(
+            &format!("s{}", i % 3),
+            ExpectedVersion::Any,
+            vec![event("E", &i.to_string())],
+        )
+        .await
+        .expect("append");
+    }
+    let mut all = s
+        .subscribe(Selector::ByStream("$all".into()), StartFrom::Beginning)
+        .await
+        .expect("subscribe");
+    let (events, caught_up) = receive(&mut all, 10).await;
+    assert!(!caught_up, "CaughtUp only after the stored events");
+    assert_eq!(
+        events.iter().map(|e| e.position).collect::<Vec<_>>(),
+        (0..10).collect::<Vec<_>>()
+    );
+    expect_caught_up(&mut all).await;
+    for i in 10..15 {
+        s.append(
+            "live",
+            ExpectedVersion::Any,
+            vec![event("E", &i.to_string())],
+        )
+        .await
+        .expect("append");
+    }
+    let (live, caught_up) = receive(&mut all, 5).await;
+    assert!(!caught_up);
+    assert_eq!(
+        live.iter().map(|e| e.position).collect::<Vec<_>>(),
+        (10..15).collect::<Vec<_>>()
+    );
+    expect_nothing(&mut all).await;
+    drop(all);
+    // The emitter notices the subscriber left and the subscription ends.
+    for _ in 0..100 {
+        if s.subscription_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.subscription_count(), 0);
+    store.system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_selector_kind_and_start() {
+    let store = start().await;
+    let s = &store.system;
+    let placed = |order: u64, total: u64| {
+        NewEvent::json("OrderPlaced", &json!({"order": order, "total": total}))
+    };
+    s.append("order-1", ExpectedVersion::Any, vec![placed(1, 10)])
+        .await
+        .expect("append");
+    s.append(
+        "cart-1",
+        ExpectedVersion::Any,
+        vec![event("ItemAdded", "{}")],
+    )
+    .await
+    .expect("append");
+    s.append("order-2", ExpectedVersion::Any, vec![placed(2, 99)])
+        .await
+        .expect("append");
+
+    let mut by_stream = s
+        .subscribe(Selector::ByStream("order-2".into()), StartFrom::Beginning)
+        .await
+        .expect("sub");
+    let mut by_type = s
+        .subscribe(
+            Selector::ByEventType("OrderPlaced".into()),
+            StartFrom::Beginning,
+        )
+        .await
+        .expect("sub");
+    let mut by_pattern = s
+        .subscribe(
+            Selector::ByEventPattern(json!({"stream_id": "cart-1"})),
+            StartFrom::Beginning,
+        )
+        .await
+        .expect("sub");
+    let mut by_payload = s
+        .subscribe(
+            Selector::ByEventPayload(json!({"total": 99})),
+            StartFrom::Beginning,
+        )
+        .await
+        .expect("sub");
+    let mut from_end = s
+        .subscribe(Selector::ByStream("$all".into()), StartFrom::End)
+        .await
+        .expect("sub");
+    let mut from_position = s
+        .subscribe(Selector::ByStream("$all".into()), StartFrom::Position(2))
+        .await
+        .expect("sub");
+
+    let streams = |events: &[RecordedEvent]| {
+        events
+            .iter()
+            .map(|e| e.stream_id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        streams(&receive(&mut by_stream, 1).await.0),
+        vec!["order-2"]
+    );
+    assert_eq!(
+        streams(&receive(&mut by_type, 2).await.0),
+        vec!["order-1", "order-2"]
+    );
+    assert_eq!(
+        streams(&receive(&mut by_pattern, 1).await.0),
+        vec!["cart-1"]
+    );
+    assert_eq!(
+        streams(&receive(&mut by_payload, 1).await.0),
+        vec!["order-2"]
+    );
+    assert_eq!(receive(&mut from_position, 1).await.0[0].position, 2);
+    for subscription in [
+        &mut by_stream,
+        &mut by_type,
+        &mut by_pattern,
+        &mut by_payload,
+        &mut from_end,
+        &mut from_position,
+    ] {
+        expect_caught_up(subscription).await;
+    }
+    s.append("order-2", ExpectedVersion::Any, vec![placed(2, 5)])
+        .await
+        .expect("append");
+    assert_eq!(receive(&mut from_end, 1).await.0[0].position, 3);
+    assert_eq!(receive(&mut by_stream, 1).await.0[0].position, 3);
+    expect_nothing(&mut by_payload).await;
+
+    let error = s
+        .subscribe(Selector::ByEventPattern(json!([1])), StartFrom::Beginning)
+        .await
+        .expect_err("a pattern must be an object");
+    assert_eq!(error.code(), "invalid_argument");
+    store.system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_emitter_resumes_without_loss_or_repeat() {
+    let store = start().await;
+    let s = &store.system;
+    let mut subscription = s
+        .subscribe(Selector::ByStream("$all".into()), StartFrom::Beginning)
+        .await
+        .expect("sub");
+    expect_caught_up(&mut subscription).await;
+    let emitter = format!("ExESDB.Emitter({})", subscription.id());
+    let mut positions = Vec::new();
+    for round in 0..3 {
+        for i in 0..20 {
+            s.append(
+                "s",
+                ExpectedVersion::Any,
+                vec![event("E", &format!("{round}-{i}"))],
+            )
+            .await
+            .expect("append");
+        }
+        let old = s.process_id(&emitter).expect("the emitter runs");
+        s.inject_fault(&emitter).expect("kill the emitter");
+        for i in 0..20 {
+            s.append(
+                "s",
+                ExpectedVersion::Any,
+                vec![event("E", &format!("{round}-after-{i}"))],
+            )
+            .await
+            .expect("append");
+        }
+        let (events, _) = receive(&mut subscription, 40).await;
+        positions.extend(events.iter().map(|e| e.position));
+        assert_ne!(s.process_id(&emitter), Some(old), "a new emitter runs");
+    }
+    assert_eq!(
+        positions,
+        (0..120).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    let tree = s.tree();
+    assert!(tree.find(&emitter).expect("emitter in the tree").restarts >= 3);
+    store.system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_does_not_read_holds_only_its_buffer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = start_with(dir, |config| {
+        config.limits.subscriber_buffer_events_max = 16
+    })
+    .await;
+    let s = &store.system;
+    let mut idle = s
+        .subscribe(Selector::ByStream("$all".into()), StartFrom::Beginning)
+        .await
+        .expect("sub");
+    let total = 20_000u64;
+    for chunk in 0..(total / 1_000) {
+        let events = (0..1_000)
+            .map(|i| event("E", &(chunk * 1_000 + i).to_string()))
+            .collect();
+        s.append("bulk", ExpectedVersion::Any, events)
+            .await
+            .expect("writers are not held up");
+    }
+    // Only the buffer's worth was taken from storage so far.
+    let waiting = idle.receiver_len();
+    assert!(
+        waiting <= 16,
+        "{waiting} messages buffered for a subscriber that reads nothing"
+    );
+    let mut position = 0;
+    while position < total {
+        match tokio::time::timeout(Duration::from_secs(10), idle.next())
+            .await
+            .expect("message")
+            .expect("open")
+        {
+            SubscriptionMessage::Event(event) => {
+                assert_eq!(event.position, position);
+                position += 1;
+            }
+            SubscriptionMessage::CaughtUp => {}
+        }
+    }
+    store.system.stop().await;
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    All,
+    Stream(u8),
+    Type(u8),
+    Pattern(u8),
+    Payload(u8),
+}
+
+impl Kind {
+    fn selector(&self) -> Selector {
+        match self {
+            Kind::All => Selector::ByStream("$all".into()),
+            Kind::Stream(n) => Selector::ByStream(format!("s{n}")),
+            Kind::Type(n) => Selector::ByEventType(format!("T{n}")),
+            Kind::Pattern(n) => Selector::ByEventPattern(json!({"stream_id": format!("s{n}")})),
+            Kind::Payload(n) => Selector::ByEventPayload(json!({"k": n})),
+        }
+    }
+}
+
+fn kinds() -> impl Strategy<Value = Kind> {
+    prop_oneof![
+        Just(Kind::All),
+        (0u8..3).prop_map(Kind::Stream),
+        (0u8..3).prop_map(Kind::Type),
+        (0u8..3).prop_map(Kind::Pattern),
+        (0u8..3).prop_map(Kind::Payload),
+    ]
+}
+
+async fn run(subscribers: Vec<(Kind, u8)>, appenders: usize, appends: usize) {
+    let store = Arc::new(start().await);
+    let mut writers = Vec::new();
+    for writer in 0..appenders {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..appends {
+                let n = ((writer * 7 + i * 3) % 3) as u8;
+                let stream = format!("s{}", (writer + i) % 3);
+                let event =
+                    NewEvent::json(format!("T{n}"), &json!({"k": (i % 3) as u8, "w": writer}));
+                store
+                    .system
+                    .append(&stream, ExpectedVersion::Any, vec![event])
+                    .await
+                    .expect("append");
+            }
+        }));
+    }
+    // Subscribers start at different moments while the writers run.
+    let mut subscriptions = Vec::new();
+    for (kind, delay) in subscribers {
+        tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
+        let subscription = store
+            .system
+            .subscribe(kind.selector(), StartFrom::Beginning)
+            .await
+            .expect("sub");
+        subscriptions.push((kind, subscription));
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let all = store
+        .system
+        .read_all(exesdb::ReadAllRequest {
+            count: 10_000,
+            ..Default::default()
+        })
+        .await
+        .expect("read all");
+    for (kind, mut subscription) in subscriptions {
+        let selector = kind.selector();
+        let expected: Vec<u64> = all
+            .iter()
+            .filter(|e| selector.matches(e))
+            .map(|e| e.position)
+            .collect();
+        let (events, _) = receive(&mut subscription, expected.len()).await;
+        let got: Vec<u64> = events.iter().map(|e| e.position).collect();
+        assert_eq!(
+            got, expected,
+            "{kind:?}: exactly the matching events, in order"
+        );
+        expect_nothing_but_caught_up(&mut subscription).await;
+    }
+    if let Ok(store) = Arc::try_unwrap(store) {
+        store.system.stop().await;
+    }
+}
+
+async fn expect_nothing_but_caught_up(subscription: &mut Subscription) {
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), subscription.next()).await {
+            Err(_) => return,
+            Ok(Some(SubscriptionMessage::CaughtUp)) => continue,
+            Ok(other) => panic!("no more events expected, got {other:?}"),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    #[test]
+    fn subscribers_of_every_kind_get_exactly_their_events(
+        subscribers in proptest::collection::vec((kinds(), 0u8..30), 1..6),
+        appenders in 1usize..6,
+        appends in 5usize..60,
+    ) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(run(subscribers, appenders, appends));
+    }
+}
