@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use exesdb_client::{
     Client, ClientError, ClientOptions, DEFAULT_SERVER, Direction, ExpectedVersion, NewEvent,
-    ReadFrom, SnapshotVersion,
+    ReadFrom, Selector, SnapshotVersion, StartFrom, SubscriptionMessage,
 };
 use serde_json::{Value, json};
 use tokio_stream::{Stream, StreamExt};
@@ -153,11 +153,38 @@ pub enum ClientCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Follow events as they are stored: first those already there, then a caught-up line,
+    /// then new ones, until interrupted.
+    Subscribe {
+        /// A stream id or `$all` (by-stream), an event type, or a JSON object (by-event-pattern,
+        /// by-event-payload).
+        selector: String,
+        /// What the selector selects by.
+        #[arg(long, value_enum, default_value = "by-stream")]
+        kind: SubscribeKind,
+        /// A persistent subscription's name (persistent subscriptions are not available yet).
+        #[arg(long)]
+        name: Option<String>,
+        /// `start` (the default), `end` (live only), or a number: an event number of the
+        /// stream for by-stream subscriptions to one stream, a global position otherwise.
+        #[arg(long, default_value = "start")]
+        from: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print the store's live supervision tree, in the spec's notation.
     Tree {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum SubscribeKind {
+    ByStream,
+    ByEventType,
+    ByEventPattern,
+    ByEventPayload,
 }
 
 fn parse_expected(text: &str) -> Result<ExpectedVersion, String> {
@@ -196,6 +223,7 @@ impl ClientCommand {
             | ClientCommand::Streams { client }
             | ClientCommand::Stores { client }
             | ClientCommand::Snapshot { client, .. }
+            | ClientCommand::Subscribe { client, .. }
             | ClientCommand::Tree { client } => client,
         }
     }
@@ -329,6 +357,35 @@ async fn execute(client: &Client, command: ClientCommand, json: bool) -> Result<
             }
         }
         ClientCommand::Snapshot { command, .. } => snapshot(client, command, json).await?,
+        ClientCommand::Subscribe {
+            selector,
+            kind,
+            name,
+            from,
+            ..
+        } => {
+            if name.is_some() {
+                return Err(Failure::Usage(
+                    "persistent subscriptions (--name) are not available yet; \
+                     drop --name for a transient subscription"
+                        .into(),
+                ));
+            }
+            let (selector, start) = subscription_request(&selector, kind, &from)?;
+            let mut messages = std::pin::pin!(client.subscribe(selector, start));
+            while let Some(message) = messages.next().await {
+                match message? {
+                    SubscriptionMessage::Event(event) if json => print_json(&output::event(&event)),
+                    SubscriptionMessage::Event(event) => println!("{}", output::event_line(&event)),
+                    SubscriptionMessage::CaughtUp if json => {
+                        print_json(&json!({"caught_up": true}))
+                    }
+                    SubscriptionMessage::CaughtUp => {
+                        println!("-- caught up: following new events --")
+                    }
+                }
+            }
+        }
         ClientCommand::Tree { .. } => {
             let tree = client.tree().await?;
             if json {
@@ -448,6 +505,41 @@ async fn print_events(
         }
     }
     Ok(())
+}
+
+fn subscription_request(
+    selector: &str,
+    kind: SubscribeKind,
+    from: &str,
+) -> Result<(Selector, StartFrom), Failure> {
+    let pattern = |text: &str| {
+        serde_json::from_str::<Value>(text)
+            .map_err(|error| Failure::Usage(format!("the pattern is not JSON ({error}): {text}")))
+    };
+    let selector = match kind {
+        SubscribeKind::ByStream => Selector::ByStream(selector.to_string()),
+        SubscribeKind::ByEventType => Selector::ByEventType(selector.to_string()),
+        SubscribeKind::ByEventPattern => Selector::ByEventPattern(pattern(selector)?),
+        SubscribeKind::ByEventPayload => Selector::ByEventPayload(pattern(selector)?),
+    };
+    let one_stream = matches!(&selector, Selector::ByStream(s) if s != exesdb_client::ALL_STREAM);
+    let start = match from {
+        "start" | "beginning" => StartFrom::Beginning,
+        "end" => StartFrom::End,
+        number => {
+            let number: u64 = number.parse().map_err(|_| {
+                Failure::Usage(format!(
+                    "--from {number:?}: expected start, end or a number"
+                ))
+            })?;
+            if one_stream {
+                StartFrom::EventNumber(number)
+            } else {
+                StartFrom::Position(number)
+            }
+        }
+    };
+    Ok((selector, start))
 }
 
 fn read_from(from: Option<u64>) -> ReadFrom {

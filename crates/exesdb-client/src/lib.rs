@@ -30,8 +30,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 pub use exesdb::{
-    AppendResult, Direction, ExpectedVersion, NewEvent, RecordedEvent, Snapshot, SnapshotVersion,
-    StoreError, StreamInfo, TreeSnapshot,
+    ALL_STREAM, AppendResult, Direction, ExpectedVersion, NewEvent, RecordedEvent, Selector,
+    Snapshot, SnapshotVersion, StartFrom, StoreError, StreamInfo, SubscriptionMessage,
+    TreeSnapshot,
 };
 
 /// Messages (batches of events) a streaming read buffers between the connection and the caller.
@@ -392,6 +393,52 @@ impl Client {
                     version: info.version,
                 })
                 .collect())
+        })
+    }
+
+    /// A transient subscription: the stored events `selector` picks from `start`, then
+    /// `CaughtUp`, then new events as they commit, in position order. It lasts until the
+    /// stream is dropped (or the server stops).
+    ///
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// use tokio_stream::StreamExt;
+    /// let selector = Selector::ByEventType("OrderPlaced".into());
+    /// let mut messages = std::pin::pin!(client.subscribe(selector, StartFrom::Beginning));
+    /// while let Some(message) = messages.next().await {
+    ///     match message? {
+    ///         SubscriptionMessage::Event(event) => println!("{}", event.position),
+    ///         SubscriptionMessage::CaughtUp => println!("live from here"),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn subscribe(
+        &self,
+        selector: Selector,
+        start: StartFrom,
+    ) -> impl Stream<Item = Result<SubscriptionMessage, ClientError>> + Send + 'static {
+        let request = wire::SubscribeRequest {
+            store_id: self.store_id.clone(),
+            selector: Some(convert::selector_to_wire(&selector)),
+            start: Some(convert::start_from_to_wire(start)),
+        };
+        let mut client = self.events.clone();
+        async_stream(async move { client.subscribe(request).await }, |response| {
+            let mut messages = response
+                .events
+                .into_iter()
+                .map(|event| {
+                    convert::recorded_event_from_wire(event)
+                        .map(SubscriptionMessage::Event)
+                        .map_err(ClientError::from)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if response.caught_up {
+                messages.push(SubscriptionMessage::CaughtUp);
+            }
+            Ok(messages)
         })
     }
 

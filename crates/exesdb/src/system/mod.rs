@@ -486,12 +486,18 @@ impl StoreApi {
             StartFrom::Beginning => 0,
             StartFrom::End => *self.context.committed.borrow(),
             StartFrom::Position(position) => position,
+            StartFrom::EventNumber(number) => self.start_of_event(&selector, number)?,
         };
         let (sender, receiver) = tokio::sync::mpsc::channel(limits.subscriber_buffer_events_max);
+        let event_number_floor = match start {
+            StartFrom::EventNumber(number) => number,
+            _ => 0,
+        };
         let id = uuid::Uuid::now_v7().to_string();
         self.subscriptions.insert(Arc::new(SubscriptionState {
             id: id.clone(),
             selector,
+            event_number_floor,
             position: std::sync::atomic::AtomicU64::new(position),
             caught_up_sent: AtomicBool::new(false),
             sender,
@@ -506,6 +512,24 @@ impl StoreApi {
             return Err(error);
         }
         Ok(Subscription { receiver, id })
+    }
+
+    /// Where a subscription from event `number` of its stream starts scanning: at that event,
+    /// or at the end when the stream has not reached it yet.
+    fn start_of_event(&self, selector: &Selector, number: u64) -> Result<u64, StoreError> {
+        let Selector::ByStream(stream_id) = selector else {
+            return Err(StoreError::invalid(
+                "starting from an event number needs a by-stream subscription",
+            ));
+        };
+        if stream_id == ALL_STREAM {
+            return Err(StoreError::invalid(
+                "$all has positions, not event numbers: start from a position",
+            ));
+        }
+        let committed = *self.context.committed.borrow();
+        let view = self.context.storage.point_view();
+        Ok(view.position_of(stream_id, number)?.unwrap_or(committed))
     }
 
     /// Subscriptions running now.

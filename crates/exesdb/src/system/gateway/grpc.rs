@@ -17,6 +17,7 @@ use super::wire as convert;
 use crate::error::StoreError;
 use crate::event::{Direction, ReadAllRequest, RecordedEvent, StreamInfo};
 use crate::node::Node;
+use crate::system::core::notification::subscription::{Subscription, SubscriptionMessage};
 
 type WireStream<T> = ReceiverStream<Result<T, Status>>;
 
@@ -293,6 +294,28 @@ impl EventStore for GrpcServices {
         }))
     }
 
+    type SubscribeStream = WireStream<wire::SubscribeResponse>;
+
+    async fn subscribe(
+        &self,
+        request: Request<wire::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let system = self
+            .node
+            .system(&request.store_id)
+            .map_err(|error| convert::status(&error))?;
+        let selector = convert::selector(request.selector).map_err(|e| convert::status(&e))?;
+        let start = convert::start_from(request.start);
+        // Subscriptions are long-lived: they count against subscriptions_max, not against the
+        // gateway's in-flight requests.
+        let subscription = system
+            .subscribe(selector, start)
+            .await
+            .map_err(|error| convert::status(&error))?;
+        Ok(Response::new(forward_subscription(subscription)))
+    }
+
     async fn list_stores(
         &self,
         _request: Request<wire::ListStoresRequest>,
@@ -337,6 +360,43 @@ impl SystemService for GrpcServices {
             .map_err(|error| convert::status(&error))?;
         Ok(Response::new(convert::tree(&system.tree())))
     }
+}
+
+/// Messages of a subscription waiting for the network; the subscription's own buffer is the
+/// real bound, this only smooths the hand-over.
+const SUBSCRIPTION_MESSAGES_BUFFERED: usize = 4;
+
+/// Forwards a subscription to the wire, packing consecutive events into messages. The
+/// subscription ends when the client goes away (the forwarder's send fails and it drops it).
+fn forward_subscription(mut subscription: Subscription) -> WireStream<wire::SubscribeResponse> {
+    let (sender, receiver) = mpsc::channel(SUBSCRIPTION_MESSAGES_BUFFERED);
+    tokio::spawn(async move {
+        while let Some(first) = subscription.next().await {
+            let mut response = wire::SubscribeResponse::default();
+            let mut bytes = 0;
+            let mut message = Some(first);
+            while let Some(next) = message.take() {
+                match next {
+                    SubscriptionMessage::Event(event) => {
+                        bytes += event.data.len() + event.metadata.len() + 128;
+                        response.events.push(convert::recorded_event(event));
+                    }
+                    SubscriptionMessage::CaughtUp => {
+                        response.caught_up = true;
+                        break;
+                    }
+                }
+                if bytes >= MESSAGE_BYTES_TARGET || response.events.len() >= MESSAGE_ITEMS_MAX {
+                    break;
+                }
+                message = subscription.try_next();
+            }
+            if sender.send(Ok(response)).await.is_err() {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(receiver)
 }
 
 type PageFuture<T, C> =

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::event::{AppendResult, Direction, ExpectedVersion, NewEvent, RecordedEvent, StreamInfo};
 use crate::supervision::TreeSnapshot;
+use crate::system::core::notification::subscription::{Selector, StartFrom};
 use crate::system::{Snapshot, SnapshotVersion};
 
 /// Response metadata key carrying the error code.
@@ -300,5 +301,53 @@ pub fn tree(node: &TreeSnapshot) -> wire::TreeNode {
             .unwrap_or_default(),
         restarts: node.restarts,
         children: node.children.iter().map(tree).collect(),
+    }
+}
+
+fn json_pattern(text: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|error| StoreError::invalid(format!("the pattern is not JSON: {error}")))
+}
+
+pub fn selector(
+    selector: Option<wire::subscribe_request::Selector>,
+) -> Result<Selector, StoreError> {
+    use wire::subscribe_request::Selector as Wire;
+    match selector {
+        None => Err(StoreError::invalid("a subscription needs a selector")),
+        Some(Wire::ByStream(stream)) => Ok(Selector::ByStream(stream)),
+        Some(Wire::ByEventType(event_type)) => Ok(Selector::ByEventType(event_type)),
+        Some(Wire::ByEventPattern(text)) => Ok(Selector::ByEventPattern(json_pattern(&text)?)),
+        Some(Wire::ByEventPayload(text)) => Ok(Selector::ByEventPayload(json_pattern(&text)?)),
+    }
+}
+
+pub fn selector_to_wire(selector: &Selector) -> wire::subscribe_request::Selector {
+    use wire::subscribe_request::Selector as Wire;
+    match selector {
+        Selector::ByStream(stream) => Wire::ByStream(stream.clone()),
+        Selector::ByEventType(event_type) => Wire::ByEventType(event_type.clone()),
+        Selector::ByEventPattern(pattern) => Wire::ByEventPattern(pattern.to_string()),
+        Selector::ByEventPayload(pattern) => Wire::ByEventPayload(pattern.to_string()),
+    }
+}
+
+pub fn start_from(start: Option<wire::subscribe_request::Start>) -> StartFrom {
+    use wire::subscribe_request::Start;
+    match start {
+        None | Some(Start::Beginning(_)) => StartFrom::Beginning,
+        Some(Start::End(_)) => StartFrom::End,
+        Some(Start::Position(position)) => StartFrom::Position(position),
+        Some(Start::EventNumber(number)) => StartFrom::EventNumber(number),
+    }
+}
+
+pub fn start_from_to_wire(start: StartFrom) -> wire::subscribe_request::Start {
+    use wire::subscribe_request::Start;
+    match start {
+        StartFrom::Beginning => Start::Beginning(wire::Empty {}),
+        StartFrom::End => Start::End(wire::Empty {}),
+        StartFrom::Position(position) => Start::Position(position),
+        StartFrom::EventNumber(number) => Start::EventNumber(number),
     }
 }

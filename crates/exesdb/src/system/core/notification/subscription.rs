@@ -95,6 +95,8 @@ pub enum StartFrom {
     End,
     /// This global position (inclusive).
     Position(u64),
+    /// This event number of the stream a `ByStream` selector names (inclusive).
+    EventNumber(u64),
 }
 
 /// What a subscriber receives.
@@ -111,6 +113,9 @@ pub enum SubscriptionMessage {
 pub struct SubscriptionState {
     pub id: String,
     pub selector: Selector,
+    /// Events numbered below this are not delivered (a by-stream start from an event number
+    /// that the stream has not reached yet).
+    pub event_number_floor: u64,
     /// The next position to scan.
     pub position: AtomicU64,
     pub caught_up_sent: AtomicBool,
@@ -118,6 +123,11 @@ pub struct SubscriptionState {
 }
 
 impl SubscriptionState {
+    /// Whether the subscriber receives `event`.
+    pub fn wants(&self, event: &RecordedEvent) -> bool {
+        event.event_number >= self.event_number_floor && self.selector.matches(event)
+    }
+
     pub fn next_position(&self) -> u64 {
         self.position.load(Ordering::Acquire)
     }
@@ -196,6 +206,11 @@ impl Subscription {
     /// The subscription's id (its emitter's key).
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The next message if one is waiting, without waiting.
+    pub fn try_next(&mut self) -> Option<SubscriptionMessage> {
+        self.receiver.try_recv().ok()
     }
 
     /// Messages waiting to be read (at most `subscriber_buffer_events_max`).

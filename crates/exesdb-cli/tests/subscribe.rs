@@ -1,0 +1,141 @@
+//! Subscriptions over the wire: through the client, and `exesdb subscribe --json` printing one
+//! line per event and `{"caught_up":true}` when it switches to live.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::Server;
+use exesdb_client::{ExpectedVersion, NewEvent, Selector, StartFrom, SubscriptionMessage};
+use serde_json::{Value, json};
+use tokio_stream::StreamExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_subscription_catches_up_then_follows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let client = server.client().await;
+    for i in 0..1_500u64 {
+        let event = NewEvent::json(if i % 2 == 0 { "Even" } else { "Odd" }, &json!({"i": i}));
+        client
+            .append("numbers", ExpectedVersion::Any, vec![event])
+            .await
+            .expect("append");
+    }
+    let mut messages =
+        std::pin::pin!(client.subscribe(Selector::ByEventType("Odd".into()), StartFrom::Beginning));
+    let mut seen = Vec::new();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("ok");
+        match message {
+            SubscriptionMessage::Event(event) => seen.push(event.position),
+            SubscriptionMessage::CaughtUp => break,
+        }
+    }
+    assert_eq!(seen, (0..1_500).filter(|p| p % 2 == 1).collect::<Vec<_>>());
+    client
+        .append(
+            "numbers",
+            ExpectedVersion::Any,
+            vec![NewEvent::json("Odd", &json!({"i": 1500}))],
+        )
+        .await
+        .expect("append");
+    let live = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("ok");
+    assert!(
+        matches!(live, SubscriptionMessage::Event(ref e) if e.position == 1_500),
+        "{live:?}"
+    );
+
+    let mut from_number = std::pin::pin!(client.subscribe(
+        Selector::ByStream("numbers".into()),
+        StartFrom::EventNumber(1_499)
+    ));
+    let first = from_number.next().await.expect("open").expect("ok");
+    assert!(
+        matches!(first, SubscriptionMessage::Event(ref e) if e.event_number == 1_499),
+        "{first:?}"
+    );
+    let error = client.subscribe(Selector::ByStream("$all".into()), StartFrom::EventNumber(3));
+    let mut error = std::pin::pin!(error);
+    let refused = error
+        .next()
+        .await
+        .expect("an answer")
+        .expect_err("$all has no event numbers");
+    assert_eq!(refused.code(), "invalid_argument");
+}
+
+#[test]
+fn the_cli_prints_events_then_caught_up_then_live_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let exesdb = env!("CARGO_BIN_EXE_exesdb");
+    let append = |data: &str| {
+        let status = Command::new(exesdb)
+            .args([
+                "append",
+                "orders",
+                "--type",
+                "Placed",
+                "--data",
+                data,
+                "--server",
+                &server.url(),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("append runs");
+        assert!(status.success());
+    };
+    append(r#"{"n":1}"#);
+    append(r#"{"n":2}"#);
+    let mut subscriber = Command::new(exesdb)
+        .args(["subscribe", "$all", "--json", "--server", &server.url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("subscribe runs");
+    let mut lines = BufReader::new(subscriber.stdout.take().expect("stdout")).lines();
+    let mut next = || -> Value {
+        serde_json::from_str(&lines.next().expect("a line").expect("readable")).expect("JSON")
+    };
+    assert_eq!(next()["data"], json!({"n": 1}));
+    assert_eq!(next()["data"], json!({"n": 2}));
+    assert_eq!(next(), json!({"caught_up": true}));
+    append(r#"{"n":3}"#);
+    let live = next();
+    assert_eq!(
+        (live["data"].clone(), live["position"].clone()),
+        (json!({"n": 3}), json!(2))
+    );
+    let _ = subscriber.kill();
+    let _ = subscriber.wait();
+
+    let refused = Command::new(exesdb)
+        .args([
+            "subscribe",
+            "$all",
+            "--name",
+            "billing",
+            "--server",
+            &server.url(),
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "persistent subscriptions are refused clearly"
+    );
+}
