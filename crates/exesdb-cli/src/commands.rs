@@ -179,7 +179,9 @@ pub enum ClientCommand {
     },
 }
 
+/// The `--kind` values of `spec/cli.md` (`by-stream`, ...), named as the spec names them.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
+#[allow(clippy::enum_variant_names)]
 pub enum SubscribeKind {
     ByStream,
     ByEventType,
