@@ -68,6 +68,12 @@ tunables! {
     read_events_max: u64, "EXESDB_READ_EVENTS_MAX" => limits.read_events_max;
     /// Snapshot data plus metadata, bytes [default: 16777216].
     snapshot_bytes_max: u64, "EXESDB_SNAPSHOT_BYTES_MAX" => limits.snapshot_bytes_max;
+    /// Messages buffered per subscriber; past that it is fed from storage as it reads [default: 1024].
+    subscriber_buffer_events_max: usize, "EXESDB_SUBSCRIBER_BUFFER_EVENTS_MAX" => limits.subscriber_buffer_events_max;
+    /// Subscriptions one store serves at once [default: 10000].
+    subscriptions_max: usize, "EXESDB_SUBSCRIPTIONS_MAX" => limits.subscriptions_max;
+    /// Log records an emitter scans in one step [default: 4096].
+    emitter_scan_events_max: u64, "EXESDB_EMITTER_SCAN_EVENTS_MAX" => pools.emitter_scan_events_max;
     /// Partitions of StreamsWriters [default: 4].
     streams_writers_partitions: usize, "EXESDB_STREAMS_WRITERS_PARTITIONS" => pools.streams_writers_partitions;
     /// Partitions of StreamsReaders [default: 4].

@@ -126,6 +126,14 @@ pub enum StartError {
     /// The stored data contradicts itself (a checksum or an invariant failed).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// One of a node's stores failed to start.
+    #[error("store {store_id}: {source}")]
+    Store {
+        /// The store.
+        store_id: String,
+        /// Why it failed.
+        source: Box<StartError>,
+    },
     /// A process of the supervision tree failed to start.
     #[error("the supervision tree failed to start: {0}")]
     Tree(String),

@@ -547,12 +547,14 @@ impl StoreApi {
         self.context.commit_stats()
     }
 
-    /// Stream and snapshot workers running now.
+    /// Workers of every pool (streams, snapshots, emitters, gateway) running now.
     pub fn active_workers(&self) -> usize {
         self.pools.streams_writers.active_workers()
             + self.pools.streams_readers.active_workers()
             + self.pools.snapshots_writers.active_workers()
             + self.pools.snapshots_readers.active_workers()
+            + self.pools.emitters.active_workers()
+            + self.pools.gateway_workers.active_workers()
     }
 }
 

@@ -1,11 +1,13 @@
 //! `ExESDB.GatewaySystem` [S] (:one_for_one), started last: `GatewayWorkers` [PS] and the
 //! native `ExESDB.PubSub` [GS].
 //!
-//! Every request from the network passes through [`Gateway::call`]: admission control first
-//! (at most `gateway_requests_in_flight_max` requests at once; one more is answered
-//! `unavailable` immediately rather than queued), then a gateway worker, chosen by the request's
-//! stream so one stream's requests keep their order, runs the call against the store's API as
-//! its own task.
+//! Requests from the network pass through [`Gateway::call`]: admission control first (at most
+//! `gateway_requests_in_flight_max` requests at once; one more is answered `unavailable`
+//! immediately rather than queued), then a gateway worker, chosen by hashing the request's
+//! stream to spread the load, runs the call against the store's API as its own task. Calls in
+//! flight together run concurrently: a client that needs one append after another waits for
+//! the first one's answer, as with any network API. Subscriptions do not pass here (they are
+//! long-lived and count against `subscriptions_max`), nor do health, tree and store listings.
 
 pub mod grpc;
 pub mod wire;
