@@ -22,6 +22,9 @@ pub use event::{
 pub use node::{MetricsRenderer, Node, NodeHealth, StoreHealth};
 pub use supervision::{Kind, Strategy, TreeSnapshot};
 pub use system::context::CommitStats;
+pub use system::core::notification::persistent::{
+    ConsumerStrategy, Delivery, NackAction, PersistentConsumer, SubscriptionDefinition,
+};
 pub use system::core::notification::subscription::{
     Selector, StartFrom, Subscription, SubscriptionMessage,
 };

@@ -134,6 +134,25 @@ impl SnapshotRecord {
     }
 }
 
+/// Format byte of checked blobs (subscription definitions).
+const BLOB_FORMAT: u8 = 1;
+
+/// Wraps bytes with a format byte and a checksum.
+pub fn seal_blob(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + bytes.len());
+    out.push(BLOB_FORMAT);
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(bytes);
+    seal(&mut out);
+    out
+}
+
+/// The bytes of a checked blob.
+pub fn open_blob(bytes: &[u8]) -> Result<&[u8], CorruptRecord> {
+    let reader = Reader::open(bytes, BLOB_FORMAT, "blob")?;
+    Ok(reader.rest)
+}
+
 fn put_short(out: &mut Vec<u8>, bytes: &[u8]) {
     // Callers validate lengths (stream ids, types, content types are at most 512 bytes).
     assert!(bytes.len() <= u16::MAX as usize, "short field too long");

@@ -79,14 +79,12 @@ pub struct Storage {
     pub(crate) event_ids: Keyspace,
     /// source uuid, 0, stream uuid, 0, version (u64 BE) → snapshot record.
     pub(crate) snapshots: Keyspace,
-    /// subscription key → subscription definition (written by `SubscriptionsWriter`).
+    /// subscription name → definition (JSON in a checked blob).
     pub(crate) subscriptions: Keyspace,
-    /// subscription key → checkpoint position (u64 BE).
-    #[expect(
-        dead_code,
-        reason = "persistent subscriptions (issue 4) write checkpoints"
-    )]
+    /// subscription name → checkpoint: every event before this position is done (u64 BE).
     pub(crate) checkpoints: Keyspace,
+    /// subscription name, 0, position (u64 BE) → nothing: the subscription's parked events.
+    pub(crate) parked: Keyspace,
     path: PathBuf,
 }
 
@@ -129,6 +127,7 @@ impl Storage {
             snapshots: keyspace("snapshots").map_err(storage_error)?,
             subscriptions: keyspace("subscriptions").map_err(storage_error)?,
             checkpoints: keyspace("checkpoints").map_err(storage_error)?,
+            parked: keyspace("parked").map_err(storage_error)?,
             db,
             path: dir.to_path_buf(),
         };
@@ -297,6 +296,43 @@ impl Storage {
             }
         }
         Ok((events, next))
+    }
+
+    /// Every stored subscription definition: (name, definition bytes).
+    pub fn subscription_definitions(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        let view = self.view();
+        let mut definitions = Vec::new();
+        for guard in view.iter(&self.subscriptions) {
+            let (key, value) = guard.into_inner()?;
+            let name = String::from_utf8(key.to_vec()).map_err(|_| StorageError::Corrupt {
+                keyspace: "subscriptions",
+                detail: "name is not UTF-8".into(),
+            })?;
+            let bytes = codec::open_blob(&value).map_err(corrupt("subscriptions"))?;
+            definitions.push((name, bytes.to_vec()));
+        }
+        Ok(definitions)
+    }
+
+    /// A subscription's stored checkpoint.
+    pub fn checkpoint(&self, name: &str) -> Result<Option<u64>, StorageError> {
+        match self.view().get(&self.checkpoints, name.as_bytes())? {
+            None => Ok(None),
+            Some(value) => Ok(Some(decode_u64(&value, "checkpoints")?)),
+        }
+    }
+
+    /// The positions of a subscription's parked events, in order.
+    pub fn parked_positions(&self, name: &str) -> Result<Vec<u64>, StorageError> {
+        let view = self.view();
+        let mut prefix = name.as_bytes().to_vec();
+        prefix.push(SEPARATOR);
+        let mut positions = Vec::new();
+        for guard in view.prefix(&self.parked, &prefix) {
+            let key = guard.key()?;
+            positions.push(decode_u64(&key[prefix.len()..], "parked")?);
+        }
+        Ok(positions)
     }
 
     /// Streams in id order, starting after `after`.
@@ -491,6 +527,14 @@ pub(crate) fn event_id_key(stream_id: &str, event_id: Uuid) -> Vec<u8> {
     key.extend_from_slice(stream_id.as_bytes());
     key.push(SEPARATOR);
     key.extend_from_slice(event_id.as_bytes());
+    key
+}
+
+pub(crate) fn parked_key(name: &str, position: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 9);
+    key.extend_from_slice(name.as_bytes());
+    key.push(SEPARATOR);
+    key.extend_from_slice(&position.to_be_bytes());
     key
 }
 

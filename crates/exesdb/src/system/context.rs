@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::SystemConfig;
 use crate::error::StoreError;
 use crate::storage::Storage;
+use crate::system::core::notification::persistent::PersistentRegistry;
 use crate::system::core::store::state_machine::{Command, Outcome};
 
 /// A command waiting for the committer, with the channel its outcome goes back on.
@@ -63,6 +64,8 @@ pub struct StoreContext {
     pub counters: CommitCounters,
     /// Whether this node leads the store (always, in single mode); kept by `LeaderTracker`.
     pub leader: AtomicBool,
+    /// The persistent subscriptions running on this node (loaded by `LeaderWorker`).
+    pub persistent: PersistentRegistry,
 }
 
 impl StoreContext {
@@ -75,6 +78,7 @@ impl StoreContext {
             committed: watch::Sender::new(next_position),
             counters: CommitCounters::default(),
             leader: AtomicBool::new(false),
+            persistent: PersistentRegistry::default(),
         }
     }
 

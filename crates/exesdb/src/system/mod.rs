@@ -25,8 +25,9 @@ use crate::supervision::service::{Service, ServiceActor, ServiceArgs};
 use crate::supervision::supervisor::{Supervisor, SupervisorArgs};
 use crate::supervision::{ChildSpec, Kind, Strategy, SupervisorSettings, TreeNode, TreeSnapshot};
 use context::{CommitStats, StoreContext};
-use core::notification::emitter::{EmitterRequest, EmitterWork};
+use core::notification::emitter::{EmitterRequest, EmitterWork, persistent_key};
 use core::notification::leader::{tracker::LeaderTracker, worker::LeaderWorker};
+use core::notification::persistent::{PersistentConsumer, PersistentGroup, SubscriptionDefinition};
 use core::notification::subscription::{
     Selector, StartFrom, Subscription, SubscriptionRegistry, SubscriptionState,
 };
@@ -530,6 +531,122 @@ impl StoreApi {
         let committed = *self.context.committed.borrow();
         let view = self.context.storage.point_view();
         Ok(view.position_of(stream_id, number)?.unwrap_or(committed))
+    }
+
+    /// Stores (or replaces) a persistent subscription and starts delivering it. A start at
+    /// the end means the end as of now. Replacing one keeps its checkpoint and ends its
+    /// consumers' streams (they reconnect to the new definition).
+    pub async fn save_subscription(
+        &self,
+        mut definition: SubscriptionDefinition,
+    ) -> Result<(), StoreError> {
+        definition.validate()?;
+        if definition.start == StartFrom::End {
+            definition.start = StartFrom::Position(*self.context.committed.borrow());
+        }
+        let _permit = self.admit().await?;
+        self.commit(Command::SaveSubscription {
+            name: definition.name.clone(),
+            definition: definition.encode(),
+        })
+        .await?;
+        let start = match definition.start {
+            StartFrom::Position(position) => position,
+            _ => 0,
+        };
+        let checkpoint = self
+            .context
+            .storage
+            .checkpoint(&definition.name)?
+            .unwrap_or(start);
+        let name = definition.name.clone();
+        if let Some(old) = self.context.persistent.remove(&name) {
+            old.close();
+        }
+        self.context
+            .persistent
+            .insert(Arc::new(PersistentGroup::new(definition, checkpoint)));
+        self.pools
+            .emitters
+            .dispatch(&persistent_key(name), EmitterRequest::Pump)
+            .await
+    }
+
+    /// Removes a persistent subscription with its checkpoint and parked events; its consumers'
+    /// streams end.
+    pub async fn remove_subscription(&self, name: &str) -> Result<(), StoreError> {
+        let _permit = self.admit().await?;
+        self.commit(Command::RemoveSubscription {
+            name: name.to_string(),
+        })
+        .await?;
+        if let Some(group) = self.context.persistent.remove(name) {
+            group.close();
+        }
+        Ok(())
+    }
+
+    /// The stored persistent subscriptions.
+    pub fn list_subscriptions(&self) -> Result<Vec<SubscriptionDefinition>, StoreError> {
+        self.context
+            .storage
+            .subscription_definitions()?
+            .into_iter()
+            .map(|(_, bytes)| SubscriptionDefinition::decode(&bytes))
+            .collect()
+    }
+
+    /// Joins a persistent subscription's consumer group.
+    pub async fn connect_subscription(&self, name: &str) -> Result<PersistentConsumer, StoreError> {
+        let group = self.context.persistent.get(name).ok_or_else(|| {
+            StoreError::invalid(format!("no persistent subscription named {name:?}"))
+        })?;
+        let consumer = group.join(
+            self.context.clone(),
+            self.context.config.limits.subscriber_buffer_events_max,
+        );
+        self.pools
+            .emitters
+            .dispatch(&persistent_key(name.to_string()), EmitterRequest::Pump)
+            .await?;
+        Ok(consumer)
+    }
+
+    /// The events a persistent subscription parked, in position order.
+    pub fn parked_events(&self, name: &str) -> Result<Vec<RecordedEvent>, StoreError> {
+        let storage = &self.context.storage;
+        let mut events = Vec::new();
+        for position in storage.parked_positions(name)? {
+            if let Some(event) = storage.event_at(position)? {
+                events.push(event);
+            }
+        }
+        Ok(events)
+    }
+
+    /// Delivers a subscription's parked events again, and takes them out of the park.
+    pub async fn replay_parked(&self, name: &str) -> Result<usize, StoreError> {
+        let group = self.context.persistent.get(name).ok_or_else(|| {
+            StoreError::invalid(format!("no persistent subscription named {name:?}"))
+        })?;
+        let events = self.parked_events(name)?;
+        for event in &events {
+            self.commit(Command::Park {
+                name: name.to_string(),
+                position: event.position,
+                parked: false,
+            })
+            .await?;
+        }
+        let count = events.len();
+        group.requeue(events);
+        Ok(count)
+    }
+
+    async fn commit(&self, command: Command) -> Result<Outcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.context.submit(command, reply).await;
+        await_reply(answer).await
     }
 
     /// Subscriptions running now.

@@ -3,4 +3,5 @@
 
 pub mod emitter;
 pub mod leader;
+pub mod persistent;
 pub mod subscription;

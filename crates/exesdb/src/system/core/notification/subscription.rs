@@ -13,7 +13,8 @@ use crate::error::StoreError;
 use crate::event::{ALL_STREAM, RecordedEvent};
 
 /// Which events a subscription receives (the original's four kinds).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
 pub enum Selector {
     /// One stream's events, or every event for `$all`.
     ByStream(String),
@@ -87,7 +88,8 @@ pub fn contains(value: &Value, pattern: &Value) -> bool {
 }
 
 /// Where a subscription starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "from", content = "value", rename_all = "snake_case")]
 pub enum StartFrom {
     /// The first event of the store.
     Beginning,

@@ -35,6 +35,18 @@ pub enum Command {
         stream_uuid: String,
         version: u64,
     },
+    /// Store (or replace) a persistent subscription's definition.
+    SaveSubscription { name: String, definition: Vec<u8> },
+    /// Remove a persistent subscription: its definition, checkpoint and parked events.
+    RemoveSubscription { name: String },
+    /// Record that every event of a subscription before `position` is done.
+    Checkpoint { name: String, position: u64 },
+    /// Park an event of a subscription (or, with `parked` false, take it out of the park).
+    Park {
+        name: String,
+        position: u64,
+        parked: bool,
+    },
 }
 
 /// An append, with every event's id and the time of acceptance fixed.
@@ -79,6 +91,8 @@ pub enum Outcome {
     SnapshotRecorded,
     /// The snapshot is gone.
     SnapshotDeleted,
+    /// A subscription's definition, checkpoint or parked set changed.
+    SubscriptionChanged,
 }
 
 /// State derived from the log, kept between batches: the next position and a bounded cache of
@@ -146,6 +160,49 @@ impl Transaction<'_> {
             Command::RecordSnapshot(snapshot) => {
                 self.record_snapshot(snapshot)?;
                 Ok(Outcome::SnapshotRecorded)
+            }
+            Command::SaveSubscription { name, definition } => {
+                validate_subscription_name(name)?;
+                self.batch.insert(
+                    &self.storage.subscriptions,
+                    name.as_bytes(),
+                    crate::storage::codec::seal_blob(definition),
+                );
+                Ok(Outcome::SubscriptionChanged)
+            }
+            Command::RemoveSubscription { name } => {
+                validate_subscription_name(name)?;
+                let storage = self.storage;
+                self.batch.remove(&storage.subscriptions, name.as_bytes());
+                self.batch.remove(&storage.checkpoints, name.as_bytes());
+                for position in storage.parked_positions(name)? {
+                    self.batch
+                        .remove(&storage.parked, crate::storage::parked_key(name, position));
+                }
+                Ok(Outcome::SubscriptionChanged)
+            }
+            Command::Checkpoint { name, position } => {
+                validate_subscription_name(name)?;
+                self.batch.insert(
+                    &self.storage.checkpoints,
+                    name.as_bytes(),
+                    position.to_be_bytes(),
+                );
+                Ok(Outcome::SubscriptionChanged)
+            }
+            Command::Park {
+                name,
+                position,
+                parked,
+            } => {
+                validate_subscription_name(name)?;
+                let key = crate::storage::parked_key(name, *position);
+                if *parked {
+                    self.batch.insert(&self.storage.parked, key, []);
+                } else {
+                    self.batch.remove(&self.storage.parked, key);
+                }
+                Ok(Outcome::SubscriptionChanged)
             }
             Command::DeleteSnapshot {
                 source_uuid,
@@ -433,6 +490,16 @@ pub fn validate_append(command: &AppendCommand, limits: &Limits) -> Result<(), S
             "append_bytes_max",
             limits.append_bytes_max,
             total_bytes,
+        ));
+    }
+    Ok(())
+}
+
+/// Subscription names: 1..=256 bytes without control characters.
+fn validate_subscription_name(name: &str) -> Result<(), StoreError> {
+    if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+        return Err(StoreError::invalid(
+            "a subscription name must be 1 to 256 bytes without control characters",
         ));
     }
     Ok(())

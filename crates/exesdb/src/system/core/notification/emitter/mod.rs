@@ -43,6 +43,12 @@ impl KeyedWork for EmitterWork {
     const WORKER_NAME: &'static str = "ExESDB.Emitter";
 
     async fn handle(&self, key: &str, _request: EmitterRequest) {
+        if let Some(name) = key.strip_prefix(PERSISTENT_PREFIX) {
+            if self.step_persistent(name).await {
+                self.schedule(key).await;
+            }
+            return;
+        }
         let Some(subscription) = self.subscriptions.get(key) else {
             return; // ended: no next step, and the emitter idles out
         };
@@ -51,31 +57,75 @@ impl KeyedWork for EmitterWork {
             return;
         }
         if self.step(&subscription).await {
-            let pool = self
-                .pool
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .clone();
-            if let Some(pool) = pool
-                && let Err(error) = pool.dispatch(key, EmitterRequest::Pump).await
-            {
-                tracing::warn!(%error, subscription = key, "cannot schedule the next step");
-            }
+            self.schedule(key).await;
         } else {
             self.subscriptions.remove(key);
         }
     }
 
     fn resume(&self) -> Vec<(String, EmitterRequest)> {
+        let persistent = self
+            .context
+            .persistent
+            .names()
+            .into_iter()
+            .map(persistent_key);
         self.subscriptions
             .ids()
             .into_iter()
+            .chain(persistent)
             .map(|id| (id, EmitterRequest::Pump))
             .collect()
     }
 }
 
+/// Emitter keys of persistent subscriptions start with this (transient ones are UUIDs).
+const PERSISTENT_PREFIX: &str = "persistent/";
+
+/// The emitter key of a persistent subscription.
+pub fn persistent_key(name: String) -> String {
+    format!("{PERSISTENT_PREFIX}{name}")
+}
+
 impl EmitterWork {
+    /// Queues the next step of the emitter of `key`.
+    async fn schedule(&self, key: &str) {
+        let pool = self
+            .pool
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(pool) = pool
+            && let Err(error) = pool.dispatch(key, EmitterRequest::Pump).await
+        {
+            tracing::warn!(%error, emitter = key, "cannot schedule the next step");
+        }
+    }
+
+    /// One step of a persistent subscription's emitter; false once it was removed.
+    async fn step_persistent(&self, name: &str) -> bool {
+        let Some(group) = self.context.persistent.get(name) else {
+            return false;
+        };
+        let from = group.read_position();
+        match group.step(&self.context, self.scan_events_max).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let mut commits = self.context.committed.subscribe();
+                let _ = tokio::time::timeout(
+                    STEP_WAIT,
+                    commits.wait_for(|committed| *committed > from),
+                )
+                .await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, subscription = name, "persistent step failed; retrying");
+                tokio::time::sleep(STEP_WAIT).await;
+            }
+        }
+        true
+    }
+
     /// One bounded step; false when the subscriber is gone.
     async fn step(&self, subscription: &SubscriptionState) -> bool {
         let committed = *self.context.committed.borrow();

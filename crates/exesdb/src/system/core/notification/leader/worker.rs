@@ -1,6 +1,6 @@
-//! `ExESDB.LeaderWorker` [GS]: does the leader's duties when this node leads. Today that is
-//! taking stock of the stored subscriptions; starting an emitter for each one under
-//! `EmitterPools` arrives with subscriptions (issue 4).
+//! `ExESDB.LeaderWorker` [GS]: does the leader's duties when this node leads: it loads every
+//! stored persistent subscription (from its checkpoint) so that `EmitterSystem`, started after
+//! it, runs an emitter for each.
 
 use crate::supervision::service::Service;
 use crate::system::context::StoreContext;
@@ -11,12 +11,11 @@ pub struct LeaderWorker;
 impl Service for LeaderWorker {
     fn start(&self, context: &StoreContext) -> Result<(), String> {
         if context.is_leader() {
-            let stored = context.storage.subscriptions.approximate_len();
-            tracing::info!(
-                store = context.store_id(),
-                subscriptions = stored,
-                "leader duties active"
-            );
+            let loaded = context
+                .persistent
+                .load(context)
+                .map_err(|error| format!("cannot load persistent subscriptions: {error}"))?;
+            tracing::info!(store = context.store_id(), loaded, "leader duties active");
         }
         Ok(())
     }

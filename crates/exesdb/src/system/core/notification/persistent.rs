@@ -1,0 +1,576 @@
+//! Persistent subscriptions: named, stored, shared by a group of consumers, delivered at least
+//! once.
+//!
+//! A group's emitter reads storage from its read position, hands each selected event to a
+//! consumer (round robin, or pinned: a stream's events always to the same consumer while the
+//! group does not change), and keeps it in flight until the consumer acks it, nacks it, or the
+//! ack timeout passes. A timed-out or retried event is redelivered; after `max_retries`
+//! deliveries it is parked (stored, readable, replayable). The checkpoint, the first position
+//! not yet done, is stored through the committer, so after a restart delivery resumes there:
+//! events after it may come again (at least once), none before it is lost.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::subscription::{Selector, StartFrom};
+use crate::error::StoreError;
+use crate::event::RecordedEvent;
+use crate::system::context::StoreContext;
+use crate::system::core::store::state_machine::Command;
+
+/// How a group shares events among its consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumerStrategy {
+    /// Each event to the next consumer with room.
+    RoundRobin,
+    /// Each stream's events to one consumer, in order (chosen by the stream id).
+    Pinned,
+}
+
+/// A persistent subscription's settings, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionDefinition {
+    pub name: String,
+    pub selector: Selector,
+    /// Where delivery starts the first time (later: the checkpoint).
+    pub start: StartFrom,
+    pub strategy: ConsumerStrategy,
+    /// An unacknowledged event is redelivered after this long.
+    pub ack_timeout_ms: u64,
+    /// Deliveries before an event is parked.
+    pub max_retries: u32,
+    /// Events delivered and not yet acknowledged, over all consumers.
+    pub max_in_flight: usize,
+}
+
+impl SubscriptionDefinition {
+    /// A definition with the defaults: round robin, 30 s ack timeout, 10 deliveries, 256 in
+    /// flight.
+    pub fn new(name: impl Into<String>, selector: Selector, start: StartFrom) -> Self {
+        SubscriptionDefinition {
+            name: name.into(),
+            selector,
+            start,
+            strategy: ConsumerStrategy::RoundRobin,
+            ack_timeout_ms: 30_000,
+            max_retries: 10,
+            max_in_flight: 256,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), StoreError> {
+        self.selector.validate()?;
+        if self.max_in_flight == 0 || self.max_retries == 0 || self.ack_timeout_ms == 0 {
+            return Err(StoreError::invalid(
+                "max_in_flight, max_retries and ack_timeout_ms must be at least 1",
+            ));
+        }
+        if matches!(self.start, StartFrom::EventNumber(_)) {
+            return Err(StoreError::invalid(
+                "a persistent subscription starts at the beginning, the end or a position",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        serde_json::from_slice(bytes).map_err(|error| {
+            StoreError::unavailable(format!("stored definition unreadable: {error}"))
+        })
+    }
+}
+
+/// What a consumer does with an event it could not handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NackAction {
+    /// Deliver it again (counts as a delivery).
+    Retry,
+    /// Set it aside now (readable and replayable later).
+    Park,
+    /// Treat it as done.
+    Skip,
+}
+
+/// An event delivered to a consumer of a persistent subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub event: RecordedEvent,
+    /// 1 for the first delivery, 2 for the first redelivery, ...
+    pub attempt: u32,
+}
+
+struct InFlight {
+    event: RecordedEvent,
+    attempts: u32,
+    consumer: u64,
+    deadline: Instant,
+}
+
+struct ConsumerSlot {
+    id: u64,
+    sender: mpsc::Sender<Delivery>,
+}
+
+/// A group's mutable state.
+pub(crate) struct GroupState {
+    /// The next position to read from storage.
+    pub read_position: u64,
+    /// The checkpoint last stored.
+    pub stored_checkpoint: u64,
+    last_checkpoint_write: Instant,
+    in_flight: BTreeMap<u64, InFlight>,
+    /// Events to deliver again, with their delivery count so far.
+    redeliver: BTreeMap<u64, (RecordedEvent, u32)>,
+    consumers: Vec<ConsumerSlot>,
+    next_consumer_id: u64,
+    round_robin: usize,
+}
+
+impl GroupState {
+    /// The first position not yet done.
+    fn checkpoint(&self) -> u64 {
+        let in_flight = self.in_flight.keys().next().copied();
+        let redeliver = self.redeliver.keys().next().copied();
+        [in_flight, redeliver, Some(self.read_position)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.read_position)
+    }
+
+    /// The consumer for `event`, if one has room (for pinned, only its own consumer counts).
+    fn pick(&mut self, event: &RecordedEvent, strategy: ConsumerStrategy) -> Option<usize> {
+        if self.consumers.is_empty() {
+            return None;
+        }
+        match strategy {
+            ConsumerStrategy::Pinned => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                event.stream_id.hash(&mut hasher);
+                let index = (hasher.finish() % self.consumers.len() as u64) as usize;
+                (self.consumers[index].sender.capacity() > 0).then_some(index)
+            }
+            ConsumerStrategy::RoundRobin => {
+                let count = self.consumers.len();
+                for offset in 0..count {
+                    let index = (self.round_robin + offset) % count;
+                    if self.consumers[index].sender.capacity() > 0 {
+                        self.round_robin = (index + 1) % count;
+                        return Some(index);
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Hands `event` to a consumer; gives it back if none can take it now.
+    fn deliver(
+        &mut self,
+        event: RecordedEvent,
+        attempts: u32,
+        definition: &SubscriptionDefinition,
+    ) -> Option<RecordedEvent> {
+        let Some(index) = self.pick(&event, definition.strategy) else {
+            return Some(event);
+        };
+        let consumer = self.consumers[index].id;
+        let delivery = Delivery {
+            event: event.clone(),
+            attempt: attempts + 1,
+        };
+        if self.consumers[index].sender.try_send(delivery).is_err() {
+            return Some(event);
+        }
+        let deadline = Instant::now() + Duration::from_millis(definition.ack_timeout_ms);
+        self.in_flight.insert(
+            event.position,
+            InFlight {
+                event,
+                attempts: attempts + 1,
+                consumer,
+                deadline,
+            },
+        );
+        None
+    }
+
+    /// Consumers that went away: their events go back for redelivery.
+    fn drop_closed_consumers(&mut self) {
+        let closed: Vec<u64> = self
+            .consumers
+            .iter()
+            .filter(|c| c.sender.is_closed())
+            .map(|c| c.id)
+            .collect();
+        for id in closed {
+            self.release_consumer(id);
+        }
+    }
+
+    fn release_consumer(&mut self, id: u64) {
+        self.consumers.retain(|c| c.id != id);
+        let theirs: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.consumer == id)
+            .map(|(position, _)| *position)
+            .collect();
+        for position in theirs {
+            if let Some(flight) = self.in_flight.remove(&position) {
+                // Not a failed delivery: the consumer left. It keeps its count.
+                self.redeliver
+                    .insert(position, (flight.event, flight.attempts.saturating_sub(1)));
+            }
+        }
+    }
+}
+
+/// One persistent subscription at run time.
+pub struct PersistentGroup {
+    pub definition: SubscriptionDefinition,
+    state: Mutex<GroupState>,
+}
+
+impl PersistentGroup {
+    pub(crate) fn new(definition: SubscriptionDefinition, checkpoint: u64) -> Self {
+        PersistentGroup {
+            definition,
+            state: Mutex::new(GroupState {
+                read_position: checkpoint,
+                stored_checkpoint: checkpoint,
+                last_checkpoint_write: Instant::now(),
+                in_flight: BTreeMap::new(),
+                redeliver: BTreeMap::new(),
+                consumers: Vec::new(),
+                next_consumer_id: 0,
+                round_robin: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GroupState> {
+        // Every critical section leaves the state whole (no await inside).
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn join(
+        self: &Arc<Self>,
+        context: Arc<StoreContext>,
+        buffer: usize,
+    ) -> PersistentConsumer {
+        let (sender, receiver) = mpsc::channel(buffer.max(1));
+        let mut state = self.lock();
+        let id = state.next_consumer_id;
+        state.next_consumer_id += 1;
+        state.consumers.push(ConsumerSlot { id, sender });
+        PersistentConsumer {
+            group: self.clone(),
+            context,
+            id,
+            receiver,
+        }
+    }
+
+    /// The next position the emitter reads from storage.
+    pub fn read_position(&self) -> u64 {
+        self.lock().read_position
+    }
+
+    /// Consumers connected now.
+    pub fn consumer_count(&self) -> usize {
+        self.lock().consumers.len()
+    }
+
+    /// Events delivered and not acknowledged now.
+    pub fn in_flight(&self) -> usize {
+        self.lock().in_flight.len()
+    }
+
+    /// One emitter step: expire, redeliver, read and deliver, store the checkpoint. Returns
+    /// whether it did anything (if not, the emitter waits for commits).
+    pub(crate) async fn step(
+        &self,
+        context: &StoreContext,
+        scan_max: u64,
+    ) -> Result<bool, StoreError> {
+        let definition = &self.definition;
+        let mut to_park = Vec::new();
+        let mut progressed = false;
+        let read_from = {
+            let mut state = self.lock();
+            state.drop_closed_consumers();
+            let now = Instant::now();
+            let expired: Vec<u64> = state
+                .in_flight
+                .iter()
+                .filter(|(_, f)| f.deadline <= now)
+                .map(|(position, _)| *position)
+                .collect();
+            for position in expired {
+                if let Some(flight) = state.in_flight.remove(&position) {
+                    progressed = true;
+                    if flight.attempts >= definition.max_retries {
+                        to_park.push(position);
+                    } else {
+                        state
+                            .redeliver
+                            .insert(position, (flight.event, flight.attempts));
+                    }
+                }
+            }
+            while state.in_flight.len() < definition.max_in_flight {
+                let Some((position, (event, attempts))) = state.redeliver.pop_first() else {
+                    break;
+                };
+                match state.deliver(event, attempts, definition) {
+                    None => progressed = true,
+                    Some(event) => {
+                        state.redeliver.insert(position, (event, attempts));
+                        break;
+                    }
+                }
+            }
+            let room = state.in_flight.len() < definition.max_in_flight
+                && !state.consumers.is_empty()
+                && state.redeliver.is_empty();
+            room.then_some(state.read_position)
+        };
+        for position in to_park {
+            park(context, &definition.name, position).await?;
+        }
+        let committed = *context.committed.borrow();
+        if let Some(from) = read_from
+            && from < committed
+        {
+            let (events, next) = context
+                .storage
+                .scan_log(from, committed, scan_max, |event| {
+                    definition.selector.matches(event)
+                })?;
+            let mut state = self.lock();
+            let mut stopped_at = None;
+            for event in events {
+                if state.in_flight.len() >= definition.max_in_flight {
+                    stopped_at = Some(event.position);
+                    break;
+                }
+                let position = event.position;
+                if state.deliver(event, 0, definition).is_some() {
+                    stopped_at = Some(position);
+                    break;
+                }
+                progressed = true;
+            }
+            let new_read = stopped_at.unwrap_or(next);
+            if new_read != state.read_position {
+                progressed = true;
+            }
+            state.read_position = new_read;
+        }
+        self.store_checkpoint(context).await?;
+        Ok(progressed)
+    }
+
+    /// Stores the checkpoint when it moved, at most every `CHECKPOINT_INTERVAL` (each store
+    /// is an fsync'd commit).
+    async fn store_checkpoint(&self, context: &StoreContext) -> Result<(), StoreError> {
+        let position = {
+            let state = self.lock();
+            let checkpoint = state.checkpoint();
+            if checkpoint == state.stored_checkpoint
+                || state.last_checkpoint_write.elapsed() < CHECKPOINT_INTERVAL
+            {
+                return Ok(());
+            }
+            checkpoint
+        };
+        submit(
+            context,
+            Command::Checkpoint {
+                name: self.definition.name.clone(),
+                position,
+            },
+        )
+        .await?;
+        let mut state = self.lock();
+        state.stored_checkpoint = position;
+        state.last_checkpoint_write = Instant::now();
+        Ok(())
+    }
+
+    /// Ends every consumer's stream (the subscription was removed or replaced).
+    pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        state.consumers.clear();
+        state.in_flight.clear();
+        state.redeliver.clear();
+    }
+
+    /// Queues stored events for delivery again (replaying parked events).
+    pub(crate) fn requeue(&self, events: Vec<RecordedEvent>) {
+        let mut state = self.lock();
+        for event in events {
+            state.redeliver.insert(event.position, (event, 0));
+        }
+    }
+
+    fn settle(&self, consumer: u64, position: u64) -> Option<InFlight> {
+        let mut state = self.lock();
+        match state.in_flight.get(&position) {
+            Some(flight) if flight.consumer == consumer => state.in_flight.remove(&position),
+            _ => None,
+        }
+    }
+}
+
+/// How often, at most, a moving checkpoint is stored.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+async fn submit(context: &StoreContext, command: Command) -> Result<(), StoreError> {
+    let (reply, answer) = oneshot::channel();
+    context.submit(command, reply).await;
+    answer
+        .await
+        .map_err(|_| StoreError::unavailable("the store stopped before answering"))?
+        .map(|_| ())
+}
+
+async fn park(context: &StoreContext, name: &str, position: u64) -> Result<(), StoreError> {
+    submit(
+        context,
+        Command::Park {
+            name: name.to_string(),
+            position,
+            parked: true,
+        },
+    )
+    .await
+}
+
+/// One consumer of a persistent subscription. Dropping it leaves the group; its unacknowledged
+/// events go to the others.
+pub struct PersistentConsumer {
+    group: Arc<PersistentGroup>,
+    context: Arc<StoreContext>,
+    id: u64,
+    receiver: mpsc::Receiver<Delivery>,
+}
+
+impl std::fmt::Debug for PersistentConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PersistentConsumer")
+            .field("subscription", &self.group.definition.name)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl PersistentConsumer {
+    /// The next event; `None` when the subscription was removed or the store stopped.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        self.receiver.recv().await
+    }
+
+    /// Marks an event done.
+    pub fn ack(&self, position: u64) {
+        self.group.settle(self.id, position);
+    }
+
+    /// Reports an event this consumer could not handle. A retry past `max_retries`
+    /// deliveries parks the event instead.
+    pub async fn nack(&self, position: u64, action: NackAction) -> Result<(), StoreError> {
+        let Some(flight) = self.group.settle(self.id, position) else {
+            return Ok(());
+        };
+        let name = &self.group.definition.name;
+        match action {
+            NackAction::Skip => Ok(()),
+            NackAction::Park => park(&self.context, name, position).await,
+            NackAction::Retry if flight.attempts >= self.group.definition.max_retries => {
+                park(&self.context, name, position).await
+            }
+            NackAction::Retry => {
+                self.group
+                    .lock()
+                    .redeliver
+                    .insert(position, (flight.event, flight.attempts));
+                Ok(())
+            }
+        }
+    }
+
+    /// The subscription's name.
+    pub fn subscription(&self) -> &str {
+        &self.group.definition.name
+    }
+}
+
+impl Drop for PersistentConsumer {
+    fn drop(&mut self) {
+        self.group.lock().release_consumer(self.id);
+    }
+}
+
+/// The persistent subscriptions of one store, by name.
+#[derive(Default)]
+pub struct PersistentRegistry {
+    groups: Mutex<HashMap<String, Arc<PersistentGroup>>>,
+}
+
+impl PersistentRegistry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<PersistentGroup>>> {
+        self.groups
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<PersistentGroup>> {
+        self.lock().get(name).cloned()
+    }
+
+    pub fn insert(&self, group: Arc<PersistentGroup>) {
+        self.lock().insert(group.definition.name.clone(), group);
+    }
+
+    pub fn remove(&self, name: &str) -> Option<Arc<PersistentGroup>> {
+        self.lock().remove(name)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Loads every stored definition not running yet, from its checkpoint.
+    pub fn load(&self, context: &StoreContext) -> Result<usize, StoreError> {
+        let mut loaded = 0;
+        for (name, bytes) in context.storage.subscription_definitions()? {
+            if self.get(&name).is_some() {
+                continue;
+            }
+            let definition = SubscriptionDefinition::decode(&bytes)?;
+            let checkpoint = context
+                .storage
+                .checkpoint(&name)?
+                .unwrap_or(match definition.start {
+                    StartFrom::Position(position) => position,
+                    _ => 0,
+                });
+            self.insert(Arc::new(PersistentGroup::new(definition, checkpoint)));
+            loaded += 1;
+        }
+        Ok(loaded)
+    }
+}

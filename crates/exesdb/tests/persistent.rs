@@ -1,0 +1,261 @@
+//! Persistent subscriptions: stored definitions, acks and checkpoints across a restart, ack
+//! timeouts, nacks (retry, park, skip), parking after too many deliveries and replay, and
+//! consumer groups (round robin, pinned) with a consumer leaving.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::{event, start, start_in};
+use exesdb::{
+    ConsumerStrategy, Delivery, ExpectedVersion, NackAction, PersistentConsumer, Selector,
+    StartFrom, SubscriptionDefinition,
+};
+
+async fn next(consumer: &mut PersistentConsumer) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("a delivery within 10 s")
+        .expect("the subscription is open")
+}
+
+async fn nothing(consumer: &mut PersistentConsumer, wait_ms: u64) {
+    let waited = tokio::time::timeout(Duration::from_millis(wait_ms), consumer.next()).await;
+    assert!(waited.is_err(), "unexpected delivery {waited:?}");
+}
+
+fn definition(name: &str) -> SubscriptionDefinition {
+    SubscriptionDefinition::new(
+        name,
+        Selector::ByStream("$all".into()),
+        StartFrom::Beginning,
+    )
+}
+
+async fn append(system: &exesdb::System, stream: &str, count: u64) {
+    for i in 0..count {
+        system
+            .append(
+                stream,
+                ExpectedVersion::Any,
+                vec![event("E", &i.to_string())],
+            )
+            .await
+            .expect("append");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_move_a_stored_checkpoint_and_delivery_resumes_after_a_restart() {
+    let store = start().await;
+    append(&store.system, "s", 10).await;
+    store
+        .system
+        .save_subscription(definition("billing"))
+        .await
+        .expect("save");
+    assert_eq!(
+        store.system.list_subscriptions().expect("list")[0].name,
+        "billing"
+    );
+    let mut consumer = store
+        .system
+        .connect_subscription("billing")
+        .await
+        .expect("connect");
+    for expected in 0..10 {
+        let delivery = next(&mut consumer).await;
+        assert_eq!((delivery.event.position, delivery.attempt), (expected, 1));
+        if expected < 6 {
+            consumer.ack(expected);
+        }
+    }
+    // Give the emitter time to store the checkpoint (at most every 100 ms).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    drop(consumer);
+    let store = store.restart().await;
+    let mut consumer = store
+        .system
+        .connect_subscription("billing")
+        .await
+        .expect("reconnect");
+    let mut seen = BTreeSet::new();
+    while seen.len() < 4 {
+        let delivery = next(&mut consumer).await;
+        assert!(
+            delivery.event.position >= 6,
+            "acknowledged event {} came back",
+            delivery.event.position
+        );
+        seen.insert(delivery.event.position);
+        consumer.ack(delivery.event.position);
+    }
+    assert_eq!(seen, (6..10).collect());
+    store
+        .system
+        .remove_subscription("billing")
+        .await
+        .expect("remove");
+    assert!(
+        consumer.next().await.is_none(),
+        "removal ends the consumer's stream"
+    );
+    assert!(store.system.list_subscriptions().expect("list").is_empty());
+    store.system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_and_nacks_redeliver_park_or_skip() {
+    let store = start().await;
+    let s = &store.system;
+    let mut settings = definition("jobs");
+    settings.ack_timeout_ms = 300;
+    settings.max_retries = 3;
+    s.save_subscription(settings).await.expect("save");
+    let mut consumer = s.connect_subscription("jobs").await.expect("connect");
+    append(s, "s", 4).await;
+
+    // Event 0: not acknowledged: redelivered after the timeout.
+    let first = next(&mut consumer).await;
+    assert_eq!((first.event.position, first.attempt), (0, 1));
+    for position in 1..4 {
+        assert_eq!(next(&mut consumer).await.event.position, position);
+    }
+    // Event 1: skip. Event 2: park now. Event 3: retry until parked (3 deliveries).
+    consumer.nack(1, NackAction::Skip).await.expect("skip");
+    consumer.nack(2, NackAction::Park).await.expect("park");
+    consumer.nack(3, NackAction::Retry).await.expect("retry");
+    let mut redelivered = BTreeMap::new();
+    while redelivered.len() < 2 || redelivered.get(&3) != Some(&3) {
+        let delivery = next(&mut consumer).await;
+        let position = delivery.event.position;
+        assert!(
+            position == 0 || position == 3,
+            "only 0 and 3 come back, got {position}"
+        );
+        redelivered.insert(position, delivery.attempt);
+        if position == 0 {
+            consumer.ack(0);
+        } else {
+            consumer.nack(3, NackAction::Retry).await.expect("retry");
+        }
+    }
+    assert_eq!(
+        redelivered.get(&0),
+        Some(&2),
+        "redelivered once after the ack timeout"
+    );
+    nothing(&mut consumer, 500).await;
+    let parked: Vec<u64> = s
+        .parked_events("jobs")
+        .expect("parked")
+        .iter()
+        .map(|e| e.position)
+        .collect();
+    assert_eq!(parked, vec![2, 3]);
+
+    assert_eq!(s.replay_parked("jobs").await.expect("replay"), 2);
+    let mut replayed = BTreeSet::new();
+    while replayed.len() < 2 {
+        let delivery = next(&mut consumer).await;
+        replayed.insert(delivery.event.position);
+        consumer.ack(delivery.event.position);
+    }
+    assert_eq!(replayed, [2, 3].into_iter().collect());
+    assert!(s.parked_events("jobs").expect("parked").is_empty());
+    store.system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_shares_and_a_leaving_consumer_loses_nothing() {
+    let store = start().await;
+    let s = &store.system;
+    s.save_subscription(definition("workers"))
+        .await
+        .expect("save");
+    let mut a = s.connect_subscription("workers").await.expect("a");
+    let mut b = s.connect_subscription("workers").await.expect("b");
+    append(s, "s", 20).await;
+    let mut done = BTreeSet::new();
+    let mut a_got = 0;
+    let mut b_got = 0;
+    // A takes some and acknowledges them; B takes some and leaves without acknowledging.
+    let mut b_unacked = Vec::new();
+    while a_got + b_got < 20 {
+        tokio::select! {
+            Some(delivery) = a.next() => { a_got += 1; a.ack(delivery.event.position); done.insert(delivery.event.position); }
+            Some(delivery) = b.next() => { b_got += 1; b_unacked.push(delivery.event.position); }
+            _ = tokio::time::sleep(Duration::from_secs(10)) => panic!("deliveries stopped"),
+        }
+    }
+    assert!(
+        a_got > 0 && b_got > 0,
+        "both consumers got work: {a_got} / {b_got}"
+    );
+    drop(b);
+    while done.len() < 20 {
+        let delivery = next(&mut a).await;
+        a.ack(delivery.event.position);
+        done.insert(delivery.event.position);
+    }
+    assert_eq!(
+        done,
+        (0..20).collect(),
+        "every event done once B's went to A"
+    );
+    nothing(&mut a, 300).await;
+    store.system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_keeps_each_stream_on_one_consumer_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = start_in(dir).await;
+    let s = &store.system;
+    let mut settings = definition("pinned");
+    settings.strategy = ConsumerStrategy::Pinned;
+    s.save_subscription(settings).await.expect("save");
+    let mut a = s.connect_subscription("pinned").await.expect("a");
+    let mut b = s.connect_subscription("pinned").await.expect("b");
+    for round in 0..10 {
+        for stream in ["red", "green", "blue", "black"] {
+            s.append(
+                stream,
+                ExpectedVersion::Any,
+                vec![event("E", &round.to_string())],
+            )
+            .await
+            .expect("append");
+        }
+    }
+    let mut owner: BTreeMap<String, char> = BTreeMap::new();
+    let mut last_number: BTreeMap<String, u64> = BTreeMap::new();
+    let mut count = 0;
+    while count < 40 {
+        let (who, delivery) = tokio::select! {
+            Some(d) = a.next() => ('a', d),
+            Some(d) = b.next() => ('b', d),
+            _ = tokio::time::sleep(Duration::from_secs(10)) => panic!("deliveries stopped"),
+        };
+        let stream = delivery.event.stream_id.clone();
+        assert_eq!(
+            *owner.entry(stream.clone()).or_insert(who),
+            who,
+            "{stream} moved between consumers"
+        );
+        if let Some(previous) = last_number.insert(stream.clone(), delivery.event.event_number) {
+            assert!(
+                delivery.event.event_number > previous,
+                "{stream} out of order"
+            );
+        }
+        match who {
+            'a' => a.ack(delivery.event.position),
+            _ => b.ack(delivery.event.position),
+        }
+        count += 1;
+    }
+    assert_eq!(owner.len(), 4);
+    store.system.stop().await;
+}
