@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use exesdb_client::{
     Client, ClientError, ClientOptions, DEFAULT_SERVER, Direction, ExpectedVersion, NewEvent,
-    ReadFrom, Selector, SnapshotVersion, StartFrom, SubscriptionMessage,
+    ReadFrom, Selector, SnapshotVersion, StartFrom, SubscriptionDefinition, SubscriptionMessage,
 };
 use serde_json::{Value, json};
 use tokio_stream::{Stream, StreamExt};
@@ -162,7 +162,9 @@ pub enum ClientCommand {
         /// What the selector selects by.
         #[arg(long, value_enum, default_value = "by-stream")]
         kind: SubscribeKind,
-        /// A persistent subscription's name (persistent subscriptions are not available yet).
+        /// Use the persistent subscription of this name (created with this selector if it does
+        /// not exist): delivery resumes where the last consumer left off, and each printed
+        /// event is acknowledged.
         #[arg(long)]
         name: Option<String>,
         /// `start` (the default), `end` (live only), or a number: an event number of the
@@ -366,14 +368,10 @@ async fn execute(client: &Client, command: ClientCommand, json: bool) -> Result<
             from,
             ..
         } => {
-            if name.is_some() {
-                return Err(Failure::Usage(
-                    "persistent subscriptions (--name) are not available yet; \
-                     drop --name for a transient subscription"
-                        .into(),
-                ));
-            }
             let (selector, start) = subscription_request(&selector, kind, &from)?;
+            if let Some(name) = name {
+                return consume_persistent(client, name, selector, start, json).await;
+            }
             let mut messages = std::pin::pin!(client.subscribe(selector, start));
             while let Some(message) = messages.next().await {
                 match message? {
@@ -505,6 +503,46 @@ async fn print_events(
             }
             println!("{}", output::event_line(&event));
         }
+    }
+    Ok(())
+}
+
+/// Joins (creating if needed) a persistent subscription and prints what it delivers, acking
+/// each event once it is printed.
+async fn consume_persistent(
+    client: &Client,
+    name: String,
+    selector: Selector,
+    start: StartFrom,
+    json: bool,
+) -> Result<(), Failure> {
+    let exists = client
+        .list_subscriptions()
+        .await?
+        .iter()
+        .any(|definition| definition.name == name);
+    if !exists {
+        let start = match start {
+            StartFrom::EventNumber(_) => {
+                return Err(Failure::Usage(
+                    "a persistent subscription starts at start, end or a position".into(),
+                ));
+            }
+            other => other,
+        };
+        client
+            .save_subscription(&SubscriptionDefinition::new(name.clone(), selector, start))
+            .await?;
+    }
+    let mut consumer = client.consume(&name).await?;
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        if json {
+            print_json(&output::event(&delivery.event));
+        } else {
+            println!("{}", output::event_line(&delivery.event));
+        }
+        consumer.ack(delivery.event.position).await?;
     }
     Ok(())
 }

@@ -122,20 +122,48 @@ fn the_cli_prints_events_then_caught_up_then_live_events() {
     let _ = subscriber.kill();
     let _ = subscriber.wait();
 
-    let refused = Command::new(exesdb)
-        .args([
-            "subscribe",
-            "$all",
-            "--name",
-            "billing",
-            "--server",
-            &server.url(),
-        ])
-        .output()
-        .expect("runs");
+    // A persistent subscription by name: what was printed (and so acknowledged) does not
+    // come again for the next consumer of the same name.
+    let persistent = |count: usize| -> Vec<Value> {
+        let mut child = Command::new(exesdb)
+            .args([
+                "subscribe",
+                "$all",
+                "--name",
+                "printer",
+                "--json",
+                "--server",
+                &server.url(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("subscribe runs");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let got = (0..count)
+            .map(|_| {
+                serde_json::from_str(&lines.next().expect("a line").expect("readable"))
+                    .expect("JSON")
+            })
+            .collect();
+        // Let the acknowledgements and the checkpoint reach the server before leaving.
+        std::thread::sleep(Duration::from_millis(400));
+        let _ = child.kill();
+        let _ = child.wait();
+        got
+    };
+    let first: Vec<Value> = persistent(3);
     assert_eq!(
-        refused.status.code(),
-        Some(2),
-        "persistent subscriptions are refused clearly"
+        first
+            .iter()
+            .map(|e| e["position"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!(0), json!(1), json!(2)]
+    );
+    append(r#"{"n":4}"#);
+    let second = persistent(1);
+    assert_eq!(
+        second[0]["position"], 3,
+        "resumes after what the first consumer acknowledged"
     );
 }

@@ -30,9 +30,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 pub use exesdb::{
-    ALL_STREAM, AppendResult, Direction, ExpectedVersion, NewEvent, RecordedEvent, Selector,
-    Snapshot, SnapshotVersion, StartFrom, StoreError, StreamInfo, SubscriptionMessage,
-    TreeSnapshot,
+    ALL_STREAM, AppendResult, ConsumerStrategy, Delivery, Direction, ExpectedVersion, NackAction,
+    NewEvent, RecordedEvent, Selector, Snapshot, SnapshotVersion, StartFrom, StoreError,
+    StreamInfo, SubscriptionDefinition, SubscriptionMessage, TreeSnapshot,
 };
 
 /// Messages (batches of events) a streaming read buffers between the connection and the caller.
@@ -442,6 +442,193 @@ impl Client {
         })
     }
 
+    /// Stores (or replaces) a persistent subscription.
+    ///
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// let mut definition = SubscriptionDefinition::new(
+    ///     "billing",
+    ///     Selector::ByEventType("OrderPlaced".into()),
+    ///     StartFrom::Beginning,
+    /// );
+    /// definition.strategy = ConsumerStrategy::Pinned;
+    /// client.save_subscription(&definition).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn save_subscription(
+        &self,
+        definition: &SubscriptionDefinition,
+    ) -> Result<(), ClientError> {
+        let request = wire::SaveSubscriptionRequest {
+            store_id: self.store_id.clone(),
+            definition: Some(convert::definition_to_wire(definition)),
+        };
+        self.events
+            .clone()
+            .save_subscription(self.request(request))
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a persistent subscription, its checkpoint and its parked events.
+    ///
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// client.remove_subscription("billing").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn remove_subscription(&self, name: &str) -> Result<(), ClientError> {
+        let request = wire::RemoveSubscriptionRequest {
+            store_id: self.store_id.clone(),
+            name: name.to_string(),
+        };
+        self.events
+            .clone()
+            .remove_subscription(self.request(request))
+            .await?;
+        Ok(())
+    }
+
+    /// The stored persistent subscriptions.
+    ///
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// for definition in client.list_subscriptions().await? {
+    ///     println!("{}", definition.name);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn list_subscriptions(&self) -> Result<Vec<SubscriptionDefinition>, ClientError> {
+        let request = wire::ListSubscriptionsRequest {
+            store_id: self.store_id.clone(),
+        };
+        let response = self
+            .events
+            .clone()
+            .list_subscriptions(self.request(request))
+            .await?;
+        Ok(response
+            .into_inner()
+            .subscriptions
+            .into_iter()
+            .map(|definition| convert::definition(Some(definition)))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// A persistent subscription's parked events.
+    ///
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// let parked = client.parked_events("billing").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn parked_events(&self, name: &str) -> Result<Vec<RecordedEvent>, ClientError> {
+        let request = wire::ListParkedRequest {
+            store_id: self.store_id.clone(),
+            name: name.to_string(),
+        };
+        let response = self
+            .events
+            .clone()
+            .list_parked(self.request(request))
+            .await?;
+        response
+            .into_inner()
+            .events
+            .into_iter()
+            .map(|event| Ok(convert::recorded_event_from_wire(event)?))
+            .collect()
+    }
+
+    /// Delivers a subscription's parked events again; returns how many.
+    ///
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// let replayed = client.replay_parked("billing").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn replay_parked(&self, name: &str) -> Result<u64, ClientError> {
+        let request = wire::ReplayParkedRequest {
+            store_id: self.store_id.clone(),
+            name: name.to_string(),
+        };
+        let response = self
+            .events
+            .clone()
+            .replay_parked(self.request(request))
+            .await?;
+        Ok(response.into_inner().replayed)
+    }
+
+    /// Joins a persistent subscription's consumer group.
+    ///
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// let mut consumer = client.consume("billing").await?;
+    /// while let Some(delivery) = consumer.next().await {
+    ///     let delivery = delivery?;
+    ///     // ... handle the event, then:
+    ///     consumer.ack(delivery.event.position).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn consume(&self, name: &str) -> Result<Consumer, ClientError> {
+        let (requests, outgoing) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+        let start = wire::ConsumeRequest {
+            request: Some(wire::consume_request::Request::Start(wire::ConsumeStart {
+                store_id: self.store_id.clone(),
+                name: name.to_string(),
+            })),
+        };
+        requests
+            .send(start)
+            .await
+            .map_err(|_| ClientError::Connection("the request stream closed".into()))?;
+        let response = self
+            .events
+            .clone()
+            .consume(ReceiverStream::new(outgoing))
+            .await?;
+        let mut stream = response.into_inner();
+        let (sender, deliveries) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+        tokio::spawn(async move {
+            loop {
+                let batch: Result<Vec<Delivery>, ClientError> = match stream.message().await {
+                    Ok(Some(message)) => message
+                        .deliveries
+                        .into_iter()
+                        .map(|delivery| {
+                            let event = delivery.event.ok_or_else(|| {
+                                ClientError::Protocol("a delivery without an event".into())
+                            })?;
+                            Ok(Delivery {
+                                event: convert::recorded_event_from_wire(event)?,
+                                attempt: delivery.attempt,
+                            })
+                        })
+                        .collect(),
+                    Ok(None) => return,
+                    Err(status) => Err(ClientError::from(status)),
+                };
+                let failed = batch.is_err();
+                if sender.send(batch).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Consumer {
+            requests,
+            deliveries,
+            pending: std::collections::VecDeque::new(),
+        })
+    }
+
     /// Records (or replaces) a snapshot.
     /// ```no_run
     /// # use exesdb_client::*;
@@ -670,4 +857,82 @@ where
         };
         futures_util::stream::iter(items)
     })
+}
+
+/// A consumer in a persistent subscription's group, over one `Consume` call. Dropping it leaves
+/// the group; unacknowledged events go to the other consumers.
+pub struct Consumer {
+    requests: mpsc::Sender<wire::ConsumeRequest>,
+    deliveries: mpsc::Receiver<Result<Vec<Delivery>, ClientError>>,
+    pending: std::collections::VecDeque<Delivery>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+impl Consumer {
+    /// The next delivery; `None` when the subscription or the connection ended.
+    ///
+    /// ```no_run
+    /// # async fn demo(mut consumer: exesdb_client::Consumer) {
+    /// while let Some(Ok(delivery)) = consumer.next().await {
+    ///     println!("{} (attempt {})", delivery.event.position, delivery.attempt);
+    /// }
+    /// # }
+    /// ```
+    pub async fn next(&mut self) -> Option<Result<Delivery, ClientError>> {
+        if let Some(delivery) = self.pending.pop_front() {
+            return Some(Ok(delivery));
+        }
+        match self.deliveries.recv().await? {
+            Ok(batch) => {
+                self.pending.extend(batch);
+                self.pending.pop_front().map(Ok)
+            }
+            Err(error) => Some(Err(error)),
+        }
+    }
+
+    /// Marks an event done.
+    ///
+    /// ```no_run
+    /// # async fn demo(consumer: exesdb_client::Consumer) -> Result<(), exesdb_client::ClientError> {
+    /// consumer.ack(42).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn ack(&self, position: u64) -> Result<(), ClientError> {
+        self.send(wire::consume_request::Request::Ack(wire::Ack {
+            positions: vec![position],
+        }))
+        .await
+    }
+
+    /// Reports an event this consumer could not handle: retry it, park it, or skip it.
+    ///
+    /// ```no_run
+    /// # async fn demo(consumer: exesdb_client::Consumer) -> Result<(), exesdb_client::ClientError> {
+    /// consumer.nack(42, exesdb_client::NackAction::Retry).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn nack(&self, position: u64, action: NackAction) -> Result<(), ClientError> {
+        self.send(wire::consume_request::Request::Nack(wire::Nack {
+            position,
+            action: convert::nack_action_to_wire(action),
+        }))
+        .await
+    }
+
+    async fn send(&self, request: wire::consume_request::Request) -> Result<(), ClientError> {
+        self.requests
+            .send(wire::ConsumeRequest {
+                request: Some(request),
+            })
+            .await
+            .map_err(|_| ClientError::Connection("the subscription's call has ended".into()))
+    }
 }

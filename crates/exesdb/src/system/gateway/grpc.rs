@@ -17,6 +17,7 @@ use super::wire as convert;
 use crate::error::StoreError;
 use crate::event::{Direction, ReadAllRequest, RecordedEvent, StreamInfo};
 use crate::node::Node;
+use crate::system::core::notification::persistent::PersistentConsumer;
 use crate::system::core::notification::subscription::{Subscription, SubscriptionMessage};
 
 type WireStream<T> = ReceiverStream<Result<T, Status>>;
@@ -316,6 +317,120 @@ impl EventStore for GrpcServices {
         Ok(Response::new(forward_subscription(subscription)))
     }
 
+    async fn save_subscription(
+        &self,
+        request: Request<wire::SaveSubscriptionRequest>,
+    ) -> Result<Response<wire::SaveSubscriptionResponse>, Status> {
+        let request = request.into_inner();
+        let gateway = self.gateway(&request.store_id)?;
+        let definition =
+            convert::definition(request.definition).map_err(|e| convert::status(&e))?;
+        let route = definition.name.clone();
+        let result = gateway
+            .call(&route, move |api| async move {
+                api.save_subscription(definition).await
+            })
+            .await;
+        reply(result.map(|()| wire::SaveSubscriptionResponse {}))
+    }
+
+    async fn remove_subscription(
+        &self,
+        request: Request<wire::RemoveSubscriptionRequest>,
+    ) -> Result<Response<wire::RemoveSubscriptionResponse>, Status> {
+        let request = request.into_inner();
+        let gateway = self.gateway(&request.store_id)?;
+        let name = request.name;
+        let route = name.clone();
+        let result = gateway
+            .call(&route, move |api| async move {
+                api.remove_subscription(&name).await
+            })
+            .await;
+        reply(result.map(|()| wire::RemoveSubscriptionResponse {}))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<wire::ListSubscriptionsRequest>,
+    ) -> Result<Response<wire::ListSubscriptionsResponse>, Status> {
+        let request = request.into_inner();
+        let gateway = self.gateway(&request.store_id)?;
+        let result = gateway
+            .call(
+                "$subscriptions",
+                |api| async move { api.list_subscriptions() },
+            )
+            .await;
+        reply(result.map(|definitions| {
+            wire::ListSubscriptionsResponse {
+                subscriptions: definitions
+                    .iter()
+                    .map(convert::definition_to_wire)
+                    .collect(),
+            }
+        }))
+    }
+
+    async fn list_parked(
+        &self,
+        request: Request<wire::ListParkedRequest>,
+    ) -> Result<Response<wire::ReadResponse>, Status> {
+        let request = request.into_inner();
+        let gateway = self.gateway(&request.store_id)?;
+        let name = request.name;
+        let route = name.clone();
+        let result = gateway
+            .call(&route, move |api| async move { api.parked_events(&name) })
+            .await;
+        reply(result.map(|events| wire::ReadResponse {
+            events: events.into_iter().map(convert::recorded_event).collect(),
+        }))
+    }
+
+    async fn replay_parked(
+        &self,
+        request: Request<wire::ReplayParkedRequest>,
+    ) -> Result<Response<wire::ReplayParkedResponse>, Status> {
+        let request = request.into_inner();
+        let gateway = self.gateway(&request.store_id)?;
+        let name = request.name;
+        let route = name.clone();
+        let result = gateway
+            .call(
+                &route,
+                move |api| async move { api.replay_parked(&name).await },
+            )
+            .await;
+        reply(result.map(|replayed| wire::ReplayParkedResponse {
+            replayed: replayed as u64,
+        }))
+    }
+
+    type ConsumeStream = WireStream<wire::ConsumeResponse>;
+
+    async fn consume(
+        &self,
+        request: Request<tonic::Streaming<wire::ConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.and_then(|message| message.request);
+        let Some(wire::consume_request::Request::Start(start)) = first else {
+            return Err(convert::status(&StoreError::invalid(
+                "the first message of Consume must name the subscription (start)",
+            )));
+        };
+        let system = self
+            .node
+            .system(&start.store_id)
+            .map_err(|error| convert::status(&error))?;
+        let consumer = system
+            .connect_subscription(&start.name)
+            .await
+            .map_err(|error| convert::status(&error))?;
+        Ok(Response::new(serve_consumer(consumer, inbound)))
+    }
+
     async fn list_stores(
         &self,
         _request: Request<wire::ListStoresRequest>,
@@ -393,6 +508,65 @@ fn forward_subscription(mut subscription: Subscription) -> WireStream<wire::Subs
             }
             if sender.send(Ok(response)).await.is_err() {
                 return;
+            }
+        }
+    });
+    ReceiverStream::new(receiver)
+}
+
+/// Runs one consumer of a persistent subscription for a `Consume` call: deliveries out (packed
+/// into messages), acks and nacks in. It ends when the client or the subscription does.
+fn serve_consumer(
+    mut consumer: PersistentConsumer,
+    mut inbound: tonic::Streaming<wire::ConsumeRequest>,
+) -> WireStream<wire::ConsumeResponse> {
+    use wire::consume_request::Request as In;
+    let (sender, receiver) = mpsc::channel(SUBSCRIPTION_MESSAGES_BUFFERED);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                delivery = consumer.next() => {
+                    let Some(first) = delivery else { return };
+                    let mut response = wire::ConsumeResponse::default();
+                    let mut next = Some(first);
+                    while let Some(delivery) = next.take() {
+                        response.deliveries.push(wire::Delivery {
+                            event: Some(convert::recorded_event(delivery.event)),
+                            attempt: delivery.attempt,
+                        });
+                        if response.deliveries.len() < MESSAGE_ITEMS_MAX {
+                            next = consumer.try_next();
+                        }
+                    }
+                    if sender.send(Ok(response)).await.is_err() {
+                        return;
+                    }
+                }
+                message = inbound.message() => {
+                    let request = match message {
+                        Ok(Some(message)) => message.request,
+                        Ok(None) | Err(_) => return, // the client is done
+                    };
+                    let outcome = match request {
+                        Some(In::Ack(ack)) => {
+                            for position in ack.positions {
+                                consumer.ack(position);
+                            }
+                            Ok(())
+                        }
+                        Some(In::Nack(nack)) => match convert::nack_action(nack.action) {
+                            Ok(action) => consumer.nack(nack.position, action).await,
+                            Err(error) => Err(error),
+                        },
+                        Some(In::Start(_)) | None => Err(StoreError::invalid(
+                            "Consume was already started; send acks and nacks",
+                        )),
+                    };
+                    if let Err(error) = outcome {
+                        let _ = sender.send(Err(convert::status(&error))).await;
+                        return;
+                    }
+                }
             }
         }
     });

@@ -9,6 +9,9 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::event::{AppendResult, Direction, ExpectedVersion, NewEvent, RecordedEvent, StreamInfo};
 use crate::supervision::TreeSnapshot;
+use crate::system::core::notification::persistent::{
+    ConsumerStrategy, NackAction, SubscriptionDefinition,
+};
 use crate::system::core::notification::subscription::{Selector, StartFrom};
 use crate::system::{Snapshot, SnapshotVersion};
 
@@ -309,45 +312,110 @@ fn json_pattern(text: &str) -> Result<serde_json::Value, StoreError> {
         .map_err(|error| StoreError::invalid(format!("the pattern is not JSON: {error}")))
 }
 
-pub fn selector(
-    selector: Option<wire::subscribe_request::Selector>,
-) -> Result<Selector, StoreError> {
-    use wire::subscribe_request::Selector as Wire;
-    match selector {
+pub fn selector(selector: Option<wire::Selector>) -> Result<Selector, StoreError> {
+    use wire::selector::Kind;
+    match selector.and_then(|s| s.kind) {
         None => Err(StoreError::invalid("a subscription needs a selector")),
-        Some(Wire::ByStream(stream)) => Ok(Selector::ByStream(stream)),
-        Some(Wire::ByEventType(event_type)) => Ok(Selector::ByEventType(event_type)),
-        Some(Wire::ByEventPattern(text)) => Ok(Selector::ByEventPattern(json_pattern(&text)?)),
-        Some(Wire::ByEventPayload(text)) => Ok(Selector::ByEventPayload(json_pattern(&text)?)),
+        Some(Kind::ByStream(stream)) => Ok(Selector::ByStream(stream)),
+        Some(Kind::ByEventType(event_type)) => Ok(Selector::ByEventType(event_type)),
+        Some(Kind::ByEventPattern(text)) => Ok(Selector::ByEventPattern(json_pattern(&text)?)),
+        Some(Kind::ByEventPayload(text)) => Ok(Selector::ByEventPayload(json_pattern(&text)?)),
     }
 }
 
-pub fn selector_to_wire(selector: &Selector) -> wire::subscribe_request::Selector {
-    use wire::subscribe_request::Selector as Wire;
-    match selector {
-        Selector::ByStream(stream) => Wire::ByStream(stream.clone()),
-        Selector::ByEventType(event_type) => Wire::ByEventType(event_type.clone()),
-        Selector::ByEventPattern(pattern) => Wire::ByEventPattern(pattern.to_string()),
-        Selector::ByEventPayload(pattern) => Wire::ByEventPayload(pattern.to_string()),
+pub fn selector_to_wire(selector: &Selector) -> wire::Selector {
+    use wire::selector::Kind;
+    let kind = match selector {
+        Selector::ByStream(stream) => Kind::ByStream(stream.clone()),
+        Selector::ByEventType(event_type) => Kind::ByEventType(event_type.clone()),
+        Selector::ByEventPattern(pattern) => Kind::ByEventPattern(pattern.to_string()),
+        Selector::ByEventPayload(pattern) => Kind::ByEventPayload(pattern.to_string()),
+    };
+    wire::Selector { kind: Some(kind) }
+}
+
+pub fn start_from(start: Option<wire::Start>) -> StartFrom {
+    use wire::start::From;
+    match start.and_then(|s| s.from) {
+        None | Some(From::Beginning(_)) => StartFrom::Beginning,
+        Some(From::End(_)) => StartFrom::End,
+        Some(From::Position(position)) => StartFrom::Position(position),
+        Some(From::EventNumber(number)) => StartFrom::EventNumber(number),
     }
 }
 
-pub fn start_from(start: Option<wire::subscribe_request::Start>) -> StartFrom {
-    use wire::subscribe_request::Start;
-    match start {
-        None | Some(Start::Beginning(_)) => StartFrom::Beginning,
-        Some(Start::End(_)) => StartFrom::End,
-        Some(Start::Position(position)) => StartFrom::Position(position),
-        Some(Start::EventNumber(number)) => StartFrom::EventNumber(number),
+pub fn start_from_to_wire(start: StartFrom) -> wire::Start {
+    use wire::start::From;
+    let from = match start {
+        StartFrom::Beginning => From::Beginning(wire::Empty {}),
+        StartFrom::End => From::End(wire::Empty {}),
+        StartFrom::Position(position) => From::Position(position),
+        StartFrom::EventNumber(number) => From::EventNumber(number),
+    };
+    wire::Start { from: Some(from) }
+}
+
+/// A definition from the wire; zeros take the defaults.
+pub fn definition(
+    definition: Option<wire::SubscriptionDefinition>,
+) -> Result<SubscriptionDefinition, StoreError> {
+    let definition = definition.ok_or_else(|| StoreError::invalid("no subscription definition"))?;
+    let strategy = match wire::ConsumerStrategy::try_from(definition.strategy) {
+        Ok(wire::ConsumerStrategy::RoundRobin) => ConsumerStrategy::RoundRobin,
+        Ok(wire::ConsumerStrategy::Pinned) => ConsumerStrategy::Pinned,
+        Err(_) => {
+            return Err(StoreError::invalid(format!(
+                "unknown strategy {}",
+                definition.strategy
+            )));
+        }
+    };
+    let mut result = SubscriptionDefinition::new(
+        definition.name,
+        selector(definition.selector)?,
+        start_from(definition.start),
+    );
+    result.strategy = strategy;
+    if definition.ack_timeout_ms > 0 {
+        result.ack_timeout_ms = definition.ack_timeout_ms;
+    }
+    if definition.max_retries > 0 {
+        result.max_retries = definition.max_retries;
+    }
+    if definition.max_in_flight > 0 {
+        result.max_in_flight = usize::try_from(definition.max_in_flight).unwrap_or(usize::MAX);
+    }
+    Ok(result)
+}
+
+pub fn definition_to_wire(definition: &SubscriptionDefinition) -> wire::SubscriptionDefinition {
+    wire::SubscriptionDefinition {
+        name: definition.name.clone(),
+        selector: Some(selector_to_wire(&definition.selector)),
+        start: Some(start_from_to_wire(definition.start)),
+        strategy: match definition.strategy {
+            ConsumerStrategy::RoundRobin => wire::ConsumerStrategy::RoundRobin as i32,
+            ConsumerStrategy::Pinned => wire::ConsumerStrategy::Pinned as i32,
+        },
+        ack_timeout_ms: definition.ack_timeout_ms,
+        max_retries: definition.max_retries,
+        max_in_flight: definition.max_in_flight as u64,
     }
 }
 
-pub fn start_from_to_wire(start: StartFrom) -> wire::subscribe_request::Start {
-    use wire::subscribe_request::Start;
-    match start {
-        StartFrom::Beginning => Start::Beginning(wire::Empty {}),
-        StartFrom::End => Start::End(wire::Empty {}),
-        StartFrom::Position(position) => Start::Position(position),
-        StartFrom::EventNumber(number) => Start::EventNumber(number),
+pub fn nack_action(action: i32) -> Result<NackAction, StoreError> {
+    match wire::NackAction::try_from(action) {
+        Ok(wire::NackAction::Retry) => Ok(NackAction::Retry),
+        Ok(wire::NackAction::Park) => Ok(NackAction::Park),
+        Ok(wire::NackAction::Skip) => Ok(NackAction::Skip),
+        Err(_) => Err(StoreError::invalid(format!("unknown nack action {action}"))),
+    }
+}
+
+pub fn nack_action_to_wire(action: NackAction) -> i32 {
+    match action {
+        NackAction::Retry => wire::NackAction::Retry as i32,
+        NackAction::Park => wire::NackAction::Park as i32,
+        NackAction::Skip => wire::NackAction::Skip as i32,
     }
 }

@@ -484,6 +484,11 @@ impl PersistentConsumer {
         self.receiver.recv().await
     }
 
+    /// The next delivery if one is waiting, without waiting.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        self.receiver.try_recv().ok()
+    }
+
     /// Marks an event done.
     pub fn ack(&self, position: u64) {
         self.group.settle(self.id, position);
