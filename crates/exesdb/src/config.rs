@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::error::StartError;
 use crate::system::core::store::store_registry::NodeStores;
+use crate::system::gateway::pubsub::ExternalBus;
 
 /// The longest stream id the contract allows, in bytes.
 pub const STREAM_ID_BYTES_MAX: usize = 512;
@@ -194,6 +195,8 @@ pub struct SystemConfig {
     pub shutdown_timeout_ms: u64,
     /// The stores hosted by this node; Systems started with the same value list each other.
     pub node_stores: NodeStores,
+    /// An application's bus to which `ExESDB.PubSub` forwards every event (none by default).
+    pub event_bus: Option<ExternalBus>,
 }
 
 impl SystemConfig {
@@ -209,6 +212,7 @@ impl SystemConfig {
             intensity: Intensity::default(),
             shutdown_timeout_ms: 10_000,
             node_stores: NodeStores::default(),
+            event_bus: None,
         }
     }
 

@@ -29,4 +29,5 @@ pub use system::core::notification::subscription::{
     Selector, StartFrom, Subscription, SubscriptionMessage,
 };
 pub use system::core::store::store_registry::NodeStores;
+pub use system::gateway::pubsub::{EventBus, ExternalBus};
 pub use system::{Snapshot, SnapshotVersion, StoreApi, System};

@@ -41,7 +41,8 @@ use core::store::state_machine::{Command, Outcome, SnapshotCommand};
 use core::store::store::Store;
 use core::store::store_cluster::StoreCluster;
 use core::store::store_registry::StoreRegistry;
-use gateway::{Gateway, GatewayWork, PubSub};
+use gateway::pubsub::{PubSub, PubSubShared, topic_selector};
+use gateway::{Gateway, GatewayWork};
 
 /// The name of the root of the tree.
 pub const ROOT_NAME: &str = "ExESDB.System";
@@ -153,7 +154,13 @@ impl System {
         let admission = Arc::new(Semaphore::new(config.commit.requests_in_flight_max));
         let context = Arc::new(StoreContext::new(config, Arc::new(storage), next_position));
         let subscriptions = Arc::new(SubscriptionRegistry::default());
-        let (pools, root_spec) = build_tree(&context, &subscriptions);
+        let pubsub = Arc::new(PubSubShared {
+            api: std::sync::Mutex::new(None),
+            bus: context.config.event_bus.clone(),
+            forwarded: std::sync::atomic::AtomicU64::new(next_position),
+            store_id: context.store_id().to_string(),
+        });
+        let (pools, root_spec) = build_tree(&context, &subscriptions, &pubsub);
         let root_node = root_spec.node.clone();
         let args = SupervisorArgs {
             node: root_node.clone(),
@@ -172,6 +179,7 @@ impl System {
             admission,
             accepting: Arc::new(AtomicBool::new(true)),
         };
+        *lock_ignoring_poison(&pubsub.api) = Some(api.clone());
         let pool_settings = &api.context.config.pools;
         let gateway = Gateway::new(
             api.clone(),
@@ -649,6 +657,22 @@ impl StoreApi {
         await_reply(answer).await
     }
 
+    /// Listens to a native PubSub topic: `<store>:$all` (every event) or `<store>:<type>`
+    /// (events of that type), from now on, in order, none skipped.
+    pub async fn listen(&self, topic: &str) -> Result<Subscription, StoreError> {
+        let name = topic
+            .strip_prefix(self.context.store_id())
+            .and_then(|rest| rest.strip_prefix(':'))
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| {
+                StoreError::invalid(format!(
+                    "topic {topic:?} is not {store}:$all or {store}:<event type>",
+                    store = self.context.store_id()
+                ))
+            })?;
+        self.subscribe(topic_selector(name), StartFrom::End).await
+    }
+
     /// Subscriptions running now.
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()
@@ -861,7 +885,9 @@ fn lock_ignoring_poison<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard
 fn build_tree(
     context: &Arc<StoreContext>,
     subscriptions: &Arc<SubscriptionRegistry>,
+    pubsub: &Arc<PubSubShared>,
 ) -> (Pools, BuiltTree) {
+    let pubsub_shared = pubsub.clone();
     let settings = supervisor_settings(context);
     let pools_config = &context.config.pools;
     let pool = |partitions: usize, idle_ms: u64| WorkerPoolSettings {
@@ -1020,7 +1046,10 @@ fn build_tree(
         settings,
         vec![
             gateway_workers_spec,
-            service("ExESDB.PubSub", context, Arc::new(PubSub)),
+            ChildSpec::actor(
+                TreeNode::new("ExESDB.PubSub", Kind::GenServer, None),
+                move || (PubSub, pubsub_shared.clone()),
+            ),
         ],
     );
     let root = TreeNode::new(ROOT_NAME, Kind::Supervisor, Some(Strategy::RestForOne));

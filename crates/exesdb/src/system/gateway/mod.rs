@@ -10,6 +10,7 @@
 //! long-lived and count against `subscriptions_max`), nor do health, tree and store listings.
 
 pub mod grpc;
+pub mod pubsub;
 pub mod wire;
 
 use std::future::Future;
@@ -21,9 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::error::StoreError;
 use crate::supervision::pool::{KeyedWork, WorkerPool};
-use crate::supervision::service::Service;
 use crate::system::StoreApi;
-use crate::system::context::StoreContext;
 
 /// A call admitted by the gateway, with the permit that counts it in flight.
 pub struct GatewayCall {
@@ -112,15 +111,4 @@ fn worker_index(route: &str, workers: usize) -> usize {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     route.hash(&mut hasher);
     (hasher.finish() % workers.max(1) as u64) as usize
-}
-
-/// The native PubSub: topics `<store>:$all` and `<store>:<topic>` arrive with issue 4.
-pub struct PubSub;
-
-impl Service for PubSub {
-    fn start(&self, _context: &StoreContext) -> Result<(), String> {
-        Ok(())
-    }
-
-    fn stop(&self, _context: &StoreContext) {}
 }
