@@ -56,7 +56,7 @@ async fn acks_move_a_stored_checkpoint_and_delivery_resumes_after_a_restart() {
         .await
         .expect("save");
     assert_eq!(
-        store.system.list_subscriptions().expect("list")[0].name,
+        store.system.list_subscriptions().await.expect("list")[0].name,
         "billing"
     );
     let mut consumer = store
@@ -101,7 +101,14 @@ async fn acks_move_a_stored_checkpoint_and_delivery_resumes_after_a_restart() {
         consumer.next().await.is_none(),
         "removal ends the consumer's stream"
     );
-    assert!(store.system.list_subscriptions().expect("list").is_empty());
+    assert!(
+        store
+            .system
+            .list_subscriptions()
+            .await
+            .expect("list")
+            .is_empty()
+    );
     store.system.stop().await;
 }
 

@@ -4,6 +4,7 @@
 
 pub mod pool;
 pub mod service;
+pub mod slot;
 pub mod supervisor;
 pub mod tree;
 

@@ -11,6 +11,7 @@ use crate::config::SystemConfig;
 use crate::error::StoreError;
 use crate::storage::Storage;
 use crate::system::core::notification::persistent::PersistentRegistry;
+use crate::system::core::persistence::subscriptions::SubscriptionsProcesses;
 use crate::system::core::store::state_machine::{Command, Outcome};
 
 /// A command waiting for the committer, with the channel its outcome goes back on.
@@ -66,6 +67,8 @@ pub struct StoreContext {
     pub leader: AtomicBool,
     /// The persistent subscriptions running on this node (loaded by `LeaderWorker`).
     pub persistent: PersistentRegistry,
+    /// `SubscriptionsWriter` and `SubscriptionsReader`, while they run.
+    pub subscription_processes: SubscriptionsProcesses,
 }
 
 impl StoreContext {
@@ -79,6 +82,7 @@ impl StoreContext {
             counters: CommitCounters::default(),
             leader: AtomicBool::new(false),
             persistent: PersistentRegistry::default(),
+            subscription_processes: SubscriptionsProcesses::default(),
         }
     }
 

@@ -553,11 +553,10 @@ impl StoreApi {
             definition.start = StartFrom::Position(*self.context.committed.borrow());
         }
         let _permit = self.admit().await?;
-        self.commit(Command::SaveSubscription {
-            name: definition.name.clone(),
-            definition: definition.encode(),
-        })
-        .await?;
+        self.context
+            .subscription_processes
+            .save(definition.clone())
+            .await?;
         let start = match definition.start {
             StartFrom::Position(position) => position,
             _ => 0,
@@ -584,10 +583,7 @@ impl StoreApi {
     /// streams end.
     pub async fn remove_subscription(&self, name: &str) -> Result<(), StoreError> {
         let _permit = self.admit().await?;
-        self.commit(Command::RemoveSubscription {
-            name: name.to_string(),
-        })
-        .await?;
+        self.context.subscription_processes.remove(name).await?;
         if let Some(group) = self.context.persistent.remove(name) {
             group.close();
         }
@@ -595,13 +591,8 @@ impl StoreApi {
     }
 
     /// The stored persistent subscriptions.
-    pub fn list_subscriptions(&self) -> Result<Vec<SubscriptionDefinition>, StoreError> {
-        self.context
-            .storage
-            .subscription_definitions()?
-            .into_iter()
-            .map(|(_, bytes)| SubscriptionDefinition::decode(&bytes))
-            .collect()
+    pub async fn list_subscriptions(&self) -> Result<Vec<SubscriptionDefinition>, StoreError> {
+        self.context.subscription_processes.list().await
     }
 
     /// Joins a persistent subscription's consumer group.
@@ -866,6 +857,17 @@ fn service(name: &str, context: &Arc<StoreContext>, service: Arc<dyn Service>) -
     })
 }
 
+/// A GenServer whose actor takes the store's context as its arguments.
+fn process<A>(name: &str, context: &Arc<StoreContext>, actor: A) -> ChildSpec
+where
+    A: Actor<Arguments = Arc<StoreContext>> + Clone,
+{
+    let context = context.clone();
+    ChildSpec::actor(TreeNode::new(name, Kind::GenServer, None), move || {
+        (actor.clone(), context.clone())
+    })
+}
+
 fn supervisor(
     name: &str,
     strategy: Strategy,
@@ -983,16 +985,8 @@ fn build_tree(
                 Strategy::OneForOne,
                 settings,
                 vec![
-                    service(
-                        "ExESDB.SubscriptionsReader",
-                        context,
-                        Arc::new(SubscriptionsReader),
-                    ),
-                    service(
-                        "ExESDB.SubscriptionsWriter",
-                        context,
-                        Arc::new(SubscriptionsWriter),
-                    ),
+                    process("ExESDB.SubscriptionsReader", context, SubscriptionsReader),
+                    process("ExESDB.SubscriptionsWriter", context, SubscriptionsWriter),
                 ],
             ),
         ],

@@ -357,10 +357,9 @@ impl EventStore for GrpcServices {
         let request = request.into_inner();
         let gateway = self.gateway(&request.store_id)?;
         let result = gateway
-            .call(
-                "$subscriptions",
-                |api| async move { api.list_subscriptions() },
-            )
+            .call("$subscriptions", |api| async move {
+                api.list_subscriptions().await
+            })
             .await;
         reply(result.map(|definitions| {
             wire::ListSubscriptionsResponse {

@@ -1,34 +1,182 @@
 //! `ExESDB.Subscriptions` [S] (:one_for_one): `SubscriptionsReader` and `SubscriptionsWriter`,
-//! independent GenServers over the `subscriptions` keyspace. Definitions and their API arrive
-//! with issue 4; today the reader reports how many are stored and the writer holds its place.
+//! independent GenServers over the `subscriptions` keyspace: the writer stores and removes
+//! persistent subscription definitions (through the Store's committer, durable before it
+//! answers), the reader lists them. one_for_one: a failing reader never interrupts writes.
 
-use crate::supervision::service::Service;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+
+use crate::error::StoreError;
+use crate::supervision::slot::ProcessSlot;
 use crate::system::context::StoreContext;
+use crate::system::core::notification::persistent::SubscriptionDefinition;
+use crate::system::core::store::state_machine::Command;
 
-/// Reads subscription definitions.
-pub struct SubscriptionsReader;
-
-impl Service for SubscriptionsReader {
-    fn start(&self, context: &StoreContext) -> Result<(), String> {
-        let stored = context.storage.subscriptions.approximate_len();
-        tracing::debug!(
-            store = context.store_id(),
-            stored,
-            "subscription definitions found"
-        );
-        Ok(())
-    }
-
-    fn stop(&self, _context: &StoreContext) {}
+/// Requests to the writer.
+pub enum WriterMsg {
+    Save {
+        definition: SubscriptionDefinition,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Remove {
+        name: String,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
-/// Writes subscription definitions (through the Store's committer, from issue 4 on).
+/// Requests to the reader.
+pub enum ReaderMsg {
+    List {
+        reply: oneshot::Sender<Result<Vec<SubscriptionDefinition>, StoreError>>,
+    },
+}
+
+/// Where callers find the two processes.
+#[derive(Default)]
+pub struct SubscriptionsProcesses {
+    pub writer: ProcessSlot<WriterMsg>,
+    pub reader: ProcessSlot<ReaderMsg>,
+}
+
+impl SubscriptionsProcesses {
+    /// Stores (or replaces) a definition.
+    pub async fn save(&self, definition: SubscriptionDefinition) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        send(&self.writer, WriterMsg::Save { definition, reply })?;
+        answer_of(answer).await
+    }
+
+    /// Removes a definition with its checkpoint and parked events.
+    pub async fn remove(&self, name: &str) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let name = name.to_string();
+        send(&self.writer, WriterMsg::Remove { name, reply })?;
+        answer_of(answer).await
+    }
+
+    /// The stored definitions.
+    pub async fn list(&self) -> Result<Vec<SubscriptionDefinition>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        send(&self.reader, ReaderMsg::List { reply })?;
+        answer_of(answer).await
+    }
+}
+
+fn send<M: ractor::Message>(slot: &ProcessSlot<M>, message: M) -> Result<(), StoreError> {
+    slot.get()
+        .ok_or_else(|| StoreError::unavailable("the subscriptions process is restarting"))?
+        .send_message(message)
+        .map_err(|_| StoreError::unavailable("the subscriptions process is restarting"))
+}
+
+async fn answer_of<T>(answer: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+    answer.await.map_err(|_| {
+        StoreError::unavailable("the subscriptions process stopped before answering")
+    })?
+}
+
+/// The writer process.
+#[derive(Clone)]
 pub struct SubscriptionsWriter;
 
-impl Service for SubscriptionsWriter {
-    fn start(&self, _context: &StoreContext) -> Result<(), String> {
+impl Actor for SubscriptionsWriter {
+    type Msg = WriterMsg;
+    type State = Arc<StoreContext>;
+    type Arguments = Arc<StoreContext>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<WriterMsg>,
+        context: Arc<StoreContext>,
+    ) -> Result<Arc<StoreContext>, ActorProcessingErr> {
+        context.subscription_processes.writer.set(myself);
+        Ok(context)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<WriterMsg>,
+        message: WriterMsg,
+        context: &mut Arc<StoreContext>,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            WriterMsg::Save { definition, reply } => {
+                let command = Command::SaveSubscription {
+                    name: definition.name.clone(),
+                    definition: definition.encode(),
+                };
+                let _ = reply.send(commit(context, command).await);
+            }
+            WriterMsg::Remove { name, reply } => {
+                let _ = reply.send(commit(context, Command::RemoveSubscription { name }).await);
+            }
+        }
         Ok(())
     }
 
-    fn stop(&self, _context: &StoreContext) {}
+    async fn post_stop(
+        &self,
+        myself: ActorRef<WriterMsg>,
+        context: &mut Arc<StoreContext>,
+    ) -> Result<(), ActorProcessingErr> {
+        context.subscription_processes.writer.clear(&myself);
+        Ok(())
+    }
+}
+
+async fn commit(context: &StoreContext, command: Command) -> Result<(), StoreError> {
+    let (reply, answer) = oneshot::channel();
+    context.submit(command, reply).await;
+    answer_of(answer).await.map(|_| ())
+}
+
+/// The reader process.
+#[derive(Clone)]
+pub struct SubscriptionsReader;
+
+impl Actor for SubscriptionsReader {
+    type Msg = ReaderMsg;
+    type State = Arc<StoreContext>;
+    type Arguments = Arc<StoreContext>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ReaderMsg>,
+        context: Arc<StoreContext>,
+    ) -> Result<Arc<StoreContext>, ActorProcessingErr> {
+        context.subscription_processes.reader.set(myself);
+        Ok(context)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<ReaderMsg>,
+        message: ReaderMsg,
+        context: &mut Arc<StoreContext>,
+    ) -> Result<(), ActorProcessingErr> {
+        let ReaderMsg::List { reply } = message;
+        let definitions = context
+            .storage
+            .subscription_definitions()
+            .map_err(StoreError::from)
+            .and_then(|stored| {
+                stored
+                    .into_iter()
+                    .map(|(_, bytes)| SubscriptionDefinition::decode(&bytes))
+                    .collect()
+            });
+        let _ = reply.send(definitions);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<ReaderMsg>,
+        context: &mut Arc<StoreContext>,
+    ) -> Result<(), ActorProcessingErr> {
+        context.subscription_processes.reader.clear(&myself);
+        Ok(())
+    }
 }
