@@ -267,6 +267,54 @@ async fn pinned_keeps_each_stream_on_one_consumer_in_order() {
     store.system.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_streams_move_to_the_remaining_consumer_when_one_leaves() {
+    let store = start().await;
+    let s = &store.system;
+    let mut settings = definition("pinned-leave");
+    settings.strategy = ConsumerStrategy::Pinned;
+    s.save_subscription(settings).await.expect("save");
+    let mut a = s.connect_subscription("pinned-leave").await.expect("a");
+    let mut b = s.connect_subscription("pinned-leave").await.expect("b");
+    for round in 0..5 {
+        for stream in ["red", "green", "blue", "black"] {
+            s.append(
+                stream,
+                ExpectedVersion::Any,
+                vec![event("E", &round.to_string())],
+            )
+            .await
+            .expect("append");
+        }
+    }
+    // A acknowledges what it gets; B leaves holding its events unacknowledged.
+    let mut done = BTreeSet::new();
+    let mut got = 0;
+    while got < 20 {
+        tokio::select! {
+            Some(d) = a.next() => { a.ack(d.event.position); done.insert(d.event.position); got += 1; }
+            Some(_) = b.next() => { got += 1; }
+            _ = tokio::time::sleep(Duration::from_secs(10)) => panic!("deliveries stopped"),
+        }
+    }
+    drop(b);
+    let mut last_number: BTreeMap<String, u64> = BTreeMap::new();
+    while done.len() < 20 {
+        let delivery = next(&mut a).await;
+        let stream = delivery.event.stream_id.clone();
+        if let Some(previous) = last_number.insert(stream.clone(), delivery.event.event_number) {
+            assert!(
+                delivery.event.event_number > previous,
+                "{stream} redelivered out of order"
+            );
+        }
+        a.ack(delivery.event.position);
+        done.insert(delivery.event.position);
+    }
+    assert_eq!(done, (0..20).collect(), "B's events all reached A");
+    store.system.stop().await;
+}
+
 /// A tiny deterministic generator, so a failing case replays from its seed.
 struct Lcg(u64);
 
