@@ -1,0 +1,182 @@
+//! Fault injection over the whole single-mode tree: every process is killed in turn. For each,
+//! the processes restarted are exactly those its supervisor's strategy names; repeated
+//! failures beyond the intensity escalate to the parent; the store answers reads and writes
+//! afterwards with nothing acknowledged lost. The test prints the table kept in
+//! docs/RELIABILITY.md (`cargo test -p exesdb --test fault_injection -- --nocapture`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{event, start, start_with};
+use exesdb::{Direction, ExpectedVersion, Kind, Strategy, System, TreeSnapshot};
+
+/// A static process of the tree with its parent's strategy and its siblings, in start order.
+struct Placement {
+    name: String,
+    parent: String,
+    strategy: Strategy,
+    siblings: Vec<String>,
+}
+
+/// The processes whose supervisor has a fixed set of children: supervisors' children and
+/// partition supervisors' partitions. (Workers under the partitions come and go; their
+/// restarts are covered by the pool tests.)
+fn placements(node: &TreeSnapshot, out: &mut Vec<Placement>) {
+    if matches!(node.kind, Kind::Supervisor | Kind::PartitionSupervisor) {
+        let siblings: Vec<String> = node.children.iter().map(|c| c.name.clone()).collect();
+        for child in &node.children {
+            out.push(Placement {
+                name: child.name.clone(),
+                parent: node.name.clone(),
+                strategy: node.strategy.expect("supervisors have a strategy"),
+                siblings: siblings.clone(),
+            });
+        }
+    }
+    for child in &node.children {
+        placements(child, out);
+    }
+}
+
+fn expected_scope(placement: &Placement) -> Vec<String> {
+    let index = placement
+        .siblings
+        .iter()
+        .position(|s| *s == placement.name)
+        .expect("a sibling of itself");
+    match placement.strategy {
+        Strategy::OneForOne => vec![placement.name.clone()],
+        Strategy::OneForAll => placement.siblings.clone(),
+        Strategy::RestForOne => placement.siblings[index..].to_vec(),
+    }
+}
+
+fn restarts(system: &System, name: &str) -> u64 {
+    system.tree().find(name).map_or(0, |n| n.restarts)
+}
+
+/// Appends until the store answers, then checks every acknowledged event is there.
+async fn serves(system: &System, acknowledged: &mut u64) {
+    for _ in 0..1_000 {
+        match system
+            .append("probe", ExpectedVersion::Any, vec![event("E", "x")])
+            .await
+        {
+            Ok(result) => {
+                *acknowledged += 1;
+                assert_eq!(result.last_event_number + 1, *acknowledged);
+                let events = system
+                    .read_stream("probe", None, 10_000, Direction::Forward)
+                    .await
+                    .expect("reads work");
+                assert_eq!(
+                    events.len() as u64,
+                    *acknowledged,
+                    "no acknowledged event lost"
+                );
+                return;
+            }
+            Err(error) => {
+                assert_eq!(error.code(), "unavailable", "{error}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    panic!("the store did not serve again");
+}
+
+async fn kill_and_wait(system: &System, name: &str) {
+    let old = system.process_id(name).expect("running");
+    system.inject_fault(name).expect("inject");
+    for _ in 0..2_000 {
+        if system.process_id(name).is_some_and(|id| id != old) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("{name} did not come back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_restarts_exactly_its_strategys_scope() {
+    // A short intensity period, waited out between processes, so that killing one sibling
+    // after another never adds up to an escalation here (that has its own test below).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = start_with(dir, |config| config.intensity.period_ms = 100).await;
+    let s = &store.system;
+    let mut acknowledged = 0;
+    serves(s, &mut acknowledged).await;
+    let mut all = Vec::new();
+    placements(&s.tree(), &mut all);
+    let mut table = vec![
+        "| process | supervisor (strategy) | restarted (observed) | as the strategy says | recovered in |".to_string(),
+        "|---|---|---|---|---|".to_string(),
+    ];
+    for placement in &all {
+        let watched = &placement.siblings;
+        let before: Vec<u64> = watched.iter().map(|n| restarts(s, n)).collect();
+        let started = Instant::now();
+        kill_and_wait(s, &placement.name).await;
+        serves(s, &mut acknowledged).await;
+        let recovered = started.elapsed();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let rose: Vec<String> = watched
+            .iter()
+            .zip(&before)
+            .filter(|(name, before)| restarts(s, name) > **before)
+            .map(|(name, _)| name.clone())
+            .collect();
+        let expected = expected_scope(placement);
+        assert_eq!(rose, expected, "killing {}", placement.name);
+        table.push(format!(
+            "| {} | {} (:{}) | {} | yes | {:.1} ms |",
+            placement.name,
+            placement.parent,
+            placement.strategy.name(),
+            rose.join(", "),
+            recovered.as_secs_f64() * 1000.0
+        ));
+        // Let the intensity window clear before the next process.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    println!("{}", table.join("\n"));
+    store.system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_escalate_to_the_grandparent_for_every_process() {
+    let mut all = Vec::new();
+    {
+        let store = start().await;
+        placements(&store.system.tree(), &mut all);
+        store.system.stop().await;
+    }
+    // Children of the root would take the root down (by design: the System stops), so they
+    // are left out here.
+    for placement in all.iter().filter(|p| p.parent != "ExESDB.System") {
+        let store = start().await;
+        let s = &store.system;
+        let mut acknowledged = 0;
+        serves(s, &mut acknowledged).await;
+        let parent_before = restarts(s, &placement.parent);
+        // The default intensity tolerates 3 restarts in 5 s; the 4th failure escalates.
+        for _ in 0..4 {
+            kill_and_wait(s, &placement.name).await;
+        }
+        for _ in 0..500 {
+            if restarts(s, &placement.parent) > parent_before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            restarts(s, &placement.parent) > parent_before,
+            "{} failing 4 times did not restart {}",
+            placement.name,
+            placement.parent
+        );
+        serves(s, &mut acknowledged).await;
+        store.system.stop().await;
+    }
+}
