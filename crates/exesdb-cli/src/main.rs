@@ -1,6 +1,7 @@
 //! The `exesdb` command: `exesdb serve` runs a node; the other commands talk to one
 //! (`spec/cli.md`).
 
+mod bench;
 mod commands;
 mod output;
 mod serve;
@@ -25,6 +26,13 @@ struct Cli {
 enum Command {
     /// Run a node: open its stores and serve them over gRPC and HTTP on one port.
     Serve(Box<serve::ServeArgs>),
+    /// Load a running server and measure it (throughput, latency percentiles, self-check).
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+        #[command(flatten)]
+        target: bench::BenchTarget,
+    },
     #[command(flatten)]
     Client(commands::ClientCommand),
 }
@@ -60,6 +68,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Client(command) => runtime.block_on(commands::run(command)),
+        Command::Bench { command, target } => match runtime.block_on(bench::run(command, target)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("exesdb bench: {message}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 

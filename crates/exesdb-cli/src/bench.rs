@@ -1,0 +1,571 @@
+//! `exesdb bench`: load against a running server, shaped like the write and read floods other
+//! event stores publish. Each run shows progress, then throughput and latency percentiles (HDR
+//! histogram), checks its own work and says so: a fast wrong run does not pass for a result.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand, ValueEnum};
+use exesdb_client::{
+    Client, ClientOptions, Direction, ExpectedVersion, NewEvent, ReadFrom, Selector, StartFrom,
+    SubscriptionMessage,
+};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use tokio_stream::StreamExt;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchTarget {
+    /// The server to load.
+    #[arg(long, env = "EXESDB_SERVER", default_value = exesdb_client::DEFAULT_SERVER, global = true)]
+    pub server: String,
+    /// The store to load.
+    #[arg(long, env = "EXESDB_STORE", default_value = "default", global = true)]
+    pub store: String,
+    /// Print one JSON object with every figure and the parameters, nothing else.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum BenchExpected {
+    /// No version check.
+    Any,
+    /// Each client appends to its own streams at the exact next version.
+    Exact,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Concurrent appends.
+    Write {
+        /// Concurrent clients (each waits for its append before the next).
+        #[arg(long, default_value_t = 64)]
+        clients: u64,
+        /// Connections the clients share.
+        #[arg(long, default_value_t = 4)]
+        connections: u64,
+        /// Appends per client (the run ends when all are done).
+        #[arg(long, default_value_t = 1_000)]
+        requests: u64,
+        /// Streams written to.
+        #[arg(long, default_value_t = 1_000)]
+        streams: u64,
+        /// Bytes of data per event.
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        /// Events per append.
+        #[arg(long, default_value_t = 1)]
+        batch: u64,
+        /// Expected version of each append.
+        #[arg(long, value_enum, default_value = "any")]
+        expected: BenchExpected,
+    },
+    /// Reads one stream from start to end, repeatedly.
+    Read {
+        /// The stream (it must exist).
+        #[arg(long)]
+        stream: String,
+        /// Concurrent readers.
+        #[arg(long, default_value_t = 1)]
+        clients: u64,
+        /// Whole-stream reads per reader.
+        #[arg(long, default_value_t = 10)]
+        requests: u64,
+    },
+    /// Reads all of `$all` once (the catch-up rate).
+    ReadAll,
+    /// Delivery latency: appends at a set rate while a subscriber measures from each append's
+    /// acknowledgement to its receipt.
+    Subscribe {
+        /// Events appended per second.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// How long to append, in seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
+}
+
+pub async fn run(command: BenchCommand, target: BenchTarget) -> Result<(), String> {
+    let report = match command {
+        BenchCommand::Write {
+            clients,
+            connections,
+            requests,
+            streams,
+            size,
+            batch,
+            expected,
+        } => {
+            let load = WriteLoad {
+                clients,
+                connections,
+                requests,
+                streams,
+                size,
+                batch,
+                expected,
+            };
+            write(&target, load).await?
+        }
+        BenchCommand::Read {
+            stream,
+            clients,
+            requests,
+        } => read(&target, &stream, clients, requests).await?,
+        BenchCommand::ReadAll => read_all(&target).await?,
+        BenchCommand::Subscribe { rate, duration } => subscribe(&target, rate, duration).await?,
+    };
+    if target.json {
+        println!("{}", report.json);
+    } else {
+        print!("{}", report.text);
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err("the benchmark's self-check failed: see above".into())
+    }
+}
+
+struct Report {
+    ok: bool,
+    text: String,
+    json: Value,
+}
+
+async fn connect(target: &BenchTarget) -> Result<Client, String> {
+    let options = ClientOptions {
+        store_id: target.store.clone(),
+        ..ClientOptions::default()
+    };
+    Client::connect_with(&target.server, options)
+        .await
+        .map_err(|error| error.to_string())
+}
+
+fn progress(target: &BenchTarget, total: u64, what: &str) -> ProgressBar {
+    if target.json {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    let style = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style.progress_chars("=> "));
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn percentiles(histogram: &Histogram<u64>) -> Value {
+    json!({
+        "p50_us": histogram.value_at_quantile(0.5),
+        "p95_us": histogram.value_at_quantile(0.95),
+        "p99_us": histogram.value_at_quantile(0.99),
+        "p999_us": histogram.value_at_quantile(0.999),
+        "max_us": histogram.max(),
+    })
+}
+
+fn latency_line(histogram: &Histogram<u64>) -> String {
+    format!(
+        "latency     p50 {} us  p95 {} us  p99 {} us  p99.9 {} us  max {} us\n",
+        histogram.value_at_quantile(0.5),
+        histogram.value_at_quantile(0.95),
+        histogram.value_at_quantile(0.99),
+        histogram.value_at_quantile(0.999),
+        histogram.max()
+    )
+}
+
+fn new_histogram() -> Result<Histogram<u64>, String> {
+    Histogram::new(3).map_err(|error| error.to_string())
+}
+
+struct WriteLoad {
+    clients: u64,
+    connections: u64,
+    requests: u64,
+    streams: u64,
+    size: usize,
+    batch: u64,
+    expected: BenchExpected,
+}
+
+/// What one write client did.
+struct ClientResult {
+    latencies: Histogram<u64>,
+    positions: Vec<u64>,
+    /// (stream, first event number) of each acknowledged append, for the exact-version check.
+    versions: Vec<(String, u64)>,
+    errors: Vec<String>,
+}
+
+async fn write(target: &BenchTarget, load: WriteLoad) -> Result<Report, String> {
+    let connections = load.connections.max(1);
+    let mut pool = Vec::new();
+    for _ in 0..connections {
+        pool.push(connect(target).await?);
+    }
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let bar = progress(target, load.clients * load.requests, "appends");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..load.clients {
+        let client = pool[(task % connections) as usize].clone();
+        let bar = bar.clone();
+        let run_id = run_id.clone();
+        let (requests, streams, size, batch, expected) = (
+            load.requests,
+            load.streams,
+            load.size,
+            load.batch,
+            load.expected,
+        );
+        let clients = load.clients;
+        tasks.push(tokio::spawn(async move {
+            let mut result = ClientResult {
+                latencies: Histogram::new(3).expect("3 significant digits is valid"),
+                positions: Vec::new(),
+                versions: Vec::new(),
+                errors: Vec::new(),
+            };
+            let mut next_version: std::collections::HashMap<String, u64> = Default::default();
+            for i in 0..requests {
+                let stream = match expected {
+                    // Streams of its own, so exact versions never race with other clients.
+                    BenchExpected::Exact => {
+                        format!("bench-{run_id}-c{task}-{}", i % streams.max(1))
+                    }
+                    BenchExpected::Any => {
+                        format!("bench-{run_id}-{}", (task + i * clients) % streams.max(1))
+                    }
+                };
+                let expected_version = match expected {
+                    BenchExpected::Any => ExpectedVersion::Any,
+                    BenchExpected::Exact => match next_version.get(&stream) {
+                        None => ExpectedVersion::NoStream,
+                        Some(next) => ExpectedVersion::Exact(next - 1),
+                    },
+                };
+                let events = (0..batch)
+                    .map(|_| NewEvent::new("Bench", vec![0xAB; size]))
+                    .collect();
+                let sent = Instant::now();
+                match client.append(&stream, expected_version, events).await {
+                    Ok(appended) => {
+                        let _ = result.latencies.record(sent.elapsed().as_micros() as u64);
+                        result.positions.push(appended.first_position);
+                        result
+                            .versions
+                            .push((stream.clone(), appended.first_event_number));
+                        next_version.insert(stream, appended.last_event_number + 1);
+                    }
+                    Err(error) => result.errors.push(error.to_string()),
+                }
+                bar.inc(1);
+            }
+            result
+        }));
+    }
+    let mut latencies = new_histogram()?;
+    let mut positions = Vec::new();
+    let mut versions = Vec::new();
+    let mut errors = Vec::new();
+    for task in tasks {
+        let result = task.await.map_err(|error| error.to_string())?;
+        latencies
+            .add(&result.latencies)
+            .map_err(|error| error.to_string())?;
+        positions.extend(result.positions);
+        versions.extend(result.versions);
+        errors.extend(result.errors);
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    let appends = positions.len() as u64;
+    positions.sort_unstable();
+    positions.dedup();
+    let distinct_positions = positions.len() as u64 == appends;
+    // Every acknowledged (stream, version) is distinct, and per stream they count up by batch.
+    versions.sort();
+    let distinct_versions = versions.windows(2).all(|w| w[0] != w[1]);
+    let contiguous = load.expected == BenchExpected::Any
+        || versions.chunk_by(|a, b| a.0 == b.0).all(|run| {
+            run.iter()
+                .enumerate()
+                .all(|(i, (_, v))| *v == i as u64 * load.batch)
+        });
+    let ok = errors.is_empty() && distinct_positions && distinct_versions && contiguous;
+    let appends_per_second = appends as f64 / elapsed;
+    let events_per_second = (appends * load.batch) as f64 / elapsed;
+    let mut text = format!(
+        "clients {} connections {connections} streams {} size {} B batch {} expected {:?}\n",
+        load.clients, load.streams, load.size, load.batch, load.expected
+    );
+    text += &format!("appends     {appends} in {elapsed:.2} s: {appends_per_second:.0}/s\n");
+    text += &format!("events/s    {events_per_second:.0}\n");
+    text += &latency_line(&latencies);
+    text += &format!(
+        "self-check  {} (errors {}, distinct positions {distinct_positions}, distinct versions {distinct_versions}, contiguous versions {contiguous})\n",
+        if ok { "ok" } else { "FAILED" },
+        errors.len()
+    );
+    if let Some(first) = errors.first() {
+        text += &format!("first error {first}\n");
+    }
+    let json = json!({
+        "bench": "write",
+        "parameters": {
+            "clients": load.clients, "connections": connections, "requests": load.requests,
+            "streams": load.streams, "size": load.size, "batch": load.batch,
+            "expected": format!("{:?}", load.expected).to_lowercase(),
+            "server": target.server, "store": target.store,
+        },
+        "appends": appends,
+        "seconds": elapsed,
+        "appends_per_second": appends_per_second,
+        "events_per_second": events_per_second,
+        "latency": percentiles(&latencies),
+        "errors": errors.len(),
+        "self_check": { "ok": ok, "distinct_positions": distinct_positions, "distinct_versions": distinct_versions, "contiguous_versions": contiguous },
+    });
+    Ok(Report { ok, text, json })
+}
+
+async fn read(
+    target: &BenchTarget,
+    stream: &str,
+    clients: u64,
+    requests: u64,
+) -> Result<Report, String> {
+    let client = connect(target).await?;
+    let version = client
+        .stream_version(stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    if version < 0 {
+        return Err(format!("stream {stream} has no events to read"));
+    }
+    let length = version as u64 + 1;
+    let bar = progress(target, clients * requests, "stream reads");
+    let events_read = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let client = client.clone();
+        let stream = stream.to_string();
+        let bar = bar.clone();
+        let events_read = events_read.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Histogram::<u64>::new(3).expect("valid");
+            let mut ok = true;
+            for _ in 0..requests {
+                let sent = Instant::now();
+                let mut events = std::pin::pin!(client.read_stream(
+                    &stream,
+                    ReadFrom::Start,
+                    Some(length),
+                    Direction::Forward
+                ));
+                let mut expected = 0;
+                while let Some(event) = events.next().await {
+                    match event {
+                        Ok(event) if event.event_number == expected => expected += 1,
+                        _ => ok = false,
+                    }
+                }
+                ok &= expected == length;
+                events_read.fetch_add(expected, Ordering::Relaxed);
+                let _ = latencies.record(sent.elapsed().as_micros() as u64);
+                bar.inc(1);
+            }
+            (latencies, ok)
+        }));
+    }
+    let mut latencies = new_histogram()?;
+    let mut ok = true;
+    for task in tasks {
+        let (histogram, task_ok) = task.await.map_err(|error| error.to_string())?;
+        latencies
+            .add(&histogram)
+            .map_err(|error| error.to_string())?;
+        ok &= task_ok;
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    let events = events_read.load(Ordering::Relaxed);
+    let rate = events as f64 / elapsed;
+    let mut text =
+        format!("stream {stream} ({length} events), {clients} readers x {requests} reads\n");
+    text += &format!("events/s    {rate:.0} ({events} events in {elapsed:.2} s)\n");
+    text += &latency_line(&latencies).replace("latency ", "per read");
+    text += &format!(
+        "self-check  {}\n",
+        if ok {
+            "ok (every read returned the whole stream in order)"
+        } else {
+            "FAILED"
+        }
+    );
+    let json = json!({
+        "bench": "read",
+        "parameters": { "stream": stream, "clients": clients, "requests": requests, "server": target.server, "store": target.store },
+        "events": events, "seconds": elapsed, "events_per_second": rate,
+        "latency_per_read": percentiles(&latencies),
+        "self_check": { "ok": ok },
+    });
+    Ok(Report { ok, text, json })
+}
+
+async fn read_all(target: &BenchTarget) -> Result<Report, String> {
+    let client = connect(target).await?;
+    let bar = progress(target, 0, "events");
+    let started = Instant::now();
+    let mut events =
+        std::pin::pin!(client.read_all(ReadFrom::Start, None, Direction::Forward, None, &[]));
+    let mut count = 0u64;
+    let mut gapless = true;
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|error| error.to_string())?;
+        gapless &= event.position == count;
+        count += 1;
+        if count % 10_000 == 0 {
+            bar.set_position(count);
+        }
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    let rate = count as f64 / elapsed;
+    let text = format!(
+        "read-all    {count} events in {elapsed:.2} s: {rate:.0} events/s\nself-check  {}\n",
+        if gapless {
+            "ok (positions gapless from 0)"
+        } else {
+            "FAILED"
+        }
+    );
+    let json = json!({
+        "bench": "read-all",
+        "parameters": { "server": target.server, "store": target.store },
+        "events": count, "seconds": elapsed, "events_per_second": rate,
+        "self_check": { "ok": gapless },
+    });
+    Ok(Report {
+        ok: gapless,
+        text,
+        json,
+    })
+}
+
+async fn subscribe(target: &BenchTarget, rate: u64, duration: u64) -> Result<Report, String> {
+    let client = connect(target).await?;
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let stream_prefix = format!("bench-sub-{run_id}-");
+    let mut subscription =
+        std::pin::pin!(client.subscribe(Selector::ByStream("$all".into()), StartFrom::End));
+    // Wait for the switch to live before appending, so every measured event is a live one.
+    loop {
+        match subscription.next().await {
+            Some(Ok(SubscriptionMessage::CaughtUp)) => break,
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => return Err(error.to_string()),
+            None => return Err("the subscription ended".into()),
+        }
+    }
+    let total = rate * duration;
+    let writers = 16u64.min(total.max(1));
+    let acks: Arc<std::sync::Mutex<std::collections::HashMap<uuid::Uuid, Instant>>> =
+        Default::default();
+    let bar = progress(target, total, "delivered");
+    let mut tasks = Vec::new();
+    for writer in 0..writers {
+        let client = client.clone();
+        let acks = acks.clone();
+        let stream = format!("{stream_prefix}{writer}");
+        tasks.push(tokio::spawn(async move {
+            let per_writer = total / writers;
+            let mut ticker =
+                tokio::time::interval(Duration::from_secs_f64(writers as f64 / rate.max(1) as f64));
+            let mut failures = 0u64;
+            for _ in 0..per_writer {
+                ticker.tick().await;
+                let id = uuid::Uuid::now_v7();
+                match client
+                    .append(
+                        &stream,
+                        ExpectedVersion::Any,
+                        vec![NewEvent::new("Bench", vec![0xAB; 256]).with_id(id)],
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        if let Ok(mut acks) = acks.lock() {
+                            acks.insert(id, Instant::now());
+                        }
+                    }
+                    Err(_) => failures += 1,
+                }
+            }
+            failures
+        }));
+    }
+    let expected = (total / writers) * writers;
+    let mut receipts = Vec::with_capacity(expected as usize);
+    let mut last_position = None;
+    let mut in_order = true;
+    while (receipts.len() as u64) < expected {
+        let message = tokio::time::timeout(Duration::from_secs(30), subscription.next())
+            .await
+            .map_err(|_| "no delivery for 30 s".to_string())?;
+        match message {
+            Some(Ok(SubscriptionMessage::Event(event))) => {
+                in_order &= last_position.is_none_or(|last| event.position == last + 1);
+                last_position = Some(event.position);
+                if event.stream_id.starts_with(&stream_prefix) {
+                    receipts.push((event.event_id, Instant::now()));
+                    bar.inc(1);
+                }
+            }
+            Some(Ok(SubscriptionMessage::CaughtUp)) => {}
+            Some(Err(error)) => return Err(error.to_string()),
+            None => return Err("the subscription ended".into()),
+        }
+    }
+    let mut failures = 0;
+    for task in tasks {
+        failures += task.await.map_err(|error| error.to_string())?;
+    }
+    bar.finish_and_clear();
+    let mut latencies = new_histogram()?;
+    let acks = acks
+        .lock()
+        .map_err(|_| "ack times unreadable".to_string())?;
+    let mut matched = 0u64;
+    for (id, receipt) in &receipts {
+        if let Some(ack) = acks.get(id) {
+            matched += 1;
+            let _ = latencies.record(receipt.saturating_duration_since(*ack).as_micros() as u64);
+        }
+    }
+    let ok = failures == 0 && in_order && matched == expected;
+    let mut text = format!(
+        "{expected} events appended at {rate}/s by {writers} writers, received by one $all subscriber\n"
+    );
+    text += &latency_line(&latencies).replace("latency ", "ack->recv");
+    text += &format!(
+        "self-check  {} (append failures {failures}, positions consecutive {in_order}, every event received {})\n",
+        if ok { "ok" } else { "FAILED" },
+        matched == expected
+    );
+    let json = json!({
+        "bench": "subscribe",
+        "parameters": { "rate": rate, "duration": duration, "writers": writers, "server": target.server, "store": target.store },
+        "events": expected,
+        "latency_ack_to_receipt": percentiles(&latencies),
+        "self_check": { "ok": ok, "append_failures": failures, "in_order": in_order },
+    });
+    Ok(Report { ok, text, json })
+}

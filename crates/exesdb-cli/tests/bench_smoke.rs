@@ -1,0 +1,92 @@
+//! `exesdb bench` runs briefly against a real server so it cannot rot: every mode finishes,
+//! prints one JSON object with `--json`, and passes its own self-check.
+
+mod common;
+
+use std::process::Command;
+
+use common::Server;
+use serde_json::Value;
+
+fn bench(server: &Server, args: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_exesdb"))
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--server", &server.url()])
+        .output()
+        .expect("exesdb bench runs");
+    let stdout = String::from_utf8(output.stdout).expect("utf-8");
+    assert!(
+        output.status.success(),
+        "bench {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["self_check"]["ok"], true, "{report}");
+    report
+}
+
+#[test]
+fn every_bench_mode_runs_and_checks_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+
+    let any = bench(
+        &server,
+        &[
+            "write",
+            "--clients",
+            "4",
+            "--requests",
+            "25",
+            "--streams",
+            "10",
+        ],
+    );
+    assert_eq!(any["appends"], 100);
+    assert!(any["latency"]["p99_us"].as_u64().is_some());
+    let exact = bench(
+        &server,
+        &[
+            "write",
+            "--clients",
+            "4",
+            "--requests",
+            "10",
+            "--streams",
+            "2",
+            "--batch",
+            "3",
+            "--expected",
+            "exact",
+        ],
+    );
+    assert_eq!(exact["appends"], 40);
+    assert_eq!(exact["self_check"]["contiguous_versions"], true);
+
+    let status = Command::new(env!("CARGO_BIN_EXE_exesdb"))
+        .args([
+            "append",
+            "readme",
+            "--type",
+            "E",
+            "--data",
+            "{}",
+            "--server",
+            &server.url(),
+        ])
+        .output()
+        .expect("append runs");
+    assert!(status.status.success());
+    let read = bench(&server, &["read", "--stream", "readme", "--requests", "3"]);
+    assert_eq!(read["events"], 3);
+
+    let all = bench(&server, &["read-all"]);
+    assert_eq!(all["events"], 100 + 40 * 3 + 1);
+
+    let subscribe = bench(&server, &["subscribe", "--rate", "200", "--duration", "1"]);
+    assert_eq!(
+        subscribe["events"], 192,
+        "200 events over 16 writers: 12 each"
+    );
+}
