@@ -432,7 +432,7 @@ async fn read_all(target: &BenchTarget) -> Result<Report, String> {
         let event = event.map_err(|error| error.to_string())?;
         gapless &= event.position == count;
         count += 1;
-        if count % 10_000 == 0 {
+        if count.is_multiple_of(10_000) {
             bar.set_position(count);
         }
     }

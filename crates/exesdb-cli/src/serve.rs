@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::ValueEnum;
 use exesdb::{MetricsRenderer, Node, SystemConfig};
@@ -260,13 +261,38 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
                 tracing::warn!(%error, "cannot set TCP_NODELAY");
             }
         });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    // On a signal: end subscription streams (they would hold their connections open), then
+    // let in-flight calls finish; connections still open after the shutdown timeout are cut.
+    let patience = Duration::from_millis(settings_shutdown_timeout_ms(&node));
+    let (signalled, mut signal_seen) = tokio::sync::watch::channel(false);
+    let shutdown_node = node.clone();
+    let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        shutdown_node.end_subscriptions();
+        let _ = signalled.send(true);
+    });
+    let cut_off = async move {
+        let _ = signal_seen.wait_for(|seen| *seen).await;
+        tokio::time::sleep(patience).await;
+    };
+    let served = tokio::select! {
+        served = serving => served,
+        () = cut_off => {
+            tracing::warn!("connections still open after the shutdown timeout; closing them");
+            Ok(())
+        }
+    };
     tracing::info!("connections closed; stopping the stores");
     node.stop().await;
     tracing::info!("exesdb stopped");
     served.map_err(|error| format!("the HTTP server failed: {error}"))
+}
+
+fn settings_shutdown_timeout_ms(node: &Node) -> u64 {
+    node.store_ids()
+        .first()
+        .and_then(|id| node.system(id).ok())
+        .map_or(10_000, |system| system.config().shutdown_timeout_ms)
 }
 
 fn install_metrics() -> Result<MetricsRenderer, String> {

@@ -167,3 +167,44 @@ fn the_cli_prints_events_then_caught_up_then_live_events() {
         "resumes after what the first consumer acknowledged"
     );
 }
+
+#[test]
+fn sigterm_ends_open_subscriptions_and_the_server_exits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let exesdb = env!("CARGO_BIN_EXE_exesdb");
+    let mut subscribers: Vec<_> = [
+        vec!["subscribe", "$all", "--json"],
+        vec!["subscribe", "$all", "--name", "held", "--json"],
+    ]
+    .into_iter()
+    .map(|args| {
+        Command::new(exesdb)
+            .args(args)
+            .args(["--server", &server.url()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("subscribe runs")
+    })
+    .collect();
+    // The transient one says it is live; the persistent one has joined once its name is listed.
+    let mut lines = BufReader::new(subscribers[0].stdout.take().expect("stdout")).lines();
+    assert_eq!(
+        lines.next().expect("a line").expect("readable"),
+        r#"{"caught_up":true}"#
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let exit = server.terminate();
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "the server stops although subscriptions were open"
+    );
+    for subscriber in &mut subscribers {
+        let status = subscriber
+            .wait()
+            .expect("the subscriber ends with its stream");
+        assert!(status.code().is_some(), "ended by itself, not by a signal");
+    }
+}

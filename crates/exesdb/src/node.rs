@@ -157,6 +157,14 @@ impl Node {
         Ok(grpc.merge(http))
     }
 
+    /// Ends every subscription stream on the node, so that long-lived calls finish and the
+    /// server can close its connections (the first step of a shutdown).
+    pub fn end_subscriptions(&self) {
+        for system in self.systems.values() {
+            system.end_subscriptions();
+        }
+    }
+
     /// Stops every store (see [`System::stop`]); calls still arriving answer `unavailable`.
     pub async fn stop(&self) {
         for system in self.systems.values() {

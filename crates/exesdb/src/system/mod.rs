@@ -570,9 +570,16 @@ impl StoreApi {
         if let Some(old) = self.context.persistent.remove(&name) {
             old.close();
         }
-        self.context
-            .persistent
-            .insert(Arc::new(PersistentGroup::new(definition, checkpoint)));
+        let group = Arc::new(PersistentGroup::new(definition, checkpoint));
+        self.context.persistent.insert(group.clone());
+        self.start_steps(&group, name).await
+    }
+
+    /// Queues a step of a group's emitter unless one is queued already.
+    async fn start_steps(&self, group: &PersistentGroup, name: String) -> Result<(), StoreError> {
+        if !group.claim_step() {
+            return Ok(());
+        }
         self.pools
             .emitters
             .dispatch(&persistent_key(name), EmitterRequest::Pump)
@@ -604,10 +611,7 @@ impl StoreApi {
             self.context.clone(),
             self.context.config.limits.subscriber_buffer_events_max,
         );
-        self.pools
-            .emitters
-            .dispatch(&persistent_key(name.to_string()), EmitterRequest::Pump)
-            .await?;
+        self.start_steps(&group, name.to_string()).await?;
         Ok(consumer)
     }
 
@@ -664,6 +668,17 @@ impl StoreApi {
         self.subscribe(topic_selector(name), StartFrom::End).await
     }
 
+    /// Ends every subscription's stream, transient and persistent (their consumers see the
+    /// end); stored definitions and checkpoints stay. Used when the store stops.
+    pub fn end_subscriptions(&self) {
+        self.subscriptions.clear();
+        for name in self.context.persistent.names() {
+            if let Some(group) = self.context.persistent.get(&name) {
+                group.close();
+            }
+        }
+    }
+
     /// Subscriptions running now.
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()
@@ -701,8 +716,7 @@ impl System {
     /// calls then answer `unavailable`.
     pub async fn shutdown(&self) {
         self.accepting.store(false, Ordering::Release);
-        // Subscribers see the end of their streams; emitters find nothing left to do.
-        self.subscriptions.clear();
+        self.end_subscriptions();
         let all =
             u32::try_from(self.context.config.commit.requests_in_flight_max).unwrap_or(u32::MAX);
         let timeout = Duration::from_millis(self.context.config.shutdown_timeout_ms);

@@ -527,13 +527,17 @@ fn serve_consumer(
                 delivery = consumer.next() => {
                     let Some(first) = delivery else { return };
                     let mut response = wire::ConsumeResponse::default();
+                    let mut bytes = 0;
                     let mut next = Some(first);
                     while let Some(delivery) = next.take() {
+                        bytes += delivery.event.data.len() + delivery.event.metadata.len() + 128;
                         response.deliveries.push(wire::Delivery {
                             event: Some(convert::recorded_event(delivery.event)),
                             attempt: delivery.attempt,
                         });
-                        if response.deliveries.len() < MESSAGE_ITEMS_MAX {
+                        if response.deliveries.len() < MESSAGE_ITEMS_MAX
+                            && bytes < MESSAGE_BYTES_TARGET
+                        {
                             next = consumer.try_next();
                         }
                     }

@@ -240,12 +240,15 @@ impl GroupState {
 pub struct PersistentGroup {
     pub definition: SubscriptionDefinition,
     state: Mutex<GroupState>,
+    /// Whether a step of its emitter is queued: at most one chain of steps runs per group.
+    step_queued: std::sync::atomic::AtomicBool,
 }
 
 impl PersistentGroup {
     pub(crate) fn new(definition: SubscriptionDefinition, checkpoint: u64) -> Self {
         PersistentGroup {
             definition,
+            step_queued: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(GroupState {
                 read_position: checkpoint,
                 stored_checkpoint: checkpoint,
@@ -282,6 +285,19 @@ impl PersistentGroup {
             id,
             receiver,
         }
+    }
+
+    /// Claims the right to queue the next step; false if one is queued already.
+    pub(crate) fn claim_step(&self) -> bool {
+        !self
+            .step_queued
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Marks the queued step as taken (called as the step starts).
+    pub(crate) fn step_taken(&self) {
+        self.step_queued
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// The next position the emitter reads from storage.

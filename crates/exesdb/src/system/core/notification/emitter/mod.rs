@@ -44,7 +44,12 @@ impl KeyedWork for EmitterWork {
 
     async fn handle(&self, key: &str, _request: EmitterRequest) {
         if let Some(name) = key.strip_prefix(PERSISTENT_PREFIX) {
-            if self.step_persistent(name).await {
+            let Some(group) = self.context.persistent.get(name) else {
+                return; // removed: no next step, and the emitter idles out
+            };
+            group.step_taken();
+            self.step_persistent(name).await;
+            if group.claim_step() {
                 self.schedule(key).await;
             }
             return;
@@ -102,10 +107,10 @@ impl EmitterWork {
         }
     }
 
-    /// One step of a persistent subscription's emitter; false once it was removed.
-    async fn step_persistent(&self, name: &str) -> bool {
+    /// One step of a persistent subscription's emitter.
+    async fn step_persistent(&self, name: &str) {
         let Some(group) = self.context.persistent.get(name) else {
-            return false;
+            return;
         };
         let from = group.read_position();
         match group.step(&self.context, self.scan_events_max).await {
@@ -123,7 +128,6 @@ impl EmitterWork {
                 tokio::time::sleep(STEP_WAIT).await;
             }
         }
-        true
     }
 
     /// One bounded step; false when the subscriber is gone.
@@ -137,7 +141,7 @@ impl EmitterWork {
             self.context
                 .storage
                 .scan_log(from, committed, self.scan_events_max, |event| {
-                    subscription.selector.matches(event)
+                    subscription.wants(event)
                 });
         let (events, next) = match scanned {
             Ok(scanned) => scanned,
