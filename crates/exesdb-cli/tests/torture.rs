@@ -119,7 +119,7 @@ async fn subscriber(client: Client) {
 }
 
 /// Checks the store against the ledger; returns the number of events stored.
-async fn verify(client: &Client, ledger: &Ledger) -> u64 {
+async fn verify(client: &Client, acknowledged: &[Acked]) -> u64 {
     let mut all =
         std::pin::pin!(client.read_all(ReadFrom::Start, None, Direction::Forward, None, &[]));
     let mut stored = Vec::new();
@@ -154,7 +154,7 @@ async fn verify(client: &Client, ledger: &Ledger) -> u64 {
             );
         }
     }
-    for acked in &ledger.appends {
+    for acked in acknowledged {
         for (offset, id) in acked.ids.iter().enumerate() {
             let event = &stored[(acked.first_position + offset as u64) as usize];
             assert_eq!(event.event_id, *id, "acknowledged event lost or moved");
@@ -196,7 +196,8 @@ async fn crash_torture() {
     for cycle in 0..cycles {
         let mut server = Server::start(dir.path());
         let client = server.client().await;
-        let stored = verify(&client, &ledger.lock().expect("ledger")).await;
+        let acknowledged = ledger.lock().expect("ledger").appends.clone();
+        let stored = verify(&client, &acknowledged).await;
         let mut tasks = Vec::new();
         for writer_id in 0..4 {
             tasks.push(tokio::spawn(writer(
@@ -226,7 +227,8 @@ async fn crash_torture() {
     // event not consumed yet, so that each was delivered at least once.
     let server = Server::start(dir.path());
     let client = server.client().await;
-    let total = verify(&client, &ledger.lock().expect("ledger")).await;
+    let acknowledged = ledger.lock().expect("ledger").appends.clone();
+    let total = verify(&client, &acknowledged).await;
     assert!(total > 0, "the load wrote something");
     let mut consumer = client.consume("torture").await.expect("consume");
     loop {
