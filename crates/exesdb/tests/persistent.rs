@@ -117,7 +117,8 @@ async fn timeouts_and_nacks_redeliver_park_or_skip() {
     let store = start().await;
     let s = &store.system;
     let mut settings = definition("jobs");
-    settings.ack_timeout_ms = 300;
+    // Long enough that a slow machine answers the nacks in time, short enough to wait out.
+    settings.ack_timeout_ms = 1_000;
     settings.max_retries = 3;
     s.save_subscription(settings).await.expect("save");
     let mut consumer = s.connect_subscription("jobs").await.expect("connect");

@@ -443,6 +443,13 @@ impl PersistentGroup {
         }
     }
 
+    fn acknowledge(&self, position: u64) {
+        let mut state = self.lock();
+        if state.in_flight.remove(&position).is_none() {
+            state.redeliver.remove(&position);
+        }
+    }
+
     fn settle(&self, consumer: u64, position: u64) -> Option<InFlight> {
         let mut state = self.lock();
         match state.in_flight.get(&position) {
@@ -505,9 +512,10 @@ impl PersistentConsumer {
         self.receiver.try_recv().ok()
     }
 
-    /// Marks an event done.
+    /// Marks an event done. A late ack counts too: an event whose ack timeout passed, queued
+    /// for redelivery or already redelivered to another consumer, is done all the same.
     pub fn ack(&self, position: u64) {
-        self.group.settle(self.id, position);
+        self.group.acknowledge(position);
     }
 
     /// Reports an event this consumer could not handle. A retry past `max_retries`
