@@ -54,7 +54,25 @@ async fn consume_ack_and_resume_after_a_server_restart() {
         }
     }
     consumer.nack(7, NackAction::Park).await.expect("park");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // 0..=6 acknowledged, 7 parked, 8 and 9 still out: the checkpoint settles at 8.
+    for _ in 0..1_000 {
+        if client
+            .subscription_checkpoint("audit")
+            .await
+            .expect("checkpoint")
+            == Some(8)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        client
+            .subscription_checkpoint("audit")
+            .await
+            .expect("checkpoint"),
+        Some(8)
+    );
     drop(consumer);
     let parked = client.parked_events("audit").await.expect("parked");
     assert_eq!(

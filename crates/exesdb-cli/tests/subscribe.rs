@@ -124,7 +124,30 @@ fn the_cli_prints_events_then_caught_up_then_live_events() {
 
     // A persistent subscription by name: what was printed (and so acknowledged) does not
     // come again for the next consumer of the same name.
-    let persistent = |count: usize| -> Vec<Value> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = server.url();
+    let checkpoint_reaches = |position: u64| {
+        runtime.block_on(async {
+            let client = exesdb_client::Client::connect(&url).await.expect("connect");
+            for _ in 0..1_000 {
+                if client
+                    .subscription_checkpoint("printer")
+                    .await
+                    .ok()
+                    .flatten()
+                    == Some(position)
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the checkpoint of printer did not reach {position}");
+        })
+    };
+    let persistent = |count: usize, checkpoint: u64| -> Vec<Value> {
         let mut child = Command::new(exesdb)
             .args([
                 "subscribe",
@@ -146,13 +169,13 @@ fn the_cli_prints_events_then_caught_up_then_live_events() {
                     .expect("JSON")
             })
             .collect();
-        // Let the acknowledgements and the checkpoint reach the server before leaving.
-        std::thread::sleep(Duration::from_millis(400));
+        // Leave only once what was printed (and acknowledged) is in the stored checkpoint.
+        checkpoint_reaches(checkpoint);
         let _ = child.kill();
         let _ = child.wait();
         got
     };
-    let first: Vec<Value> = persistent(3);
+    let first: Vec<Value> = persistent(3, 3);
     assert_eq!(
         first
             .iter()
@@ -161,7 +184,7 @@ fn the_cli_prints_events_then_caught_up_then_live_events() {
         vec![json!(0), json!(1), json!(2)]
     );
     append(r#"{"n":4}"#);
-    let second = persistent(1);
+    let second = persistent(1, 4);
     assert_eq!(
         second[0]["position"], 3,
         "resumes after what the first consumer acknowledged"

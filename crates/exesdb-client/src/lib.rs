@@ -518,6 +518,37 @@ impl Client {
             .collect::<Result<_, _>>()?)
     }
 
+    /// A persistent subscription's stored checkpoint (every event before it is done), `None`
+    /// before the first one is stored; `invalid_argument` for an unknown name.
+    ///
+    /// ```no_run
+    /// # use exesdb_client::*;
+    /// # async fn demo(client: Client) -> Result<(), ClientError> {
+    /// let done_up_to = client.subscription_checkpoint("billing").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscription_checkpoint(&self, name: &str) -> Result<Option<u64>, ClientError> {
+        let request = wire::ListSubscriptionsRequest {
+            store_id: self.store_id.clone(),
+        };
+        let response = self
+            .events
+            .clone()
+            .list_subscriptions(self.request(request))
+            .await?;
+        response
+            .into_inner()
+            .subscriptions
+            .into_iter()
+            .find(|definition| definition.name == name)
+            .map(|definition| definition.checkpoint)
+            .ok_or_else(|| {
+                ClientError::Store(StoreError::InvalidArgument(format!(
+                    "no persistent subscription named {name:?}"
+                )))
+            })
+    }
+
     /// A persistent subscription's parked events.
     ///
     /// ```no_run

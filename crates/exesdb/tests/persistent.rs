@@ -71,8 +71,25 @@ async fn acks_move_a_stored_checkpoint_and_delivery_resumes_after_a_restart() {
             consumer.ack(expected);
         }
     }
-    // Give the emitter time to store the checkpoint (at most every 100 ms).
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The emitter stores the checkpoint within a step or two (at most every 100 ms).
+    for _ in 0..1_000 {
+        if store
+            .system
+            .subscription_checkpoint("billing")
+            .expect("read")
+            == Some(6)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        store
+            .system
+            .subscription_checkpoint("billing")
+            .expect("read"),
+        Some(6)
+    );
     drop(consumer);
     let store = store.restart().await;
     let mut consumer = store
@@ -380,7 +397,20 @@ async fn at_least_once(seed: u64, events: u64, consumers: usize) {
             _ => {} // no answer: the ack timeout redelivers it
         }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the stored checkpoint reaches the first event not acknowledged (the emitter
+    // stores it within a step or two).
+    let first_open_now = (0..events).find(|p| !acked.contains(p)).unwrap_or(events);
+    for _ in 0..1_000 {
+        // None: nothing stored yet, which means the start (0).
+        let stored = store
+            .system
+            .subscription_checkpoint("random")
+            .expect("read");
+        if stored.unwrap_or(0) == first_open_now {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     drop(group);
     let store = store.restart().await;
     let first_open = (0..events).find(|p| !acked.contains(p));
@@ -391,7 +421,16 @@ async fn at_least_once(seed: u64, events: u64, consumers: usize) {
         .expect("reconnect");
     let mut missing: BTreeSet<u64> = (0..events).filter(|p| !acked.contains(p)).collect();
     while !missing.is_empty() {
-        let delivery = next(&mut consumer).await;
+        let Ok(Some(delivery)) =
+            tokio::time::timeout(Duration::from_secs(10), consumer.next()).await
+        else {
+            panic!(
+                "never delivered after the restart: {missing:?} (stored checkpoint {:?}, first \
+                 not acknowledged {first_open:?}, parked {:?})",
+                store.system.subscription_checkpoint("random"),
+                store.system.parked_events("random").map(|p| p.len())
+            );
+        };
         let position = delivery.event.position;
         if let Some(first_open) = first_open {
             assert!(

@@ -602,6 +602,12 @@ impl StoreApi {
         self.context.subscription_processes.list().await
     }
 
+    /// A persistent subscription's stored checkpoint: every event before it is done (`None`
+    /// until the first checkpoint is stored).
+    pub fn subscription_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.context.storage.checkpoint(name)?)
+    }
+
     /// Joins a persistent subscription's consumer group.
     pub async fn connect_subscription(&self, name: &str) -> Result<PersistentConsumer, StoreError> {
         let group = self.context.persistent.get(name).ok_or_else(|| {

@@ -358,17 +358,16 @@ impl EventStore for GrpcServices {
         let gateway = self.gateway(&request.store_id)?;
         let result = gateway
             .call("$subscriptions", |api| async move {
-                api.list_subscriptions().await
+                let mut listed = Vec::new();
+                for definition in api.list_subscriptions().await? {
+                    let mut wire_definition = convert::definition_to_wire(&definition);
+                    wire_definition.checkpoint = api.subscription_checkpoint(&definition.name)?;
+                    listed.push(wire_definition);
+                }
+                Ok(listed)
             })
             .await;
-        reply(result.map(|definitions| {
-            wire::ListSubscriptionsResponse {
-                subscriptions: definitions
-                    .iter()
-                    .map(convert::definition_to_wire)
-                    .collect(),
-            }
-        }))
+        reply(result.map(|subscriptions| wire::ListSubscriptionsResponse { subscriptions }))
     }
 
     async fn list_parked(

@@ -400,6 +400,7 @@ pub fn definition_to_wire(definition: &SubscriptionDefinition) -> wire::Subscrip
         ack_timeout_ms: definition.ack_timeout_ms,
         max_retries: definition.max_retries,
         max_in_flight: definition.max_in_flight as u64,
+        checkpoint: None,
     }
 }
 

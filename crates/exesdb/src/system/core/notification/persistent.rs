@@ -242,6 +242,9 @@ pub struct PersistentGroup {
     state: Mutex<GroupState>,
     /// Whether a step of its emitter is queued: at most one chain of steps runs per group.
     step_queued: std::sync::atomic::AtomicBool,
+    /// Set when the group is removed, replaced or the store stops: no more steps and, above
+    /// all, no more checkpoints (its in-memory state no longer says what is done).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl PersistentGroup {
@@ -249,6 +252,7 @@ impl PersistentGroup {
         PersistentGroup {
             definition,
             step_queued: std::sync::atomic::AtomicBool::new(false),
+            closed: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(GroupState {
                 read_position: checkpoint,
                 stored_checkpoint: checkpoint,
@@ -322,6 +326,9 @@ impl PersistentGroup {
         context: &StoreContext,
         scan_max: u64,
     ) -> Result<bool, StoreError> {
+        if self.is_closed() {
+            return Ok(false);
+        }
         let definition = &self.definition;
         let mut to_park = Vec::new();
         let mut progressed = false;
@@ -336,15 +343,18 @@ impl PersistentGroup {
                 .map(|(position, _)| *position)
                 .collect();
             for position in expired {
-                if let Some(flight) = state.in_flight.remove(&position) {
-                    progressed = true;
-                    if flight.attempts >= definition.max_retries {
-                        to_park.push(position);
-                    } else {
-                        state
-                            .redeliver
-                            .insert(position, (flight.event, flight.attempts));
-                    }
+                progressed = true;
+                let exhausted = state
+                    .in_flight
+                    .get(&position)
+                    .is_some_and(|flight| flight.attempts >= definition.max_retries);
+                if exhausted {
+                    // Stays in flight, holding the checkpoint, until its park is durable.
+                    to_park.push(position);
+                } else if let Some(flight) = state.in_flight.remove(&position) {
+                    state
+                        .redeliver
+                        .insert(position, (flight.event, flight.attempts));
                 }
             }
             while state.in_flight.len() < definition.max_in_flight {
@@ -366,6 +376,7 @@ impl PersistentGroup {
         };
         for position in to_park {
             park(context, &definition.name, position).await?;
+            self.lock().in_flight.remove(&position);
         }
         let committed = *context.committed.borrow();
         if let Some(from) = read_from
@@ -405,6 +416,9 @@ impl PersistentGroup {
     async fn store_checkpoint(&self, context: &StoreContext) -> Result<(), StoreError> {
         let position = {
             let state = self.lock();
+            if self.is_closed() {
+                return Ok(());
+            }
             let checkpoint = state.checkpoint();
             if checkpoint == state.stored_checkpoint
                 || state.last_checkpoint_write.elapsed() < CHECKPOINT_INTERVAL
@@ -427,12 +441,17 @@ impl PersistentGroup {
         Ok(())
     }
 
-    /// Ends every consumer's stream (the subscription was removed or replaced).
+    /// Ends every consumer's stream (the subscription was removed or replaced, or the store
+    /// stops). The group stops stepping and never stores another checkpoint: after this its
+    /// in-flight events are no longer tracked, and a checkpoint computed now would skip them.
     pub(crate) fn close(&self) {
-        let mut state = self.lock();
-        state.consumers.clear();
-        state.in_flight.clear();
-        state.redeliver.clear();
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.lock().consumers.clear();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Queues stored events for delivery again (replaying parked events).
@@ -447,14 +466,6 @@ impl PersistentGroup {
         let mut state = self.lock();
         if state.in_flight.remove(&position).is_none() {
             state.redeliver.remove(&position);
-        }
-    }
-
-    fn settle(&self, consumer: u64, position: u64) -> Option<InFlight> {
-        let mut state = self.lock();
-        match state.in_flight.get(&position) {
-            Some(flight) if flight.consumer == consumer => state.in_flight.remove(&position),
-            _ => None,
         }
     }
 }
@@ -520,25 +531,42 @@ impl PersistentConsumer {
 
     /// Reports an event this consumer could not handle. A retry past `max_retries`
     /// deliveries parks the event instead.
+    ///
+    /// The event keeps holding the checkpoint until its fate is settled: a park is made durable
+    /// before the event leaves flight, and a retry moves it to the redelivery queue in the
+    /// same step, so no checkpoint can pass an event that is neither done nor queued.
     pub async fn nack(&self, position: u64, action: NackAction) -> Result<(), StoreError> {
-        let Some(flight) = self.group.settle(self.id, position) else {
-            return Ok(());
-        };
-        let name = &self.group.definition.name;
-        match action {
-            NackAction::Skip => Ok(()),
-            NackAction::Park => park(&self.context, name, position).await,
-            NackAction::Retry if flight.attempts >= self.group.definition.max_retries => {
-                park(&self.context, name, position).await
+        let attempts = {
+            let state = self.group.lock();
+            match state.in_flight.get(&position) {
+                Some(flight) if flight.consumer == self.id => flight.attempts,
+                _ => return Ok(()),
             }
-            NackAction::Retry => {
-                self.group
-                    .lock()
+        };
+        let max_retries = self.group.definition.max_retries;
+        let parks = match action {
+            NackAction::Park => true,
+            NackAction::Retry => attempts >= max_retries,
+            NackAction::Skip => false,
+        };
+        if parks {
+            park(&self.context, &self.group.definition.name, position).await?;
+        }
+        let mut state = self.group.lock();
+        match state.in_flight.remove(&position) {
+            Some(flight) if action == NackAction::Retry && !parks => {
+                state
                     .redeliver
                     .insert(position, (flight.event, flight.attempts));
-                Ok(())
             }
+            Some(_) => {}
+            // It expired while parking and is queued again: parked is what it is now.
+            None if parks => {
+                state.redeliver.remove(&position);
+            }
+            None => {}
         }
+        Ok(())
     }
 
     /// The subscription's name.
