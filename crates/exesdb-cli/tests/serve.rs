@@ -1,32 +1,18 @@
 //! `exesdb serve` as a real process on a free loopback port: health, then a clean stop.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-fn start_server(data_dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_exesdb"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("exesdb starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let address = loop {
-        let line = lines
-            .next()
-            .expect("the server logs its address before exiting")
-            .expect("readable log");
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().expect("address").to_string();
-        }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, address)
+use common::Server;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+fn start_server(data_dir: &std::path::Path) -> (Server, String) {
+    let server = Server::start(data_dir);
+    let address = server.address.clone();
+    (server, address)
 }
 
 fn http_get(address: &str, path: &str) -> (u16, String) {
@@ -50,24 +36,10 @@ fn http_get(address: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
-fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn serve_answers_health_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut child, address) = start_server(dir.path());
+    let (child, address) = start_server(dir.path());
     let (status, body) = http_get(&address, "/health");
     assert_eq!(status, 200, "{body}");
     let health: serde_json::Value = serde_json::from_str(&body).expect("json body");
@@ -76,19 +48,12 @@ fn serve_answers_health_and_stops_cleanly_on_sigterm() {
     assert_eq!(health["stores"][0]["store"], "default");
     assert!(dir.path().join("default").join("FORMAT").exists());
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success());
-    let status = wait_for_exit(&mut child);
+    let status = child.terminate();
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
 
     // The data directory opens again: the stop released it.
-    let (mut again, address) = start_server(dir.path());
+    let (_again, address) = start_server(dir.path());
     assert_eq!(http_get(&address, "/health").0, 200);
-    let _ = again.kill();
-    let _ = again.wait();
 }
 
 #[test]

@@ -502,6 +502,15 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn list_subscriptions(&self) -> Result<Vec<SubscriptionDefinition>, ClientError> {
+        self.stored_subscriptions()
+            .await?
+            .into_iter()
+            .map(|definition| Ok(convert::definition(Some(definition))?))
+            .collect()
+    }
+
+    /// The stored subscriptions as the server lists them (with their checkpoints).
+    async fn stored_subscriptions(&self) -> Result<Vec<wire::SubscriptionDefinition>, ClientError> {
         let request = wire::ListSubscriptionsRequest {
             store_id: self.store_id.clone(),
         };
@@ -510,12 +519,7 @@ impl Client {
             .clone()
             .list_subscriptions(self.request(request))
             .await?;
-        Ok(response
-            .into_inner()
-            .subscriptions
-            .into_iter()
-            .map(|definition| convert::definition(Some(definition)))
-            .collect::<Result<_, _>>()?)
+        Ok(response.into_inner().subscriptions)
     }
 
     /// A persistent subscription's stored checkpoint (every event before it is done), `None`
@@ -528,17 +532,8 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn subscription_checkpoint(&self, name: &str) -> Result<Option<u64>, ClientError> {
-        let request = wire::ListSubscriptionsRequest {
-            store_id: self.store_id.clone(),
-        };
-        let response = self
-            .events
-            .clone()
-            .list_subscriptions(self.request(request))
-            .await?;
-        response
-            .into_inner()
-            .subscriptions
+        self.stored_subscriptions()
+            .await?
             .into_iter()
             .find(|definition| definition.name == name)
             .map(|definition| definition.checkpoint)
