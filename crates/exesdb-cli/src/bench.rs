@@ -40,29 +40,7 @@ pub enum BenchExpected {
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     /// Concurrent appends.
-    Write {
-        /// Concurrent clients (each waits for its append before the next).
-        #[arg(long, default_value_t = 64)]
-        clients: u64,
-        /// Connections the clients share.
-        #[arg(long, default_value_t = 4)]
-        connections: u64,
-        /// Appends per client (the run ends when all are done).
-        #[arg(long, default_value_t = 1_000)]
-        requests: u64,
-        /// Streams written to.
-        #[arg(long, default_value_t = 1_000)]
-        streams: u64,
-        /// Bytes of data per event.
-        #[arg(long, default_value_t = 256)]
-        size: usize,
-        /// Events per append.
-        #[arg(long, default_value_t = 1)]
-        batch: u64,
-        /// Expected version of each append.
-        #[arg(long, value_enum, default_value = "any")]
-        expected: BenchExpected,
-    },
+    Write(WriteLoad),
     /// Reads one stream from start to end, repeatedly.
     Read {
         /// The stream (it must exist).
@@ -91,26 +69,7 @@ pub enum BenchCommand {
 
 pub async fn run(command: BenchCommand, target: BenchTarget) -> Result<(), String> {
     let report = match command {
-        BenchCommand::Write {
-            clients,
-            connections,
-            requests,
-            streams,
-            size,
-            batch,
-            expected,
-        } => {
-            let load = WriteLoad {
-                clients,
-                connections,
-                requests,
-                streams,
-                size,
-                batch,
-                expected,
-            };
-            write(&target, load).await?
-        }
+        BenchCommand::Write(load) => write(&target, load).await?,
         BenchCommand::Read {
             stream,
             clients,
@@ -184,13 +143,29 @@ fn new_histogram() -> Result<Histogram<u64>, String> {
     Histogram::new(3).map_err(|error| error.to_string())
 }
 
-struct WriteLoad {
+/// The parameters of `bench write`.
+#[derive(Args, Debug)]
+pub struct WriteLoad {
+    /// Concurrent clients (each waits for its append before the next).
+    #[arg(long, default_value_t = 64)]
     clients: u64,
+    /// Connections the clients share.
+    #[arg(long, default_value_t = 4)]
     connections: u64,
+    /// Appends per client (the run ends when all are done).
+    #[arg(long, default_value_t = 1_000)]
     requests: u64,
+    /// Streams written to.
+    #[arg(long, default_value_t = 1_000)]
     streams: u64,
+    /// Bytes of data per event.
+    #[arg(long, default_value_t = 256)]
     size: usize,
+    /// Events per append.
+    #[arg(long, default_value_t = 1)]
     batch: u64,
+    /// Expected version of each append.
+    #[arg(long, value_enum, default_value = "any")]
     expected: BenchExpected,
 }
 
