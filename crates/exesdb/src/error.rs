@@ -126,6 +126,14 @@ pub enum StartError {
     /// The stored data contradicts itself (a checksum or an invariant failed).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A file of the data directory is damaged in a way that would lose acknowledged data.
+    #[error("{path} is corrupt: {detail}")]
+    CorruptFile {
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        detail: String,
+    },
     /// One of a node's stores failed to start.
     #[error("store {store_id}: {source}")]
     Store {

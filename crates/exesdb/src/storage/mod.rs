@@ -3,6 +3,7 @@
 //! [`Storage::durable_batch`]; see `docs/DURABILITY.md` for the layout and the crash analysis.
 
 pub mod codec;
+pub mod commit_guard;
 
 use std::fs;
 use std::io::Write;
@@ -18,6 +19,7 @@ use crate::config::StorageSettings;
 use crate::error::{StartError, StoreError};
 use crate::event::{Direction, ReadAllRequest, RecordedEvent, StreamInfo};
 use codec::{CorruptRecord, SnapshotRecord, decode_event, decode_event_header};
+use commit_guard::CommitMarker;
 
 /// The on-disk format this build writes and reads. Bump it with every incompatible change and
 /// record the change in the format log of `docs/DURABILITY.md`.
@@ -29,6 +31,9 @@ const ENGINE_DIR: &str = "fjall";
 /// Separates the parts of composite keys. Stream ids, snapshot source and stream uuids never
 /// contain control characters, so the separator cannot occur inside a part.
 const SEPARATOR: u8 = 0;
+
+/// The one key of the `commits` keyspace.
+const COMMIT_MARKER_KEY: &[u8] = b"last";
 
 /// A failure of the storage layer while serving a request.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +90,8 @@ pub struct Storage {
     pub(crate) checkpoints: Keyspace,
     /// subscription name, 0, position (u64 BE) → nothing: the subscription's parked events.
     pub(crate) parked: Keyspace,
+    /// `COMMIT_MARKER_KEY` → the last batch's commit marker (see [`commit_guard`]).
+    pub(crate) commits: Keyspace,
     path: PathBuf,
 }
 
@@ -108,11 +115,28 @@ impl Storage {
             path: engine_dir.clone(),
             message: error.to_string(),
         };
-        let db = Database::builder(&engine_dir)
+        // Before fjall reads (and may truncate) its journals.
+        let floor = commit_guard::raise_floor(dir, &engine_dir)?;
+        let builder = Database::builder(&engine_dir)
             .max_journaling_size(settings.journal_bytes_max)
-            .cache_size(settings.cache_bytes_max)
-            .open()
-            .map_err(storage_error)?;
+            .cache_size(settings.cache_bytes_max);
+        // Damaged bytes can trip an assertion inside the engine's recovery (seen in debug
+        // builds with a flipped journal length); that is a refusal to start, not a crash.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.open()))
+            .map_err(|panic| {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message");
+                commit_guard::engine_failed_reading(&engine_dir, message)
+            })?;
+        let db = opened.map_err(|error| match error {
+            fjall::Error::JournalRecovery(_) => {
+                commit_guard::journal_damaged(&engine_dir, &error.to_string())
+            }
+            error => storage_error(error),
+        })?;
         let memtable_bytes_max = settings.memtable_bytes_max;
         let keyspace = |name: &str| {
             db.keyspace(name, || {
@@ -128,9 +152,14 @@ impl Storage {
             subscriptions: keyspace("subscriptions").map_err(storage_error)?,
             checkpoints: keyspace("checkpoints").map_err(storage_error)?,
             parked: keyspace("parked").map_err(storage_error)?,
+            commits: keyspace("commits").map_err(storage_error)?,
             db,
             path: dir.to_path_buf(),
         };
+        let recovered = storage
+            .last_commit()
+            .map_err(|error| StartError::Corrupt(error.to_string()))?;
+        commit_guard::check_recovered(floor.as_ref(), recovered.map_or(0, |m| m.sequence))?;
         Ok(storage)
     }
 
@@ -149,6 +178,28 @@ impl Storage {
     /// progress. (Plain keyspace reads see a batch's items as they are inserted.)
     fn view(&self) -> Snapshot {
         self.db.snapshot()
+    }
+
+    /// The marker of the last committed batch (none before the first, or in data written
+    /// before markers existed).
+    pub fn last_commit(&self) -> Result<Option<CommitMarker>, StorageError> {
+        match self.view().get(&self.commits, COMMIT_MARKER_KEY)? {
+            None => Ok(None),
+            Some(bytes) => {
+                CommitMarker::decode(&bytes)
+                    .map(Some)
+                    .ok_or_else(|| StorageError::Corrupt {
+                        keyspace: "commits",
+                        detail: "the commit marker fails its checksum".into(),
+                    })
+            }
+        }
+    }
+
+    /// Ends a batch with its commit marker; it must be the batch's last item (see
+    /// [`commit_guard`]).
+    pub(crate) fn mark_commit(&self, batch: &mut OwnedWriteBatch, marker: CommitMarker) {
+        batch.insert(&self.commits, COMMIT_MARKER_KEY, marker.encode().as_slice());
     }
 
     /// The position the next event gets: one past the last in the log.

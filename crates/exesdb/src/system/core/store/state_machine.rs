@@ -15,6 +15,7 @@ use crate::config::{EVENT_TYPE_BYTES_MAX, Limits, STREAM_ID_BYTES_MAX};
 use crate::error::StoreError;
 use crate::event::{AppendResult, ExpectedVersion, validate_stream_id};
 use crate::storage::codec::{EventRecord, SnapshotRecord};
+use crate::storage::commit_guard::CommitMarker;
 use crate::storage::{
     PointView, Storage, StorageError, event_id_key, snapshot_key, stream_index_key,
 };
@@ -99,6 +100,8 @@ pub enum Outcome {
 /// stream versions (memory does not grow with the number of streams stored).
 pub struct StateMachine {
     next_position: u64,
+    /// The sequence number of the last committed batch (its commit marker's).
+    commit_sequence: u64,
     heads: HeadCache,
     limits: Limits,
 }
@@ -112,6 +115,7 @@ impl StateMachine {
     ) -> Result<Self, StorageError> {
         Ok(StateMachine {
             next_position: storage.next_position()?,
+            commit_sequence: storage.last_commit()?.map_or(0, |marker| marker.sequence),
             heads: HeadCache::new(head_cache_entries_max),
             limits,
         })
@@ -224,7 +228,14 @@ impl Transaction<'_> {
     pub fn commit(self) -> Result<(u64, bool), StorageError> {
         let wrote = !self.batch.is_empty();
         if wrote {
-            self.batch.commit()?;
+            let marker = CommitMarker {
+                sequence: self.machine.commit_sequence + 1,
+                next_position: self.next_position,
+            };
+            let mut batch = self.batch;
+            self.storage.mark_commit(&mut batch, marker);
+            batch.commit()?;
+            self.machine.commit_sequence = marker.sequence;
         }
         self.machine.next_position = self.next_position;
         for (stream_id, version) in self.heads {
