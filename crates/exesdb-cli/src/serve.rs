@@ -111,6 +111,8 @@ tunables! {
     memtable_bytes_max: u64, "EXESDB_MEMTABLE_BYTES_MAX" => storage.memtable_bytes_max;
     /// Journal kept before flushing (bounds restart replay), bytes, at least 64 MiB [default: 134217728].
     journal_bytes_max: u64, "EXESDB_JOURNAL_BYTES_MAX" => storage.journal_bytes_max;
+    /// Free disk space below which writes are refused as storage full, bytes [default: 268435456].
+    disk_free_bytes_min: u64, "EXESDB_DISK_FREE_BYTES_MIN" => storage.disk_free_bytes_min;
     /// Block cache, bytes [default: 67108864].
     cache_bytes_max: u64, "EXESDB_CACHE_BYTES_MAX" => storage.cache_bytes_max;
     /// Restarts a supervisor tolerates within the period [default: 3].

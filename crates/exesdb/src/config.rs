@@ -162,6 +162,11 @@ pub struct StorageSettings {
     pub journal_bytes_max: u64,
     /// Block cache for reads.
     pub cache_bytes_max: u64,
+    /// Free space the disk must keep: below it, writes are refused (`unavailable`, storage
+    /// full) before they reach the engine, so a full disk never fails a journal write (which
+    /// would poison the engine until a restart) and memtable flushes still have room. Writes
+    /// resume on their own once space is freed.
+    pub disk_free_bytes_min: u64,
 }
 
 impl Default for StorageSettings {
@@ -170,6 +175,7 @@ impl Default for StorageSettings {
             memtable_bytes_max: 64 * 1024 * 1024,
             journal_bytes_max: 128 * 1024 * 1024,
             cache_bytes_max: 64 * 1024 * 1024,
+            disk_free_bytes_min: 256 * 1024 * 1024,
         }
     }
 }

@@ -168,6 +168,12 @@ impl Storage {
         &self.path
     }
 
+    /// Bytes an unprivileged writer can still use on the store's file system.
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        let stats = rustix::fs::statvfs(&self.path)?;
+        Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+    }
+
     /// A batch that fsyncs its journal (`SyncData`) when committed. `durability` consumes the
     /// batch and returns a new one: dropping the returned value would silently lose the mode.
     pub(crate) fn durable_batch(&self) -> OwnedWriteBatch {

@@ -204,6 +204,12 @@ fn commit_batch(
     machine: &mut StateMachine,
     batch: &mut Vec<CommitRequest>,
 ) {
+    if let Some(refusal) = storage_full(context) {
+        for request in batch.drain(..) {
+            let _ = request.reply.send(Err(refusal.clone()));
+        }
+        return;
+    }
     let first_position = machine.next_position();
     let applying = Instant::now();
     let mut transaction = machine.begin(&context.storage);
@@ -255,6 +261,31 @@ fn commit_batch(
                 };
                 let _ = request.reply.send(answer);
             }
+        }
+    }
+}
+
+/// A refusal when the disk has less free space than the configured reserve. Checked before
+/// each batch (one `statvfs`), so a full disk turns writes away before the engine sees them.
+fn storage_full(context: &StoreContext) -> Option<StoreError> {
+    let reserve = context.config.storage.disk_free_bytes_min;
+    if reserve == 0 {
+        return None;
+    }
+    match context.storage.free_bytes() {
+        Ok(free) if free < reserve => {
+            metrics::counter!("exesdb_storage_full_refusals_total", "store" => context.store_id().to_string())
+                .increment(1);
+            Some(StoreError::unavailable(format!(
+                "storage full: {free} bytes free on {}, below disk_free_bytes_min ({reserve}); \
+                 writes resume once space is freed",
+                context.storage.path().display()
+            )))
+        }
+        Ok(_) => None,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the free disk space; writing anyway");
+            None
         }
     }
 }
