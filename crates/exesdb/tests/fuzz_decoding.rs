@@ -1,8 +1,8 @@
 //! Bad input, generated: random and mutated request bytes through the wire decoding,
 //! conversion and validation, and random stored-record bytes through the record decoders.
 //! Each case ends in a value or a typed error, never a panic, and a rejected append writes
-//! nothing. (A few thousand cases per run; `cargo fuzz` targets for long runs are not written
-//! yet.)
+//! nothing. (A few thousand cases per run; the `cargo fuzz` targets in `fuzz/` do the same for
+//! long manual runs.)
 
 mod common;
 

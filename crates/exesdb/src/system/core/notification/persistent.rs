@@ -64,7 +64,8 @@ impl SubscriptionDefinition {
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<(), StoreError> {
+    /// Checks the definition as `save_subscription` does (public for the fuzz targets).
+    pub fn validate(&self) -> Result<(), StoreError> {
         self.selector.validate()?;
         if self.max_in_flight == 0 || self.max_retries == 0 || self.ack_timeout_ms == 0 {
             return Err(StoreError::invalid(
@@ -79,11 +80,13 @@ impl SubscriptionDefinition {
         Ok(())
     }
 
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// The stored form (JSON, sealed as a blob by storage); public for the fuzz targets.
+    pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+    /// Reads the stored form back; public for the fuzz targets.
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
         serde_json::from_slice(bytes).map_err(|error| {
             StoreError::unavailable(format!("stored definition unreadable: {error}"))
         })
