@@ -113,6 +113,8 @@ tunables! {
     journal_bytes_max: u64, "EXESDB_JOURNAL_BYTES_MAX" => storage.journal_bytes_max;
     /// Free disk space below which writes are refused as storage full, bytes [default: 268435456].
     disk_free_bytes_min: u64, "EXESDB_DISK_FREE_BYTES_MIN" => storage.disk_free_bytes_min;
+    /// After a failed write, how long reopening the storage waits for readers of the failed engine, ms [default: 5000].
+    reopen_wait_ms: u64, "EXESDB_REOPEN_WAIT_MS" => storage.reopen_wait_ms;
     /// Block cache, bytes [default: 67108864].
     cache_bytes_max: u64, "EXESDB_CACHE_BYTES_MAX" => storage.cache_bytes_max;
     /// Restarts a supervisor tolerates within the period [default: 3].

@@ -167,6 +167,9 @@ pub struct StorageSettings {
     /// would poison the engine until a restart) and memtable flushes still have room. Writes
     /// resume on their own once space is freed.
     pub disk_free_bytes_min: u64,
+    /// How long reopening the engine after a failed write waits for readers still using the
+    /// failed one to finish, in milliseconds; past it the reopen is retried with the next write.
+    pub reopen_wait_ms: u64,
 }
 
 impl Default for StorageSettings {
@@ -176,6 +179,7 @@ impl Default for StorageSettings {
             journal_bytes_max: 128 * 1024 * 1024,
             cache_bytes_max: 64 * 1024 * 1024,
             disk_free_bytes_min: 256 * 1024 * 1024,
+            reopen_wait_ms: 5_000,
         }
     }
 }

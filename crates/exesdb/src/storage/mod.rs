@@ -9,6 +9,7 @@ use std::fs;
 use std::io::Write;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use fjall::{
     Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode, Readable, Snapshot,
@@ -47,6 +48,12 @@ pub enum StorageError {
         keyspace: &'static str,
         detail: String,
     },
+    /// The engine is closed while it is reopened after a failed write.
+    #[error("storage is being reopened after a failed write; retry shortly")]
+    Closed,
+    /// Reopening the engine after a failed write did not succeed.
+    #[error("the storage engine failed a write and could not be reopened: {0}")]
+    Reopen(String),
 }
 
 impl From<StorageError> for StoreError {
@@ -71,8 +78,17 @@ pub struct StoredSnapshot {
     pub record: SnapshotRecord,
 }
 
-/// The open storage of one store.
+/// The storage of one store: its directory and the open engine. The engine can be closed and
+/// opened again in place ([`Storage::reopen`]) after a write failure, which leaves fjall
+/// refusing every later write; while that happens, reads answer `unavailable`.
 pub struct Storage {
+    path: PathBuf,
+    settings: StorageSettings,
+    engine: RwLock<Option<Arc<Engine>>>,
+}
+
+/// The open fjall database and its keyspaces.
+pub struct Engine {
     db: Database,
     /// position (u64 BE) → event record.
     pub(crate) log: Keyspace,
@@ -92,7 +108,6 @@ pub struct Storage {
     pub(crate) parked: Keyspace,
     /// `COMMIT_MARKER_KEY` → the last batch's commit marker (see [`commit_guard`]).
     pub(crate) commits: Keyspace,
-    path: PathBuf,
 }
 
 impl std::fmt::Debug for Storage {
@@ -110,6 +125,174 @@ impl Storage {
         };
         fs::create_dir_all(dir).map_err(io(dir))?;
         check_or_write_format(dir)?;
+        let engine = Engine::open(dir, settings)?;
+        Ok(Storage {
+            path: dir.to_path_buf(),
+            settings: settings.clone(),
+            engine: RwLock::new(Some(Arc::new(engine))),
+        })
+    }
+
+    /// The open engine, or `unavailable` while it is being reopened.
+    pub(crate) fn engine(&self) -> Result<Arc<Engine>, StorageError> {
+        self.engine
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .ok_or(StorageError::Closed)
+    }
+
+    /// Closes the engine and opens it again from disk: the way back to a writable store after
+    /// a failed write (fjall refuses every write after one fails). The old engine must be
+    /// dropped first (fjall locks its directory), so this waits up to `wait` for readers that
+    /// still hold it; they are short, and new ones are turned away meanwhile. After opening,
+    /// the journal is synced, so what recovery read is on disk before anything builds on it.
+    pub(crate) fn reopen(&self, wait: std::time::Duration) -> Result<(), StorageError> {
+        let slot = || self.engine.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut old) = slot().take() {
+            let deadline = std::time::Instant::now() + wait;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(engine) => {
+                        drop(engine);
+                        break;
+                    }
+                    Err(shared) if std::time::Instant::now() < deadline => {
+                        old = shared;
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    Err(shared) => {
+                        *slot() = Some(shared);
+                        return Err(StorageError::Reopen(
+                            "readers still hold the failed engine".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        let engine = Engine::open(&self.path, &self.settings)
+            .map_err(|error| StorageError::Reopen(error.to_string()))?;
+        engine.db.persist(PersistMode::SyncAll)?;
+        *slot() = Some(Arc::new(engine));
+        Ok(())
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes an unprivileged writer can still use on the store's file system.
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        let stats = rustix::fs::statvfs(&self.path)?;
+        Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+    }
+
+    /// The marker of the last committed batch.
+    pub fn last_commit(&self) -> Result<Option<CommitMarker>, StorageError> {
+        self.engine()?.last_commit()
+    }
+
+    /// The position the next event gets: one past the last in the log.
+    pub fn next_position(&self) -> Result<u64, StorageError> {
+        self.engine()?.next_position()
+    }
+
+    /// The version of a stream, or `None` when it has no events.
+    pub fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, StorageError> {
+        self.engine()?.point_view().stream_version(stream_id)
+    }
+
+    /// A view for several point reads that must agree with each other.
+    pub fn point_view(&self) -> Result<PointView, StorageError> {
+        Ok(self.engine()?.point_view())
+    }
+
+    /// The event at a position.
+    pub fn event_at(&self, position: u64) -> Result<Option<RecordedEvent>, StorageError> {
+        self.engine()?.event_at(position)
+    }
+
+    /// See [`Engine::read_stream`].
+    pub fn read_stream(
+        &self,
+        stream_id: &str,
+        from: Option<u64>,
+        count: u64,
+        direction: Direction,
+    ) -> Result<Option<Vec<RecordedEvent>>, StorageError> {
+        self.engine()?
+            .read_stream(stream_id, from, count, direction)
+    }
+
+    /// See [`Engine::read_all`].
+    pub fn read_all(&self, request: &ReadAllRequest) -> Result<Vec<RecordedEvent>, StorageError> {
+        self.engine()?.read_all(request)
+    }
+
+    /// See [`Engine::scan_log`].
+    pub fn scan_log(
+        &self,
+        from: u64,
+        until: u64,
+        scan_max: u64,
+        matches: impl Fn(&RecordedEvent) -> bool,
+    ) -> Result<(Vec<RecordedEvent>, u64), StorageError> {
+        self.engine()?.scan_log(from, until, scan_max, matches)
+    }
+
+    /// Every stored subscription definition: (name, definition bytes).
+    pub fn subscription_definitions(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        self.engine()?.subscription_definitions()
+    }
+
+    /// A subscription's stored checkpoint.
+    pub fn checkpoint(&self, name: &str) -> Result<Option<u64>, StorageError> {
+        self.engine()?.checkpoint(name)
+    }
+
+    /// The positions of a subscription's parked events, in order.
+    pub fn parked_positions(&self, name: &str) -> Result<Vec<u64>, StorageError> {
+        self.engine()?.parked_positions(name)
+    }
+
+    /// See [`Engine::list_streams`].
+    pub fn list_streams(
+        &self,
+        after: Option<&str>,
+        count: u64,
+    ) -> Result<Vec<StreamInfo>, StorageError> {
+        self.engine()?.list_streams(after, count)
+    }
+
+    /// See [`Engine::read_snapshot`].
+    pub fn read_snapshot(
+        &self,
+        source_uuid: &str,
+        stream_uuid: &str,
+        version: u64,
+        exact: bool,
+    ) -> Result<Option<StoredSnapshot>, StorageError> {
+        self.engine()?
+            .read_snapshot(source_uuid, stream_uuid, version, exact)
+    }
+
+    /// See [`Engine::list_snapshots`].
+    pub fn list_snapshots(
+        &self,
+        source_uuid: Option<&str>,
+        stream_uuid: Option<&str>,
+        count: u64,
+    ) -> Result<Vec<StoredSnapshot>, StorageError> {
+        self.engine()?
+            .list_snapshots(source_uuid, stream_uuid, count)
+    }
+}
+
+impl Engine {
+    /// Opens the engine in a store directory whose format is checked, refusing data that
+    /// lost acknowledged commits (see [`commit_guard`]).
+    fn open(dir: &Path, settings: &StorageSettings) -> Result<Engine, StartError> {
         let engine_dir = dir.join(ENGINE_DIR);
         let storage_error = |error: fjall::Error| StartError::Storage {
             path: engine_dir.clone(),
@@ -143,7 +326,7 @@ impl Storage {
                 KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes_max)
             })
         };
-        let storage = Storage {
+        let engine = Engine {
             log: keyspace("log").map_err(storage_error)?,
             stream_index: keyspace("stream_index").map_err(storage_error)?,
             stream_heads: keyspace("stream_heads").map_err(storage_error)?,
@@ -154,24 +337,12 @@ impl Storage {
             parked: keyspace("parked").map_err(storage_error)?,
             commits: keyspace("commits").map_err(storage_error)?,
             db,
-            path: dir.to_path_buf(),
         };
-        let recovered = storage
+        let recovered = engine
             .last_commit()
             .map_err(|error| StartError::Corrupt(error.to_string()))?;
         commit_guard::check_recovered(floor.as_ref(), recovered.map_or(0, |m| m.sequence))?;
-        Ok(storage)
-    }
-
-    /// The store's directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Bytes an unprivileged writer can still use on the store's file system.
-    pub fn free_bytes(&self) -> std::io::Result<u64> {
-        let stats = rustix::fs::statvfs(&self.path)?;
-        Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+        Ok(engine)
     }
 
     /// A batch that fsyncs its journal (`SyncData`) when committed. `durability` consumes the
@@ -219,17 +390,12 @@ impl Storage {
         }
     }
 
-    /// The version of a stream, or `None` when it has no events.
-    pub fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, StorageError> {
-        self.point_view().stream_version(stream_id)
-    }
-
     /// A view for several point reads that must agree with each other (the committer takes
     /// one per batch).
-    pub fn point_view(&self) -> PointView<'_> {
+    pub fn point_view(self: &Arc<Self>) -> PointView {
         PointView {
-            storage: self,
             snapshot: self.view(),
+            engine: self.clone(),
         }
     }
 
@@ -483,17 +649,17 @@ impl Storage {
 }
 
 /// Point reads against one consistent snapshot.
-pub struct PointView<'a> {
-    storage: &'a Storage,
+pub struct PointView {
+    engine: Arc<Engine>,
     snapshot: Snapshot,
 }
 
-impl PointView<'_> {
+impl PointView {
     /// The version of a stream, or `None` when it has no events.
     pub fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, StorageError> {
         match self
             .snapshot
-            .get(&self.storage.stream_heads, stream_id.as_bytes())?
+            .get(&self.engine.stream_heads, stream_id.as_bytes())?
         {
             None => Ok(None),
             Some(value) => Ok(Some(decode_u64(&value, "stream_heads")?)),
@@ -507,7 +673,7 @@ impl PointView<'_> {
         event_number: u64,
     ) -> Result<Option<u64>, StorageError> {
         let key = stream_index_key(stream_id, event_number);
-        match self.snapshot.get(&self.storage.stream_index, key)? {
+        match self.snapshot.get(&self.engine.stream_index, key)? {
             None => Ok(None),
             Some(value) => Ok(Some(decode_u64(&value, "stream_index")?)),
         }
@@ -520,7 +686,7 @@ impl PointView<'_> {
         event_id: Uuid,
     ) -> Result<Option<u64>, StorageError> {
         let key = event_id_key(stream_id, event_id);
-        match self.snapshot.get(&self.storage.event_ids, key)? {
+        match self.snapshot.get(&self.engine.event_ids, key)? {
             None => Ok(None),
             Some(value) => Ok(Some(decode_u64(&value, "event_ids")?)),
         }

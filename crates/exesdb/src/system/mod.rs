@@ -537,7 +537,7 @@ impl StoreApi {
             ));
         }
         let committed = *self.context.committed.borrow();
-        let view = self.context.storage.point_view();
+        let view = self.context.storage.point_view()?;
         Ok(view.position_of(stream_id, number)?.unwrap_or(committed))
     }
 

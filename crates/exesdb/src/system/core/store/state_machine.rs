@@ -7,6 +7,7 @@
 //! same commands on every node after Raft has ordered them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use fjall::OwnedWriteBatch;
 use uuid::Uuid;
@@ -17,7 +18,7 @@ use crate::event::{AppendResult, ExpectedVersion, validate_stream_id};
 use crate::storage::codec::{EventRecord, SnapshotRecord};
 use crate::storage::commit_guard::CommitMarker;
 use crate::storage::{
-    PointView, Storage, StorageError, event_id_key, snapshot_key, stream_index_key,
+    Engine, PointView, Storage, StorageError, event_id_key, snapshot_key, stream_index_key,
 };
 
 /// Content types are short labels; anything longer is a mistake.
@@ -127,17 +128,19 @@ impl StateMachine {
     }
 
     /// Starts a batch of commands that will be written as one storage batch.
-    pub fn begin<'a>(&'a mut self, storage: &'a Storage) -> Transaction<'a> {
-        Transaction {
+    /// `unavailable` while the engine is being reopened.
+    pub fn begin<'a>(&'a mut self, storage: &Storage) -> Result<Transaction<'a>, StorageError> {
+        let engine = storage.engine()?;
+        Ok(Transaction {
             next_position: self.next_position,
             machine: self,
-            storage,
-            view: storage.point_view(),
-            batch: storage.durable_batch(),
+            view: engine.point_view(),
+            batch: engine.durable_batch(),
+            engine,
             heads: HashMap::new(),
             appended: HashMap::new(),
             event_ids: HashMap::new(),
-        }
+        })
     }
 }
 
@@ -145,9 +148,9 @@ impl StateMachine {
 /// successful commit changes the machine's state.
 pub struct Transaction<'a> {
     machine: &'a mut StateMachine,
-    storage: &'a Storage,
+    engine: Arc<Engine>,
     /// Everything committed before this batch; the batch's own effects are in the maps below.
-    view: PointView<'a>,
+    view: PointView,
     batch: OwnedWriteBatch,
     next_position: u64,
     heads: HashMap<String, u64>,
@@ -168,7 +171,7 @@ impl Transaction<'_> {
             Command::SaveSubscription { name, definition } => {
                 validate_subscription_name(name)?;
                 self.batch.insert(
-                    &self.storage.subscriptions,
+                    &self.engine.subscriptions,
                     name.as_bytes(),
                     crate::storage::codec::seal_blob(definition),
                 );
@@ -176,7 +179,7 @@ impl Transaction<'_> {
             }
             Command::RemoveSubscription { name } => {
                 validate_subscription_name(name)?;
-                let storage = self.storage;
+                let storage = &self.engine;
                 self.batch.remove(&storage.subscriptions, name.as_bytes());
                 self.batch.remove(&storage.checkpoints, name.as_bytes());
                 for position in storage.parked_positions(name)? {
@@ -188,7 +191,7 @@ impl Transaction<'_> {
             Command::Checkpoint { name, position } => {
                 validate_subscription_name(name)?;
                 self.batch.insert(
-                    &self.storage.checkpoints,
+                    &self.engine.checkpoints,
                     name.as_bytes(),
                     position.to_be_bytes(),
                 );
@@ -202,9 +205,9 @@ impl Transaction<'_> {
                 validate_subscription_name(name)?;
                 let key = crate::storage::parked_key(name, *position);
                 if *parked {
-                    self.batch.insert(&self.storage.parked, key, []);
+                    self.batch.insert(&self.engine.parked, key, []);
                 } else {
-                    self.batch.remove(&self.storage.parked, key);
+                    self.batch.remove(&self.engine.parked, key);
                 }
                 Ok(Outcome::SubscriptionChanged)
             }
@@ -215,7 +218,7 @@ impl Transaction<'_> {
             } => {
                 validate_snapshot_key(source_uuid, stream_uuid)?;
                 self.batch.remove(
-                    &self.storage.snapshots,
+                    &self.engine.snapshots,
                     snapshot_key(source_uuid, stream_uuid, *version),
                 );
                 Ok(Outcome::SnapshotDeleted)
@@ -233,7 +236,7 @@ impl Transaction<'_> {
                 next_position: self.next_position,
             };
             let mut batch = self.batch;
-            self.storage.mark_commit(&mut batch, marker);
+            self.engine.mark_commit(&mut batch, marker);
             batch.commit()?;
             self.machine.commit_sequence = marker.sequence;
         }
@@ -311,7 +314,7 @@ impl Transaction<'_> {
                 data: &event.data,
                 metadata: &event.metadata,
             };
-            let storage = self.storage;
+            let storage = &self.engine;
             self.batch
                 .insert(&storage.log, position.to_be_bytes(), record.encode());
             self.batch.insert(
@@ -335,7 +338,7 @@ impl Transaction<'_> {
         let count = command.events.len() as u64;
         let last_event_number = first_event_number + count - 1;
         self.batch.insert(
-            &self.storage.stream_heads,
+            &self.engine.stream_heads,
             stream_id.as_bytes(),
             last_event_number.to_be_bytes(),
         );
@@ -384,7 +387,7 @@ impl Transaction<'_> {
             created_micros: snapshot.created_micros,
         };
         self.batch.insert(
-            &self.storage.snapshots,
+            &self.engine.snapshots,
             snapshot_key(
                 &snapshot.source_uuid,
                 &snapshot.stream_uuid,

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::state_machine::{Outcome, StateMachine};
 use crate::error::StoreError;
+use crate::storage::StorageError;
 use crate::system::context::{CommitMsg, CommitRequest, StoreContext};
 
 /// The Store process.
@@ -170,6 +171,8 @@ fn run_committer(
     }
     let mut batch = Vec::with_capacity(settings.commit_batch_commands_max);
     let mut closing = false;
+    // Set when a write failed: fjall then refuses every write until it is opened again.
+    let mut engine_failed = false;
     while let Some(first) = receiver.blocking_recv() {
         let mut saw_stop = collect(first, &mut batch);
         while batch.len() < settings.commit_batch_commands_max {
@@ -184,7 +187,7 @@ fn run_committer(
             closing = true;
         }
         if !batch.is_empty() {
-            commit_batch(&context, &mut machine, &mut batch);
+            engine_failed = commit_batch(&context, &mut machine, &mut batch, engine_failed);
         }
     }
 }
@@ -199,20 +202,39 @@ fn collect(message: CommitMsg, batch: &mut Vec<CommitRequest>) -> bool {
     }
 }
 
+/// Applies, writes and answers one batch. Returns whether the engine has failed (and must be
+/// reopened before the next batch).
 fn commit_batch(
     context: &StoreContext,
     machine: &mut StateMachine,
     batch: &mut Vec<CommitRequest>,
-) {
-    if let Some(refusal) = storage_full(context) {
+    engine_failed: bool,
+) -> bool {
+    let refuse_all = |batch: &mut Vec<CommitRequest>, refusal: StoreError| {
         for request in batch.drain(..) {
             let _ = request.reply.send(Err(refusal.clone()));
         }
-        return;
+    };
+    // A full disk is refused before anything else: reopening would not help, and the failed
+    // engine keeps serving reads until there is room again.
+    if let Some(refusal) = storage_full(context, engine_failed) {
+        refuse_all(batch, refusal);
+        return engine_failed;
+    }
+    if engine_failed && let Err(error) = reopen_storage(context, machine) {
+        tracing::error!(%error, "cannot reopen the storage after a failed write");
+        refuse_all(batch, StoreError::from(error));
+        return true;
     }
     let first_position = machine.next_position();
     let applying = Instant::now();
-    let mut transaction = machine.begin(&context.storage);
+    let mut transaction = match machine.begin(&context.storage) {
+        Ok(transaction) => transaction,
+        Err(error) => {
+            refuse_all(batch, StoreError::from(error));
+            return true;
+        }
+    };
     let outcomes: Vec<Result<Outcome, StoreError>> = batch
         .iter()
         .map(|request| transaction.apply(&request.command))
@@ -250,10 +272,14 @@ fn commit_batch(
             for (request, outcome) in batch.drain(..).zip(outcomes) {
                 let _ = request.reply.send(outcome);
             }
+            false
         }
         Err(error) => {
-            tracing::error!(%error, "commit failed; the batch's commands were not written");
-            let failure = StoreError::unavailable(format!("the storage write failed: {error}"));
+            tracing::error!(%error, "commit failed; the storage will be reopened before the next write");
+            let failure = StoreError::unavailable(format!(
+                "the storage write failed ({error}); whether it was stored is known once the \
+                 store has reopened its storage: read before retrying without event ids"
+            ));
             for (request, outcome) in batch.drain(..).zip(outcomes) {
                 let answer = match outcome {
                     Ok(_) => Err(failure.clone()),
@@ -261,14 +287,45 @@ fn commit_batch(
                 };
                 let _ = request.reply.send(answer);
             }
+            true
         }
     }
 }
 
-/// A refusal when the disk has less free space than the configured reserve. Checked before
-/// each batch (one `statvfs`), so a full disk turns writes away before the engine sees them.
-fn storage_full(context: &StoreContext) -> Option<StoreError> {
-    let reserve = context.config.storage.disk_free_bytes_min;
+/// Reopens the engine after a failed write and derives the state machine from what it
+/// recovered. A batch whose write failed part way is either recovered whole (its journal entry
+/// was complete) or not at all; either way the committed mark follows what is now stored.
+fn reopen_storage(context: &StoreContext, machine: &mut StateMachine) -> Result<(), StorageError> {
+    tracing::warn!("reopening the storage after a failed write");
+    let wait = Duration::from_millis(context.config.storage.reopen_wait_ms);
+    context.storage.reopen(wait)?;
+    *machine = StateMachine::recover(
+        &context.storage,
+        context.config.limits.clone(),
+        context.config.commit.stream_head_cache_entries_max,
+    )?;
+    let next_position = machine.next_position();
+    context.committed.send_if_modified(|committed| {
+        let advanced = *committed < next_position;
+        *committed = (*committed).max(next_position);
+        advanced
+    });
+    tracing::info!(next_position, "storage reopened; writes resume");
+    Ok(())
+}
+
+/// Free space a reopen after a failed write needs at least, whatever the reserve: opening
+/// writes a few small files, and failing there would close the engine that still serves reads.
+const REOPEN_FREE_BYTES_MIN: u64 = 4 * 1024 * 1024;
+
+/// A refusal when the disk has less free space than the configured reserve (or, after a
+/// failed write, than a reopen needs). Checked before each batch (one `statvfs`), so a full
+/// disk turns writes away before the engine sees them.
+fn storage_full(context: &StoreContext, engine_failed: bool) -> Option<StoreError> {
+    let mut reserve = context.config.storage.disk_free_bytes_min;
+    if engine_failed {
+        reserve = reserve.max(REOPEN_FREE_BYTES_MIN);
+    }
     if reserve == 0 {
         return None;
     }
@@ -277,7 +334,8 @@ fn storage_full(context: &StoreContext) -> Option<StoreError> {
             metrics::counter!("exesdb_storage_full_refusals_total", "store" => context.store_id().to_string())
                 .increment(1);
             Some(StoreError::unavailable(format!(
-                "storage full: {free} bytes free on {}, below disk_free_bytes_min ({reserve}); \
+                "storage full: {free} bytes free on {}, writes need {reserve} \
+                 (disk_free_bytes_min); \
                  writes resume once space is freed",
                 context.storage.path().display()
             )))
