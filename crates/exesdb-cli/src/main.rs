@@ -3,6 +3,7 @@
 
 mod bench;
 mod commands;
+mod connections;
 mod output;
 mod serve;
 

@@ -10,6 +10,8 @@ use clap::ValueEnum;
 use exesdb::{MetricsRenderer, Node, SystemConfig};
 use serde::Deserialize;
 
+use crate::connections::{self, NetworkSettings};
+
 #[derive(Clone, Copy, Debug, ValueEnum, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -24,11 +26,23 @@ pub enum LogFormat {
     Json,
 }
 
+/// Sets one tunable: a path that starts with `network` is a field of the node's
+/// [`NetworkSettings`]; any other path is a field of the store template.
+macro_rules! assign {
+    ($config:ident, $network:ident, network . $($path:ident).+ = $value:expr) => {
+        $network.$($path).+ = $value
+    };
+    ($config:ident, $network:ident, $($path:ident).+ = $value:expr) => {
+        $config.$($path).+ = $value
+    };
+}
+
 /// Declares each tunable once: its flag and environment variable (clap), its key in the config
-/// file (serde), and where it goes in the store's configuration.
+/// file (serde), and where it goes: the store's configuration, or the node's network settings.
 macro_rules! tunables {
     ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty, $env:literal => $($path:ident).+ ;)*) => {
-        /// Limits, pool sizes, idle times and storage settings of every store on the node.
+        /// Limits, pool sizes, idle times and storage settings of every store on the node, and
+        /// the node's network limits.
         #[derive(clap::Args, Debug, Default)]
         pub struct Tunables {
             $(
@@ -46,11 +60,17 @@ macro_rules! tunables {
         }
 
         impl Tunables {
-            /// Sets, on `config`, each value given as a flag or variable, else in the file.
-            fn apply(&self, file: &FileTunables, config: &mut SystemConfig) {
+            /// Sets, on `config` or `network`, each value given as a flag or variable, else in
+            /// the file.
+            fn apply(
+                &self,
+                file: &FileTunables,
+                config: &mut SystemConfig,
+                network: &mut NetworkSettings,
+            ) {
                 $(
                     if let Some(value) = self.$field.clone().or_else(|| file.$field.clone()) {
-                        config.$($path).+ = value;
+                        assign!(config, network, $($path).+ = value);
                     }
                 )*
             }
@@ -123,6 +143,14 @@ tunables! {
     restart_period_ms: u64, "EXESDB_RESTART_PERIOD_MS" => intensity.period_ms;
     /// How long a process gets to stop before it is killed, ms [default: 10000].
     shutdown_timeout_ms: u64, "EXESDB_SHUTDOWN_TIMEOUT_MS" => shutdown_timeout_ms;
+    /// TCP connections open at once; one more is closed at once [default: 1024].
+    connections_max: usize, "EXESDB_CONNECTIONS_MAX" => network.connections_max;
+    /// A new connection silent for this long is closed, ms [default: 10000].
+    connection_first_bytes_ms: u64, "EXESDB_CONNECTION_FIRST_BYTES_MS" => network.connection_first_bytes_ms;
+    /// Calls at once on one HTTP/2 connection; the client queues more [default: 200].
+    http2_max_concurrent_streams: u32, "EXESDB_HTTP2_MAX_CONCURRENT_STREAMS" => network.http2_max_concurrent_streams;
+    /// Ping an HTTP/2 connection silent this long; close it if no answer in as long again, ms; 0: off [default: 30000].
+    http2_keepalive_interval_ms: u64, "EXESDB_HTTP2_KEEPALIVE_INTERVAL_MS" => network.http2_keepalive_interval_ms;
 }
 
 #[derive(clap::Args, Debug)]
@@ -180,6 +208,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub stores: Vec<String>,
     pub template: SystemConfig,
+    pub network: NetworkSettings,
 }
 
 impl ServeArgs {
@@ -195,7 +224,10 @@ impl ServeArgs {
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("./data"));
         let mut template = SystemConfig::new(data_dir, "default");
-        self.tunables.apply(&file.tunables, &mut template);
+        let mut network = NetworkSettings::default();
+        self.tunables
+            .apply(&file.tunables, &mut template, &mut network);
+        network.validate()?;
         let stores = if !self.stores.is_empty() {
             self.stores.clone()
         } else {
@@ -211,6 +243,7 @@ impl ServeArgs {
                 .unwrap_or(LogFormat::Text),
             stores,
             template,
+            network,
         })
     }
 }
@@ -258,19 +291,12 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
         .map_err(|error| format!("cannot read the listen address: {error}"))?;
     let app = node.router(Some(metrics))?;
     tracing::info!(listen = %local, data_dir = %data_dir.display(), stores = ?settings.stores, "exesdb serving");
-    // Small gRPC replies must not wait for Nagle's algorithm (a 40 ms tail otherwise).
-    let listener =
-        axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::warn!(%error, "cannot set TCP_NODELAY");
-            }
-        });
     // On a signal: end subscription streams (they would hold their connections open), then
     // let in-flight calls finish; connections still open after the shutdown timeout are cut.
     let patience = Duration::from_millis(settings_shutdown_timeout_ms(&node));
     let (signalled, mut signal_seen) = tokio::sync::watch::channel(false);
     let shutdown_node = node.clone();
-    let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let serving = connections::serve(listener, app, settings.network, async move {
         shutdown_signal().await;
         shutdown_node.end_subscriptions();
         let _ = signalled.send(true);
@@ -279,17 +305,16 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
         let _ = signal_seen.wait_for(|seen| *seen).await;
         tokio::time::sleep(patience).await;
     };
-    let served = tokio::select! {
-        served = serving => served,
+    tokio::select! {
+        () = serving => {}
         () = cut_off => {
             tracing::warn!("connections still open after the shutdown timeout; closing them");
-            Ok(())
         }
-    };
+    }
     tracing::info!("connections closed; stopping the stores");
     node.stop().await;
     tracing::info!("exesdb stopped");
-    served.map_err(|error| format!("the HTTP server failed: {error}"))
+    Ok(())
 }
 
 fn settings_shutdown_timeout_ms(node: &Node) -> u64 {
@@ -386,6 +411,30 @@ mod tests {
         assert_eq!(settings.listen, "127.0.0.1:7000".parse().expect("addr"));
         assert_eq!(settings.stores, vec!["a", "b"]);
         assert_eq!(settings.template.pools.writer_idle_ms, 10_000, "default");
+    }
+
+    #[test]
+    fn network_settings_come_from_flags_and_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("exesdb.toml");
+        std::fs::write(
+            &file,
+            "connections_max = 16\nhttp2_max_concurrent_streams = 8\n",
+        )
+        .expect("write");
+        let path = file.to_str().expect("utf-8");
+        let args = Wrapper::try_parse_from(["x", "--config", path, "--connections-max", "32"])
+            .expect("parses");
+        let network = args.serve.settings().expect("settings").network;
+        assert_eq!(network.connections_max, 32, "flag wins");
+        assert_eq!(
+            network.http2_max_concurrent_streams, 8,
+            "file beats default"
+        );
+        assert_eq!(network.connection_first_bytes_ms, 10_000, "default");
+        let args = Wrapper::try_parse_from(["x", "--connections-max", "0"]).expect("parses");
+        let error = args.serve.settings().expect_err("no connection at all");
+        assert!(error.contains("connections_max"), "{error}");
     }
 
     #[test]

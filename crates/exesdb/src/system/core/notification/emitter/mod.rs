@@ -6,8 +6,9 @@
 //! the same loop, so the switch between them can neither lose nor repeat an event; the moment
 //! the position reaches the mark for the first time, the subscriber gets `CaughtUp`. A
 //! subscriber that does not read fills its bounded buffer; the emitter then just stops
-//! advancing (its position stays in the subscription state) and retries, so memory stays
-//! bounded and writers never wait for it. Each step is one message to the emitter, handled in
+//! advancing (its position stays in the subscription state) and waits for room, and a step
+//! scans no more records than there is room for, so memory stays bounded by the buffer and
+//! writers never wait for it. Each step is one message to the emitter, handled in
 //! bounded time, so emitters stop promptly and a restarted one resumes from the position.
 
 use std::sync::{Arc, Mutex};
@@ -137,12 +138,25 @@ impl EmitterWork {
         if from >= committed {
             return self.wait_for_commits(subscription, from).await;
         }
-        let scanned =
-            self.context
-                .storage
-                .scan_log(from, committed, self.scan_events_max, |event| {
-                    subscription.wants(event)
-                });
+        // The matching events of a step are held in memory until sent, so a step scans no
+        // more records than the subscriber has room for: a subscriber that stopped reading
+        // then costs its buffer, not a scan's worth of events more at every retry (found by
+        // `crates/exesdb-cli/tests/flood.rs`: 256 MiB more for 64 KiB events). Only this
+        // emitter sends on the channel, so every event of the step fits.
+        let room = subscription.sender.capacity();
+        if room == 0 {
+            return match tokio::time::timeout(STEP_WAIT, subscription.sender.reserve()).await {
+                Ok(Ok(_)) | Err(_) => true, // room now, or retry later
+                Ok(Err(_)) => false,        // the subscriber is gone
+            };
+        }
+        let scan_max = self
+            .scan_events_max
+            .min(u64::try_from(room).unwrap_or(u64::MAX));
+        let scanned = self
+            .context
+            .storage
+            .scan_log(from, committed, scan_max, |event| subscription.wants(event));
         let (events, next) = match scanned {
             Ok(scanned) => scanned,
             Err(error) => {
