@@ -6,10 +6,16 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{event, start, start_with};
-use exesdb::{Direction, ExpectedVersion, Kind, Strategy, System, TreeSnapshot};
+use exesdb::{
+    Direction, ExpectedVersion, Kind, Selector, StartFrom, StoreApi, Strategy,
+    SubscriptionDefinition, SubscriptionMessage, System, TreeSnapshot,
+};
 
 /// A static process of the tree with its parent's strategy and its siblings, in start order.
 struct Placement {
@@ -179,4 +185,142 @@ async fn repeated_failures_escalate_to_the_grandparent_for_every_process() {
         serves(s, &mut acknowledged).await;
         store.system.stop().await;
     }
+}
+
+/// How long a subscriber may wait for the next event before the test calls it stuck.
+const DELIVERY_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Reads a transient `$all` subscription until it has seen every position below `target`
+/// (which the test sets once the writes are done); returns the positions in delivery order.
+async fn transient_reader(
+    mut subscription: exesdb::Subscription,
+    target: Arc<AtomicU64>,
+) -> Vec<u64> {
+    let mut seen = Vec::new();
+    while (seen.len() as u64) < target.load(Ordering::Acquire) {
+        match tokio::time::timeout(DELIVERY_PATIENCE, subscription.next()).await {
+            Ok(Some(SubscriptionMessage::Event(event))) => seen.push(event.position),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!(
+                "the transient subscription ended after {} events",
+                seen.len()
+            ),
+            Err(_) => panic!(
+                "the transient subscription stalled after {} events",
+                seen.len()
+            ),
+        }
+    }
+    seen
+}
+
+/// Consumes a persistent subscription, acknowledging everything, until every position below
+/// `target` was delivered; a consumer whose group went away joins again, as a client would.
+async fn persistent_reader(api: StoreApi, name: &str, target: Arc<AtomicU64>) -> u64 {
+    let mut delivered = BTreeSet::new();
+    let mut joins = 0;
+    'join: loop {
+        let mut consumer = loop {
+            match api.connect_subscription(name).await {
+                Ok(consumer) => break consumer,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        joins += 1;
+        assert!(joins < 200, "the persistent subscription keeps going away");
+        while (delivered.range(..target.load(Ordering::Acquire)).count() as u64)
+            < target.load(Ordering::Acquire)
+        {
+            match tokio::time::timeout(DELIVERY_PATIENCE, consumer.next()).await {
+                Ok(Some(delivery)) => {
+                    consumer.ack(delivery.event.position);
+                    delivered.insert(delivery.event.position);
+                }
+                Ok(None) => continue 'join,
+                Err(_) => panic!("the persistent subscription stalled at {}", delivered.len()),
+            }
+        }
+        assert_eq!(
+            delivered
+                .range(..target.load(Ordering::Acquire))
+                .copied()
+                .collect::<Vec<_>>(),
+            (0..target.load(Ordering::Acquire)).collect::<Vec<_>>(),
+            "every event delivered to the persistent subscription"
+        );
+        return joins;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_resume_after_every_process_fault() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = start_with(dir, |config| config.intensity.period_ms = 100).await;
+    let s = &store.system;
+    let target = Arc::new(AtomicU64::new(u64::MAX));
+    let transient = s
+        .subscribe(Selector::ByStream("$all".into()), StartFrom::Beginning)
+        .await
+        .expect("subscribe");
+    let transient = tokio::spawn(transient_reader(transient, target.clone()));
+    s.save_subscription(SubscriptionDefinition::new(
+        "faults",
+        Selector::ByStream("$all".into()),
+        StartFrom::Beginning,
+    ))
+    .await
+    .expect("save");
+    let api: StoreApi = (**s).clone();
+    let persistent = tokio::spawn({
+        let target = target.clone();
+        async move { persistent_reader(api, "faults", target).await }
+    });
+
+    let mut acknowledged = 0;
+    serves(s, &mut acknowledged).await;
+    let mut all = Vec::new();
+    placements(&s.tree(), &mut all);
+    for placement in &all {
+        // Events in flight to both subscribers while the process dies.
+        for i in 0..5 {
+            s.append(
+                "load",
+                ExpectedVersion::Any,
+                vec![event("E", &i.to_string())],
+            )
+            .await
+            .expect("the store serves between faults");
+        }
+        kill_and_wait(s, &placement.name).await;
+        serves(s, &mut acknowledged).await;
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    let stored = s
+        .read_all(exesdb::ReadAllRequest {
+            count: 10_000,
+            ..Default::default()
+        })
+        .await
+        .expect("read all");
+    let total = stored.len() as u64;
+    assert!(total >= acknowledged, "acknowledged probes are stored");
+    target.store(total, Ordering::Release);
+    // Wake a reader that caught up before the target was known.
+    s.append("load", ExpectedVersion::Any, vec![event("E", "last")])
+        .await
+        .expect("append");
+    let seen = transient.await.expect("transient reader");
+    assert_eq!(
+        seen[..total as usize],
+        (0..total).collect::<Vec<_>>()[..],
+        "the transient subscription saw every event once, in order, through {} faults",
+        all.len()
+    );
+    let joins = persistent.await.expect("persistent reader");
+    println!(
+        "{} processes killed; {total} events; transient: gapless; persistent: all delivered \
+         ({joins} joins)",
+        all.len()
+    );
+    store.system.stop().await;
 }
