@@ -52,6 +52,14 @@ fn config(dir: &Path) -> exesdb::SystemConfig {
     config
 }
 
+/// Cycles per journal test: 12 in CI, more with `EXESDB_DAMAGE_CYCLES`.
+fn cycles() -> u64 {
+    std::env::var("EXESDB_DAMAGE_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12)
+}
+
 /// An acknowledged append: its stream, first position, and event ids.
 #[derive(Clone)]
 struct Ack {
@@ -203,7 +211,7 @@ async fn a_torn_journal_tail_recovers_to_the_last_complete_commit() {
     let seed = seed();
     println!("seed {seed} (EXESDB_DAMAGE_SEED replays it)");
     let mut rng = Rng(seed);
-    let cycles = 12;
+    let cycles = cycles();
     for cycle in 0..cycles {
         let dir = tempfile::tempdir().expect("tempdir");
         let system = Arc::new(System::start(config(dir.path())).await.expect("starts"));
@@ -250,7 +258,7 @@ async fn damage_in_the_middle_of_a_journal_is_refused_naming_the_file() {
     let seed = seed();
     println!("seed {seed} (EXESDB_DAMAGE_SEED replays it)");
     let mut rng = Rng(seed);
-    let cycles = 12;
+    let cycles = cycles();
     let mut refused_by_guard = 0;
     let mut refusals = 0;
     for cycle in 0..cycles {
