@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::Server;
-use exesdb_client::{Client, Direction, ExpectedVersion, NewEvent, ReadFrom};
+use exesdb_client::{
+    AppendResult, Client, ClientError, Direction, ExpectedVersion, NewEvent, ReadFrom,
+};
 use tokio_stream::StreamExt;
 
 const MOUNT_MIB: u64 = 48;
@@ -113,6 +115,64 @@ fn big_append(tag: u64) -> Vec<NewEvent> {
         .collect()
 }
 
+/// Appends big batches until the store refuses one; returns what was acknowledged, and the
+/// refusal.
+async fn append_until_refused(client: &Client, disk: &Path) -> (Vec<AppendResult>, ClientError) {
+    let mut acknowledged = Vec::new();
+    loop {
+        match client
+            .append(
+                "big",
+                ExpectedVersion::Any,
+                big_append(acknowledged.len() as u64),
+            )
+            .await
+        {
+            Ok(result) => {
+                acknowledged.push(result);
+                assert!(
+                    acknowledged.len() < 100,
+                    "the disk never filled up ({} bytes free)",
+                    free_bytes(disk)
+                );
+            }
+            Err(error) => return (acknowledged, error),
+        }
+    }
+}
+
+/// Stops the server with SIGTERM and starts it again on the same data; checks that every
+/// acknowledged append of stream "big" is in place, that no append is partial and that every
+/// event's bytes are whole. Returns the new server, a client, and the number of events.
+async fn restart_and_check_big(
+    server: Server,
+    data_dir: &Path,
+    flags: &[&str],
+    acknowledged: &[AppendResult],
+) -> (Server, Client, usize) {
+    let exit = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .expect("join");
+    assert_eq!(exit.code(), Some(0));
+    let server = Server::start_with(data_dir, flags);
+    let client = server.client().await;
+    let events: Vec<_> = client
+        .read_stream("big", ReadFrom::Start, None, Direction::Forward)
+        .map(|event| event.expect("readable"))
+        .collect()
+        .await;
+    assert!(events.len() >= acknowledged.len() * EVENTS_PER_APPEND);
+    assert_eq!(events.len() % EVENTS_PER_APPEND, 0, "no partial append");
+    for (index, result) in acknowledged.iter().enumerate() {
+        let first = result.first_event_number as usize;
+        assert_eq!(first, index * EVENTS_PER_APPEND, "append {index} in place");
+    }
+    for event in &events {
+        assert_eq!(event.data.len(), EVENT_BYTES, "event bytes intact");
+    }
+    (server, client, events.len())
+}
+
 async fn stream_ids(client: &Client, stream: &str) -> Vec<uuid::Uuid> {
     client
         .read_stream(stream, ReadFrom::Start, None, Direction::Forward)
@@ -135,27 +195,7 @@ async fn a_full_disk_refuses_appends_keeps_reads_and_recovers() {
 
     // Leave a little more than the reserve, then append until the store says it is full.
     let filler = fill(&disk.path, RESERVE_BYTES + 2 * 1024 * 1024);
-    let mut acknowledged = Vec::new();
-    let refusal = loop {
-        match client
-            .append(
-                "big",
-                ExpectedVersion::Any,
-                big_append(acknowledged.len() as u64),
-            )
-            .await
-        {
-            Ok(result) => {
-                acknowledged.push(result);
-                assert!(
-                    acknowledged.len() < 100,
-                    "the disk never filled up ({} bytes free)",
-                    free_bytes(&disk.path)
-                );
-            }
-            Err(error) => break error,
-        }
-    };
+    let (mut acknowledged, refusal) = append_until_refused(&client, &disk.path).await;
     assert_eq!(refusal.code(), "unavailable", "{refusal}");
     assert!(refusal.to_string().contains("storage full"), "{refusal}");
     assert!(
@@ -187,25 +227,13 @@ async fn a_full_disk_refuses_appends_keeps_reads_and_recovers() {
     acknowledged.push(resumed);
 
     // Nothing lost or damaged across a restart.
-    let exit = tokio::task::spawn_blocking(move || server.terminate())
-        .await
-        .expect("join");
-    assert_eq!(exit.code(), Some(0));
-    let server = Server::start_with(&data_dir, &flags);
-    let client = server.client().await;
-    let events: Vec<_> = client
-        .read_stream("big", ReadFrom::Start, None, Direction::Forward)
-        .map(|event| event.expect("readable"))
-        .collect()
-        .await;
-    assert_eq!(events.len(), acknowledged.len() * EVENTS_PER_APPEND);
-    for (index, result) in acknowledged.iter().enumerate() {
-        let first = result.first_event_number as usize;
-        assert_eq!(first, index * EVENTS_PER_APPEND, "append {index} in place");
-        for event in &events[first..first + EVENTS_PER_APPEND] {
-            assert_eq!(event.data.len(), EVENT_BYTES, "event bytes intact");
-        }
-    }
+    let (server, client, stored) =
+        restart_and_check_big(server, &data_dir, &flags, &acknowledged).await;
+    assert_eq!(
+        stored,
+        acknowledged.len() * EVENTS_PER_APPEND,
+        "exactly the acknowledged events"
+    );
     drop(client);
     drop(server);
     drop(disk);
@@ -227,23 +255,7 @@ async fn a_write_failing_on_a_full_disk_is_recovered_by_reopening_the_storage() 
     let client = server.client().await;
 
     let filler = fill(&disk.path, 2 * 1024 * 1024);
-    let mut acknowledged = Vec::new();
-    let failure = loop {
-        match client
-            .append(
-                "big",
-                ExpectedVersion::Any,
-                big_append(acknowledged.len() as u64),
-            )
-            .await
-        {
-            Ok(result) => {
-                acknowledged.push(result);
-                assert!(acknowledged.len() < 100, "the disk never filled up");
-            }
-            Err(error) => break error,
-        }
-    };
+    let (acknowledged, failure) = append_until_refused(&client, &disk.path).await;
     assert_eq!(failure.code(), "unavailable", "{failure}");
     assert!(
         failure.to_string().contains("storage write failed"),
@@ -280,30 +292,9 @@ async fn a_write_failing_on_a_full_disk_is_recovered_by_reopening_the_storage() 
         .expect("writes resume after the storage is reopened");
     assert_eq!(resumed.first_event_number, 0);
 
-    let exit = tokio::task::spawn_blocking(move || server.terminate())
-        .await
-        .expect("join");
-    assert_eq!(exit.code(), Some(0));
-    let server = Server::start_with(&data_dir, &flags);
-    let client = server.client().await;
-    let events: Vec<_> = client
-        .read_stream("big", ReadFrom::Start, None, Direction::Forward)
-        .map(|event| event.expect("readable"))
-        .collect()
-        .await;
     // The failed append may have been recovered whole (its outcome was reported unknown), but
     // every acknowledged one is there, in place and intact.
-    assert!(events.len() >= acknowledged.len() * EVENTS_PER_APPEND);
-    assert_eq!(events.len() % EVENTS_PER_APPEND, 0, "no partial append");
-    for (index, result) in acknowledged.iter().enumerate() {
-        assert_eq!(
-            result.first_event_number as usize,
-            index * EVENTS_PER_APPEND
-        );
-    }
-    for event in &events {
-        assert_eq!(event.data.len(), EVENT_BYTES, "event bytes intact");
-    }
+    let (server, client, _) = restart_and_check_big(server, &data_dir, &flags, &acknowledged).await;
     assert_eq!(stream_ids(&client, "small").await.len(), 1);
     drop(client);
     drop(server);
