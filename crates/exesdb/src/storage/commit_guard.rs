@@ -93,8 +93,7 @@ pub fn scan_journals(engine_dir: &Path) -> Result<Option<CommitFloor>, StartErro
         if path.extension().is_none_or(|extension| extension != "jnl") {
             continue;
         }
-        let bytes = fs::read(&path).map_err(io(&path))?;
-        if let Some(sequence) = highest_complete_marker(&bytes)
+        if let Some(sequence) = scan_journal(&path).map_err(io(&path))?
             && best.as_ref().is_none_or(|b| sequence > b.sequence)
         {
             best = Some(CommitFloor {
@@ -104,6 +103,31 @@ pub fn scan_journals(engine_dir: &Path) -> Result<Option<CommitFloor>, StartErro
         }
     }
     Ok(best)
+}
+
+/// Journals are read in chunks of this size, so the scan's memory does not grow with them
+/// (fjall preallocates each journal file to 64 MiB).
+const SCAN_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The highest complete marker in one journal file, read chunk by chunk. Each chunk keeps the
+/// last bytes of the one before it, so that a marker and its end entry are seen whole even
+/// when a chunk boundary falls inside them.
+fn scan_journal(path: &Path) -> std::io::Result<Option<u64>> {
+    use std::io::Read;
+    let carried = MARKER_LEN + JOURNAL_END_LEN - 1;
+    let mut file = fs::File::open(path)?;
+    let mut buffer = Vec::new();
+    let mut highest = None;
+    loop {
+        let read = (&mut file)
+            .take(SCAN_CHUNK_BYTES)
+            .read_to_end(&mut buffer)?;
+        highest = highest.max(highest_complete_marker(&buffer));
+        if read == 0 {
+            return Ok(highest);
+        }
+        buffer.drain(..buffer.len().saturating_sub(carried));
+    }
 }
 
 /// The highest sequence among markers in `journal` that are directly followed by a whole
@@ -308,6 +332,22 @@ mod tests {
         // Cut inside the end entry: the batch did not reach the disk whole.
         let cut = &whole[..whole.len() - b"next batch start".len() - 1];
         assert_eq!(highest_complete_marker(cut), None);
+    }
+
+    #[test]
+    fn markers_across_chunk_boundaries_are_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker_batch = journal_with(&[(9, true)]);
+        // Place the marker so that every offset around the first boundary is tried.
+        for shift in 0..(MARKER_LEN + JOURNAL_END_LEN + 2) {
+            let start = SCAN_CHUNK_BYTES as usize - MARKER_LEN - shift + 8;
+            let mut bytes = vec![0u8; start];
+            bytes.extend_from_slice(&marker_batch);
+            bytes.resize(bytes.len() + 100, 0);
+            let path = dir.path().join("1.jnl");
+            fs::write(&path, &bytes).expect("journal");
+            assert_eq!(scan_journal(&path).expect("scan"), Some(9), "shift {shift}");
+        }
     }
 
     #[test]
