@@ -45,4 +45,4 @@ if [[ $install == 1 && ${#missing[@]} -gt 0 ]]; then
 fi
 
 cargo build --release -p exesdb-cli -p exesdb-compare
-exec ./target/release/exesdb-compare "${args[@]}"
+exec "${CARGO_TARGET_DIR:-target}/release/exesdb-compare" "${args[@]}"

@@ -17,6 +17,8 @@ use crate::process::ServerProcess;
 pub struct Limits {
     pub fdatasyncs_per_second: f64,
     pub sequential_mb_per_second: f64,
+    /// One caller, one call at a time: the ceiling of a sequential client.
+    pub noop_one_caller: NoopRate,
     pub noop_one_connection: NoopRate,
     pub noop_four_connections: NoopRate,
 }
@@ -32,10 +34,12 @@ pub async fn measure(dir: &Path, seconds: f64, callers: u64) -> Result<Limits> {
     let duration = Duration::from_secs_f64(seconds);
     let fdatasyncs_per_second = fdatasync_rate(&dir.join("fdatasync.bin"), duration)?;
     let sequential_mb_per_second = sequential_write_rate(&dir.join("sequential.bin"), duration)?;
-    let (noop_one_connection, noop_four_connections) = noop_rates(dir, duration, callers).await?;
+    let [noop_one_caller, noop_one_connection, noop_four_connections] =
+        noop_rates(dir, duration, callers).await?;
     Ok(Limits {
         fdatasyncs_per_second,
         sequential_mb_per_second,
+        noop_one_caller,
         noop_one_connection,
         noop_four_connections,
     })
@@ -84,8 +88,9 @@ fn sequential_write_rate(path: &Path, duration: Duration) -> Result<f64> {
 }
 
 /// Starts this program's own no-op gRPC server in a process of its own (as `exesdb serve`
-/// runs in its own), then calls it from `callers` tasks over 1 and over 4 connections.
-async fn noop_rates(dir: &Path, duration: Duration, callers: u64) -> Result<(NoopRate, NoopRate)> {
+/// runs in its own), then calls it from one task, and from `callers` tasks over 1 and over 4
+/// connections.
+async fn noop_rates(dir: &Path, duration: Duration, callers: u64) -> Result<[NoopRate; 3]> {
     let program = std::env::current_exe().context("cannot find this program")?;
     let mut command = Command::new(program);
     command.arg("noop-server");
@@ -99,10 +104,11 @@ async fn noop_rates(dir: &Path, duration: Duration, callers: u64) -> Result<(Noo
         "http://{}",
         rest.split_whitespace().next().context("no address")?
     );
+    let single = noop_rate(&url, 1, 1, duration).await?;
     let one = noop_rate(&url, 1, callers, duration).await?;
     let four = noop_rate(&url, 4, callers, duration).await?;
     server.stop(Duration::from_secs(10))?;
-    Ok((one, four))
+    Ok([single, one, four])
 }
 
 async fn noop_rate(

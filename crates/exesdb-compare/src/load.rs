@@ -374,8 +374,8 @@ impl SystemRun {
     }
 }
 
-/// Runs the three write workloads, then the read, against one system. `between` runs after
-/// each write workload and may fill in what the system can tell about its fsyncs.
+/// Runs the three write workloads, then the read, against one system. `fsyncs` is asked
+/// before and after each write workload, for the events per fsync where the system can tell.
 pub async fn run_all<T, R, F>(
     target: &T,
     settings: &LoadSettings,
