@@ -60,9 +60,10 @@ impl Node {
                     for system in systems.into_values() {
                         system.stop().await;
                     }
-                    return Err(StartError::InvalidConfig(format!(
-                        "store {store_id}: {error}"
-                    )));
+                    return Err(StartError::Store {
+                        store_id: store_id.clone(),
+                        source: Box::new(error),
+                    });
                 }
             }
         }
