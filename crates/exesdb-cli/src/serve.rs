@@ -135,6 +135,8 @@ tunables! {
     disk_free_bytes_min: u64, "EXESDB_DISK_FREE_BYTES_MIN" => storage.disk_free_bytes_min;
     /// After a failed write, how long reopening the storage waits for readers of the failed engine, ms [default: 5000].
     reopen_wait_ms: u64, "EXESDB_REOPEN_WAIT_MS" => storage.reopen_wait_ms;
+    /// Read every table file at start and refuse to start, naming the file, if a block is damaged (true/false) [default: false].
+    verify_tables_on_start: bool, "EXESDB_VERIFY_TABLES_ON_START" => storage.verify_tables_on_start;
     /// Block cache, bytes [default: 67108864].
     cache_bytes_max: u64, "EXESDB_CACHE_BYTES_MAX" => storage.cache_bytes_max;
     /// Restarts a supervisor tolerates within the period [default: 3].

@@ -314,18 +314,25 @@ async fn damage_inside_a_table_file_never_shortens_history_silently() {
     let seed = seed();
     println!("seed {seed} (EXESDB_DAMAGE_SEED replays it)");
     let mut rng = Rng(seed);
-    for cycle in 0..4 {
+    let mut named = 0;
+    let cycles = (cycles() / 3).max(4);
+    for cycle in 0..cycles {
+        // Odd cycles read every table at start (`verify_tables_on_start`).
+        let verify = cycle % 2 == 1;
         let dir = tempfile::tempdir().expect("tempdir");
-        let small_memtables = |config: &mut exesdb::SystemConfig| {
-            config.storage.memtable_bytes_max = 1024 * 1024;
-            config.limits.read_events_max = 1_000_000;
-        };
-        let mut config = common::config(dir.path());
-        small_memtables(&mut config);
+        let mut config = config(dir.path());
+        config.storage.memtable_bytes_max = 1024 * 1024;
+        config.storage.verify_tables_on_start = verify;
         let system = Arc::new(System::start(config.clone()).await.expect("starts"));
         let acks = load(&system, 4, 1_500, rng.next()).await;
         stop(system).await;
-        let tables: Vec<PathBuf> = files_under(&dir.path().join("default").join("fjall"))
+        let engine_dir = dir.path().join("default").join("fjall");
+        assert_eq!(
+            exesdb::storage::table_check::find_damaged_table(&engine_dir).expect("reads tables"),
+            None,
+            "healthy table files pass the check"
+        );
+        let tables: Vec<PathBuf> = files_under(&engine_dir)
             .into_iter()
             .filter(|path| path.components().any(|c| c.as_os_str() == "tables"))
             .filter(|path| std::fs::metadata(path).map_or(0, |m| m.len()) > 4096)
@@ -337,11 +344,13 @@ async fn damage_inside_a_table_file_never_shortens_history_silently() {
         flip_byte(table, offset);
         match System::start(config).await {
             Err(error) => {
-                println!("cycle {cycle}: start refused: {error}");
-                assert!(
-                    error.to_string().contains("fjall"),
-                    "the refusal must say where: {error}"
-                );
+                println!("cycle {cycle} (verify {verify}): start refused: {error}");
+                if let StartError::CorruptFile { path, .. } = &error {
+                    assert_eq!(path, table, "the refusal names the damaged table");
+                    named += 1;
+                } else {
+                    assert!(error.to_string().contains("fjall"), "{error}");
+                }
             }
             Ok(system) => {
                 match read_everything(&system).await {
@@ -353,12 +362,21 @@ async fn damage_inside_a_table_file_never_shortens_history_silently() {
                             "cycle {cycle}: a flip at {offset} of {} shortened history",
                             table.display()
                         );
-                        println!("cycle {cycle}: flip at {offset} did not touch event data");
+                        println!(
+                            "cycle {cycle} (verify {verify}): flip at {offset} touched no event data"
+                        );
                     }
-                    Err(error) => println!("cycle {cycle}: the read failed: {error}"),
+                    Err(error) => {
+                        assert!(
+                            !verify,
+                            "verification at start missed damage that a read found"
+                        );
+                        println!("cycle {cycle} (verify {verify}): the read failed: {error}");
+                    }
                 }
                 system.stop().await;
             }
         }
     }
+    println!("{named} of {cycles} refusals named the damaged table file");
 }

@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod commit_guard;
+pub mod table_check;
 
 use std::fs;
 use std::io::Write;
@@ -294,9 +295,14 @@ impl Engine {
     /// lost acknowledged commits (see [`commit_guard`]).
     fn open(dir: &Path, settings: &StorageSettings) -> Result<Engine, StartError> {
         let engine_dir = dir.join(ENGINE_DIR);
-        let storage_error = |error: fjall::Error| StartError::Storage {
-            path: engine_dir.clone(),
-            message: error.to_string(),
+        // The engine's refusal, naming the damaged table file when one can be found.
+        let storage_error = |error: fjall::Error| match table_check::find_damaged_table(&engine_dir)
+        {
+            Ok(Some((path, damage))) => table_check::table_damaged(path, &damage),
+            Ok(None) | Err(_) => StartError::Storage {
+                path: engine_dir.clone(),
+                message: error.to_string(),
+            },
         };
         // Before fjall reads (and may truncate) its journals.
         let floor = commit_guard::raise_floor(dir, &engine_dir)?;
@@ -342,6 +348,11 @@ impl Engine {
             .last_commit()
             .map_err(|error| StartError::Corrupt(error.to_string()))?;
         commit_guard::check_recovered(floor.as_ref(), recovered.map_or(0, |m| m.sequence))?;
+        if settings.verify_tables_on_start
+            && let Some((path, damage)) = table_check::find_damaged_table(&engine_dir)?
+        {
+            return Err(table_check::table_damaged(path, &damage));
+        }
         Ok(engine)
     }
 
