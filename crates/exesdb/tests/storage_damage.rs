@@ -378,5 +378,5 @@ async fn damage_inside_a_table_file_never_shortens_history_silently() {
             }
         }
     }
-    println!("{named} of {cycles} refusals named the damaged table file");
+    println!("{named} of {cycles} cycles were refused at start naming the damaged table file");
 }
