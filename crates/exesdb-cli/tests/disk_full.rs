@@ -8,10 +8,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use common::Server;
 use exesdb_client::{
-    AppendResult, Client, ClientError, Direction, ExpectedVersion, NewEvent, ReadFrom,
+    AppendResult, Client, ClientError, Direction, ExpectedVersion, NewEvent, ReadFrom, Selector,
+    StartFrom, SubscriptionMessage,
 };
 use tokio_stream::StreamExt;
 
@@ -253,6 +257,29 @@ async fn a_write_failing_on_a_full_disk_is_recovered_by_reopening_the_storage() 
     let flags = ["--disk-free-bytes-min", "0"];
     let server = Server::start_with(&data_dir, &flags);
     let client = server.client().await;
+    // A live `$all` subscriber through the failed write and the reopen.
+    let target = Arc::new(AtomicU64::new(u64::MAX));
+    let subscriber = tokio::spawn({
+        let target = target.clone();
+        let messages = client.subscribe(Selector::ByStream("$all".into()), StartFrom::Beginning);
+        async move {
+            let mut messages = std::pin::pin!(messages);
+            let mut seen = Vec::new();
+            while (seen.len() as u64) < target.load(Ordering::Acquire) {
+                match tokio::time::timeout(Duration::from_secs(30), messages.next()).await {
+                    Ok(Some(Ok(SubscriptionMessage::Event(event)))) => seen.push(event.position),
+                    Ok(Some(Ok(SubscriptionMessage::CaughtUp))) => {}
+                    other => panic!(
+                        "subscription broke after {} events (last {:?}, target {}): {other:?}",
+                        seen.len(),
+                        seen.last(),
+                        target.load(Ordering::Acquire)
+                    ),
+                }
+            }
+            seen
+        }
+    });
 
     let filler = fill(&disk.path, 2 * 1024 * 1024);
     let (acknowledged, failure) = append_until_refused(&client, &disk.path).await;
@@ -291,6 +318,23 @@ async fn a_write_failing_on_a_full_disk_is_recovered_by_reopening_the_storage() 
         .await
         .expect("writes resume after the storage is reopened");
     assert_eq!(resumed.first_event_number, 0);
+    let all: Vec<u64> = client
+        .read_all(ReadFrom::Start, None, Direction::Forward, None, &[])
+        .map(|event| event.expect("readable").position)
+        .collect()
+        .await;
+    target.store(all.len() as u64, Ordering::Release);
+    // Wakes a subscriber that caught up before the target was known.
+    client
+        .append("wake", ExpectedVersion::Any, vec![NewEvent::new("E", "{}")])
+        .await
+        .expect("append");
+    let seen = subscriber.await.expect("subscriber");
+    assert_eq!(
+        seen[..all.len()],
+        all[..],
+        "the subscriber saw every event, in order, through the reopen"
+    );
 
     // The failed append may have been recovered whole (its outcome was reported unknown), but
     // every acknowledged one is there, in place and intact.
