@@ -87,6 +87,8 @@ tunables! {
     append_bytes_max: u64, "EXESDB_APPEND_BYTES_MAX" => limits.append_bytes_max;
     /// Events in one read page [default: 10000].
     read_events_max: u64, "EXESDB_READ_EVENTS_MAX" => limits.read_events_max;
+    /// Bytes a page of a streamed read holds at most, past its first event [default: 16777216].
+    read_page_bytes_max: u64, "EXESDB_READ_PAGE_BYTES_MAX" => limits.read_page_bytes_max;
     /// Snapshot data plus metadata, bytes [default: 16777216].
     snapshot_bytes_max: u64, "EXESDB_SNAPSHOT_BYTES_MAX" => limits.snapshot_bytes_max;
     /// Messages buffered per subscriber; past that it is fed from storage as it reads [default: 1024].

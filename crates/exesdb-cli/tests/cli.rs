@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::Server;
+use common::{Server, http_get_ok};
 use serde_json::{Value, json};
 
 struct Run {
@@ -369,7 +369,7 @@ fn http_metrics_and_health_share_the_grpc_port() {
         None,
     );
     exesdb(&server, &["read", "m"], None);
-    let metrics = http_get(&server.address, "/metrics");
+    let metrics = http_get_ok(&server.address, "/metrics");
     for name in [
         "exesdb_appends_total",
         "exesdb_events_appended_total",
@@ -386,20 +386,7 @@ fn http_metrics_and_health_share_the_grpc_port() {
         metrics.contains("exesdb_appends_total{store=\"default\"} 1"),
         "{metrics}"
     );
-    let health: Value = serde_json::from_str(&http_get(&server.address, "/health")).expect("json");
+    let health: Value =
+        serde_json::from_str(&http_get_ok(&server.address, "/health")).expect("json");
     assert_eq!(health["status"], "ok");
-}
-
-fn http_get(address: &str, path: &str) -> String {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(address).expect("connect");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
 }

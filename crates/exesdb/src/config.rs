@@ -28,6 +28,10 @@ pub struct Limits {
     pub append_bytes_max: u64,
     /// Events returned by one read (a page).
     pub read_events_max: u64,
+    /// Bytes (data, metadata, type and stream id) a page of a streamed gRPC read holds at
+    /// most, past its first event: with large events, `read_events_max` alone would let one
+    /// page hold gigabytes.
+    pub read_page_bytes_max: u64,
     /// Snapshot data plus metadata.
     pub snapshot_bytes_max: u64,
     /// Messages buffered for one subscriber; a subscriber that falls this far behind is fed
@@ -44,6 +48,7 @@ impl Default for Limits {
             append_events_max: 10_000,
             append_bytes_max: 16 * 1024 * 1024,
             read_events_max: 10_000,
+            read_page_bytes_max: 16 * 1024 * 1024,
             snapshot_bytes_max: 16 * 1024 * 1024,
             subscriber_buffer_events_max: 1_024,
             subscriptions_max: 10_000,
@@ -296,7 +301,10 @@ impl SystemConfig {
                     .into(),
             ));
         }
-        if limits.append_events_max == 0 || limits.read_events_max == 0 {
+        if limits.append_events_max == 0
+            || limits.read_events_max == 0
+            || limits.read_page_bytes_max == 0
+        {
             return Err(StartError::InvalidConfig(
                 "append_events_max and read_events_max must be at least 1".into(),
             ));

@@ -90,6 +90,19 @@ pub struct RecordedEvent {
     pub created_micros: i64,
 }
 
+impl RecordedEvent {
+    /// Its variable-size bytes: data, metadata, type, content types and stream id. What read
+    /// byte limits count.
+    pub fn size_bytes(&self) -> u64 {
+        (self.data.len()
+            + self.metadata.len()
+            + self.event_type.len()
+            + self.data_content_type.len()
+            + self.metadata_content_type.len()
+            + self.stream_id.len()) as u64
+    }
+}
+
 /// What version a stream must be at for an append to go ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpectedVersion {
@@ -150,6 +163,10 @@ pub struct ReadAllRequest {
     pub stream_prefix: Option<String>,
     /// Only events of these types (all types when empty).
     pub event_types: Vec<String>,
+    /// Stop once the events read hold at least this many bytes ([`RecordedEvent::size_bytes`]);
+    /// at least one event is returned. A read that stops for this reason returns fewer than
+    /// `count` events without having reached the end. `None`: no byte limit.
+    pub bytes_max: Option<u64>,
 }
 
 /// A stream and its version, as listed.

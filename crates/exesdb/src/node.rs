@@ -107,6 +107,12 @@ impl Node {
             .map_or(1, |s| s.config().limits.read_events_max)
     }
 
+    pub(crate) fn read_page_bytes_max(&self, store_id: &str) -> u64 {
+        self.systems
+            .get(store_id)
+            .map_or(1, |s| s.config().limits.read_page_bytes_max)
+    }
+
     pub(crate) fn read_stream_buffer_events(&self, store_id: &str) -> usize {
         self.systems
             .get(store_id)

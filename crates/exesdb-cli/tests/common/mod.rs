@@ -92,3 +92,41 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// A plain HTTP/1.1 GET on the server's port: the status code and the body.
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// The body of a GET that must answer 200.
+pub fn http_get_ok(address: &str, path: &str) -> String {
+    let (status, body) = http_get(address, path);
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+/// The value of a Prometheus counter or gauge in `/metrics` (0 when absent).
+pub fn metric(address: &str, series: &str) -> f64 {
+    http_get_ok(address, "/metrics")
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}

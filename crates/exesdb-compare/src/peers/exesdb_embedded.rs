@@ -101,6 +101,7 @@ async fn read_all(system: &System, page_events: u64) -> Result<load::ReadResult>
                 direction: Direction::Forward,
                 stream_prefix: None,
                 event_types: Vec::new(),
+                bytes_max: None,
             })
             .await?;
         let Some(last) = page.last() else { break };

@@ -221,9 +221,10 @@ impl Storage {
         from: Option<u64>,
         count: u64,
         direction: Direction,
+        bytes_max: Option<u64>,
     ) -> Result<Option<Vec<RecordedEvent>>, StorageError> {
         self.engine()?
-            .read_stream(stream_id, from, count, direction)
+            .read_stream(stream_id, from, count, direction, bytes_max)
     }
 
     /// See [`Engine::read_all`].
@@ -417,12 +418,14 @@ impl Engine {
 
     /// Up to `count` events of a stream starting at `from` (inclusive); `None` starts at the
     /// first event (forward) or the last (backward). `Ok(None)` when the stream has no events.
+    /// With `bytes_max`, stops once the events hold that many bytes (at least one event).
     pub fn read_stream(
         &self,
         stream_id: &str,
         from: Option<u64>,
         count: u64,
         direction: Direction,
+        bytes_max: Option<u64>,
     ) -> Result<Option<Vec<RecordedEvent>>, StorageError> {
         let view = self.view();
         if view
@@ -450,13 +453,18 @@ impl Engine {
             }
         };
         let mut events = Vec::new();
+        let mut bytes = 0u64;
         for guard in entries.take(usize::try_from(count).unwrap_or(usize::MAX)) {
+            if bytes_max.is_some_and(|max| bytes >= max) {
+                break;
+            }
             let position = decode_u64(&guard.value()?, "stream_index")?;
             let event =
                 event_at(&view, &self.log, position)?.ok_or_else(|| StorageError::Corrupt {
                     keyspace: "stream_index",
                     detail: format!("{stream_id} points at missing position {position}"),
                 })?;
+            bytes += event.size_bytes();
             events.push(event);
         }
         Ok(Some(events))
@@ -478,8 +486,11 @@ impl Engine {
             };
         let filtered = request.stream_prefix.is_some() || !request.event_types.is_empty();
         let mut events = Vec::new();
+        let mut bytes = 0u64;
         for guard in records {
-            if events.len() as u64 >= request.count {
+            if events.len() as u64 >= request.count
+                || request.bytes_max.is_some_and(|max| bytes >= max)
+            {
                 break;
             }
             let (key, value) = guard.into_inner()?;
@@ -497,7 +508,9 @@ impl Engine {
                 }
             }
             let position = decode_u64(&key, "log")?;
-            events.push(decode_event(position, &value).map_err(corrupt("log"))?);
+            let event = decode_event(position, &value).map_err(corrupt("log"))?;
+            bytes += event.size_bytes();
+            events.push(event);
         }
         Ok(events)
     }

@@ -291,11 +291,27 @@ impl StoreApi {
         count: u64,
         direction: Direction,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_stream_page(stream_id, from, count, direction, None)
+            .await
+    }
+
+    /// As [`StoreApi::read_stream`], and stops once the events hold `bytes_max` bytes
+    /// ([`RecordedEvent::size_bytes`]; at least one event): fewer than `count` events then do
+    /// not mean the end of the stream.
+    pub async fn read_stream_page(
+        &self,
+        stream_id: &str,
+        from: Option<u64>,
+        count: u64,
+        direction: Direction,
+        bytes_max: Option<u64>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         if stream_id == ALL_STREAM {
             let request = ReadAllRequest {
                 from_position: from,
                 count,
                 direction,
+                bytes_max,
                 ..ReadAllRequest::default()
             };
             return self.read_all(request).await;
@@ -309,6 +325,7 @@ impl StoreApi {
             from,
             count,
             direction,
+            bytes_max,
             reply,
         };
         self.pools

@@ -100,6 +100,7 @@ impl EventStore for GrpcServices {
         let stream_id = request.stream_id;
         let total = request.count;
         let page_max = self.node.read_page_events_max(&request.store_id);
+        let page_bytes_max = self.node.read_page_bytes_max(&request.store_id);
         let buffer = self.node.read_stream_buffer_events(&request.store_id);
         let stream = paged(
             buffer,
@@ -114,13 +115,23 @@ impl EventStore for GrpcServices {
                     let route = stream_id.clone();
                     let events = gateway
                         .call(&route, move |api| async move {
-                            api.read_stream(&stream_id, from, count, direction).await
+                            api.read_stream_page(
+                                &stream_id,
+                                from,
+                                count,
+                                direction,
+                                Some(page_bytes_max),
+                            )
+                            .await
                         })
                         .await?;
-                    let next = events.last().and_then(|last| match direction {
-                        Direction::Forward => last.event_number.checked_add(1),
-                        Direction::Backward => last.event_number.checked_sub(1),
-                    });
+                    let next = events
+                        .last()
+                        .filter(|_| page_may_continue(&events, count, page_bytes_max))
+                        .and_then(|last| match direction {
+                            Direction::Forward => last.event_number.checked_add(1),
+                            Direction::Backward => last.event_number.checked_sub(1),
+                        });
                     Ok((
                         events.into_iter().map(convert::recorded_event).collect(),
                         next,
@@ -141,6 +152,7 @@ impl EventStore for GrpcServices {
         let gateway = self.gateway(&request.store_id)?;
         let direction = convert::direction(request.direction).map_err(|e| convert::status(&e))?;
         let page_max = self.node.read_page_events_max(&request.store_id);
+        let page_bytes_max = self.node.read_page_bytes_max(&request.store_id);
         let buffer = self.node.read_stream_buffer_events(&request.store_id);
         let prefix = (!request.stream_prefix.is_empty()).then_some(request.stream_prefix);
         let event_types = request.event_types;
@@ -158,6 +170,7 @@ impl EventStore for GrpcServices {
                     direction,
                     stream_prefix: prefix.clone(),
                     event_types: event_types.clone(),
+                    bytes_max: Some(page_bytes_max),
                 };
                 async move {
                     let events: Vec<RecordedEvent> = gateway
@@ -165,10 +178,13 @@ impl EventStore for GrpcServices {
                             api.read_all(read).await
                         })
                         .await?;
-                    let next = events.last().and_then(|last| match direction {
-                        Direction::Forward => last.position.checked_add(1),
-                        Direction::Backward => last.position.checked_sub(1),
-                    });
+                    let next = events
+                        .last()
+                        .filter(|_| page_may_continue(&events, count, page_bytes_max))
+                        .and_then(|last| match direction {
+                            Direction::Forward => last.position.checked_add(1),
+                            Direction::Backward => last.position.checked_sub(1),
+                        });
                     Ok((
                         events.into_iter().map(convert::recorded_event).collect(),
                         next,
@@ -204,7 +220,10 @@ impl EventStore for GrpcServices {
                             api.list_streams(after.as_deref(), count).await
                         })
                         .await?;
-                    let next = streams.last().map(|last| last.stream_id.clone());
+                    let next = streams
+                        .last()
+                        .filter(|_| streams.len() as u64 == count)
+                        .map(|last| last.stream_id.clone());
                     Ok((
                         streams.into_iter().map(convert::stream_info).collect(),
                         next,
@@ -616,9 +635,16 @@ fn stream_batches(streams: Vec<wire::StreamInfo>) -> Vec<wire::ListStreamsRespon
         .collect()
 }
 
+/// Whether a page of events may be followed by more: it is full, or it stopped at the byte
+/// limit (then it is short without being the end).
+fn page_may_continue(events: &[RecordedEvent], asked: u64, bytes_max: u64) -> bool {
+    events.len() as u64 == asked
+        || events.iter().map(RecordedEvent::size_bytes).sum::<u64>() >= bytes_max
+}
+
 /// Streams up to `total` items (0: all) by asking `read_page(cursor, count)` for pages of at
 /// most `page_max`, packed into messages by `batch`, through a channel of about `buffer` items.
-/// A page shorter than asked ends the read.
+/// `read_page` returns the cursor of the next page, or `None` when there is none: the end.
 fn paged<T, M, C, F, Fut>(
     buffer: usize,
     total: u64,
@@ -658,8 +684,8 @@ where
                     }
                     sent += count;
                     match next {
-                        Some(next) if count == want => cursor = Some(next),
-                        _ => return,
+                        Some(next) => cursor = Some(next),
+                        None => return,
                     }
                 }
                 Err(error) => {

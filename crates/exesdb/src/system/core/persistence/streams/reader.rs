@@ -17,6 +17,7 @@ pub enum ReadRequest {
         from: Option<u64>,
         count: u64,
         direction: Direction,
+        bytes_max: Option<u64>,
         reply: oneshot::Sender<Result<Vec<RecordedEvent>, StoreError>>,
     },
     All {
@@ -49,10 +50,11 @@ impl KeyedWork for StreamsReaderWork {
                 from,
                 count,
                 direction,
+                bytes_max,
                 reply,
             } => {
                 let result = storage
-                    .read_stream(stream_id, from, count, direction)
+                    .read_stream(stream_id, from, count, direction, bytes_max)
                     .map_err(StoreError::from)
                     .and_then(|events| {
                         events.ok_or_else(|| StoreError::StreamNotFound {
