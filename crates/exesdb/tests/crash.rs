@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use exesdb::{Direction, ExpectedVersion, NewEvent, ReadAllRequest};
+use exesdb::{Direction, ExpectedVersion, ReadAllRequest};
 use uuid::Uuid;
 
 const CHILD_DIR: &str = "EXESDB_CRASH_CHILD_DIR";
@@ -62,16 +62,7 @@ fn run_child(dir: &str, seed: u64) {
                 for i in 0u64.. {
                     let stream = format!("s{}", (seed + task * 7 + i) % 13);
                     let count = 1 + ((seed + i + task) % 3) as usize;
-                    let append_id = Uuid::now_v7();
-                    let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
-                    let events = ids
-                        .iter()
-                        .enumerate()
-                        .map(|(index, id)| {
-                            NewEvent::new("E", format!("{append_id}:{index}:{count}").into_bytes())
-                                .with_id(*id)
-                        })
-                        .collect();
+                    let (ids, events) = common::tagged_append(count, 0);
                     let result = system
                         .append(&stream, ExpectedVersion::Any, events)
                         .await

@@ -79,20 +79,7 @@ async fn load(system: &Arc<System>, tasks: u64, appends: u64, seed: u64) -> Vec<
             for _ in 0..appends {
                 let stream = format!("s{}", rng.below(7));
                 let count = 1 + rng.below(3) as usize;
-                let append_id = Uuid::now_v7();
-                let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
-                let events = ids
-                    .iter()
-                    .enumerate()
-                    .map(|(index, id)| {
-                        let padding = "x".repeat(rng.below(200) as usize);
-                        NewEvent::new(
-                            "E",
-                            format!("{append_id}:{index}:{count}:{padding}").into_bytes(),
-                        )
-                        .with_id(*id)
-                    })
-                    .collect();
+                let (ids, events) = common::tagged_append(count, rng.below(200) as usize);
                 let result = system
                     .append(&stream, ExpectedVersion::Any, events)
                     .await

@@ -49,3 +49,24 @@ impl TestStore {
 pub fn event(event_type: &str, data: &str) -> NewEvent {
     NewEvent::new(event_type, data.as_bytes().to_vec())
 }
+
+/// One append of `count` events, each with a client-chosen id and data that names its append
+/// ("append-id:index:count:" then `padding` bytes of filler), so that a check after a crash
+/// can tell a whole append from part of one. Returns the ids and the events.
+pub fn tagged_append(count: usize, padding: usize) -> (Vec<uuid::Uuid>, Vec<NewEvent>) {
+    let append_id = uuid::Uuid::now_v7();
+    let ids: Vec<uuid::Uuid> = (0..count).map(|_| uuid::Uuid::now_v7()).collect();
+    let filler = "x".repeat(padding);
+    let events = ids
+        .iter()
+        .enumerate()
+        .map(|(index, id)| {
+            NewEvent::new(
+                "E",
+                format!("{append_id}:{index}:{count}:{filler}").into_bytes(),
+            )
+            .with_id(*id)
+        })
+        .collect();
+    (ids, events)
+}
