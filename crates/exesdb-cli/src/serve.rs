@@ -93,6 +93,8 @@ tunables! {
     snapshot_bytes_max: u64, "EXESDB_SNAPSHOT_BYTES_MAX" => limits.snapshot_bytes_max;
     /// Messages buffered per subscriber; past that it is fed from storage as it reads [default: 1024].
     subscriber_buffer_events_max: usize, "EXESDB_SUBSCRIBER_BUFFER_EVENTS_MAX" => limits.subscriber_buffer_events_max;
+    /// Bytes of events buffered for one subscriber; a larger event is buffered alone [default: 16777216].
+    subscriber_buffer_bytes_max: u64, "EXESDB_SUBSCRIBER_BUFFER_BYTES_MAX" => limits.subscriber_buffer_bytes_max;
     /// Subscriptions one store serves at once [default: 10000].
     subscriptions_max: usize, "EXESDB_SUBSCRIPTIONS_MAX" => limits.subscriptions_max;
     /// Log records an emitter scans in one step [default: 4096].

@@ -37,6 +37,9 @@ pub struct Limits {
     /// Messages buffered for one subscriber; a subscriber that falls this far behind is fed
     /// from storage as it reads, never from memory.
     pub subscriber_buffer_events_max: usize,
+    /// Bytes (as `RecordedEvent::size_bytes` counts them) of the events buffered for one
+    /// subscriber; an event larger than this is buffered alone.
+    pub subscriber_buffer_bytes_max: u64,
     /// Subscriptions one store serves at once.
     pub subscriptions_max: usize,
 }
@@ -51,6 +54,7 @@ impl Default for Limits {
             read_page_bytes_max: 16 * 1024 * 1024,
             snapshot_bytes_max: 16 * 1024 * 1024,
             subscriber_buffer_events_max: 1_024,
+            subscriber_buffer_bytes_max: 16 * 1024 * 1024,
             subscriptions_max: 10_000,
         }
     }
@@ -295,9 +299,13 @@ impl SystemConfig {
             ));
         }
         let limits = &self.limits;
-        if limits.subscriber_buffer_events_max == 0 || self.pools.emitter_scan_events_max == 0 {
+        if limits.subscriber_buffer_events_max == 0
+            || limits.subscriber_buffer_bytes_max == 0
+            || self.pools.emitter_scan_events_max == 0
+        {
             return Err(StartError::InvalidConfig(
-                "subscriber_buffer_events_max and emitter_scan_events_max must be at least 1"
+                "subscriber_buffer_events_max, subscriber_buffer_bytes_max and \
+                 emitter_scan_events_max must be at least 1"
                     .into(),
             ));
         }

@@ -293,6 +293,56 @@ async fn a_subscriber_that_does_not_read_holds_only_its_buffer() {
     store.system.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_of_large_events_holds_only_its_buffer_bytes() {
+    const EVENT_BYTES: usize = 64 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The count bound (1,024) would allow 64 MiB of these; the byte bound allows 1 MiB.
+    let store = start_with(dir, |config| {
+        config.limits.subscriber_buffer_bytes_max = 1024 * 1024
+    })
+    .await;
+    let s = &store.system;
+    let mut idle = s
+        .subscribe(Selector::ByStream("$all".into()), StartFrom::Beginning)
+        .await
+        .expect("sub");
+    let total = 100u64;
+    for i in 0..total {
+        let data = vec![i as u8; EVENT_BYTES];
+        s.append(
+            "big",
+            ExpectedVersion::Any,
+            vec![exesdb::NewEvent::new("E", data)],
+        )
+        .await
+        .expect("writers are not held up");
+    }
+    // Let the emitter fill what it may.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = idle.receiver_len();
+    assert!(
+        (1..=16).contains(&waiting),
+        "{waiting} events of 64 KiB buffered against a 1 MiB budget"
+    );
+    let mut position = 0;
+    while position < total {
+        match tokio::time::timeout(Duration::from_secs(10), idle.next())
+            .await
+            .expect("message")
+            .expect("open")
+        {
+            SubscriptionMessage::Event(event) => {
+                assert_eq!(event.position, position);
+                assert_eq!(event.data, vec![position as u8; EVENT_BYTES]);
+                position += 1;
+            }
+            SubscriptionMessage::CaughtUp => {}
+        }
+    }
+    store.system.stop().await;
+}
+
 #[derive(Debug, Clone)]
 enum Kind {
     All,

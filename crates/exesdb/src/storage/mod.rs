@@ -238,9 +238,11 @@ impl Storage {
         from: u64,
         until: u64,
         scan_max: u64,
+        bytes_max: Option<u64>,
         matches: impl Fn(&RecordedEvent) -> bool,
     ) -> Result<(Vec<RecordedEvent>, u64), StorageError> {
-        self.engine()?.scan_log(from, until, scan_max, matches)
+        self.engine()?
+            .scan_log(from, until, scan_max, bytes_max, matches)
     }
 
     /// Every stored subscription definition: (name, definition bytes).
@@ -516,16 +518,19 @@ impl Engine {
     }
 
     /// Scans the log from `from` up to `until` (exclusive), at most `scan_max` records, and
-    /// returns the events `matches` accepts with the position the next scan starts at.
+    /// returns the events `matches` accepts with the position the next scan starts at. With
+    /// `bytes_max`, stops once the accepted events hold that many bytes.
     pub fn scan_log(
         &self,
         from: u64,
         until: u64,
         scan_max: u64,
+        bytes_max: Option<u64>,
         matches: impl Fn(&RecordedEvent) -> bool,
     ) -> Result<(Vec<RecordedEvent>, u64), StorageError> {
         let view = self.view();
         let mut events = Vec::new();
+        let mut bytes = 0u64;
         let mut next = from;
         if from >= until {
             return Ok((events, next));
@@ -539,7 +544,11 @@ impl Engine {
             let event = decode_event(position, &value).map_err(corrupt("log"))?;
             next = position + 1;
             if matches(&event) {
+                bytes += event.size_bytes();
                 events.push(event);
+                if bytes_max.is_some_and(|max| bytes >= max) {
+                    break;
+                }
             }
         }
         Ok((events, next))

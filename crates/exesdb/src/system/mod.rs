@@ -29,7 +29,7 @@ use core::notification::emitter::{EmitterRequest, EmitterWork, persistent_key};
 use core::notification::leader::{tracker::LeaderTracker, worker::LeaderWorker};
 use core::notification::persistent::{PersistentConsumer, PersistentGroup, SubscriptionDefinition};
 use core::notification::subscription::{
-    Selector, StartFrom, Subscription, SubscriptionRegistry, SubscriptionState,
+    BufferedBytes, Selector, StartFrom, Subscription, SubscriptionRegistry, SubscriptionState,
 };
 use core::persistence::snapshots::{
     SnapshotRead, SnapshotWrite, SnapshotsReaderWork, SnapshotsWriterWork,
@@ -520,6 +520,7 @@ impl StoreApi {
             _ => 0,
         };
         let id = uuid::Uuid::now_v7().to_string();
+        let buffered = Arc::new(BufferedBytes::new(limits.subscriber_buffer_bytes_max));
         self.subscriptions.insert(Arc::new(SubscriptionState {
             id: id.clone(),
             selector,
@@ -527,6 +528,7 @@ impl StoreApi {
             position: std::sync::atomic::AtomicU64::new(position),
             caught_up_sent: AtomicBool::new(false),
             sender,
+            buffered: buffered.clone(),
         }));
         if let Err(error) = self
             .pools
@@ -537,7 +539,11 @@ impl StoreApi {
             self.subscriptions.remove(&id);
             return Err(error);
         }
-        Ok(Subscription { receiver, id })
+        Ok(Subscription {
+            receiver,
+            buffered,
+            id,
+        })
     }
 
     /// Where a subscription from event `number` of its stream starts scanning: at that event,

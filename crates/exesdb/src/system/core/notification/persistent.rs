@@ -385,11 +385,12 @@ impl PersistentGroup {
         if let Some(from) = read_from
             && from < committed
         {
-            let (events, next) = context
-                .storage
-                .scan_log(from, committed, scan_max, |event| {
-                    definition.selector.matches(event)
-                })?;
+            let (events, next) =
+                context
+                    .storage
+                    .scan_log(from, committed, scan_max, None, |event| {
+                        definition.selector.matches(event)
+                    })?;
             let mut state = self.lock();
             let mut stopped_at = None;
             for event in events {

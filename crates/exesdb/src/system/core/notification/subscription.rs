@@ -110,6 +110,58 @@ pub enum SubscriptionMessage {
     CaughtUp,
 }
 
+/// The bytes of events buffered for one subscriber, at most `subscriber_buffer_bytes_max`:
+/// the emitter takes an event's size before it sends the event, and the subscriber gives it
+/// back when it reads the event. (The channel itself bounds the count.) An event larger than
+/// the whole budget counts as the whole budget, so it still gets through, alone.
+#[derive(Debug)]
+pub struct BufferedBytes {
+    permits: tokio::sync::Semaphore,
+    max: u32,
+}
+
+impl BufferedBytes {
+    pub fn new(max: u64) -> Self {
+        let max = u32::try_from(max).unwrap_or(u32::MAX).max(1);
+        BufferedBytes {
+            permits: tokio::sync::Semaphore::new(max as usize),
+            max,
+        }
+    }
+
+    fn charge(&self, event: &RecordedEvent) -> u32 {
+        u32::try_from(event.size_bytes())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.max)
+    }
+
+    /// Bytes that can be buffered now.
+    pub fn room(&self) -> u64 {
+        self.permits.available_permits() as u64
+    }
+
+    /// Takes the event's bytes if there is room for them.
+    pub fn try_take(&self, event: &RecordedEvent) -> bool {
+        match self.permits.try_acquire_many(self.charge(event)) {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Waits until there is room for the event's bytes (without taking them).
+    pub async fn wait_for_room(&self, event: &RecordedEvent) {
+        let _ = self.permits.acquire_many(self.charge(event)).await;
+    }
+
+    /// Gives back the bytes of an event that was read (or not sent after all).
+    pub fn give_back(&self, event: &RecordedEvent) {
+        self.permits.add_permits(self.charge(event) as usize);
+    }
+}
+
 /// The live state of one subscription, shared by its emitter (and any emitter restarted in
 /// its place) and its handle.
 pub struct SubscriptionState {
@@ -122,6 +174,8 @@ pub struct SubscriptionState {
     pub position: AtomicU64,
     pub caught_up_sent: AtomicBool,
     pub sender: mpsc::Sender<SubscriptionMessage>,
+    /// The bytes of the events in `sender`'s channel.
+    pub buffered: Arc<BufferedBytes>,
 }
 
 impl SubscriptionState {
@@ -196,13 +250,22 @@ impl SubscriptionRegistry {
 #[derive(Debug)]
 pub struct Subscription {
     pub(crate) receiver: mpsc::Receiver<SubscriptionMessage>,
+    pub(crate) buffered: Arc<BufferedBytes>,
     pub(crate) id: String,
 }
 
 impl Subscription {
     /// The next message; `None` when the store stopped the subscription (it is stopping).
     pub async fn next(&mut self) -> Option<SubscriptionMessage> {
-        self.receiver.recv().await
+        let message = self.receiver.recv().await;
+        self.read(message)
+    }
+
+    fn read(&self, message: Option<SubscriptionMessage>) -> Option<SubscriptionMessage> {
+        if let Some(SubscriptionMessage::Event(event)) = &message {
+            self.buffered.give_back(event);
+        }
+        message
     }
 
     /// The subscription's id (its emitter's key).
@@ -212,7 +275,8 @@ impl Subscription {
 
     /// The next message if one is waiting, without waiting.
     pub fn try_next(&mut self) -> Option<SubscriptionMessage> {
-        self.receiver.try_recv().ok()
+        let message = self.receiver.try_recv().ok();
+        self.read(message)
     }
 
     /// Messages waiting to be read (at most `subscriber_buffer_events_max`).

@@ -5,9 +5,10 @@
 //! store's "committed up to" mark, in bounded pages. Catching up and following live commits are
 //! the same loop, so the switch between them can neither lose nor repeat an event; the moment
 //! the position reaches the mark for the first time, the subscriber gets `CaughtUp`. A
-//! subscriber that does not read fills its bounded buffer; the emitter then just stops
-//! advancing (its position stays in the subscription state) and waits for room, and a step
-//! scans no more records than there is room for, so memory stays bounded by the buffer and
+//! subscriber that does not read fills its bounded buffer (`subscriber_buffer_events_max`
+//! events, `subscriber_buffer_bytes_max` bytes); the emitter then just stops advancing (its
+//! position stays in the subscription state) and waits for room, and a step scans no more
+//! events or bytes than there is room for, so memory stays bounded by the buffer and
 //! writers never wait for it. Each step is one message to the emitter, handled in
 //! bounded time, so emitters stop promptly and a restarted one resumes from the position.
 
@@ -153,10 +154,13 @@ impl EmitterWork {
         let scan_max = self
             .scan_events_max
             .min(u64::try_from(room).unwrap_or(u64::MAX));
-        let scanned = self
-            .context
-            .storage
-            .scan_log(from, committed, scan_max, |event| subscription.wants(event));
+        let scanned = self.context.storage.scan_log(
+            from,
+            committed,
+            scan_max,
+            Some(subscription.buffered.room().max(1)),
+            |event| subscription.wants(event),
+        );
         let (events, next) = match scanned {
             Ok(scanned) => scanned,
             Err(error) => {
@@ -167,6 +171,14 @@ impl EmitterWork {
         };
         for event in events {
             let position = event.position;
+            // The buffer's bytes are full: this event is not delivered; the next step starts
+            // from it once the subscriber has read enough.
+            if !subscription.buffered.try_take(&event) {
+                let _ =
+                    tokio::time::timeout(STEP_WAIT, subscription.buffered.wait_for_room(&event))
+                        .await;
+                return true;
+            }
             match subscription
                 .sender
                 .send_timeout(SubscriptionMessage::Event(event), STEP_WAIT)
@@ -174,7 +186,12 @@ impl EmitterWork {
             {
                 Ok(()) => subscription.set_position(position + 1),
                 // Full: this event is not delivered; the next step starts from it.
-                Err(SendTimeoutError::Timeout(_)) => return true,
+                Err(SendTimeoutError::Timeout(message)) => {
+                    if let SubscriptionMessage::Event(event) = &message {
+                        subscription.buffered.give_back(event);
+                    }
+                    return true;
+                }
                 Err(SendTimeoutError::Closed(_)) => return false,
             }
         }
