@@ -249,6 +249,29 @@ async fn a_killed_emitter_resumes_without_loss_or_repeat() {
     store.system.stop().await;
 }
 
+/// Reads positions 0 to `total` (exclusive) from `subscription`, in order, checking each event.
+async fn read_every_event(
+    subscription: &mut exesdb::Subscription,
+    total: u64,
+    check: impl Fn(&exesdb::RecordedEvent),
+) {
+    let mut position = 0;
+    while position < total {
+        match tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("message")
+            .expect("open")
+        {
+            SubscriptionMessage::Event(event) => {
+                assert_eq!(event.position, position);
+                check(&event);
+                position += 1;
+            }
+            SubscriptionMessage::CaughtUp => {}
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_does_not_read_holds_only_its_buffer() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -276,20 +299,7 @@ async fn a_subscriber_that_does_not_read_holds_only_its_buffer() {
         waiting <= 16,
         "{waiting} messages buffered for a subscriber that reads nothing"
     );
-    let mut position = 0;
-    while position < total {
-        match tokio::time::timeout(Duration::from_secs(10), idle.next())
-            .await
-            .expect("message")
-            .expect("open")
-        {
-            SubscriptionMessage::Event(event) => {
-                assert_eq!(event.position, position);
-                position += 1;
-            }
-            SubscriptionMessage::CaughtUp => {}
-        }
-    }
+    read_every_event(&mut idle, total, |_| {}).await;
     store.system.stop().await;
 }
 
@@ -325,21 +335,10 @@ async fn a_subscriber_of_large_events_holds_only_its_buffer_bytes() {
         (1..=16).contains(&waiting),
         "{waiting} events of 64 KiB buffered against a 1 MiB budget"
     );
-    let mut position = 0;
-    while position < total {
-        match tokio::time::timeout(Duration::from_secs(10), idle.next())
-            .await
-            .expect("message")
-            .expect("open")
-        {
-            SubscriptionMessage::Event(event) => {
-                assert_eq!(event.position, position);
-                assert_eq!(event.data, vec![position as u8; EVENT_BYTES]);
-                position += 1;
-            }
-            SubscriptionMessage::CaughtUp => {}
-        }
-    }
+    read_every_event(&mut idle, total, |event| {
+        assert_eq!(event.data, vec![event.position as u8; EVENT_BYTES]);
+    })
+    .await;
     store.system.stop().await;
 }
 
