@@ -572,10 +572,12 @@ impl Engine {
 
     /// A subscription's stored checkpoint.
     pub fn checkpoint(&self, name: &str) -> Result<Option<u64>, StorageError> {
-        match self.view().get(&self.checkpoints, name.as_bytes())? {
-            None => Ok(None),
-            Some(value) => Ok(Some(decode_u64(&value, "checkpoints")?)),
-        }
+        get_u64(
+            &self.view(),
+            &self.checkpoints,
+            name.as_bytes(),
+            "checkpoints",
+        )
     }
 
     /// The positions of a subscription's parked events, in order.
@@ -690,13 +692,12 @@ pub struct PointView {
 impl PointView {
     /// The version of a stream, or `None` when it has no events.
     pub fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, StorageError> {
-        match self
-            .snapshot
-            .get(&self.engine.stream_heads, stream_id.as_bytes())?
-        {
-            None => Ok(None),
-            Some(value) => Ok(Some(decode_u64(&value, "stream_heads")?)),
-        }
+        get_u64(
+            &self.snapshot,
+            &self.engine.stream_heads,
+            stream_id.as_bytes(),
+            "stream_heads",
+        )
     }
 
     /// The position of event `event_number` of a stream.
@@ -706,10 +707,12 @@ impl PointView {
         event_number: u64,
     ) -> Result<Option<u64>, StorageError> {
         let key = stream_index_key(stream_id, event_number);
-        match self.snapshot.get(&self.engine.stream_index, key)? {
-            None => Ok(None),
-            Some(value) => Ok(Some(decode_u64(&value, "stream_index")?)),
-        }
+        get_u64(
+            &self.snapshot,
+            &self.engine.stream_index,
+            &key,
+            "stream_index",
+        )
     }
 
     /// The event number at which `event_id` was recorded in a stream, if it was.
@@ -719,11 +722,20 @@ impl PointView {
         event_id: Uuid,
     ) -> Result<Option<u64>, StorageError> {
         let key = event_id_key(stream_id, event_id);
-        match self.snapshot.get(&self.engine.event_ids, key)? {
-            None => Ok(None),
-            Some(value) => Ok(Some(decode_u64(&value, "event_ids")?)),
-        }
+        get_u64(&self.snapshot, &self.engine.event_ids, &key, "event_ids")
     }
+}
+
+/// A `u64` value read through `view`, or `None` when the key is absent.
+fn get_u64(
+    view: &Snapshot,
+    keyspace: &Keyspace,
+    key: &[u8],
+    name: &'static str,
+) -> Result<Option<u64>, StorageError> {
+    view.get(keyspace, key)?
+        .map(|value| decode_u64(&value, name))
+        .transpose()
 }
 
 fn event_at(
