@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{event, start, start_with};
+use common::{PATIENCE, event, holds_throughout, start, start_with, wait_for, wait_until};
 use exesdb::{Direction, ExpectedVersion, Kind, Strategy, System, TreeSnapshot};
 
 /// One process of a tree file in `tests/data/`.
@@ -276,7 +276,10 @@ async fn stream_workers_start_on_demand_and_stop_when_idle() {
         .map(|partition| partition.children.len())
         .sum();
     assert_eq!(workers, 5);
-    wait_until(|| store.system.active_workers() == 0).await;
+    wait_until(PATIENCE, "every worker stopped when idle", || {
+        store.system.active_workers() == 0
+    })
+    .await;
     // An idle-stopped worker is not a failure: nothing restarted.
     assert!(all_restarts(&store.system.tree()) == 0);
     store.system.stop().await;
@@ -284,16 +287,6 @@ async fn stream_workers_start_on_demand_and_stop_when_idle() {
 
 fn all_restarts(node: &TreeSnapshot) -> u64 {
     node.restarts + node.children.iter().map(all_restarts).sum::<u64>()
-}
-
-async fn wait_until(mut condition: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("condition not reached in 5 s");
 }
 
 fn restarts(system: &System, name: &str) -> u64 {
@@ -304,42 +297,69 @@ fn restarts(system: &System, name: &str) -> u64 {
         .restarts
 }
 
-/// Kills `victim` and waits until it runs again; returns the names whose restart count rose.
-async fn fail_and_observe(system: &System, victim: &str, watched: &[&str]) -> Vec<String> {
-    let before: Vec<u64> = watched.iter().map(|n| restarts(system, n)).collect();
-    eprintln!("failing {victim}");
-    let old_id = system.process_id(victim).expect("victim runs");
-    system.inject_fault(victim).expect("inject");
-    wait_until(|| system.process_id(victim).is_some_and(|id| id != old_id)).await;
-    // Let the whole restart scope settle.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    watched
+/// How long the check that nothing outside a restart scope restarted keeps watching.
+const OUTSIDE_THE_SCOPE_WATCH: Duration = Duration::from_millis(100);
+
+/// Kills `victim`, waits until the restart it causes is over (every process in `expected`
+/// restarted and running again), and checks that of `watched`, exactly `expected` restarted.
+async fn fail_and_expect(system: &System, victim: &str, watched: &[&str], expected: &[&str]) {
+    let before: Vec<u64> = watched.iter().map(|name| restarts(system, name)).collect();
+    let old_ids: Vec<Option<String>> = expected
         .iter()
-        .zip(before)
-        .filter(|(name, before)| restarts(system, name) > *before)
-        .map(|(name, _)| name.to_string())
-        .collect()
+        .map(|name| system.process_id(name))
+        .collect();
+    let rose = || -> Vec<String> {
+        watched
+            .iter()
+            .zip(&before)
+            .filter(|(name, before)| restarts(system, name) > **before)
+            .map(|(name, _)| name.to_string())
+            .collect()
+    };
+    eprintln!("failing {victim}");
+    system.inject_fault(victim).expect("inject");
+    let restart_over = || {
+        let back = expected.iter().zip(&old_ids).all(|(name, old)| {
+            let now = system.process_id(name);
+            now.is_some() && now != *old
+        });
+        if back {
+            Ok(())
+        } else {
+            Err(format!(
+                "{victim} failed: {expected:?} running again; restarted so far {:?}",
+                rose()
+            ))
+        }
+    };
+    wait_for(PATIENCE, || std::future::ready(restart_over())).await;
+    // A supervisor restarts a scope in one pass, counting each child just before starting
+    // it, so the restarts counted by now are this failure's; only a sibling that a wrong
+    // strategy would restart after the scope could still be to come. Nothing observable marks
+    // the end of the pass, so that check watches for a bounded while.
+    holds_throughout(
+        OUTSIDE_THE_SCOPE_WATCH,
+        &format!("{victim} failed: of {watched:?} exactly {expected:?} restart"),
+        || rose() == expected,
+    )
+    .await;
 }
 
 async fn append_and_check(system: &System, stream: &str, acknowledged: &mut u64) {
-    let mut result = None;
     // Right after a restart the store may briefly answer `unavailable`: never a wrong answer.
-    for _ in 0..200 {
+    let result = wait_for(PATIENCE, || async move {
         match system
             .append(stream, ExpectedVersion::Any, vec![event("E", "x")])
             .await
         {
-            Ok(r) => {
-                result = Some(r);
-                break;
-            }
+            Ok(result) => Ok(result),
             Err(error) => {
                 assert_eq!(error.code(), "unavailable", "{error}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                Err(format!("the store serves again after the restart: {error}"))
             }
         }
-    }
-    let result = result.expect("the store serves again after the restart");
+    })
+    .await;
     *acknowledged += 1;
     assert_eq!(result.last_event_number + 1, *acknowledged);
     let events = system
@@ -361,7 +381,7 @@ async fn each_strategy_restarts_exactly_its_scope() {
     append_and_check(s, "probe", &mut acknowledged).await;
 
     // one_for_one (Subscriptions): only the failed child.
-    let rose = fail_and_observe(
+    fail_and_expect(
         s,
         "ExESDB.SubscriptionsReader",
         &[
@@ -369,13 +389,13 @@ async fn each_strategy_restarts_exactly_its_scope() {
             "ExESDB.SubscriptionsWriter",
             "ExESDB.Subscriptions",
         ],
+        &["ExESDB.SubscriptionsReader"],
     )
     .await;
-    assert_eq!(rose, vec!["ExESDB.SubscriptionsReader"]);
     append_and_check(s, "probe", &mut acknowledged).await;
 
     // rest_for_one (StoreSystem): the Store and those started after it.
-    let rose = fail_and_observe(
+    fail_and_expect(
         s,
         "ExESDB.StoreCluster",
         &[
@@ -383,10 +403,10 @@ async fn each_strategy_restarts_exactly_its_scope() {
             "ExESDB.StoreCluster",
             "ExESDB.StoreRegistry",
         ],
+        &["ExESDB.StoreCluster", "ExESDB.StoreRegistry"],
     )
     .await;
-    assert_eq!(rose, vec!["ExESDB.StoreCluster", "ExESDB.StoreRegistry"]);
-    let rose = fail_and_observe(
+    fail_and_expect(
         s,
         "ExESDB.Store",
         &[
@@ -395,20 +415,17 @@ async fn each_strategy_restarts_exactly_its_scope() {
             "ExESDB.StoreRegistry",
             "ExESDB.PersistenceSystem",
         ],
-    )
-    .await;
-    assert_eq!(
-        rose,
-        vec![
+        &[
             "ExESDB.Store",
             "ExESDB.StoreCluster",
-            "ExESDB.StoreRegistry"
-        ]
-    );
+            "ExESDB.StoreRegistry",
+        ],
+    )
+    .await;
     append_and_check(s, "probe", &mut acknowledged).await;
 
     // rest_for_one (LeaderSystem): tracker failing restarts the worker after it.
-    let rose = fail_and_observe(
+    fail_and_expect(
         s,
         "ExESDB.LeaderTracker",
         &[
@@ -416,12 +433,12 @@ async fn each_strategy_restarts_exactly_its_scope() {
             "ExESDB.LeaderWorker",
             "ExESDB.EmitterSystem",
         ],
+        &["ExESDB.LeaderTracker", "ExESDB.LeaderWorker"],
     )
     .await;
-    assert_eq!(rose, vec!["ExESDB.LeaderTracker", "ExESDB.LeaderWorker"]);
 
     // one_for_all (CoreSystem): all three children.
-    let rose = fail_and_observe(
+    fail_and_expect(
         s,
         "ExESDB.NotificationSystem",
         &[
@@ -430,26 +447,23 @@ async fn each_strategy_restarts_exactly_its_scope() {
             "ExESDB.StoreSystem",
             "ExESDB.GatewaySystem",
         ],
-    )
-    .await;
-    assert_eq!(
-        rose,
-        vec![
+        &[
             "ExESDB.PersistenceSystem",
             "ExESDB.NotificationSystem",
-            "ExESDB.StoreSystem"
-        ]
-    );
+            "ExESDB.StoreSystem",
+        ],
+    )
+    .await;
     append_and_check(s, "probe", &mut acknowledged).await;
 
     // rest_for_one (System): CoreSystem failing restarts the GatewaySystem after it.
-    let rose = fail_and_observe(
+    fail_and_expect(
         s,
         "ExESDB.CoreSystem",
         &["ExESDB.CoreSystem", "ExESDB.GatewaySystem"],
+        &["ExESDB.CoreSystem", "ExESDB.GatewaySystem"],
     )
     .await;
-    assert_eq!(rose, vec!["ExESDB.CoreSystem", "ExESDB.GatewaySystem"]);
     append_and_check(s, "probe", &mut acknowledged).await;
 
     // A stream worker under its dynamic supervisor: only that worker.
@@ -457,8 +471,7 @@ async fn each_strategy_restarts_exactly_its_scope() {
         .await
         .expect("starts a worker");
     let name = "ExESDB.StreamsWriter(worker-probe)";
-    let rose = fail_and_observe(s, name, &[name, "ExESDB.StreamsWriters"]).await;
-    assert_eq!(rose, vec![name.to_string()]);
+    fail_and_expect(s, name, &[name, "ExESDB.StreamsWriters"], &[name]).await;
     append_and_check(s, "probe", &mut acknowledged).await;
     store.system.stop().await;
 }
@@ -472,11 +485,12 @@ async fn exceeding_the_intensity_escalates_to_the_parent() {
     // Default intensity: 3 restarts in 5 s. The fourth failure makes Subscriptions give up,
     // and its parent (PersistenceSystem, one_for_one) restarts it.
     for _ in 0..3 {
-        fail_and_observe(s, "ExESDB.SubscriptionsWriter", &[]).await;
+        let victim = "ExESDB.SubscriptionsWriter";
+        fail_and_expect(s, victim, &[victim], &[victim]).await;
     }
     assert_eq!(restarts(s, "ExESDB.SubscriptionsWriter"), 3);
     assert_eq!(restarts(s, "ExESDB.Subscriptions"), 0);
-    let rose = fail_and_observe(
+    fail_and_expect(
         s,
         "ExESDB.SubscriptionsWriter",
         &[
@@ -485,9 +499,9 @@ async fn exceeding_the_intensity_escalates_to_the_parent() {
             "ExESDB.Snapshots",
             "ExESDB.PersistenceSystem",
         ],
+        &["ExESDB.Subscriptions"],
     )
     .await;
-    assert_eq!(rose, vec!["ExESDB.Subscriptions"]);
     append_and_check(s, "probe", &mut acknowledged).await;
     store.system.stop().await;
 }
@@ -521,19 +535,19 @@ async fn a_full_partition_answers_unavailable_and_recovers_when_workers_idle_out
         .await
         .expect("existing worker still serves");
     // Once the workers idle out, the new stream gets one.
-    let mut result = Err(error);
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        result = s
+    let result = wait_for(PATIENCE, || async move {
+        match s
             .append("c", ExpectedVersion::NoStream, vec![event("E", "x")])
-            .await;
-        if result.is_ok() {
-            break;
+            .await
+        {
+            Ok(result) => Ok(result),
+            Err(error) => {
+                assert_eq!(error.code(), "unavailable", "{error}");
+                Err(format!("c served once a worker idles out: {error}"))
+            }
         }
-    }
-    assert_eq!(
-        result.expect("served after idle stop").first_event_number,
-        0
-    );
+    })
+    .await;
+    assert_eq!(result.first_event_number, 0);
     store.system.stop().await;
 }
