@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{event, start, start_with};
+use common::{PATIENCE, event, holds_throughout, start, start_with, wait_for, wait_until};
 use exesdb::{
     Direction, ExpectedVersion, Kind, Selector, StartFrom, StoreApi, Strategy,
     SubscriptionDefinition, SubscriptionMessage, System, TreeSnapshot,
@@ -64,52 +64,63 @@ fn restarts(system: &System, name: &str) -> u64 {
 
 /// Appends until the store answers, then checks every acknowledged event is there.
 async fn serves(system: &System, acknowledged: &mut u64) {
-    for _ in 0..1_000 {
+    let result = wait_for(PATIENCE, || async move {
         match system
             .append("probe", ExpectedVersion::Any, vec![event("E", "x")])
             .await
         {
-            Ok(result) => {
-                *acknowledged += 1;
-                assert_eq!(result.last_event_number + 1, *acknowledged);
-                let events = system
-                    .read_stream("probe", None, 10_000, Direction::Forward)
-                    .await
-                    .expect("reads work");
-                assert_eq!(
-                    events.len() as u64,
-                    *acknowledged,
-                    "no acknowledged event lost"
-                );
-                return;
-            }
+            Ok(result) => Ok(result),
             Err(error) => {
                 assert_eq!(error.code(), "unavailable", "{error}");
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                Err(format!("the store serves again: {error}"))
             }
         }
-    }
-    panic!("the store did not serve again");
+    })
+    .await;
+    *acknowledged += 1;
+    assert_eq!(result.last_event_number + 1, *acknowledged);
+    let events = system
+        .read_stream("probe", None, 10_000, Direction::Forward)
+        .await
+        .expect("reads work");
+    assert_eq!(
+        events.len() as u64,
+        *acknowledged,
+        "no acknowledged event lost"
+    );
 }
 
 async fn kill_and_wait(system: &System, name: &str) {
     let old = system.process_id(name).expect("running");
     system.inject_fault(name).expect("inject");
-    for _ in 0..2_000 {
-        if system.process_id(name).is_some_and(|id| id != old) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    panic!("{name} did not come back");
+    wait_until(PATIENCE, &format!("{name} comes back"), || {
+        system.process_id(name).is_some_and(|id| id != old)
+    })
+    .await;
 }
+
+/// The restart intensity period of the tests that kill one process after another.
+const INTENSITY_PERIOD_MS: u64 = 100;
+
+/// Waits out the intensity period, so that the next kill does not add up with the last one
+/// to an escalation: the supervisor counts restarts in wall-clock time, so this wait is for
+/// time itself, not for something to happen.
+async fn let_the_intensity_period_pass() {
+    tokio::time::sleep(Duration::from_millis(INTENSITY_PERIOD_MS + 20)).await;
+}
+
+/// How long the check that nothing outside a restart scope restarted keeps watching.
+const OUTSIDE_THE_SCOPE_WATCH: Duration = Duration::from_millis(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_process_restarts_exactly_its_strategys_scope() {
     // A short intensity period, waited out between processes, so that killing one sibling
     // after another never adds up to an escalation here (that has its own test below).
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = start_with(dir, |config| config.intensity.period_ms = 100).await;
+    let store = start_with(dir, |config| {
+        config.intensity.period_ms = INTENSITY_PERIOD_MS
+    })
+    .await;
     let s = &store.system;
     let mut acknowledged = 0;
     serves(s, &mut acknowledged).await;
@@ -121,20 +132,43 @@ async fn every_process_restarts_exactly_its_strategys_scope() {
     ];
     for placement in &all {
         let watched = &placement.siblings;
+        let expected = expected_scope(placement);
         let before: Vec<u64> = watched.iter().map(|n| restarts(s, n)).collect();
+        let old_ids: Vec<Option<String>> = expected.iter().map(|n| s.process_id(n)).collect();
+        let rose = || -> Vec<String> {
+            watched
+                .iter()
+                .zip(&before)
+                .filter(|(name, before)| restarts(s, name) > **before)
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
         let started = Instant::now();
         kill_and_wait(s, &placement.name).await;
         serves(s, &mut acknowledged).await;
         let recovered = started.elapsed();
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        let rose: Vec<String> = watched
-            .iter()
-            .zip(&before)
-            .filter(|(name, before)| restarts(s, name) > **before)
-            .map(|(name, _)| name.clone())
-            .collect();
-        let expected = expected_scope(placement);
-        assert_eq!(rose, expected, "killing {}", placement.name);
+        // The restart is over once every process of the scope runs again.
+        wait_until(
+            PATIENCE,
+            &format!("killing {}: {expected:?} running again", placement.name),
+            || {
+                expected.iter().zip(&old_ids).all(|(name, old)| {
+                    let now = s.process_id(name);
+                    now.is_some() && now != *old
+                })
+            },
+        )
+        .await;
+        // A supervisor restarts a scope in one pass, counting each child just before starting
+        // it; only a sibling that a wrong strategy would restart after the scope could still
+        // be to come, and nothing observable marks the end of the pass: a bounded watch.
+        holds_throughout(
+            OUTSIDE_THE_SCOPE_WATCH,
+            &format!("killing {}: exactly {expected:?} restart", placement.name),
+            || rose() == expected,
+        )
+        .await;
+        let rose = rose();
         table.push(format!(
             "| {} | {} (:{}) | {} | yes | {:.1} ms |",
             placement.name,
@@ -143,8 +177,7 @@ async fn every_process_restarts_exactly_its_strategys_scope() {
             rose.join(", "),
             recovered.as_secs_f64() * 1000.0
         ));
-        // Let the intensity window clear before the next process.
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        let_the_intensity_period_pass().await;
     }
     println!("{}", table.join("\n"));
     store.system.stop().await;
@@ -170,18 +203,15 @@ async fn repeated_failures_escalate_to_the_grandparent_for_every_process() {
         for _ in 0..4 {
             kill_and_wait(s, &placement.name).await;
         }
-        for _ in 0..500 {
-            if restarts(s, &placement.parent) > parent_before {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(
-            restarts(s, &placement.parent) > parent_before,
-            "{} failing 4 times did not restart {}",
-            placement.name,
-            placement.parent
-        );
+        wait_until(
+            PATIENCE,
+            &format!(
+                "{} failing 4 times restarts {}",
+                placement.name, placement.parent
+            ),
+            || restarts(s, &placement.parent) > parent_before,
+        )
+        .await;
         serves(s, &mut acknowledged).await;
         store.system.stop().await;
     }
@@ -217,15 +247,17 @@ async fn transient_reader(
 /// Consumes a persistent subscription, acknowledging everything, until every position below
 /// `target` was delivered; a consumer whose group went away joins again, as a client would.
 async fn persistent_reader(api: StoreApi, name: &str, target: Arc<AtomicU64>) -> u64 {
+    let api = &api;
     let mut delivered = BTreeSet::new();
     let mut joins = 0;
     'join: loop {
-        let mut consumer = loop {
-            match api.connect_subscription(name).await {
-                Ok(consumer) => break consumer,
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        };
+        // Between a fault and the group's return, joining answers an error: try again.
+        let mut consumer = wait_for(PATIENCE, || async move {
+            api.connect_subscription(name)
+                .await
+                .map_err(|error| format!("{name} can be joined again: {error}"))
+        })
+        .await;
         joins += 1;
         assert!(joins < 200, "the persistent subscription keeps going away");
         while (delivered.range(..target.load(Ordering::Acquire)).count() as u64)
@@ -255,7 +287,10 @@ async fn persistent_reader(api: StoreApi, name: &str, target: Arc<AtomicU64>) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_resume_after_every_process_fault() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = start_with(dir, |config| config.intensity.period_ms = 100).await;
+    let store = start_with(dir, |config| {
+        config.intensity.period_ms = INTENSITY_PERIOD_MS
+    })
+    .await;
     let s = &store.system;
     let target = Arc::new(AtomicU64::new(u64::MAX));
     let transient = s
@@ -293,7 +328,7 @@ async fn subscriptions_resume_after_every_process_fault() {
         }
         kill_and_wait(s, &placement.name).await;
         serves(s, &mut acknowledged).await;
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        let_the_intensity_period_pass().await;
     }
     let stored = s
         .read_all(exesdb::ReadAllRequest {
