@@ -6,10 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{event, start, start_with};
+use common::{PATIENCE, event, holds_throughout, start, start_with, wait_until};
 use exesdb::{
-    ExpectedVersion, NewEvent, RecordedEvent, Selector, StartFrom, Subscription,
-    SubscriptionMessage,
+    Direction, ExpectedVersion, NewEvent, RecordedEvent, Selector, StartFrom, Subscription,
+    SubscriptionMessage, System,
 };
 use proptest::prelude::*;
 use serde_json::json;
@@ -43,9 +43,27 @@ async fn expect_caught_up(subscription: &mut Subscription) {
     assert_eq!(message, SubscriptionMessage::CaughtUp);
 }
 
-async fn expect_nothing(subscription: &mut Subscription) {
-    let waited = tokio::time::timeout(Duration::from_millis(200), subscription.next()).await;
-    assert!(waited.is_err(), "unexpected {waited:?}");
+/// Appends `marker` (which the subscription selects) to the stream `marker` and checks it is
+/// the next message. Delivery is in position order, so anything the subscription must not get
+/// from before the marker would have come first: the marker shows nothing did, where a fixed
+/// wait would only show nothing came quickly.
+async fn expect_only_the_marker(
+    system: &System,
+    subscription: &mut Subscription,
+    marker: NewEvent,
+) {
+    let appended = system
+        .append("marker", ExpectedVersion::Any, vec![marker])
+        .await
+        .expect("append the marker");
+    let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("the marker within 10 s")
+        .expect("open");
+    assert!(
+        matches!(&message, SubscriptionMessage::Event(e) if e.position == appended.last_position),
+        "the marker came next, not {message:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,16 +105,14 @@ async fn catch_up_then_caught_up_then_live() {
         live.iter().map(|e| e.position).collect::<Vec<_>>(),
         (10..15).collect::<Vec<_>>()
     );
-    expect_nothing(&mut all).await;
+    expect_only_the_marker(s, &mut all, event("Marker", "")).await;
     drop(all);
-    // The emitter notices the subscriber left and the subscription ends.
-    for _ in 0..100 {
-        if s.subscription_count() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(s.subscription_count(), 0);
+    wait_until(
+        PATIENCE,
+        "the emitter notices the subscriber left and the subscription ends",
+        || s.subscription_count() == 0,
+    )
+    .await;
     store.system.stop().await;
 }
 
@@ -193,7 +209,13 @@ async fn each_selector_kind_and_start() {
         .expect("append");
     assert_eq!(receive(&mut from_end, 1).await.0[0].position, 3);
     assert_eq!(receive(&mut by_stream, 1).await.0[0].position, 3);
-    expect_nothing(&mut by_payload).await;
+    // Of the events so far only order-2's first has a total of 99.
+    expect_only_the_marker(
+        s,
+        &mut by_payload,
+        NewEvent::json("Marker", &json!({"total": 99})),
+    )
+    .await;
 
     let error = s
         .subscribe(Selector::ByEventPattern(json!([1])), StartFrom::Beginning)
@@ -328,13 +350,24 @@ async fn a_subscriber_of_large_events_holds_only_its_buffer_bytes() {
         .await
         .expect("writers are not held up");
     }
-    // Let the emitter fill what it may.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let waiting = idle.receiver_len();
-    assert!(
-        (1..=16).contains(&waiting),
-        "{waiting} events of 64 KiB buffered against a 1 MiB budget"
-    );
+    let stored = s
+        .read_stream("big", None, 1, Direction::Forward)
+        .await
+        .expect("read");
+    let fits = (1024 * 1024 / stored[0].size_bytes()) as usize;
+    // Beside the events, the channel may hold the CaughtUp sent before the first append.
+    wait_until(PATIENCE, "the emitter fills the byte budget", || {
+        idle.receiver_len() >= fits
+    })
+    .await;
+    // Nothing marks "the emitter has stopped for want of room" from outside, so the claim
+    // that it does not send more is watched for a bounded while.
+    holds_throughout(
+        Duration::from_millis(200),
+        &format!("at most {fits} events of 64 KiB buffered against a 1 MiB budget"),
+        || idle.receiver_len() <= fits + 1,
+    )
+    .await;
     read_every_event(&mut idle, total, |event| {
         assert_eq!(event.data, vec![event.position as u8; EVENT_BYTES]);
     })
@@ -392,7 +425,8 @@ async fn run(subscribers: Vec<(Kind, u8)>, appenders: usize, appends: usize) {
             }
         }));
     }
-    // Subscribers start at different moments while the writers run.
+    // Subscribers start at different moments while the writers run. The delays are the
+    // property's input (when each subscriber joins), not a wait for anything.
     let mut subscriptions = Vec::new();
     for (kind, delay) in subscribers {
         tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
@@ -405,6 +439,17 @@ async fn run(subscribers: Vec<(Kind, u8)>, appenders: usize, appends: usize) {
     }
     for writer in writers {
         writer.await.expect("writer");
+    }
+    // One marker per n that every kind with that n selects (and $all selects them all):
+    // each subscription's last event is a marker, so getting exactly the matching events up to
+    // it shows that no other event came, without waiting to see that none does.
+    for n in 0..3u8 {
+        let marker = NewEvent::json(format!("T{n}"), &json!({"k": n, "marker": true}));
+        store
+            .system
+            .append(&format!("s{n}"), ExpectedVersion::Any, vec![marker])
+            .await
+            .expect("append a marker");
     }
     let all = store
         .system
@@ -427,20 +472,16 @@ async fn run(subscribers: Vec<(Kind, u8)>, appenders: usize, appends: usize) {
             got, expected,
             "{kind:?}: exactly the matching events, in order"
         );
-        expect_nothing_but_caught_up(&mut subscription).await;
+        assert!(
+            events
+                .last()
+                .and_then(|e| serde_json::from_slice::<serde_json::Value>(&e.data).ok())
+                .is_some_and(|data| data["marker"] == true),
+            "{kind:?}: the last event is a marker"
+        );
     }
     if let Ok(store) = Arc::try_unwrap(store) {
         store.system.stop().await;
-    }
-}
-
-async fn expect_nothing_but_caught_up(subscription: &mut Subscription) {
-    loop {
-        match tokio::time::timeout(Duration::from_millis(100), subscription.next()).await {
-            Err(_) => return,
-            Ok(Some(SubscriptionMessage::CaughtUp)) => continue,
-            Ok(other) => panic!("no more events expected, got {other:?}"),
-        }
     }
 }
 
