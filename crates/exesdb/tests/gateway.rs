@@ -4,9 +4,8 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use common::start_with;
+use common::{PATIENCE, start_with, wait_until};
 use exesdb::{ExpectedVersion, NewEvent, StoreError};
 use tokio::sync::Semaphore;
 
@@ -38,13 +37,10 @@ async fn a_full_gateway_refuses_at_once_and_recovers() {
                 .await
         }));
     }
-    for _ in 0..500 {
-        if gateway.in_flight() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(gateway.in_flight(), 2);
+    wait_until(PATIENCE, "both held calls in flight", || {
+        gateway.in_flight() == 2
+    })
+    .await;
     let refused = gateway
         .call(
             "other",
@@ -71,12 +67,6 @@ async fn a_full_gateway_refuses_at_once_and_recovers() {
     assert_eq!(version, 0);
     // A call's permit is released just after its reply is sent, so the count can trail the
     // reply by a moment.
-    for _ in 0..500 {
-        if gateway.in_flight() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(gateway.in_flight(), 0);
+    wait_until(PATIENCE, "no call in flight", || gateway.in_flight() == 0).await;
     store.system.stop().await;
 }

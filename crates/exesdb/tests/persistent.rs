@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{event, start, start_in};
+use common::{PATIENCE, event, start, start_in, wait_until};
 use exesdb::{
     ConsumerStrategy, Delivery, ExpectedVersion, NackAction, PersistentConsumer, Selector,
     StartFrom, SubscriptionDefinition,
@@ -20,9 +20,13 @@ async fn next(consumer: &mut PersistentConsumer) -> Delivery {
         .expect("the subscription is open")
 }
 
-async fn nothing(consumer: &mut PersistentConsumer, wait_ms: u64) {
-    let waited = tokio::time::timeout(Duration::from_millis(wait_ms), consumer.next()).await;
-    assert!(waited.is_err(), "unexpected delivery {waited:?}");
+/// Appends one event to the stream `marker` and returns its position.
+async fn append_marker(system: &exesdb::System) -> u64 {
+    system
+        .append("marker", ExpectedVersion::Any, vec![event("Marker", "")])
+        .await
+        .expect("append the marker")
+        .last_position
 }
 
 fn definition(name: &str) -> SubscriptionDefinition {
@@ -72,24 +76,18 @@ async fn acks_move_a_stored_checkpoint_and_delivery_resumes_after_a_restart() {
         }
     }
     // The emitter stores the checkpoint within a step or two (at most every 100 ms).
-    for _ in 0..1_000 {
-        if store
-            .system
-            .subscription_checkpoint("billing")
-            .expect("read")
-            == Some(6)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(
-        store
-            .system
-            .subscription_checkpoint("billing")
-            .expect("read"),
-        Some(6)
-    );
+    wait_until(
+        PATIENCE,
+        "the stored checkpoint of billing reaches 6",
+        || {
+            store
+                .system
+                .subscription_checkpoint("billing")
+                .expect("read")
+                == Some(6)
+        },
+    )
+    .await;
     drop(consumer);
     let store = store.restart().await;
     let mut consumer = store
@@ -171,7 +169,19 @@ async fn timeouts_and_nacks_redeliver_park_or_skip() {
         Some(&2),
         "redelivered once after the ack timeout"
     );
-    nothing(&mut consumer, 500).await;
+    // Nothing else comes back: not 0 (acknowledged), 1 (skipped), 2 or 3 (parked). A marker
+    // left unacknowledged is the barrier: its redelivery after the ack timeout comes after
+    // every delivery that was due before it, redeliveries after a timeout included.
+    let marker = append_marker(s).await;
+    let delivery = next(&mut consumer).await;
+    assert_eq!((delivery.event.position, delivery.attempt), (marker, 1));
+    let delivery = next(&mut consumer).await;
+    assert_eq!(
+        (delivery.event.position, delivery.attempt),
+        (marker, 2),
+        "only the unacknowledged marker came back"
+    );
+    consumer.ack(marker);
     let parked: Vec<u64> = s
         .parked_events("jobs")
         .expect("parked")
@@ -229,7 +239,13 @@ async fn round_robin_shares_and_a_leaving_consumer_loses_nothing() {
         (0..20).collect(),
         "every event done once B's went to A"
     );
-    nothing(&mut a, 300).await;
+    // Nothing comes twice: an event appended now is the next delivery.
+    let marker = append_marker(s).await;
+    assert_eq!(
+        next(&mut a).await.event.position,
+        marker,
+        "nothing came again before the marker"
+    );
     store.system.stop().await;
 }
 
@@ -378,6 +394,8 @@ async fn at_least_once(seed: u64, events: u64, consumers: usize) {
     while handled < events {
         let index = random.next(group.len() as u64) as usize;
         let consumer = &mut group[index];
+        // A consumer with nothing for 50 ms is passed over for another drawn at random: part
+        // of the random schedule, not a wait for something to happen.
         let Ok(Some(delivery)) =
             tokio::time::timeout(Duration::from_millis(50), consumer.next()).await
         else {
@@ -400,17 +418,19 @@ async fn at_least_once(seed: u64, events: u64, consumers: usize) {
     // Wait until the stored checkpoint reaches the first event not acknowledged (the emitter
     // stores it within a step or two).
     let first_open_now = (0..events).find(|p| !acked.contains(p)).unwrap_or(events);
-    for _ in 0..1_000 {
-        // None: nothing stored yet, which means the start (0).
-        let stored = store
-            .system
-            .subscription_checkpoint("random")
-            .expect("read");
-        if stored.unwrap_or(0) == first_open_now {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(
+        PATIENCE,
+        &format!("the stored checkpoint of random reaches {first_open_now}"),
+        || {
+            // None: nothing stored yet, which means the start (0).
+            let stored = store
+                .system
+                .subscription_checkpoint("random")
+                .expect("read");
+            stored.unwrap_or(0) == first_open_now
+        },
+    )
+    .await;
     drop(group);
     let store = store.restart().await;
     let first_open = (0..events).find(|p| !acked.contains(p));

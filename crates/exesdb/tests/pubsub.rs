@@ -4,9 +4,8 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use common::{event, start_with};
+use common::{PATIENCE, event, start_with, wait_until};
 use exesdb::{EventBus, ExpectedVersion, ExternalBus, RecordedEvent, SubscriptionMessage};
 
 #[derive(Default)]
@@ -35,16 +34,6 @@ impl RecordingBus {
     }
 }
 
-async fn wait_for(mut condition: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("not reached in 5 s");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_bus_gets_every_event_under_both_topics_even_across_a_pubsub_crash() {
     let bus = Arc::new(RecordingBus::default());
@@ -58,7 +47,11 @@ async fn an_application_bus_gets_every_event_under_both_topics_even_across_a_pub
             .await
             .expect("append");
     }
-    wait_for(|| bus.positions("default:$all").len() == 10).await;
+    // Each event goes to $all, then to its type's topic: wait for the last of both.
+    wait_until(PATIENCE, "10 events on $all and 5 on Odd", || {
+        bus.positions("default:$all").len() == 10 && bus.positions("default:Odd").len() == 5
+    })
+    .await;
     assert_eq!(bus.positions("default:Odd"), vec![1, 3, 5, 7, 9]);
 
     s.inject_fault("ExESDB.PubSub").expect("kill PubSub");
@@ -71,7 +64,10 @@ async fn an_application_bus_gets_every_event_under_both_topics_even_across_a_pub
         .await
         .expect("append");
     }
-    wait_for(|| bus.positions("default:$all").last() == Some(&19)).await;
+    wait_until(PATIENCE, "event 19 on $all", || {
+        bus.positions("default:$all").last() == Some(&19)
+    })
+    .await;
     let mut all = bus.positions("default:$all");
     all.dedup();
     assert_eq!(
