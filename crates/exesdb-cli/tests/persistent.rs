@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::Server;
+use common::{PATIENCE, Server, wait_for};
 use exesdb_client::{
     Consumer, Delivery, ExpectedVersion, NackAction, NewEvent, Selector, StartFrom,
     SubscriptionDefinition,
@@ -55,24 +55,22 @@ async fn consume_ack_and_resume_after_a_server_restart() {
     }
     consumer.nack(7, NackAction::Park).await.expect("park");
     // 0..=6 acknowledged, 7 parked, 8 and 9 still out: the checkpoint settles at 8.
-    for _ in 0..1_000 {
-        if client
-            .subscription_checkpoint("audit")
-            .await
-            .expect("checkpoint")
-            == Some(8)
-        {
-            break;
+    wait_for(PATIENCE, || {
+        let client = &client;
+        async move {
+            match client
+                .subscription_checkpoint("audit")
+                .await
+                .expect("checkpoint")
+            {
+                Some(8) => Ok(()),
+                other => Err(format!(
+                    "the checkpoint of audit reaches 8; it is {other:?}"
+                )),
+            }
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(
-        client
-            .subscription_checkpoint("audit")
-            .await
-            .expect("checkpoint"),
-        Some(8)
-    );
+    })
+    .await;
     drop(consumer);
     let parked = client.parked_events("audit").await.expect("parked");
     assert_eq!(

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::Server;
+use common::{PATIENCE, Server, wait_for};
 use exesdb_client::{Client, Direction, ExpectedVersion, NewEvent, ReadFrom};
 use tokio_stream::StreamExt;
 
@@ -50,14 +50,16 @@ async fn sigterm_under_load_keeps_every_acknowledged_append() {
         }));
     }
     // Let the load build up, then stop the server while it runs.
-    let probe = Client::connect(&url).await.expect("connect");
-    loop {
-        let count = probe.stream_version("w0-0").await.unwrap_or(-1);
-        if count >= 20 {
-            break;
+    let probe = &Client::connect(&url).await.expect("connect");
+    wait_for(PATIENCE, || async move {
+        match probe.stream_version("w0-0").await {
+            Ok(version) if version >= 20 => Ok(()),
+            other => Err(format!(
+                "w0-0 reaches version 20 under load; it is {other:?}"
+            )),
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     let exit = tokio::task::spawn_blocking(move || server.terminate())
         .await
         .expect("join");

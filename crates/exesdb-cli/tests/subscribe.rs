@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::Server;
+use common::{PATIENCE, Server, wait_for};
 use exesdb_client::{ExpectedVersion, NewEvent, Selector, StartFrom, SubscriptionMessage};
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
@@ -131,20 +131,16 @@ fn the_cli_prints_events_then_caught_up_then_live_events() {
     let url = server.url();
     let checkpoint_reaches = |position: u64| {
         runtime.block_on(async {
-            let client = exesdb_client::Client::connect(&url).await.expect("connect");
-            for _ in 0..1_000 {
-                if client
-                    .subscription_checkpoint("printer")
-                    .await
-                    .ok()
-                    .flatten()
-                    == Some(position)
-                {
-                    return;
+            let client = &exesdb_client::Client::connect(&url).await.expect("connect");
+            wait_for(PATIENCE, || async move {
+                match client.subscription_checkpoint("printer").await {
+                    Ok(Some(stored)) if stored == position => Ok(()),
+                    other => Err(format!(
+                        "the checkpoint of printer reaches {position}; it is {other:?}"
+                    )),
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            panic!("the checkpoint of printer did not reach {position}");
+            })
+            .await;
         })
     };
     let persistent = |count: usize, checkpoint: u64| -> Vec<Value> {
@@ -211,13 +207,24 @@ fn sigterm_ends_open_subscriptions_and_the_server_exits() {
             .expect("subscribe runs")
     })
     .collect();
-    // The transient one says it is live; the persistent one has joined once its name is listed.
+    // The transient one says it is live; the persistent one has joined once it prints an
+    // event appended now.
     let mut lines = BufReader::new(subscribers[0].stdout.take().expect("stdout")).lines();
     assert_eq!(
         lines.next().expect("a line").expect("readable"),
         r#"{"caught_up":true}"#
     );
-    std::thread::sleep(Duration::from_millis(300));
+    let appended = Command::new(exesdb)
+        .args(["append", "held", "--type", "Joined", "--data", "{}"])
+        .args(["--server", &server.url()])
+        .stdout(Stdio::null())
+        .status()
+        .expect("append runs");
+    assert!(appended.success());
+    let mut held = BufReader::new(subscribers[1].stdout.take().expect("stdout")).lines();
+    let joined: Value =
+        serde_json::from_str(&held.next().expect("a line").expect("readable")).expect("JSON");
+    assert_eq!(joined["event_type"], "Joined", "{joined}");
     let exit = server.terminate();
     assert_eq!(
         exit.code(),
