@@ -1,10 +1,14 @@
 //! The store's data on disk: fjall keyspaces, their key layout, the format marker, and the
-//! reads every reader process shares. Writes happen only in the Store's committer, through
-//! [`Storage::durable_batch`]; see `docs/DURABILITY.md` for the layout and the crash analysis.
+//! reads every reader process shares. Keyspaces and keys are private to this module: the
+//! Store's committer writes through a typed [`WriteBatch`]. See `docs/DURABILITY.md` for the
+//! layout and the crash analysis.
 
+mod batch;
 pub mod codec;
 pub mod commit_guard;
 pub mod table_check;
+
+pub use batch::WriteBatch;
 
 use std::fs;
 use std::io::Write;
@@ -12,9 +16,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use fjall::{
-    Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode, Readable, Snapshot,
-};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 use uuid::Uuid;
 
 use crate::config::StorageSettings;
@@ -92,23 +94,23 @@ pub struct Storage {
 pub struct Engine {
     db: Database,
     /// position (u64 BE) → event record.
-    pub(crate) log: Keyspace,
+    log: Keyspace,
     /// stream id, 0, event number (u64 BE) → position (u64 BE).
-    pub(crate) stream_index: Keyspace,
+    stream_index: Keyspace,
     /// stream id → version (u64 BE); a stream exists iff it has a head.
-    pub(crate) stream_heads: Keyspace,
+    stream_heads: Keyspace,
     /// stream id, 0, event id (16 bytes) → event number (u64 BE); for idempotent retries.
-    pub(crate) event_ids: Keyspace,
+    event_ids: Keyspace,
     /// source uuid, 0, stream uuid, 0, version (u64 BE) → snapshot record.
-    pub(crate) snapshots: Keyspace,
+    snapshots: Keyspace,
     /// subscription name → definition (JSON in a checked blob).
-    pub(crate) subscriptions: Keyspace,
+    subscriptions: Keyspace,
     /// subscription name → checkpoint: every event before this position is done (u64 BE).
-    pub(crate) checkpoints: Keyspace,
+    checkpoints: Keyspace,
     /// subscription name, 0, position (u64 BE) → nothing: the subscription's parked events.
-    pub(crate) parked: Keyspace,
+    parked: Keyspace,
     /// `COMMIT_MARKER_KEY` → the last batch's commit marker (see [`commit_guard`]).
-    pub(crate) commits: Keyspace,
+    commits: Keyspace,
 }
 
 impl std::fmt::Debug for Storage {
@@ -359,12 +361,6 @@ impl Engine {
         Ok(engine)
     }
 
-    /// A batch that fsyncs its journal (`SyncData`) when committed. `durability` consumes the
-    /// batch and returns a new one: dropping the returned value would silently lose the mode.
-    pub(crate) fn durable_batch(&self) -> OwnedWriteBatch {
-        self.db.batch().durability(Some(PersistMode::SyncData))
-    }
-
     /// A consistent view: every batch committed before this call, and nothing of one in
     /// progress. (Plain keyspace reads see a batch's items as they are inserted.)
     fn view(&self) -> Snapshot {
@@ -385,12 +381,6 @@ impl Engine {
                     })
             }
         }
-    }
-
-    /// Ends a batch with its commit marker; it must be the batch's last item (see
-    /// [`commit_guard`]).
-    pub(crate) fn mark_commit(&self, batch: &mut OwnedWriteBatch, marker: CommitMarker) {
-        batch.insert(&self.commits, COMMIT_MARKER_KEY, marker.encode().as_slice());
     }
 
     /// The position the next event gets: one past the last in the log.
@@ -774,7 +764,7 @@ fn decode_snapshot(key: &[u8], value: &[u8]) -> Result<StoredSnapshot, StorageEr
     })
 }
 
-pub(crate) fn decode_u64(bytes: &[u8], keyspace: &'static str) -> Result<u64, StorageError> {
+fn decode_u64(bytes: &[u8], keyspace: &'static str) -> Result<u64, StorageError> {
     let array: [u8; 8] = bytes.try_into().map_err(|_| StorageError::Corrupt {
         keyspace,
         detail: format!("expected 8 bytes, found {}", bytes.len()),
@@ -782,7 +772,7 @@ pub(crate) fn decode_u64(bytes: &[u8], keyspace: &'static str) -> Result<u64, St
     Ok(u64::from_be_bytes(array))
 }
 
-pub(crate) fn stream_index_key(stream_id: &str, event_number: u64) -> Vec<u8> {
+fn stream_index_key(stream_id: &str, event_number: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(stream_id.len() + 9);
     key.extend_from_slice(stream_id.as_bytes());
     key.push(SEPARATOR);
@@ -790,7 +780,7 @@ pub(crate) fn stream_index_key(stream_id: &str, event_number: u64) -> Vec<u8> {
     key
 }
 
-pub(crate) fn event_id_key(stream_id: &str, event_id: Uuid) -> Vec<u8> {
+fn event_id_key(stream_id: &str, event_id: Uuid) -> Vec<u8> {
     let mut key = Vec::with_capacity(stream_id.len() + 17);
     key.extend_from_slice(stream_id.as_bytes());
     key.push(SEPARATOR);
@@ -798,7 +788,7 @@ pub(crate) fn event_id_key(stream_id: &str, event_id: Uuid) -> Vec<u8> {
     key
 }
 
-pub(crate) fn parked_key(name: &str, position: u64) -> Vec<u8> {
+fn parked_key(name: &str, position: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(name.len() + 9);
     key.extend_from_slice(name.as_bytes());
     key.push(SEPARATOR);
@@ -806,7 +796,7 @@ pub(crate) fn parked_key(name: &str, position: u64) -> Vec<u8> {
     key
 }
 
-pub(crate) fn snapshot_key(source_uuid: &str, stream_uuid: &str, version: u64) -> Vec<u8> {
+fn snapshot_key(source_uuid: &str, stream_uuid: &str, version: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(source_uuid.len() + stream_uuid.len() + 10);
     key.extend_from_slice(source_uuid.as_bytes());
     key.push(SEPARATOR);
