@@ -1,7 +1,8 @@
 //! The store's data on disk: fjall keyspaces, their key layout, the format marker, and the
-//! reads every reader process shares. Keyspaces and keys are private to this module: the
-//! Store's committer writes through a typed [`WriteBatch`]. See `docs/DURABILITY.md` for the
-//! layout and the crash analysis.
+//! reads every reader process shares. Keyspaces and keys are private to this module: readers
+//! call [`Engine`]'s reads (through [`Storage::engine`]), and the Store's committer writes
+//! through a typed [`WriteBatch`]. See `docs/DURABILITY.md` for the layout and the crash
+//! analysis.
 
 mod batch;
 pub mod codec;
@@ -136,8 +137,9 @@ impl Storage {
         })
     }
 
-    /// The open engine, or `unavailable` while it is being reopened.
-    pub(crate) fn engine(&self) -> Result<Arc<Engine>, StorageError> {
+    /// The open engine, or `unavailable` while it is being reopened. Every read goes through
+    /// it; a caller holds the `Arc` only for the read at hand, so a reopen is not kept waiting.
+    pub fn engine(&self) -> Result<Arc<Engine>, StorageError> {
         self.engine
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -189,109 +191,6 @@ impl Storage {
     pub fn free_bytes(&self) -> std::io::Result<u64> {
         let stats = rustix::fs::statvfs(&self.path)?;
         Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
-    }
-
-    /// The marker of the last committed batch.
-    pub fn last_commit(&self) -> Result<Option<CommitMarker>, StorageError> {
-        self.engine()?.last_commit()
-    }
-
-    /// The position the next event gets: one past the last in the log.
-    pub fn next_position(&self) -> Result<u64, StorageError> {
-        self.engine()?.next_position()
-    }
-
-    /// The version of a stream, or `None` when it has no events.
-    pub fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, StorageError> {
-        self.engine()?.point_view().stream_version(stream_id)
-    }
-
-    /// A view for several point reads that must agree with each other.
-    pub fn point_view(&self) -> Result<PointView, StorageError> {
-        Ok(self.engine()?.point_view())
-    }
-
-    /// The event at a position.
-    pub fn event_at(&self, position: u64) -> Result<Option<RecordedEvent>, StorageError> {
-        self.engine()?.event_at(position)
-    }
-
-    /// See [`Engine::read_stream`].
-    pub fn read_stream(
-        &self,
-        stream_id: &str,
-        from: Option<u64>,
-        count: u64,
-        direction: Direction,
-        bytes_max: Option<u64>,
-    ) -> Result<Option<Vec<RecordedEvent>>, StorageError> {
-        self.engine()?
-            .read_stream(stream_id, from, count, direction, bytes_max)
-    }
-
-    /// See [`Engine::read_all`].
-    pub fn read_all(&self, request: &ReadAllRequest) -> Result<Vec<RecordedEvent>, StorageError> {
-        self.engine()?.read_all(request)
-    }
-
-    /// See [`Engine::scan_log`].
-    pub fn scan_log(
-        &self,
-        from: u64,
-        until: u64,
-        scan_max: u64,
-        bytes_max: Option<u64>,
-        matches: impl Fn(&RecordedEvent) -> bool,
-    ) -> Result<(Vec<RecordedEvent>, u64), StorageError> {
-        self.engine()?
-            .scan_log(from, until, scan_max, bytes_max, matches)
-    }
-
-    /// Every stored subscription definition: (name, definition bytes).
-    pub fn subscription_definitions(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
-        self.engine()?.subscription_definitions()
-    }
-
-    /// A subscription's stored checkpoint.
-    pub fn checkpoint(&self, name: &str) -> Result<Option<u64>, StorageError> {
-        self.engine()?.checkpoint(name)
-    }
-
-    /// The positions of a subscription's parked events, in order.
-    pub fn parked_positions(&self, name: &str) -> Result<Vec<u64>, StorageError> {
-        self.engine()?.parked_positions(name)
-    }
-
-    /// See [`Engine::list_streams`].
-    pub fn list_streams(
-        &self,
-        after: Option<&str>,
-        count: u64,
-    ) -> Result<Vec<StreamInfo>, StorageError> {
-        self.engine()?.list_streams(after, count)
-    }
-
-    /// See [`Engine::read_snapshot`].
-    pub fn read_snapshot(
-        &self,
-        source_uuid: &str,
-        stream_uuid: &str,
-        version: u64,
-        exact: bool,
-    ) -> Result<Option<StoredSnapshot>, StorageError> {
-        self.engine()?
-            .read_snapshot(source_uuid, stream_uuid, version, exact)
-    }
-
-    /// See [`Engine::list_snapshots`].
-    pub fn list_snapshots(
-        &self,
-        source_uuid: Option<&str>,
-        stream_uuid: Option<&str>,
-        count: u64,
-    ) -> Result<Vec<StoredSnapshot>, StorageError> {
-        self.engine()?
-            .list_snapshots(source_uuid, stream_uuid, count)
     }
 }
 

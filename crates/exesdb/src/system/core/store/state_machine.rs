@@ -110,9 +110,10 @@ impl StateMachine {
         limits: Limits,
         head_cache_entries_max: usize,
     ) -> Result<Self, StorageError> {
+        let engine = storage.engine()?;
         Ok(StateMachine {
-            next_position: storage.next_position()?,
-            commit_sequence: storage.last_commit()?.map_or(0, |marker| marker.sequence),
+            next_position: engine.next_position()?,
+            commit_sequence: engine.last_commit()?.map_or(0, |marker| marker.sequence),
             heads: HeadCache::new(head_cache_entries_max),
             limits,
         })
