@@ -151,4 +151,20 @@ impl WriteBatch {
         batch.commit()?;
         Ok(())
     }
+
+    /// Test-only: a stream index entry that points wherever the test says, to show that reads
+    /// check the record against the index.
+    #[cfg(test)]
+    pub(super) fn index_entry_for_test(
+        &mut self,
+        stream_id: &str,
+        event_number: u64,
+        position: u64,
+    ) {
+        self.batch.insert(
+            &self.engine.stream_index,
+            stream_index_key(stream_id, event_number),
+            position.to_be_bytes(),
+        );
+    }
 }

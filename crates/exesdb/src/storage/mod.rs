@@ -58,6 +58,19 @@ pub enum StorageError {
     /// Reopening the engine after a failed write did not succeed.
     #[error("the storage engine failed a write and could not be reopened: {0}")]
     Reopen(String),
+    /// A stream index entry points at a record of another event: the index or the log is
+    /// damaged, and the record is not served as that event.
+    #[error(
+        "stream index entry {stream_id}@{event_number} points at position {position}, which \
+         holds event {found_event_number} of stream {found_stream_id}"
+    )]
+    IndexMismatch {
+        stream_id: String,
+        event_number: u64,
+        position: u64,
+        found_stream_id: String,
+        found_event_number: u64,
+    },
 }
 
 impl From<StorageError> for StoreError {
@@ -349,12 +362,16 @@ impl Engine {
             if bytes_max.is_some_and(|max| bytes >= max) {
                 break;
             }
-            let position = decode_u64(&guard.value()?, "stream_index")?;
+            let (key, value) = guard.into_inner()?;
+            let number_bytes = key.get(stream_id.len() + 1..).unwrap_or_default();
+            let event_number = decode_u64(number_bytes, "stream_index")?;
+            let position = decode_u64(&value, "stream_index")?;
             let event =
                 event_at(&view, &self.log, position)?.ok_or_else(|| StorageError::Corrupt {
                     keyspace: "stream_index",
                     detail: format!("{stream_id} points at missing position {position}"),
                 })?;
+            check_indexed(stream_id, event_number, &event)?;
             bytes += event.size_bytes();
             events.push(event);
         }
@@ -640,6 +657,25 @@ fn event_at(
     }
 }
 
+/// The record an index entry led to must be the event the entry names: the record's checksum
+/// proves the record whole, not that the index points at the right one.
+fn check_indexed(
+    stream_id: &str,
+    event_number: u64,
+    event: &RecordedEvent,
+) -> Result<(), StorageError> {
+    if event.stream_id == stream_id && event.event_number == event_number {
+        return Ok(());
+    }
+    Err(StorageError::IndexMismatch {
+        stream_id: stream_id.to_string(),
+        event_number,
+        position: event.position,
+        found_stream_id: event.stream_id.clone(),
+        found_event_number: event.event_number,
+    })
+}
+
 fn decode_snapshot(key: &[u8], value: &[u8]) -> Result<StoredSnapshot, StorageError> {
     let bad_key = || StorageError::Corrupt {
         keyspace: "snapshots",
@@ -755,6 +791,73 @@ fn check_or_write_format(dir: &Path) -> Result<(), StartError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use codec::EventRecord;
+
+    fn record(stream_id: &str, event_number: u64) -> EventRecord<'_> {
+        EventRecord {
+            stream_id,
+            event_number,
+            event_id: Uuid::from_u128(u128::from(event_number) + 1),
+            created_micros: 0,
+            event_type: "E",
+            data_content_type: "",
+            metadata_content_type: "",
+            data: b"{}",
+            metadata: b"",
+        }
+    }
+
+    fn marker(sequence: u64, next_position: u64) -> CommitMarker {
+        CommitMarker {
+            sequence,
+            next_position,
+        }
+    }
+
+    #[test]
+    fn a_stream_read_refuses_a_record_its_index_entry_does_not_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path(), &StorageSettings::default()).expect("opens");
+        let engine = storage.engine().expect("open engine");
+        let mut batch = engine.write_batch();
+        batch.append_event(0, &record("a", 0), false);
+        batch.set_stream_head("a", 0);
+        batch.append_event(1, &record("b", 0), false);
+        batch.set_stream_head("b", 0);
+        batch.commit(marker(1, 2)).expect("commits");
+        let read = |stream_id| engine.read_stream(stream_id, None, 10, Direction::Forward, None);
+        let events = read("a").expect("reads").expect("stream exists");
+        assert_eq!(events.len(), 1);
+
+        // Event 1 of "a" indexed at the position of event 0 of "b": the record is whole (its
+        // checksum holds) but it is not the event the index names.
+        let mut batch = engine.write_batch();
+        batch.index_entry_for_test("a", 1, 1);
+        batch.set_stream_head("a", 1);
+        batch.commit(marker(2, 2)).expect("commits");
+        let error = read("a").expect_err("the mismatch is an error");
+        match &error {
+            StorageError::IndexMismatch {
+                stream_id,
+                event_number,
+                position,
+                found_stream_id,
+                found_event_number,
+            } => {
+                assert_eq!((stream_id.as_str(), *event_number, *position), ("a", 1, 1));
+                assert_eq!((found_stream_id.as_str(), *found_event_number), ("b", 0));
+            }
+            other => panic!("expected an index mismatch, got {other:?}"),
+        }
+        assert!(error.to_string().contains("a@1"), "{error}");
+        // Backward reads check too, and "b" itself is unaffected.
+        assert!(
+            engine
+                .read_stream("a", None, 10, Direction::Backward, None)
+                .is_err()
+        );
+        assert_eq!(read("b").expect("reads").expect("exists").len(), 1);
+    }
 
     #[test]
     fn a_new_directory_gets_a_format_marker_and_reopens() {
