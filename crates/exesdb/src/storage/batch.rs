@@ -148,6 +148,8 @@ impl WriteBatch {
             COMMIT_MARKER_KEY,
             marker.encode().as_slice(),
         );
+        #[cfg(feature = "fault-injection")]
+        engine.faults.before_commit()?;
         batch.commit()?;
         Ok(())
     }

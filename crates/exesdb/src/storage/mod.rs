@@ -7,6 +7,8 @@
 mod batch;
 pub mod codec;
 pub mod commit_guard;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod table_check;
 
 pub use batch::WriteBatch;
@@ -102,6 +104,8 @@ pub struct Storage {
     path: PathBuf,
     settings: StorageSettings,
     engine: RwLock<Option<Arc<Engine>>>,
+    #[cfg(feature = "fault-injection")]
+    faults: Arc<fault::FaultSeam>,
 }
 
 /// The open fjall database and its keyspaces.
@@ -125,6 +129,8 @@ pub struct Engine {
     parked: Keyspace,
     /// `COMMIT_MARKER_KEY` → the last batch's commit marker (see [`commit_guard`]).
     commits: Keyspace,
+    #[cfg(feature = "fault-injection")]
+    faults: fault::EngineFaults,
 }
 
 impl std::fmt::Debug for Storage {
@@ -142,12 +148,38 @@ impl Storage {
         };
         fs::create_dir_all(dir).map_err(io(dir))?;
         check_or_write_format(dir)?;
-        let engine = Engine::open(dir, settings)?;
-        Ok(Storage {
+        let storage = Storage {
             path: dir.to_path_buf(),
             settings: settings.clone(),
-            engine: RwLock::new(Some(Arc::new(engine))),
-        })
+            engine: RwLock::new(None),
+            #[cfg(feature = "fault-injection")]
+            faults: Arc::default(),
+        };
+        let engine = storage.open_engine()?;
+        *storage.slot() = Some(Arc::new(engine));
+        Ok(storage)
+    }
+
+    /// Opens the engine in the store's directory (whose format is checked).
+    fn open_engine(&self) -> Result<Engine, StartError> {
+        let engine = Engine::open(&self.path, &self.settings)?;
+        // A reopened engine sees the same armed fault as the one it replaces.
+        #[cfg(feature = "fault-injection")]
+        let engine = Engine {
+            faults: fault::EngineFaults::new(self.faults.clone()),
+            ..engine
+        };
+        Ok(engine)
+    }
+
+    fn slot(&self) -> std::sync::RwLockWriteGuard<'_, Option<Arc<Engine>>> {
+        self.engine.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Arms a storage fault (test builds only): see [`fault`].
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault(&self, fault: fault::StorageFault) {
+        self.faults.arm(fault);
     }
 
     /// The open engine, or `unavailable` while it is being reopened. Every read goes through
@@ -166,7 +198,7 @@ impl Storage {
     /// still hold it; they are short, and new ones are turned away meanwhile. After opening,
     /// the journal is synced, so what recovery read is on disk before anything builds on it.
     pub(crate) fn reopen(&self, wait: std::time::Duration) -> Result<(), StorageError> {
-        let slot = || self.engine.write().unwrap_or_else(|p| p.into_inner());
+        let slot = || self.slot();
         if let Some(mut old) = slot().take() {
             let deadline = std::time::Instant::now() + wait;
             loop {
@@ -188,7 +220,8 @@ impl Storage {
                 }
             }
         }
-        let engine = Engine::open(&self.path, &self.settings)
+        let engine = self
+            .open_engine()
             .map_err(|error| StorageError::Reopen(error.to_string()))?;
         engine.db.persist(PersistMode::SyncAll)?;
         *slot() = Some(Arc::new(engine));
@@ -260,6 +293,8 @@ impl Engine {
             parked: keyspace("parked").map_err(storage_error)?,
             commits: keyspace("commits").map_err(storage_error)?,
             db,
+            #[cfg(feature = "fault-injection")]
+            faults: fault::EngineFaults::default(),
         };
         let recovered = engine
             .last_commit()

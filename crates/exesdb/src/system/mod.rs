@@ -771,6 +771,14 @@ impl System {
         Ok(())
     }
 
+    /// Arms a storage fault (test builds only): the commit it names fails the way fjall fails
+    /// one, and the committer's recovery (answer `unavailable`, reopen the engine, go on) runs
+    /// as after a real I/O error. See `storage/fault.rs`.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_storage_fault(&self, fault: crate::storage::fault::StorageFault) {
+        self.context.storage.inject_fault(fault);
+    }
+
     /// The actor id of the named process now (changes when it restarts).
     #[cfg(feature = "fault-injection")]
     pub fn process_id(&self, process_name: &str) -> Option<String> {
