@@ -21,8 +21,9 @@ pub struct WriteBatch {
 }
 
 impl Engine {
-    /// A batch that fsyncs its journal (`SyncData`) when committed.
-    pub fn write_batch(self: &Arc<Self>) -> WriteBatch {
+    /// A batch that fsyncs its journal (`SyncData`) when committed. Crate-private, so that
+    /// only the committer (through `StateMachine::begin`) can write.
+    pub(crate) fn write_batch(self: &Arc<Self>) -> WriteBatch {
         // `durability` consumes the batch and returns a new one: dropping the returned value
         // would silently lose the mode.
         let batch = self.db.batch().durability(Some(PersistMode::SyncData));
