@@ -20,6 +20,8 @@ pub use event::{
     StreamInfo,
 };
 pub use node::{MetricsRenderer, Node, NodeHealth, StoreHealth};
+#[cfg(feature = "fault-injection")]
+pub use storage::fault::{IoFault, StorageFault};
 pub use supervision::{Kind, Strategy, TreeSnapshot};
 pub use system::context::CommitStats;
 pub use system::core::notification::persistent::{

@@ -1,10 +1,17 @@
 //! The store's data on disk: fjall keyspaces, their key layout, the format marker, and the
-//! reads every reader process shares. Writes happen only in the Store's committer, through
-//! [`Storage::durable_batch`]; see `docs/DURABILITY.md` for the layout and the crash analysis.
+//! reads every reader process shares. Keyspaces and keys are private to this module: readers
+//! call [`Engine`]'s reads (through [`Storage::engine`]), and the Store's committer writes
+//! through a typed [`WriteBatch`]. See `docs/DURABILITY.md` for the layout and the crash
+//! analysis.
 
+mod batch;
 pub mod codec;
 pub mod commit_guard;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod table_check;
+
+pub use batch::WriteBatch;
 
 use std::fs;
 use std::io::Write;
@@ -12,9 +19,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use fjall::{
-    Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode, Readable, Snapshot,
-};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 use uuid::Uuid;
 
 use crate::config::StorageSettings;
@@ -55,6 +60,19 @@ pub enum StorageError {
     /// Reopening the engine after a failed write did not succeed.
     #[error("the storage engine failed a write and could not be reopened: {0}")]
     Reopen(String),
+    /// A stream index entry points at a record of another event: the index or the log is
+    /// damaged, and the record is not served as that event.
+    #[error(
+        "stream index entry {stream_id}@{event_number} points at position {position}, which \
+         holds event {found_event_number} of stream {found_stream_id}"
+    )]
+    IndexMismatch {
+        stream_id: String,
+        event_number: u64,
+        position: u64,
+        found_stream_id: String,
+        found_event_number: u64,
+    },
 }
 
 impl From<StorageError> for StoreError {
@@ -86,29 +104,33 @@ pub struct Storage {
     path: PathBuf,
     settings: StorageSettings,
     engine: RwLock<Option<Arc<Engine>>>,
+    #[cfg(feature = "fault-injection")]
+    faults: Arc<fault::FaultSeam>,
 }
 
 /// The open fjall database and its keyspaces.
 pub struct Engine {
     db: Database,
     /// position (u64 BE) → event record.
-    pub(crate) log: Keyspace,
+    log: Keyspace,
     /// stream id, 0, event number (u64 BE) → position (u64 BE).
-    pub(crate) stream_index: Keyspace,
+    stream_index: Keyspace,
     /// stream id → version (u64 BE); a stream exists iff it has a head.
-    pub(crate) stream_heads: Keyspace,
+    stream_heads: Keyspace,
     /// stream id, 0, event id (16 bytes) → event number (u64 BE); for idempotent retries.
-    pub(crate) event_ids: Keyspace,
+    event_ids: Keyspace,
     /// source uuid, 0, stream uuid, 0, version (u64 BE) → snapshot record.
-    pub(crate) snapshots: Keyspace,
+    snapshots: Keyspace,
     /// subscription name → definition (JSON in a checked blob).
-    pub(crate) subscriptions: Keyspace,
+    subscriptions: Keyspace,
     /// subscription name → checkpoint: every event before this position is done (u64 BE).
-    pub(crate) checkpoints: Keyspace,
+    checkpoints: Keyspace,
     /// subscription name, 0, position (u64 BE) → nothing: the subscription's parked events.
-    pub(crate) parked: Keyspace,
+    parked: Keyspace,
     /// `COMMIT_MARKER_KEY` → the last batch's commit marker (see [`commit_guard`]).
-    pub(crate) commits: Keyspace,
+    commits: Keyspace,
+    #[cfg(feature = "fault-injection")]
+    faults: fault::EngineFaults,
 }
 
 impl std::fmt::Debug for Storage {
@@ -126,16 +148,43 @@ impl Storage {
         };
         fs::create_dir_all(dir).map_err(io(dir))?;
         check_or_write_format(dir)?;
-        let engine = Engine::open(dir, settings)?;
-        Ok(Storage {
+        let storage = Storage {
             path: dir.to_path_buf(),
             settings: settings.clone(),
-            engine: RwLock::new(Some(Arc::new(engine))),
-        })
+            engine: RwLock::new(None),
+            #[cfg(feature = "fault-injection")]
+            faults: Arc::default(),
+        };
+        let engine = storage.open_engine()?;
+        *storage.slot() = Some(Arc::new(engine));
+        Ok(storage)
     }
 
-    /// The open engine, or `unavailable` while it is being reopened.
-    pub(crate) fn engine(&self) -> Result<Arc<Engine>, StorageError> {
+    /// Opens the engine in the store's directory (whose format is checked).
+    fn open_engine(&self) -> Result<Engine, StartError> {
+        let engine = Engine::open(&self.path, &self.settings)?;
+        // A reopened engine sees the same armed fault as the one it replaces.
+        #[cfg(feature = "fault-injection")]
+        let engine = Engine {
+            faults: fault::EngineFaults::new(self.faults.clone()),
+            ..engine
+        };
+        Ok(engine)
+    }
+
+    fn slot(&self) -> std::sync::RwLockWriteGuard<'_, Option<Arc<Engine>>> {
+        self.engine.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Arms a storage fault (test builds only): see [`fault`].
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault(&self, fault: fault::StorageFault) {
+        self.faults.arm(fault);
+    }
+
+    /// The open engine, or `unavailable` while it is being reopened. Every read goes through
+    /// it; a caller holds the `Arc` only for the read at hand, so a reopen is not kept waiting.
+    pub fn engine(&self) -> Result<Arc<Engine>, StorageError> {
         self.engine
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -149,7 +198,7 @@ impl Storage {
     /// still hold it; they are short, and new ones are turned away meanwhile. After opening,
     /// the journal is synced, so what recovery read is on disk before anything builds on it.
     pub(crate) fn reopen(&self, wait: std::time::Duration) -> Result<(), StorageError> {
-        let slot = || self.engine.write().unwrap_or_else(|p| p.into_inner());
+        let slot = || self.slot();
         if let Some(mut old) = slot().take() {
             let deadline = std::time::Instant::now() + wait;
             loop {
@@ -171,7 +220,8 @@ impl Storage {
                 }
             }
         }
-        let engine = Engine::open(&self.path, &self.settings)
+        let engine = self
+            .open_engine()
             .map_err(|error| StorageError::Reopen(error.to_string()))?;
         engine.db.persist(PersistMode::SyncAll)?;
         *slot() = Some(Arc::new(engine));
@@ -187,109 +237,6 @@ impl Storage {
     pub fn free_bytes(&self) -> std::io::Result<u64> {
         let stats = rustix::fs::statvfs(&self.path)?;
         Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
-    }
-
-    /// The marker of the last committed batch.
-    pub fn last_commit(&self) -> Result<Option<CommitMarker>, StorageError> {
-        self.engine()?.last_commit()
-    }
-
-    /// The position the next event gets: one past the last in the log.
-    pub fn next_position(&self) -> Result<u64, StorageError> {
-        self.engine()?.next_position()
-    }
-
-    /// The version of a stream, or `None` when it has no events.
-    pub fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, StorageError> {
-        self.engine()?.point_view().stream_version(stream_id)
-    }
-
-    /// A view for several point reads that must agree with each other.
-    pub fn point_view(&self) -> Result<PointView, StorageError> {
-        Ok(self.engine()?.point_view())
-    }
-
-    /// The event at a position.
-    pub fn event_at(&self, position: u64) -> Result<Option<RecordedEvent>, StorageError> {
-        self.engine()?.event_at(position)
-    }
-
-    /// See [`Engine::read_stream`].
-    pub fn read_stream(
-        &self,
-        stream_id: &str,
-        from: Option<u64>,
-        count: u64,
-        direction: Direction,
-        bytes_max: Option<u64>,
-    ) -> Result<Option<Vec<RecordedEvent>>, StorageError> {
-        self.engine()?
-            .read_stream(stream_id, from, count, direction, bytes_max)
-    }
-
-    /// See [`Engine::read_all`].
-    pub fn read_all(&self, request: &ReadAllRequest) -> Result<Vec<RecordedEvent>, StorageError> {
-        self.engine()?.read_all(request)
-    }
-
-    /// See [`Engine::scan_log`].
-    pub fn scan_log(
-        &self,
-        from: u64,
-        until: u64,
-        scan_max: u64,
-        bytes_max: Option<u64>,
-        matches: impl Fn(&RecordedEvent) -> bool,
-    ) -> Result<(Vec<RecordedEvent>, u64), StorageError> {
-        self.engine()?
-            .scan_log(from, until, scan_max, bytes_max, matches)
-    }
-
-    /// Every stored subscription definition: (name, definition bytes).
-    pub fn subscription_definitions(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
-        self.engine()?.subscription_definitions()
-    }
-
-    /// A subscription's stored checkpoint.
-    pub fn checkpoint(&self, name: &str) -> Result<Option<u64>, StorageError> {
-        self.engine()?.checkpoint(name)
-    }
-
-    /// The positions of a subscription's parked events, in order.
-    pub fn parked_positions(&self, name: &str) -> Result<Vec<u64>, StorageError> {
-        self.engine()?.parked_positions(name)
-    }
-
-    /// See [`Engine::list_streams`].
-    pub fn list_streams(
-        &self,
-        after: Option<&str>,
-        count: u64,
-    ) -> Result<Vec<StreamInfo>, StorageError> {
-        self.engine()?.list_streams(after, count)
-    }
-
-    /// See [`Engine::read_snapshot`].
-    pub fn read_snapshot(
-        &self,
-        source_uuid: &str,
-        stream_uuid: &str,
-        version: u64,
-        exact: bool,
-    ) -> Result<Option<StoredSnapshot>, StorageError> {
-        self.engine()?
-            .read_snapshot(source_uuid, stream_uuid, version, exact)
-    }
-
-    /// See [`Engine::list_snapshots`].
-    pub fn list_snapshots(
-        &self,
-        source_uuid: Option<&str>,
-        stream_uuid: Option<&str>,
-        count: u64,
-    ) -> Result<Vec<StoredSnapshot>, StorageError> {
-        self.engine()?
-            .list_snapshots(source_uuid, stream_uuid, count)
     }
 }
 
@@ -346,6 +293,8 @@ impl Engine {
             parked: keyspace("parked").map_err(storage_error)?,
             commits: keyspace("commits").map_err(storage_error)?,
             db,
+            #[cfg(feature = "fault-injection")]
+            faults: fault::EngineFaults::default(),
         };
         let recovered = engine
             .last_commit()
@@ -357,12 +306,6 @@ impl Engine {
             return Err(table_check::table_damaged(path, &damage));
         }
         Ok(engine)
-    }
-
-    /// A batch that fsyncs its journal (`SyncData`) when committed. `durability` consumes the
-    /// batch and returns a new one: dropping the returned value would silently lose the mode.
-    pub(crate) fn durable_batch(&self) -> OwnedWriteBatch {
-        self.db.batch().durability(Some(PersistMode::SyncData))
     }
 
     /// A consistent view: every batch committed before this call, and nothing of one in
@@ -385,12 +328,6 @@ impl Engine {
                     })
             }
         }
-    }
-
-    /// Ends a batch with its commit marker; it must be the batch's last item (see
-    /// [`commit_guard`]).
-    pub(crate) fn mark_commit(&self, batch: &mut OwnedWriteBatch, marker: CommitMarker) {
-        batch.insert(&self.commits, COMMIT_MARKER_KEY, marker.encode().as_slice());
     }
 
     /// The position the next event gets: one past the last in the log.
@@ -460,12 +397,16 @@ impl Engine {
             if bytes_max.is_some_and(|max| bytes >= max) {
                 break;
             }
-            let position = decode_u64(&guard.value()?, "stream_index")?;
+            let (key, value) = guard.into_inner()?;
+            let number_bytes = key.get(stream_id.len() + 1..).unwrap_or_default();
+            let event_number = decode_u64(number_bytes, "stream_index")?;
+            let position = decode_u64(&value, "stream_index")?;
             let event =
                 event_at(&view, &self.log, position)?.ok_or_else(|| StorageError::Corrupt {
                     keyspace: "stream_index",
                     detail: format!("{stream_id} points at missing position {position}"),
                 })?;
+            check_indexed(stream_id, event_number, &event)?;
             bytes += event.size_bytes();
             events.push(event);
         }
@@ -751,6 +692,25 @@ fn event_at(
     }
 }
 
+/// The record an index entry led to must be the event the entry names: the record's checksum
+/// proves the record whole, not that the index points at the right one.
+fn check_indexed(
+    stream_id: &str,
+    event_number: u64,
+    event: &RecordedEvent,
+) -> Result<(), StorageError> {
+    if event.stream_id == stream_id && event.event_number == event_number {
+        return Ok(());
+    }
+    Err(StorageError::IndexMismatch {
+        stream_id: stream_id.to_string(),
+        event_number,
+        position: event.position,
+        found_stream_id: event.stream_id.clone(),
+        found_event_number: event.event_number,
+    })
+}
+
 fn decode_snapshot(key: &[u8], value: &[u8]) -> Result<StoredSnapshot, StorageError> {
     let bad_key = || StorageError::Corrupt {
         keyspace: "snapshots",
@@ -774,7 +734,7 @@ fn decode_snapshot(key: &[u8], value: &[u8]) -> Result<StoredSnapshot, StorageEr
     })
 }
 
-pub(crate) fn decode_u64(bytes: &[u8], keyspace: &'static str) -> Result<u64, StorageError> {
+fn decode_u64(bytes: &[u8], keyspace: &'static str) -> Result<u64, StorageError> {
     let array: [u8; 8] = bytes.try_into().map_err(|_| StorageError::Corrupt {
         keyspace,
         detail: format!("expected 8 bytes, found {}", bytes.len()),
@@ -782,7 +742,7 @@ pub(crate) fn decode_u64(bytes: &[u8], keyspace: &'static str) -> Result<u64, St
     Ok(u64::from_be_bytes(array))
 }
 
-pub(crate) fn stream_index_key(stream_id: &str, event_number: u64) -> Vec<u8> {
+fn stream_index_key(stream_id: &str, event_number: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(stream_id.len() + 9);
     key.extend_from_slice(stream_id.as_bytes());
     key.push(SEPARATOR);
@@ -790,7 +750,7 @@ pub(crate) fn stream_index_key(stream_id: &str, event_number: u64) -> Vec<u8> {
     key
 }
 
-pub(crate) fn event_id_key(stream_id: &str, event_id: Uuid) -> Vec<u8> {
+fn event_id_key(stream_id: &str, event_id: Uuid) -> Vec<u8> {
     let mut key = Vec::with_capacity(stream_id.len() + 17);
     key.extend_from_slice(stream_id.as_bytes());
     key.push(SEPARATOR);
@@ -798,7 +758,7 @@ pub(crate) fn event_id_key(stream_id: &str, event_id: Uuid) -> Vec<u8> {
     key
 }
 
-pub(crate) fn parked_key(name: &str, position: u64) -> Vec<u8> {
+fn parked_key(name: &str, position: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(name.len() + 9);
     key.extend_from_slice(name.as_bytes());
     key.push(SEPARATOR);
@@ -806,7 +766,7 @@ pub(crate) fn parked_key(name: &str, position: u64) -> Vec<u8> {
     key
 }
 
-pub(crate) fn snapshot_key(source_uuid: &str, stream_uuid: &str, version: u64) -> Vec<u8> {
+fn snapshot_key(source_uuid: &str, stream_uuid: &str, version: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(source_uuid.len() + stream_uuid.len() + 10);
     key.extend_from_slice(source_uuid.as_bytes());
     key.push(SEPARATOR);
@@ -866,6 +826,73 @@ fn check_or_write_format(dir: &Path) -> Result<(), StartError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use codec::EventRecord;
+
+    fn record(stream_id: &str, event_number: u64) -> EventRecord<'_> {
+        EventRecord {
+            stream_id,
+            event_number,
+            event_id: Uuid::from_u128(u128::from(event_number) + 1),
+            created_micros: 0,
+            event_type: "E",
+            data_content_type: "",
+            metadata_content_type: "",
+            data: b"{}",
+            metadata: b"",
+        }
+    }
+
+    fn marker(sequence: u64, next_position: u64) -> CommitMarker {
+        CommitMarker {
+            sequence,
+            next_position,
+        }
+    }
+
+    #[test]
+    fn a_stream_read_refuses_a_record_its_index_entry_does_not_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path(), &StorageSettings::default()).expect("opens");
+        let engine = storage.engine().expect("open engine");
+        let mut batch = engine.write_batch();
+        batch.append_event(0, &record("a", 0), false);
+        batch.set_stream_head("a", 0);
+        batch.append_event(1, &record("b", 0), false);
+        batch.set_stream_head("b", 0);
+        batch.commit(marker(1, 2)).expect("commits");
+        let read = |stream_id| engine.read_stream(stream_id, None, 10, Direction::Forward, None);
+        let events = read("a").expect("reads").expect("stream exists");
+        assert_eq!(events.len(), 1);
+
+        // Event 1 of "a" indexed at the position of event 0 of "b": the record is whole (its
+        // checksum holds) but it is not the event the index names.
+        let mut batch = engine.write_batch();
+        batch.index_entry_for_test("a", 1, 1);
+        batch.set_stream_head("a", 1);
+        batch.commit(marker(2, 2)).expect("commits");
+        let error = read("a").expect_err("the mismatch is an error");
+        match &error {
+            StorageError::IndexMismatch {
+                stream_id,
+                event_number,
+                position,
+                found_stream_id,
+                found_event_number,
+            } => {
+                assert_eq!((stream_id.as_str(), *event_number, *position), ("a", 1, 1));
+                assert_eq!((found_stream_id.as_str(), *found_event_number), ("b", 0));
+            }
+            other => panic!("expected an index mismatch, got {other:?}"),
+        }
+        assert!(error.to_string().contains("a@1"), "{error}");
+        // Backward reads check too, and "b" itself is unaffected.
+        assert!(
+            engine
+                .read_stream("a", None, 10, Direction::Backward, None)
+                .is_err()
+        );
+        assert_eq!(read("b").expect("reads").expect("exists").len(), 1);
+    }
 
     #[test]
     fn a_new_directory_gets_a_format_marker_and_reopens() {

@@ -149,7 +149,8 @@ impl System {
                     StartError::Tree(format!("opening storage panicked: {error}"))
                 })??;
         let next_position = storage
-            .next_position()
+            .engine()
+            .and_then(|engine| engine.next_position())
             .map_err(|error| StartError::Corrupt(error.to_string()))?;
         let admission = Arc::new(Semaphore::new(config.commit.requests_in_flight_max));
         let context = Arc::new(StoreContext::new(config, Arc::new(storage), next_position));
@@ -560,7 +561,7 @@ impl StoreApi {
             ));
         }
         let committed = *self.context.committed.borrow();
-        let view = self.context.storage.point_view()?;
+        let view = self.context.storage.engine()?.point_view();
         Ok(view.position_of(stream_id, number)?.unwrap_or(committed))
     }
 
@@ -587,6 +588,7 @@ impl StoreApi {
         let checkpoint = self
             .context
             .storage
+            .engine()?
             .checkpoint(&definition.name)?
             .unwrap_or(start);
         let name = definition.name.clone();
@@ -628,7 +630,7 @@ impl StoreApi {
     /// A persistent subscription's stored checkpoint: every event before it is done (`None`
     /// until the first checkpoint is stored).
     pub fn subscription_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.context.storage.checkpoint(name)?)
+        Ok(self.context.storage.engine()?.checkpoint(name)?)
     }
 
     /// Joins a persistent subscription's consumer group.
@@ -646,10 +648,10 @@ impl StoreApi {
 
     /// The events a persistent subscription parked, in position order.
     pub fn parked_events(&self, name: &str) -> Result<Vec<RecordedEvent>, StoreError> {
-        let storage = &self.context.storage;
+        let engine = self.context.storage.engine()?;
         let mut events = Vec::new();
-        for position in storage.parked_positions(name)? {
-            if let Some(event) = storage.event_at(position)? {
+        for position in engine.parked_positions(name)? {
+            if let Some(event) = engine.event_at(position)? {
                 events.push(event);
             }
         }
@@ -767,6 +769,14 @@ impl System {
             .ok_or_else(|| StoreError::unavailable(format!("{process_name} is not running")))?;
         cell.kill();
         Ok(())
+    }
+
+    /// Arms a storage fault (test builds only): the commit it names fails the way fjall fails
+    /// one, and the committer's recovery (answer `unavailable`, reopen the engine, go on) runs
+    /// as after a real I/O error. See `storage/fault.rs`.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_storage_fault(&self, fault: crate::storage::fault::StorageFault) {
+        self.context.storage.inject_fault(fault);
     }
 
     /// The actor id of the named process now (changes when it restarts).

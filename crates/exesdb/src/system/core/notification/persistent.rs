@@ -388,6 +388,7 @@ impl PersistentGroup {
             let (events, next) =
                 context
                     .storage
+                    .engine()?
                     .scan_log(from, committed, scan_max, None, |event| {
                         definition.selector.matches(event)
                     })?;
@@ -617,18 +618,16 @@ impl PersistentRegistry {
     /// Loads every stored definition not running yet, from its checkpoint.
     pub fn load(&self, context: &StoreContext) -> Result<usize, StoreError> {
         let mut loaded = 0;
-        for (name, bytes) in context.storage.subscription_definitions()? {
+        let engine = context.storage.engine()?;
+        for (name, bytes) in engine.subscription_definitions()? {
             if self.get(&name).is_some() {
                 continue;
             }
             let definition = SubscriptionDefinition::decode(&bytes)?;
-            let checkpoint = context
-                .storage
-                .checkpoint(&name)?
-                .unwrap_or(match definition.start {
-                    StartFrom::Position(position) => position,
-                    _ => 0,
-                });
+            let checkpoint = engine.checkpoint(&name)?.unwrap_or(match definition.start {
+                StartFrom::Position(position) => position,
+                _ => 0,
+            });
             self.insert(Arc::new(PersistentGroup::new(definition, checkpoint)));
             loaded += 1;
         }

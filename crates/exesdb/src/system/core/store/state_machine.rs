@@ -7,9 +7,7 @@
 //! same commands on every node after Raft has ordered them.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use fjall::OwnedWriteBatch;
 use uuid::Uuid;
 
 use crate::config::{EVENT_TYPE_BYTES_MAX, Limits, STREAM_ID_BYTES_MAX};
@@ -17,9 +15,7 @@ use crate::error::StoreError;
 use crate::event::{AppendResult, ExpectedVersion, validate_stream_id};
 use crate::storage::codec::{EventRecord, SnapshotRecord};
 use crate::storage::commit_guard::CommitMarker;
-use crate::storage::{
-    Engine, PointView, Storage, StorageError, event_id_key, snapshot_key, stream_index_key,
-};
+use crate::storage::{PointView, Storage, StorageError, WriteBatch};
 
 /// Content types are short labels; anything longer is a mistake.
 const CONTENT_TYPE_BYTES_MAX: usize = 256;
@@ -114,9 +110,10 @@ impl StateMachine {
         limits: Limits,
         head_cache_entries_max: usize,
     ) -> Result<Self, StorageError> {
+        let engine = storage.engine()?;
         Ok(StateMachine {
-            next_position: storage.next_position()?,
-            commit_sequence: storage.last_commit()?.map_or(0, |marker| marker.sequence),
+            next_position: engine.next_position()?,
+            commit_sequence: engine.last_commit()?.map_or(0, |marker| marker.sequence),
             heads: HeadCache::new(head_cache_entries_max),
             limits,
         })
@@ -135,8 +132,7 @@ impl StateMachine {
             next_position: self.next_position,
             machine: self,
             view: engine.point_view(),
-            batch: engine.durable_batch(),
-            engine,
+            batch: engine.write_batch(),
             heads: HashMap::new(),
             appended: HashMap::new(),
             event_ids: HashMap::new(),
@@ -148,10 +144,9 @@ impl StateMachine {
 /// successful commit changes the machine's state.
 pub struct Transaction<'a> {
     machine: &'a mut StateMachine,
-    engine: Arc<Engine>,
     /// Everything committed before this batch; the batch's own effects are in the maps below.
     view: PointView,
-    batch: OwnedWriteBatch,
+    batch: WriteBatch,
     next_position: u64,
     heads: HashMap<String, u64>,
     /// Positions of the events this batch appended, by (stream, event number).
@@ -170,31 +165,17 @@ impl Transaction<'_> {
             }
             Command::SaveSubscription { name, definition } => {
                 validate_subscription_name(name)?;
-                self.batch.insert(
-                    &self.engine.subscriptions,
-                    name.as_bytes(),
-                    crate::storage::codec::seal_blob(definition),
-                );
+                self.batch.save_subscription(name, definition);
                 Ok(Outcome::SubscriptionChanged)
             }
             Command::RemoveSubscription { name } => {
                 validate_subscription_name(name)?;
-                let storage = &self.engine;
-                self.batch.remove(&storage.subscriptions, name.as_bytes());
-                self.batch.remove(&storage.checkpoints, name.as_bytes());
-                for position in storage.parked_positions(name)? {
-                    self.batch
-                        .remove(&storage.parked, crate::storage::parked_key(name, position));
-                }
+                self.batch.remove_subscription(name)?;
                 Ok(Outcome::SubscriptionChanged)
             }
             Command::Checkpoint { name, position } => {
                 validate_subscription_name(name)?;
-                self.batch.insert(
-                    &self.engine.checkpoints,
-                    name.as_bytes(),
-                    position.to_be_bytes(),
-                );
+                self.batch.set_checkpoint(name, *position);
                 Ok(Outcome::SubscriptionChanged)
             }
             Command::Park {
@@ -203,11 +184,10 @@ impl Transaction<'_> {
                 parked,
             } => {
                 validate_subscription_name(name)?;
-                let key = crate::storage::parked_key(name, *position);
                 if *parked {
-                    self.batch.insert(&self.engine.parked, key, []);
+                    self.batch.park(name, *position);
                 } else {
-                    self.batch.remove(&self.engine.parked, key);
+                    self.batch.unpark(name, *position);
                 }
                 Ok(Outcome::SubscriptionChanged)
             }
@@ -217,10 +197,8 @@ impl Transaction<'_> {
                 version,
             } => {
                 validate_snapshot_key(source_uuid, stream_uuid)?;
-                self.batch.remove(
-                    &self.engine.snapshots,
-                    snapshot_key(source_uuid, stream_uuid, *version),
-                );
+                self.batch
+                    .delete_snapshot(source_uuid, stream_uuid, *version);
                 Ok(Outcome::SnapshotDeleted)
             }
         }
@@ -235,9 +213,7 @@ impl Transaction<'_> {
                 sequence: self.machine.commit_sequence + 1,
                 next_position: self.next_position,
             };
-            let mut batch = self.batch;
-            self.engine.mark_commit(&mut batch, marker);
-            batch.commit()?;
+            self.batch.commit(marker)?;
             self.machine.commit_sequence = marker.sequence;
         }
         self.machine.next_position = self.next_position;
@@ -314,21 +290,10 @@ impl Transaction<'_> {
                 data: &event.data,
                 metadata: &event.metadata,
             };
-            let storage = &self.engine;
-            self.batch
-                .insert(&storage.log, position.to_be_bytes(), record.encode());
-            self.batch.insert(
-                &storage.stream_index,
-                stream_index_key(stream_id, event_number),
-                position.to_be_bytes(),
-            );
             // Only client-chosen ids can come back in a retry, so only they are indexed.
+            self.batch
+                .append_event(position, &record, event.client_event_id);
             if event.client_event_id {
-                self.batch.insert(
-                    &storage.event_ids,
-                    event_id_key(stream_id, event.event_id),
-                    event_number.to_be_bytes(),
-                );
                 self.event_ids
                     .insert((stream_id.to_string(), event.event_id), event_number);
             }
@@ -337,11 +302,7 @@ impl Transaction<'_> {
         }
         let count = command.events.len() as u64;
         let last_event_number = first_event_number + count - 1;
-        self.batch.insert(
-            &self.engine.stream_heads,
-            stream_id.as_bytes(),
-            last_event_number.to_be_bytes(),
-        );
+        self.batch.set_stream_head(stream_id, last_event_number);
         self.heads.insert(stream_id.to_string(), last_event_number);
         self.next_position += count;
         Ok(AppendResult {
@@ -386,14 +347,11 @@ impl Transaction<'_> {
             metadata: snapshot.metadata.clone(),
             created_micros: snapshot.created_micros,
         };
-        self.batch.insert(
-            &self.engine.snapshots,
-            snapshot_key(
-                &snapshot.source_uuid,
-                &snapshot.stream_uuid,
-                snapshot.version,
-            ),
-            record.encode(),
+        self.batch.record_snapshot(
+            &snapshot.source_uuid,
+            &snapshot.stream_uuid,
+            snapshot.version,
+            &record,
         );
         Ok(())
     }

@@ -154,13 +154,15 @@ impl EmitterWork {
         let scan_max = self
             .scan_events_max
             .min(u64::try_from(room).unwrap_or(u64::MAX));
-        let scanned = self.context.storage.scan_log(
-            from,
-            committed,
-            scan_max,
-            Some(subscription.buffered.room().max(1)),
-            |event| subscription.wants(event),
-        );
+        let scanned = self.context.storage.engine().and_then(|engine| {
+            engine.scan_log(
+                from,
+                committed,
+                scan_max,
+                Some(subscription.buffered.room().max(1)),
+                |event| subscription.wants(event),
+            )
+        });
         let (events, next) = match scanned {
             Ok(scanned) => scanned,
             Err(error) => {

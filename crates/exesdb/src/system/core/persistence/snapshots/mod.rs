@@ -69,7 +69,10 @@ impl KeyedWork for SnapshotsReaderWork {
                 reply,
             } => {
                 let result = storage
-                    .read_snapshot(&source_uuid, &stream_uuid, version, exact)
+                    .engine()
+                    .and_then(|engine| {
+                        engine.read_snapshot(&source_uuid, &stream_uuid, version, exact)
+                    })
                     .map_err(StoreError::from);
                 let _ = reply.send(result);
             }
@@ -80,7 +83,10 @@ impl KeyedWork for SnapshotsReaderWork {
                 reply,
             } => {
                 let result = storage
-                    .list_snapshots(source_uuid.as_deref(), stream_uuid.as_deref(), count)
+                    .engine()
+                    .and_then(|engine| {
+                        engine.list_snapshots(source_uuid.as_deref(), stream_uuid.as_deref(), count)
+                    })
                     .map_err(StoreError::from);
                 let _ = reply.send(result);
             }

@@ -54,7 +54,10 @@ impl KeyedWork for StreamsReaderWork {
                 reply,
             } => {
                 let result = storage
-                    .read_stream(stream_id, from, count, direction, bytes_max)
+                    .engine()
+                    .and_then(|engine| {
+                        engine.read_stream(stream_id, from, count, direction, bytes_max)
+                    })
                     .map_err(StoreError::from)
                     .and_then(|events| {
                         events.ok_or_else(|| StoreError::StreamNotFound {
@@ -64,10 +67,16 @@ impl KeyedWork for StreamsReaderWork {
                 let _ = reply.send(result);
             }
             ReadRequest::All { request, reply } => {
-                let _ = reply.send(storage.read_all(&request).map_err(StoreError::from));
+                let result = storage
+                    .engine()
+                    .and_then(|engine| engine.read_all(&request));
+                let _ = reply.send(result.map_err(StoreError::from));
             }
             ReadRequest::Version { reply } => {
-                let _ = reply.send(storage.stream_version(stream_id).map_err(StoreError::from));
+                let result = storage
+                    .engine()
+                    .and_then(|engine| engine.point_view().stream_version(stream_id));
+                let _ = reply.send(result.map_err(StoreError::from));
             }
             ReadRequest::ListStreams {
                 after,
@@ -75,7 +84,8 @@ impl KeyedWork for StreamsReaderWork {
                 reply,
             } => {
                 let result = storage
-                    .list_streams(after.as_deref(), count)
+                    .engine()
+                    .and_then(|engine| engine.list_streams(after.as_deref(), count))
                     .map_err(StoreError::from);
                 let _ = reply.send(result);
             }

@@ -159,7 +159,8 @@ impl Actor for SubscriptionsReader {
         let ReaderMsg::List { reply } = message;
         let definitions = context
             .storage
-            .subscription_definitions()
+            .engine()
+            .and_then(|engine| engine.subscription_definitions())
             .map_err(StoreError::from)
             .and_then(|stored| {
                 stored

@@ -1,0 +1,173 @@
+//! The one way to change stored data: a typed batch of the store's changes, written with one
+//! fsync. Keys and record encodings stay inside `storage/`; the state machine says what changed
+//! (an event appended, a stream head moved, a subscription checkpointed), never where it goes.
+
+use std::sync::Arc;
+
+use fjall::{OwnedWriteBatch, PersistMode};
+
+use super::codec::{self, EventRecord, SnapshotRecord};
+use super::commit_guard::CommitMarker;
+use super::{
+    COMMIT_MARKER_KEY, Engine, StorageError, event_id_key, parked_key, snapshot_key,
+    stream_index_key,
+};
+
+/// Changes to apply together: all of them reach the disk, or none. Only the Store's committer
+/// makes one ([`Engine::write_batch`]).
+pub struct WriteBatch {
+    engine: Arc<Engine>,
+    batch: OwnedWriteBatch,
+}
+
+impl Engine {
+    /// A batch that fsyncs its journal (`SyncData`) when committed. Crate-private, so that
+    /// only the committer (through `StateMachine::begin`) can write.
+    pub(crate) fn write_batch(self: &Arc<Self>) -> WriteBatch {
+        // `durability` consumes the batch and returns a new one: dropping the returned value
+        // would silently lose the mode.
+        let batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        WriteBatch {
+            engine: self.clone(),
+            batch,
+        }
+    }
+}
+
+impl WriteBatch {
+    /// Appends one event at `position`: its record in the log and its stream index entry, and,
+    /// when `index_event_id` (the client chose the id, so a retry may repeat it), its event-id
+    /// index entry.
+    pub fn append_event(&mut self, position: u64, record: &EventRecord<'_>, index_event_id: bool) {
+        let engine = &self.engine;
+        self.batch
+            .insert(&engine.log, position.to_be_bytes(), record.encode());
+        self.batch.insert(
+            &engine.stream_index,
+            stream_index_key(record.stream_id, record.event_number),
+            position.to_be_bytes(),
+        );
+        if index_event_id {
+            self.batch.insert(
+                &engine.event_ids,
+                event_id_key(record.stream_id, record.event_id),
+                record.event_number.to_be_bytes(),
+            );
+        }
+    }
+
+    /// Sets a stream's version (the number of its last event); a stream exists once it has one.
+    pub fn set_stream_head(&mut self, stream_id: &str, version: u64) {
+        self.batch.insert(
+            &self.engine.stream_heads,
+            stream_id.as_bytes(),
+            version.to_be_bytes(),
+        );
+    }
+
+    /// Records a snapshot, replacing one with the same key.
+    pub fn record_snapshot(
+        &mut self,
+        source_uuid: &str,
+        stream_uuid: &str,
+        version: u64,
+        record: &SnapshotRecord,
+    ) {
+        self.batch.insert(
+            &self.engine.snapshots,
+            snapshot_key(source_uuid, stream_uuid, version),
+            record.encode(),
+        );
+    }
+
+    /// Deletes a snapshot; one that does not exist is not an error.
+    pub fn delete_snapshot(&mut self, source_uuid: &str, stream_uuid: &str, version: u64) {
+        self.batch.remove(
+            &self.engine.snapshots,
+            snapshot_key(source_uuid, stream_uuid, version),
+        );
+    }
+
+    /// Stores a persistent subscription's definition, replacing one under the same name.
+    pub fn save_subscription(&mut self, name: &str, definition: &[u8]) {
+        self.batch.insert(
+            &self.engine.subscriptions,
+            name.as_bytes(),
+            codec::seal_blob(definition),
+        );
+    }
+
+    /// Removes a persistent subscription's definition, checkpoint and parked events. The parked
+    /// events are those committed before this batch: a `park` earlier in the same batch stays.
+    pub fn remove_subscription(&mut self, name: &str) -> Result<(), StorageError> {
+        let engine = self.engine.clone();
+        self.batch.remove(&engine.subscriptions, name.as_bytes());
+        self.batch.remove(&engine.checkpoints, name.as_bytes());
+        for position in engine.parked_positions(name)? {
+            self.batch
+                .remove(&engine.parked, parked_key(name, position));
+        }
+        Ok(())
+    }
+
+    /// Records that every event of a subscription before `position` is done.
+    pub fn set_checkpoint(&mut self, name: &str, position: u64) {
+        self.batch.insert(
+            &self.engine.checkpoints,
+            name.as_bytes(),
+            position.to_be_bytes(),
+        );
+    }
+
+    /// Parks the event at `position` for a subscription.
+    pub fn park(&mut self, name: &str, position: u64) {
+        self.batch
+            .insert(&self.engine.parked, parked_key(name, position), []);
+    }
+
+    /// Takes the event at `position` out of a subscription's park.
+    pub fn unpark(&mut self, name: &str, position: u64) {
+        self.batch
+            .remove(&self.engine.parked, parked_key(name, position));
+    }
+
+    /// Whether nothing was added (committing would write nothing and not fsync).
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    /// Ends the batch with its commit marker (its last item, see [`super::commit_guard`]) and
+    /// writes it with one fsync. An error leaves the engine refusing every later write, as
+    /// fjall does: the committer must reopen the storage ([`super::Storage::reopen`]).
+    pub fn commit(self, marker: CommitMarker) -> Result<(), StorageError> {
+        let WriteBatch { engine, mut batch } = self;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        batch.insert(
+            &engine.commits,
+            COMMIT_MARKER_KEY,
+            marker.encode().as_slice(),
+        );
+        #[cfg(feature = "fault-injection")]
+        engine.faults.before_commit()?;
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// Test-only: a stream index entry that points wherever the test says, to show that reads
+    /// check the record against the index.
+    #[cfg(test)]
+    pub(super) fn index_entry_for_test(
+        &mut self,
+        stream_id: &str,
+        event_number: u64,
+        position: u64,
+    ) {
+        self.batch.insert(
+            &self.engine.stream_index,
+            stream_index_key(stream_id, event_number),
+            position.to_be_bytes(),
+        );
+    }
+}
