@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use exesdb::storage::codec;
+use exesdb::fuzzing as codec;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {

@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use exesdb::storage::codec::{self, EventRecord, SnapshotRecord};
+use exesdb::fuzzing::{self as codec, EventRecord, SnapshotRecord};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 

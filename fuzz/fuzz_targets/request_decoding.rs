@@ -9,8 +9,8 @@
 #![no_main]
 
 use exesdb::Limits;
-use exesdb::system::core::store::state_machine::{AppendCommand, PreparedEvent, validate_append};
-use exesdb::system::gateway::wire as convert;
+use exesdb::fuzzing::{AppendCommand, PreparedEvent, validate_append};
+use exesdb_proto::convert;
 use exesdb_proto::v1 as wire;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -61,7 +61,7 @@ fn append(bytes: &[u8]) {
             metadata_content_type: event.metadata_content_type,
         });
     }
-    if exesdb::event::validate_stream_id(&request.stream_id, false).is_err() {
+    if exesdb::validate_stream_id(&request.stream_id, false).is_err() {
         return;
     }
     let command = AppendCommand {
@@ -83,7 +83,7 @@ fn read_stream(bytes: &[u8]) {
             Some(direction)
         );
     }
-    let _ = exesdb::event::validate_stream_id(&request.stream_id, true);
+    let _ = exesdb::validate_stream_id(&request.stream_id, true);
 }
 
 fn read_all(bytes: &[u8]) {

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 
 #[derive(Args, Debug, Clone)]
-pub struct BenchTarget {
+pub(crate) struct BenchTarget {
     /// The server to load.
     #[arg(long, env = "EXESDB_SERVER", default_value = exesdb_client::DEFAULT_SERVER, global = true)]
     pub server: String,
@@ -30,7 +30,7 @@ pub struct BenchTarget {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum BenchExpected {
+pub(crate) enum BenchExpected {
     /// No version check.
     Any,
     /// Each client appends to its own streams at the exact next version.
@@ -38,7 +38,7 @@ pub enum BenchExpected {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum BenchCommand {
+pub(crate) enum BenchCommand {
     /// Concurrent appends.
     Write(WriteLoad),
     /// Reads one stream from start to end, repeatedly.
@@ -67,7 +67,7 @@ pub enum BenchCommand {
     },
 }
 
-pub async fn run(command: BenchCommand, target: BenchTarget) -> Result<(), String> {
+pub(crate) async fn run(command: BenchCommand, target: BenchTarget) -> Result<(), String> {
     let report = match command {
         BenchCommand::Write(load) => write(&target, load).await?,
         BenchCommand::Read {
@@ -145,7 +145,7 @@ fn new_histogram() -> Result<Histogram<u64>, String> {
 
 /// The parameters of `bench write`.
 #[derive(Args, Debug)]
-pub struct WriteLoad {
+pub(crate) struct WriteLoad {
     /// Concurrent clients (each waits for its append before the next).
     #[arg(long, default_value_t = 64)]
     clients: u64,

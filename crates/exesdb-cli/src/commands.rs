@@ -18,7 +18,7 @@ use crate::output;
 
 /// Options every client command takes.
 #[derive(Args, Debug, Clone)]
-pub struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// The server to talk to.
     #[arg(long, env = "EXESDB_SERVER", default_value = DEFAULT_SERVER, global = true)]
     pub server: String,
@@ -31,7 +31,7 @@ pub struct ClientArgs {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum SnapshotCommand {
+pub(crate) enum SnapshotCommand {
     /// Record (or replace) a snapshot.
     Record {
         source_uuid: String,
@@ -73,7 +73,7 @@ pub enum SnapshotCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum ClientCommand {
+pub(crate) enum ClientCommand {
     /// Append events: one from flags, or NDJSON lines from stdin when --type is absent.
     Append {
         stream: String,
@@ -184,7 +184,7 @@ pub enum ClientCommand {
 /// The `--kind` values of `spec/cli.md` (`by-stream`, ...), named as the spec names them.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 #[allow(clippy::enum_variant_names)]
-pub enum SubscribeKind {
+pub(crate) enum SubscribeKind {
     ByStream,
     ByEventType,
     ByEventPattern,
@@ -234,7 +234,7 @@ impl ClientCommand {
 }
 
 /// Runs a client command and turns its outcome into an exit status.
-pub async fn run(command: ClientCommand) -> ExitCode {
+pub(crate) async fn run(command: ClientCommand) -> ExitCode {
     let args = command.client_args().clone();
     let options = ClientOptions {
         store_id: args.store.clone(),

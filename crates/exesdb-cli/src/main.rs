@@ -3,7 +3,6 @@
 
 mod bench;
 mod commands;
-mod connections;
 mod output;
 mod serve;
 

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 /// Bytes as JSON: the JSON itself when the content type says JSON and the bytes parse,
 /// otherwise `{"base64": "..."}`; nothing at all is `null`.
-pub fn payload(bytes: &[u8], content_type: &str) -> Value {
+pub(crate) fn payload(bytes: &[u8], content_type: &str) -> Value {
     if bytes.is_empty() {
         return Value::Null;
     }
@@ -18,7 +18,7 @@ pub fn payload(bytes: &[u8], content_type: &str) -> Value {
     json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) })
 }
 
-pub fn event(event: &RecordedEvent) -> Value {
+pub(crate) fn event(event: &RecordedEvent) -> Value {
     json!({
         "stream_id": event.stream_id,
         "event_number": event.event_number,
@@ -33,7 +33,7 @@ pub fn event(event: &RecordedEvent) -> Value {
     })
 }
 
-pub fn event_line(event: &RecordedEvent) -> String {
+pub(crate) fn event_line(event: &RecordedEvent) -> String {
     let data = payload(&event.data, &event.data_content_type);
     format!(
         "{:>8}  {:>10}  {:<24}  {}  {}",
@@ -45,10 +45,10 @@ pub fn event_line(event: &RecordedEvent) -> String {
     )
 }
 
-pub const EVENT_HEADER: &str =
+pub(crate) const EVENT_HEADER: &str =
     "  NUMBER    POSITION  TYPE                      CREATED                      DATA";
 
-pub fn snapshot(snapshot: &Snapshot) -> Value {
+pub(crate) fn snapshot(snapshot: &Snapshot) -> Value {
     // Snapshots carry no content type: JSON when it parses, base64 otherwise.
     json!({
         "source_uuid": snapshot.source_uuid,
@@ -61,7 +61,7 @@ pub fn snapshot(snapshot: &Snapshot) -> Value {
 }
 
 /// The error object printed with `--json`.
-pub fn error(error: &ClientError) -> Value {
+pub(crate) fn error(error: &ClientError) -> Value {
     let mut object = json!({ "code": error.code(), "message": error.to_string() });
     if let ClientError::Store(store_error) = error {
         match store_error {
@@ -84,7 +84,7 @@ pub fn error(error: &ClientError) -> Value {
 }
 
 /// Microseconds since the Unix epoch as RFC 3339 UTC with microseconds.
-pub fn timestamp(micros: i64) -> String {
+pub(crate) fn timestamp(micros: i64) -> String {
     let seconds = micros.div_euclid(1_000_000);
     let fraction = micros.rem_euclid(1_000_000);
     let days = seconds.div_euclid(86_400);

@@ -4,24 +4,22 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::ValueEnum;
-use exesdb::{MetricsRenderer, Node, SystemConfig};
+use exesdb::SystemConfig;
+use exesdb_server::{MetricsRenderer, NetworkSettings, Node};
 use serde::Deserialize;
-
-use crate::connections::{self, NetworkSettings};
 
 #[derive(Clone, Copy, Debug, ValueEnum, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum Mode {
+pub(crate) enum Mode {
     Single,
     Cluster,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
@@ -40,14 +38,14 @@ macro_rules! assign {
 /// Declares each tunable once: its flag and environment variable (clap), its key in the config
 /// file (serde), and where it goes: the store's configuration, or the node's network settings.
 macro_rules! tunables {
-    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty, $env:literal => $($path:ident).+ ;)*) => {
+    ($( $(#[doc = $doc:literal])* $field:ident $([was $old_key:literal, $old_flag:literal])? : $ty:ty, $env:literal => $($path:ident).+ ;)*) => {
         /// Limits, pool sizes, idle times and storage settings of every store on the node, and
         /// the node's network limits.
         #[derive(clap::Args, Debug, Default)]
-        pub struct Tunables {
+        pub(crate) struct Tunables {
             $(
                 $(#[doc = $doc])*
-                #[arg(long, env = $env, help_heading = "Store settings")]
+                #[arg(long, env = $env, help_heading = "Store settings" $(, alias = $old_flag)?)]
                 pub $field: Option<$ty>,
             )*
         }
@@ -55,8 +53,11 @@ macro_rules! tunables {
         /// The same settings, as keys of the config file.
         #[derive(Deserialize, Debug, Default)]
         #[serde(deny_unknown_fields)]
-        pub struct FileTunables {
-            $( pub $field: Option<$ty>, )*
+        pub(crate) struct FileTunables {
+            $(
+                $(#[serde(alias = $old_key)])?
+                pub $field: Option<$ty>,
+            )*
         }
 
         impl Tunables {
@@ -144,7 +145,7 @@ tunables! {
     /// Block cache, bytes [default: 67108864].
     cache_bytes_max: u64, "EXESDB_CACHE_BYTES_MAX" => storage.cache_bytes_max;
     /// Restarts a supervisor tolerates within the period [default: 3].
-    max_restarts: u32, "EXESDB_MAX_RESTARTS" => intensity.max_restarts;
+    restarts_max [was "max_restarts", "max-restarts"]: u32, "EXESDB_RESTARTS_MAX" => intensity.restarts_max;
     /// The restart-intensity period, ms [default: 5000].
     restart_period_ms: u64, "EXESDB_RESTART_PERIOD_MS" => intensity.period_ms;
     /// How long a process gets to stop before it is killed, ms [default: 10000].
@@ -154,13 +155,13 @@ tunables! {
     /// A new connection silent for this long is closed, ms [default: 10000].
     connection_first_bytes_ms: u64, "EXESDB_CONNECTION_FIRST_BYTES_MS" => network.connection_first_bytes_ms;
     /// Calls at once on one HTTP/2 connection; the client queues more [default: 200].
-    http2_max_concurrent_streams: u32, "EXESDB_HTTP2_MAX_CONCURRENT_STREAMS" => network.http2_max_concurrent_streams;
+    http2_concurrent_streams_max [was "http2_max_concurrent_streams", "http2-max-concurrent-streams"]: u32, "EXESDB_HTTP2_CONCURRENT_STREAMS_MAX" => network.http2_concurrent_streams_max;
     /// Ping an HTTP/2 connection silent this long; close it if no answer in as long again, ms; 0: off [default: 30000].
     http2_keepalive_interval_ms: u64, "EXESDB_HTTP2_KEEPALIVE_INTERVAL_MS" => network.http2_keepalive_interval_ms;
 }
 
 #[derive(clap::Args, Debug)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// A TOML file with any of these settings (keys as the flags, with underscores).
     #[arg(long, env = "EXESDB_CONFIG")]
     pub config: Option<PathBuf>,
@@ -208,7 +209,7 @@ const SERVER_KEYS: [&str; 5] = ["data_dir", "stores", "listen", "mode", "log_for
 
 /// Everything `serve` runs with, after precedence is applied.
 #[derive(Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub listen: SocketAddr,
     pub mode: Mode,
     pub log_format: LogFormat,
@@ -219,7 +220,7 @@ pub struct Settings {
 
 impl ServeArgs {
     /// Flags and variables over the file over the defaults.
-    pub fn settings(&self) -> Result<Settings, String> {
+    pub(crate) fn settings(&self) -> Result<Settings, String> {
         let file = match &self.config {
             Some(path) => read_config_file(path)?,
             None => ConfigFile::default(),
@@ -279,7 +280,7 @@ fn read_config_file(path: &Path) -> Result<ConfigFile, String> {
     })
 }
 
-pub async fn serve(settings: Settings) -> Result<(), String> {
+pub(crate) async fn serve(settings: Settings) -> Result<(), String> {
     if settings.mode == Mode::Cluster {
         return Err("cluster mode is not available yet; run with --mode single".into());
     }
@@ -288,46 +289,19 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
     let node = Node::start(settings.template, &settings.stores)
         .await
         .map_err(|error| error.to_string())?;
-    let node = Arc::new(node);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", settings.listen))?;
-    let local = listener
-        .local_addr()
-        .map_err(|error| format!("cannot read the listen address: {error}"))?;
-    let app = node.router(Some(metrics))?;
-    tracing::info!(listen = %local, data_dir = %data_dir.display(), stores = ?settings.stores, "exesdb serving");
-    // On a signal: end subscription streams (they would hold their connections open), then
-    // let in-flight calls finish; connections still open after the shutdown timeout are cut.
-    let patience = Duration::from_millis(settings_shutdown_timeout_ms(&node));
-    let (signalled, mut signal_seen) = tokio::sync::watch::channel(false);
-    let shutdown_node = node.clone();
-    let serving = connections::serve(listener, app, settings.network, async move {
-        shutdown_signal().await;
-        shutdown_node.end_subscriptions();
-        let _ = signalled.send(true);
-    });
-    let cut_off = async move {
-        let _ = signal_seen.wait_for(|seen| *seen).await;
-        tokio::time::sleep(patience).await;
-    };
-    tokio::select! {
-        () = serving => {}
-        () = cut_off => {
-            tracing::warn!("connections still open after the shutdown timeout; closing them");
-        }
-    }
-    tracing::info!("connections closed; stopping the stores");
-    node.stop().await;
-    tracing::info!("exesdb stopped");
-    Ok(())
-}
-
-fn settings_shutdown_timeout_ms(node: &Node) -> u64 {
-    node.store_ids()
-        .first()
-        .and_then(|id| node.system(id).ok())
-        .map_or(10_000, |system| system.config().shutdown_timeout_ms)
+    tracing::info!(listen = %settings.listen, data_dir = %data_dir.display(), stores = ?settings.stores, "exesdb serving");
+    exesdb_server::serve(
+        Arc::new(node),
+        listener,
+        settings.network,
+        Some(metrics),
+        shutdown_signal(),
+    )
+    .await
+    .map_err(|error| error.to_string())
 }
 
 fn install_metrics() -> Result<MetricsRenderer, String> {
@@ -425,7 +399,7 @@ mod tests {
         let file = dir.path().join("exesdb.toml");
         std::fs::write(
             &file,
-            "connections_max = 16\nhttp2_max_concurrent_streams = 8\n",
+            "connections_max = 16\nhttp2_concurrent_streams_max = 8\n",
         )
         .expect("write");
         let path = file.to_str().expect("utf-8");
@@ -434,7 +408,7 @@ mod tests {
         let network = args.serve.settings().expect("settings").network;
         assert_eq!(network.connections_max, 32, "flag wins");
         assert_eq!(
-            network.http2_max_concurrent_streams, 8,
+            network.http2_concurrent_streams_max, 8,
             "file beats default"
         );
         assert_eq!(network.connection_first_bytes_ms, 10_000, "default");

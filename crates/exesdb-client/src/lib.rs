@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use exesdb::system::gateway::wire as convert;
+use exesdb_proto::convert;
 use exesdb_proto::v1 as wire;
 use exesdb_proto::v1::event_store_client::EventStoreClient;
 use exesdb_proto::v1::system_service_client::SystemServiceClient;
@@ -29,7 +29,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-pub use exesdb::{
+pub use exesdb_types::{
     ALL_STREAM, AppendResult, ConsumerStrategy, Delivery, Direction, ExpectedVersion, NackAction,
     NewEvent, RecordedEvent, Selector, Snapshot, SnapshotVersion, StartFrom, StoreError,
     StreamInfo, SubscriptionDefinition, SubscriptionMessage, TreeSnapshot,

@@ -1,10 +1,12 @@
-//! The wire types and service stubs of `proto/exesdb/v1`, generated at build time. Wire types
-//! stay at the edge: the server's gateway and the client crate convert them, nothing else
-//! sees them.
+//! The gRPC wire contract of ExESDB in Rust: the prost types and service stubs generated from
+//! `proto/exesdb/v1` at build time, and [`convert`], the one place where each wire type turns
+//! into its shared type of `exesdb-types` and back. The server and the client both convert
+//! here; the engine never sees a wire type.
 
-#![allow(clippy::all, missing_docs)]
+pub mod convert;
 
-/// Package `exesdb.v1`.
+/// Package `exesdb.v1`, as generated.
+#[allow(clippy::all, missing_docs, unreachable_pub)]
 pub mod v1 {
     tonic::include_proto!("exesdb.v1");
 }

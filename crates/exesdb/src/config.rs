@@ -10,12 +10,8 @@ use crate::error::StartError;
 use crate::system::core::store::store_registry::NodeStores;
 use crate::system::gateway::pubsub::ExternalBus;
 
-/// The longest stream id the contract allows, in bytes.
-pub const STREAM_ID_BYTES_MAX: usize = 512;
-/// The longest event type the contract allows, in bytes.
-pub const EVENT_TYPE_BYTES_MAX: usize = 256;
 /// The longest store id, in bytes; store ids name directories, so they stay short and plain.
-pub const STORE_ID_BYTES_MAX: usize = 64;
+pub(crate) const STORE_ID_BYTES_MAX: usize = 64;
 
 /// Limits the store enforces on requests; exceeding one gives `limit_exceeded`, never a crash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,12 +56,12 @@ impl Default for Limits {
     }
 }
 
-/// Restart intensity of a supervisor: more than `max_restarts` within `period_ms` and the
+/// Restart intensity of a supervisor: more than `restarts_max` within `period_ms` and the
 /// supervisor gives up, stops its children and fails, so its own parent decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Intensity {
     /// Restarts tolerated within the period.
-    pub max_restarts: u32,
+    pub restarts_max: u32,
     /// The sliding window, in milliseconds.
     pub period_ms: u64,
 }
@@ -80,7 +76,7 @@ impl Default for Intensity {
     /// OTP's default: 3 restarts in 5 seconds.
     fn default() -> Self {
         Intensity {
-            max_restarts: 3,
+            restarts_max: 3,
             period_ms: 5_000,
         }
     }
@@ -327,7 +323,7 @@ impl SystemConfig {
 }
 
 /// Store ids name directories: 1..=64 ASCII letters, digits, `-` or `_`.
-pub fn validate_store_id(store_id: &str) -> Result<(), String> {
+pub(crate) fn validate_store_id(store_id: &str) -> Result<(), String> {
     let plain = store_id
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');

@@ -5,31 +5,39 @@
 //! returned [`System`]. `docs/ARCHITECTURE.md` maps the code; `docs/DURABILITY.md` says when
 //! bytes reach the disk.
 
-pub mod config;
-pub mod error;
-pub mod event;
-pub mod node;
-pub mod storage;
-pub mod supervision;
-pub mod system;
+mod config;
+mod error;
+mod storage;
+mod supervision;
+mod system;
 
 pub use config::{CommitSettings, Intensity, Limits, PoolSettings, StorageSettings, SystemConfig};
-pub use error::{StartError, StoreError};
-pub use event::{
-    ALL_STREAM, AppendResult, Direction, ExpectedVersion, NewEvent, ReadAllRequest, RecordedEvent,
-    StreamInfo,
+pub use error::StartError;
+pub use exesdb_types::{
+    ALL_STREAM, AppendResult, ConsumerStrategy, Delivery, Direction, ExpectedVersion, Kind,
+    NackAction, NewEvent, ReadAllRequest, RecordedEvent, Selector, Snapshot, SnapshotVersion,
+    StartFrom, StoreError, Strategy, StreamInfo, SubscriptionDefinition, SubscriptionMessage,
+    TreeSnapshot, validate_stream_id,
 };
-pub use node::{MetricsRenderer, Node, NodeHealth, StoreHealth};
 #[cfg(feature = "fault-injection")]
 pub use storage::fault::{IoFault, StorageFault};
-pub use supervision::{Kind, Strategy, TreeSnapshot};
 pub use system::context::CommitStats;
-pub use system::core::notification::persistent::{
-    ConsumerStrategy, Delivery, NackAction, PersistentConsumer, SubscriptionDefinition,
-};
-pub use system::core::notification::subscription::{
-    Selector, StartFrom, Subscription, SubscriptionMessage,
-};
+pub use system::core::notification::persistent::PersistentConsumer;
+pub use system::core::notification::subscription::Subscription;
 pub use system::core::store::store_registry::NodeStores;
+pub use system::gateway::Gateway;
 pub use system::gateway::pubsub::{EventBus, ExternalBus};
-pub use system::{Snapshot, SnapshotVersion, StoreApi, System};
+pub use system::{StoreApi, System};
+
+/// What the fuzz targets and the storage-damage tests reach inside: the record codecs, the
+/// table check and the append validation. Not part of the supported API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::storage::codec::{
+        EventRecord, SnapshotRecord, decode_event, decode_event_header, open_blob, seal_blob,
+    };
+    pub use crate::storage::table_check::find_damaged_table;
+    pub use crate::system::core::store::state_machine::{
+        AppendCommand, PreparedEvent, validate_append,
+    };
+}

@@ -134,7 +134,7 @@ async fn timeouts_and_nacks_redeliver_park_or_skip() {
     let mut settings = definition("jobs");
     // Long enough that a slow machine answers the nacks in time, short enough to wait out.
     settings.ack_timeout_ms = 1_000;
-    settings.max_retries = 3;
+    settings.retries_max = 3;
     s.save_subscription(settings).await.expect("save");
     let mut consumer = s.connect_subscription("jobs").await.expect("connect");
     append(s, "s", 4).await;
@@ -370,7 +370,7 @@ async fn at_least_once(seed: u64, events: u64, consumers: usize) {
     let store = start_in(dir).await;
     let mut settings = definition("random");
     settings.ack_timeout_ms = 150;
-    settings.max_retries = 1_000;
+    settings.retries_max = 1_000;
     store
         .system
         .save_subscription(settings)

@@ -315,7 +315,7 @@ async fn damage_inside_a_table_file_never_shortens_history_silently() {
         stop(system).await;
         let engine_dir = dir.path().join("default").join("fjall");
         assert_eq!(
-            exesdb::storage::table_check::find_damaged_table(&engine_dir).expect("reads tables"),
+            exesdb::fuzzing::find_damaged_table(&engine_dir).expect("reads tables"),
             None,
             "healthy table files pass the check"
         );

@@ -8,18 +8,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub struct Server {
+pub(crate) struct Server {
     pub child: Child,
     pub address: String,
     pub data_dir: PathBuf,
 }
 
 impl Server {
-    pub fn start(data_dir: &Path) -> Server {
+    pub(crate) fn start(data_dir: &Path) -> Server {
         Server::start_with(data_dir, &[])
     }
 
-    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Server {
+    pub(crate) fn start_with(data_dir: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_exesdb"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -56,18 +56,18 @@ impl Server {
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.address)
     }
 
-    pub async fn client(&self) -> exesdb_client::Client {
+    pub(crate) async fn client(&self) -> exesdb_client::Client {
         exesdb_client::Client::connect(&self.url())
             .await
             .expect("client connects")
     }
 
     /// SIGTERM, then the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
         let sent = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -95,7 +95,7 @@ impl Drop for Server {
 }
 
 /// A plain HTTP/1.1 GET on the server's port: the status code and the body.
-pub fn http_get(address: &str, path: &str) -> (u16, String) {
+pub(crate) fn http_get(address: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).expect("connect");
     stream
@@ -118,7 +118,7 @@ pub fn http_get(address: &str, path: &str) -> (u16, String) {
 }
 
 /// The body of a GET that must answer 200.
-pub fn http_get_ok(address: &str, path: &str) -> String {
+pub(crate) fn http_get_ok(address: &str, path: &str) -> String {
     let (status, body) = http_get(address, path);
     assert_eq!(status, 200, "{path}: {body}");
     body
@@ -126,14 +126,14 @@ pub fn http_get_ok(address: &str, path: &str) -> String {
 
 /// How long a test waits for a condition before it fails. Generous: the wait ends as soon as
 /// the condition holds, so only a failing test ever waits this long.
-pub const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
 /// How often a wait looks at its condition again.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Waits until `condition` holds, looking every few milliseconds; fails the test, naming
 /// `what` was awaited, if it does not hold within `timeout`.
-pub async fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     wait_for(timeout, || {
         std::future::ready(if condition() {
             Ok(())
@@ -146,7 +146,7 @@ pub async fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut
 
 /// Tries `attempt` every few milliseconds until it gives a value; fails the test with the last
 /// `Err` (which says what was awaited and what was seen instead) once `timeout` has passed.
-pub async fn wait_for<T, F>(timeout: Duration, mut attempt: impl FnMut() -> F) -> T
+pub(crate) async fn wait_for<T, F>(timeout: Duration, mut attempt: impl FnMut() -> F) -> T
 where
     F: Future<Output = Result<T, String>>,
 {
@@ -165,7 +165,7 @@ where
 }
 
 /// The value of a Prometheus counter or gauge in `/metrics` (0 when absent).
-pub fn metric(address: &str, series: &str) -> f64 {
+pub(crate) fn metric(address: &str, series: &str) -> f64 {
     http_get_ok(address, "/metrics")
         .lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())

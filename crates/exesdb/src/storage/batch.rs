@@ -15,7 +15,7 @@ use super::{
 
 /// Changes to apply together: all of them reach the disk, or none. Only the Store's committer
 /// makes one ([`Engine::write_batch`]).
-pub struct WriteBatch {
+pub(crate) struct WriteBatch {
     engine: Arc<Engine>,
     batch: OwnedWriteBatch,
 }
@@ -38,7 +38,12 @@ impl WriteBatch {
     /// Appends one event at `position`: its record in the log and its stream index entry, and,
     /// when `index_event_id` (the client chose the id, so a retry may repeat it), its event-id
     /// index entry.
-    pub fn append_event(&mut self, position: u64, record: &EventRecord<'_>, index_event_id: bool) {
+    pub(crate) fn append_event(
+        &mut self,
+        position: u64,
+        record: &EventRecord<'_>,
+        index_event_id: bool,
+    ) {
         let engine = &self.engine;
         self.batch
             .insert(&engine.log, position.to_be_bytes(), record.encode());
@@ -57,7 +62,7 @@ impl WriteBatch {
     }
 
     /// Sets a stream's version (the number of its last event); a stream exists once it has one.
-    pub fn set_stream_head(&mut self, stream_id: &str, version: u64) {
+    pub(crate) fn set_stream_head(&mut self, stream_id: &str, version: u64) {
         self.batch.insert(
             &self.engine.stream_heads,
             stream_id.as_bytes(),
@@ -66,7 +71,7 @@ impl WriteBatch {
     }
 
     /// Records a snapshot, replacing one with the same key.
-    pub fn record_snapshot(
+    pub(crate) fn record_snapshot(
         &mut self,
         source_uuid: &str,
         stream_uuid: &str,
@@ -81,7 +86,7 @@ impl WriteBatch {
     }
 
     /// Deletes a snapshot; one that does not exist is not an error.
-    pub fn delete_snapshot(&mut self, source_uuid: &str, stream_uuid: &str, version: u64) {
+    pub(crate) fn delete_snapshot(&mut self, source_uuid: &str, stream_uuid: &str, version: u64) {
         self.batch.remove(
             &self.engine.snapshots,
             snapshot_key(source_uuid, stream_uuid, version),
@@ -89,7 +94,7 @@ impl WriteBatch {
     }
 
     /// Stores a persistent subscription's definition, replacing one under the same name.
-    pub fn save_subscription(&mut self, name: &str, definition: &[u8]) {
+    pub(crate) fn save_subscription(&mut self, name: &str, definition: &[u8]) {
         self.batch.insert(
             &self.engine.subscriptions,
             name.as_bytes(),
@@ -99,7 +104,7 @@ impl WriteBatch {
 
     /// Removes a persistent subscription's definition, checkpoint and parked events. The parked
     /// events are those committed before this batch: a `park` earlier in the same batch stays.
-    pub fn remove_subscription(&mut self, name: &str) -> Result<(), StorageError> {
+    pub(crate) fn remove_subscription(&mut self, name: &str) -> Result<(), StorageError> {
         let engine = self.engine.clone();
         self.batch.remove(&engine.subscriptions, name.as_bytes());
         self.batch.remove(&engine.checkpoints, name.as_bytes());
@@ -111,7 +116,7 @@ impl WriteBatch {
     }
 
     /// Records that every event of a subscription before `position` is done.
-    pub fn set_checkpoint(&mut self, name: &str, position: u64) {
+    pub(crate) fn set_checkpoint(&mut self, name: &str, position: u64) {
         self.batch.insert(
             &self.engine.checkpoints,
             name.as_bytes(),
@@ -120,26 +125,26 @@ impl WriteBatch {
     }
 
     /// Parks the event at `position` for a subscription.
-    pub fn park(&mut self, name: &str, position: u64) {
+    pub(crate) fn park(&mut self, name: &str, position: u64) {
         self.batch
             .insert(&self.engine.parked, parked_key(name, position), []);
     }
 
     /// Takes the event at `position` out of a subscription's park.
-    pub fn unpark(&mut self, name: &str, position: u64) {
+    pub(crate) fn unpark(&mut self, name: &str, position: u64) {
         self.batch
             .remove(&self.engine.parked, parked_key(name, position));
     }
 
     /// Whether nothing was added (committing would write nothing and not fsync).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.batch.is_empty()
     }
 
     /// Ends the batch with its commit marker (its last item, see [`super::commit_guard`]) and
     /// writes it with one fsync. An error leaves the engine refusing every later write, as
     /// fjall does: the committer must reopen the storage ([`super::Storage::reopen`]).
-    pub fn commit(self, marker: CommitMarker) -> Result<(), StorageError> {
+    pub(crate) fn commit(self, marker: CommitMarker) -> Result<(), StorageError> {
         let WriteBatch { engine, mut batch } = self;
         if batch.is_empty() {
             return Ok(());

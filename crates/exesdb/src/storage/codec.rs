@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use crate::event::RecordedEvent;
+use exesdb_types::RecordedEvent;
 
 /// Format byte of event records written by this build.
 const EVENT_RECORD_FORMAT: u8 = 1;
@@ -19,18 +19,28 @@ pub struct CorruptRecord(pub String);
 /// An event as stored in the log: everything but the position, which is its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord<'a> {
+    /// The event's stream.
     pub stream_id: &'a str,
+    /// Its number in the stream.
     pub event_number: u64,
+    /// Its id.
     pub event_id: Uuid,
+    /// When it was recorded, µs since the Unix epoch.
     pub created_micros: i64,
+    /// Its type.
     pub event_type: &'a str,
+    /// How its data is encoded.
     pub data_content_type: &'a str,
+    /// How its metadata is encoded.
     pub metadata_content_type: &'a str,
+    /// The payload.
     pub data: &'a [u8],
+    /// The writer's metadata.
     pub metadata: &'a [u8],
 }
 
 impl EventRecord<'_> {
+    /// The stored bytes: format byte, checksum, fields.
     pub fn encode(&self) -> Vec<u8> {
         let size = HEADER_BYTES
             + 2 * 4
@@ -103,12 +113,16 @@ pub fn decode_event_header(bytes: &[u8]) -> Result<(String, Uuid, String), Corru
 /// A snapshot as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotRecord {
+    /// The snapshot.
     pub data: Vec<u8>,
+    /// Kept beside it.
     pub metadata: Vec<u8>,
+    /// When it was recorded, µs since the Unix epoch.
     pub created_micros: i64,
 }
 
 impl SnapshotRecord {
+    /// The stored bytes: format byte, checksum, fields.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_BYTES + 16 + self.data.len() + self.metadata.len());
         out.push(SNAPSHOT_RECORD_FORMAT);
@@ -120,6 +134,7 @@ impl SnapshotRecord {
         out
     }
 
+    /// Reads stored bytes back, checking format and checksum.
     pub fn decode(bytes: &[u8]) -> Result<SnapshotRecord, CorruptRecord> {
         let mut reader = Reader::open(bytes, SNAPSHOT_RECORD_FORMAT, "snapshot")?;
         let created_micros = reader.u64()? as i64;

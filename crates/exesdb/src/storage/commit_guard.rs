@@ -36,13 +36,13 @@ const FLOOR_FILE: &str = "COMMIT_FLOOR";
 
 /// A commit marker: the batch's sequence number and the position after its last event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CommitMarker {
+pub(crate) struct CommitMarker {
     pub sequence: u64,
     pub next_position: u64,
 }
 
 impl CommitMarker {
-    pub fn encode(&self) -> [u8; MARKER_LEN] {
+    pub(crate) fn encode(&self) -> [u8; MARKER_LEN] {
         let mut bytes = [0u8; MARKER_LEN];
         bytes[..16].copy_from_slice(MARKER_MAGIC);
         bytes[16..24].copy_from_slice(&self.sequence.to_be_bytes());
@@ -53,7 +53,7 @@ impl CommitMarker {
     }
 
     /// `None` unless `bytes` starts with a whole marker whose CRC holds.
-    pub fn decode(bytes: &[u8]) -> Option<CommitMarker> {
+    pub(crate) fn decode(bytes: &[u8]) -> Option<CommitMarker> {
         let bytes = bytes.get(..MARKER_LEN)?;
         if &bytes[..16] != MARKER_MAGIC {
             return None;
@@ -71,13 +71,13 @@ impl CommitMarker {
 
 /// The highest commit the journals prove was written whole, and the file that proves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommitFloor {
+pub(crate) struct CommitFloor {
     pub sequence: u64,
     pub file: PathBuf,
 }
 
 /// Scans every fjall journal file (`*.jnl`) in `engine_dir` for complete commit markers.
-pub fn scan_journals(engine_dir: &Path) -> Result<Option<CommitFloor>, StartError> {
+pub(crate) fn scan_journals(engine_dir: &Path) -> Result<Option<CommitFloor>, StartError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| StartError::Io { path, source }
@@ -132,7 +132,7 @@ fn scan_journal(path: &Path) -> std::io::Result<Option<u64>> {
 
 /// The highest sequence among markers in `journal` that are directly followed by a whole
 /// batch end entry.
-pub fn highest_complete_marker(journal: &[u8]) -> Option<u64> {
+pub(crate) fn highest_complete_marker(journal: &[u8]) -> Option<u64> {
     let mut highest = None;
     for offset in memchr::memmem::find_iter(journal, MARKER_MAGIC) {
         let Some(marker) = CommitMarker::decode(&journal[offset..]) else {
@@ -150,7 +150,7 @@ pub fn highest_complete_marker(journal: &[u8]) -> Option<u64> {
 }
 
 /// The floor recorded by earlier starts, if any.
-pub fn read_floor(store_dir: &Path) -> Result<Option<CommitFloor>, StartError> {
+pub(crate) fn read_floor(store_dir: &Path) -> Result<Option<CommitFloor>, StartError> {
     let path = store_dir.join(FLOOR_FILE);
     let text = match fs::read_to_string(&path) {
         Ok(text) => text,
@@ -169,7 +169,7 @@ pub fn read_floor(store_dir: &Path) -> Result<Option<CommitFloor>, StartError> {
 }
 
 /// Records a new floor durably: a temporary file, synced, renamed, and the directory synced.
-pub fn write_floor(store_dir: &Path, floor: &CommitFloor) -> Result<(), StartError> {
+pub(crate) fn write_floor(store_dir: &Path, floor: &CommitFloor) -> Result<(), StartError> {
     let path = store_dir.join(FLOOR_FILE);
     let temporary = store_dir.join(format!("{FLOOR_FILE}.tmp"));
     let io = |source| StartError::Io {
@@ -186,7 +186,10 @@ pub fn write_floor(store_dir: &Path, floor: &CommitFloor) -> Result<(), StartErr
 }
 
 /// Raises the recorded floor to what the journals prove, before fjall may truncate them.
-pub fn raise_floor(store_dir: &Path, engine_dir: &Path) -> Result<Option<CommitFloor>, StartError> {
+pub(crate) fn raise_floor(
+    store_dir: &Path,
+    engine_dir: &Path,
+) -> Result<Option<CommitFloor>, StartError> {
     let recorded = read_floor(store_dir)?;
     let found = scan_journals(engine_dir)?;
     match (recorded, found) {
@@ -204,7 +207,7 @@ pub fn raise_floor(store_dir: &Path, engine_dir: &Path) -> Result<Option<CommitF
 
 /// The refusal for a journal fjall itself found damaged (a batch failing its checksum), naming
 /// the journal file when there is one, else listing them.
-pub fn journal_damaged(engine_dir: &Path, engine_error: &str) -> StartError {
+pub(crate) fn journal_damaged(engine_dir: &Path, engine_error: &str) -> StartError {
     let journals = journal_files(engine_dir);
     let detail = format!(
         "the storage engine found a damaged batch in its journal ({engine_error}). Refusing to \
@@ -231,7 +234,7 @@ pub fn journal_damaged(engine_dir: &Path, engine_error: &str) -> StartError {
 
 /// The refusal for an engine that panicked while reading the data: which file is damaged is
 /// not known, so the refusal names the engine directory and lists the journals.
-pub fn engine_failed_reading(engine_dir: &Path, panic_message: &str) -> StartError {
+pub(crate) fn engine_failed_reading(engine_dir: &Path, panic_message: &str) -> StartError {
     let journals: Vec<String> = journal_files(engine_dir)
         .iter()
         .map(|path| path.display().to_string())
@@ -261,7 +264,7 @@ fn journal_files(engine_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Refuses a recovery that ended below the floor.
-pub fn check_recovered(
+pub(crate) fn check_recovered(
     floor: Option<&CommitFloor>,
     recovered_sequence: u64,
 ) -> Result<(), StartError> {

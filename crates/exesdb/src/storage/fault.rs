@@ -23,7 +23,12 @@ pub enum StorageFault {
     /// The `nth` batch commit from now (1 = the next one) fails with `kind`, and the engine
     /// refuses every later write until the committer reopens it. Batches that write nothing do
     /// not count. Arming a new fault replaces one that has not fired yet.
-    FailCommit { nth: u64, kind: IoFault },
+    FailCommit {
+        /// Which commit from now fails (1 = the next one).
+        nth: u64,
+        /// The error it fails with.
+        kind: IoFault,
+    },
 }
 
 /// The I/O error a failed commit reports.
@@ -47,7 +52,7 @@ impl IoFault {
 
 /// The armed fault of one store. It belongs to the `Storage`, so it outlives reopens.
 #[derive(Debug, Default)]
-pub struct FaultSeam {
+pub(crate) struct FaultSeam {
     armed: Mutex<Option<Armed>>,
 }
 
@@ -59,7 +64,7 @@ struct Armed {
 }
 
 impl FaultSeam {
-    pub fn arm(&self, fault: StorageFault) {
+    pub(crate) fn arm(&self, fault: StorageFault) {
         let StorageFault::FailCommit { nth, kind } = fault;
         *self.lock() = Some(Armed {
             remaining: nth.max(1),
@@ -90,13 +95,13 @@ impl FaultSeam {
 /// The seam as one open engine sees it: the store's armed fault, and whether it fired on this
 /// engine (which then refuses writes, as a poisoned fjall database does).
 #[derive(Debug, Default)]
-pub struct EngineFaults {
+pub(crate) struct EngineFaults {
     seam: Arc<FaultSeam>,
     poisoned: AtomicBool,
 }
 
 impl EngineFaults {
-    pub fn new(seam: Arc<FaultSeam>) -> Self {
+    pub(crate) fn new(seam: Arc<FaultSeam>) -> Self {
         EngineFaults {
             seam,
             poisoned: AtomicBool::new(false),
@@ -104,7 +109,7 @@ impl EngineFaults {
     }
 
     /// Called by a non-empty batch just before fjall writes it.
-    pub fn before_commit(&self) -> Result<(), StorageError> {
+    pub(crate) fn before_commit(&self) -> Result<(), StorageError> {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(StorageError::Engine(fjall::Error::Poisoned));
         }

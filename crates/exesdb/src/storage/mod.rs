@@ -5,13 +5,13 @@
 //! analysis.
 
 mod batch;
-pub mod codec;
-pub mod commit_guard;
+pub(crate) mod codec;
+pub(crate) mod commit_guard;
 #[cfg(feature = "fault-injection")]
-pub mod fault;
-pub mod table_check;
+pub(crate) mod fault;
+pub(crate) mod table_check;
 
-pub use batch::WriteBatch;
+pub(crate) use batch::WriteBatch;
 
 use std::fs;
 use std::io::Write;
@@ -23,14 +23,15 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Sn
 use uuid::Uuid;
 
 use crate::config::StorageSettings;
-use crate::error::{StartError, StoreError};
-use crate::event::{Direction, ReadAllRequest, RecordedEvent, StreamInfo};
+use crate::error::StartError;
 use codec::{CorruptRecord, SnapshotRecord, decode_event, decode_event_header};
 use commit_guard::CommitMarker;
+use exesdb_types::StoreError;
+use exesdb_types::{Direction, ReadAllRequest, RecordedEvent, StreamInfo};
 
 /// The on-disk format this build writes and reads. Bump it with every incompatible change and
 /// record the change in the format log of `docs/DURABILITY.md`.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 const FORMAT_FILE: &str = "FORMAT";
 const FORMAT_PREFIX: &str = "exesdb-format ";
 const ENGINE_DIR: &str = "fjall";
@@ -90,7 +91,7 @@ fn corrupt(keyspace: &'static str) -> impl Fn(CorruptRecord) -> StorageError {
 
 /// A stored snapshot with its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredSnapshot {
+pub(crate) struct StoredSnapshot {
     pub source_uuid: String,
     pub stream_uuid: String,
     pub version: u64,
@@ -100,7 +101,7 @@ pub struct StoredSnapshot {
 /// The storage of one store: its directory and the open engine. The engine can be closed and
 /// opened again in place ([`Storage::reopen`]) after a write failure, which leaves fjall
 /// refusing every later write; while that happens, reads answer `unavailable`.
-pub struct Storage {
+pub(crate) struct Storage {
     path: PathBuf,
     settings: StorageSettings,
     engine: RwLock<Option<Arc<Engine>>>,
@@ -109,7 +110,7 @@ pub struct Storage {
 }
 
 /// The open fjall database and its keyspaces.
-pub struct Engine {
+pub(crate) struct Engine {
     db: Database,
     /// position (u64 BE) → event record.
     log: Keyspace,
@@ -141,7 +142,7 @@ impl std::fmt::Debug for Storage {
 
 impl Storage {
     /// Opens (or creates) the store directory, refusing a directory of another format.
-    pub fn open(dir: &Path, settings: &StorageSettings) -> Result<Storage, StartError> {
+    pub(crate) fn open(dir: &Path, settings: &StorageSettings) -> Result<Storage, StartError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| StartError::Io { path, source }
@@ -178,13 +179,13 @@ impl Storage {
 
     /// Arms a storage fault (test builds only): see [`fault`].
     #[cfg(feature = "fault-injection")]
-    pub fn inject_fault(&self, fault: fault::StorageFault) {
+    pub(crate) fn inject_fault(&self, fault: fault::StorageFault) {
         self.faults.arm(fault);
     }
 
     /// The open engine, or `unavailable` while it is being reopened. Every read goes through
     /// it; a caller holds the `Arc` only for the read at hand, so a reopen is not kept waiting.
-    pub fn engine(&self) -> Result<Arc<Engine>, StorageError> {
+    pub(crate) fn engine(&self) -> Result<Arc<Engine>, StorageError> {
         self.engine
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -229,12 +230,12 @@ impl Storage {
     }
 
     /// The store's directory.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Bytes an unprivileged writer can still use on the store's file system.
-    pub fn free_bytes(&self) -> std::io::Result<u64> {
+    pub(crate) fn free_bytes(&self) -> std::io::Result<u64> {
         let stats = rustix::fs::statvfs(&self.path)?;
         Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
     }
@@ -316,7 +317,7 @@ impl Engine {
 
     /// The marker of the last committed batch (none before the first, or in data written
     /// before markers existed).
-    pub fn last_commit(&self) -> Result<Option<CommitMarker>, StorageError> {
+    pub(crate) fn last_commit(&self) -> Result<Option<CommitMarker>, StorageError> {
         match self.view().get(&self.commits, COMMIT_MARKER_KEY)? {
             None => Ok(None),
             Some(bytes) => {
@@ -331,7 +332,7 @@ impl Engine {
     }
 
     /// The position the next event gets: one past the last in the log.
-    pub fn next_position(&self) -> Result<u64, StorageError> {
+    pub(crate) fn next_position(&self) -> Result<u64, StorageError> {
         match self.view().last_key_value(&self.log) {
             None => Ok(0),
             Some(guard) => {
@@ -343,7 +344,7 @@ impl Engine {
 
     /// A view for several point reads that must agree with each other (the committer takes
     /// one per batch).
-    pub fn point_view(self: &Arc<Self>) -> PointView {
+    pub(crate) fn point_view(self: &Arc<Self>) -> PointView {
         PointView {
             snapshot: self.view(),
             engine: self.clone(),
@@ -351,14 +352,14 @@ impl Engine {
     }
 
     /// The event at a position.
-    pub fn event_at(&self, position: u64) -> Result<Option<RecordedEvent>, StorageError> {
+    pub(crate) fn event_at(&self, position: u64) -> Result<Option<RecordedEvent>, StorageError> {
         event_at(&self.view(), &self.log, position)
     }
 
     /// Up to `count` events of a stream starting at `from` (inclusive); `None` starts at the
     /// first event (forward) or the last (backward). `Ok(None)` when the stream has no events.
     /// With `bytes_max`, stops once the events hold that many bytes (at least one event).
-    pub fn read_stream(
+    pub(crate) fn read_stream(
         &self,
         stream_id: &str,
         from: Option<u64>,
@@ -414,7 +415,10 @@ impl Engine {
     }
 
     /// Up to `count` events of `$all` that pass the request's filters.
-    pub fn read_all(&self, request: &ReadAllRequest) -> Result<Vec<RecordedEvent>, StorageError> {
+    pub(crate) fn read_all(
+        &self,
+        request: &ReadAllRequest,
+    ) -> Result<Vec<RecordedEvent>, StorageError> {
         let view = self.view();
         let records: Box<dyn Iterator<Item = fjall::Guard>> =
             match (request.direction, request.from_position) {
@@ -461,7 +465,7 @@ impl Engine {
     /// Scans the log from `from` up to `until` (exclusive), at most `scan_max` records, and
     /// returns the events `matches` accepts with the position the next scan starts at. With
     /// `bytes_max`, stops once the accepted events hold that many bytes.
-    pub fn scan_log(
+    pub(crate) fn scan_log(
         &self,
         from: u64,
         until: u64,
@@ -496,7 +500,7 @@ impl Engine {
     }
 
     /// Every stored subscription definition: (name, definition bytes).
-    pub fn subscription_definitions(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+    pub(crate) fn subscription_definitions(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
         let view = self.view();
         let mut definitions = Vec::new();
         for guard in view.iter(&self.subscriptions) {
@@ -512,7 +516,7 @@ impl Engine {
     }
 
     /// A subscription's stored checkpoint.
-    pub fn checkpoint(&self, name: &str) -> Result<Option<u64>, StorageError> {
+    pub(crate) fn checkpoint(&self, name: &str) -> Result<Option<u64>, StorageError> {
         get_u64(
             &self.view(),
             &self.checkpoints,
@@ -522,7 +526,7 @@ impl Engine {
     }
 
     /// The positions of a subscription's parked events, in order.
-    pub fn parked_positions(&self, name: &str) -> Result<Vec<u64>, StorageError> {
+    pub(crate) fn parked_positions(&self, name: &str) -> Result<Vec<u64>, StorageError> {
         let view = self.view();
         let mut prefix = name.as_bytes().to_vec();
         prefix.push(SEPARATOR);
@@ -535,7 +539,7 @@ impl Engine {
     }
 
     /// Streams in id order, starting after `after`.
-    pub fn list_streams(
+    pub(crate) fn list_streams(
         &self,
         after: Option<&str>,
         count: u64,
@@ -564,7 +568,7 @@ impl Engine {
     }
 
     /// The snapshot at exactly `version`, or the latest at or below it.
-    pub fn read_snapshot(
+    pub(crate) fn read_snapshot(
         &self,
         source_uuid: &str,
         stream_uuid: &str,
@@ -592,7 +596,7 @@ impl Engine {
     }
 
     /// Snapshots whose source (and, if given, stream) match, in key order.
-    pub fn list_snapshots(
+    pub(crate) fn list_snapshots(
         &self,
         source_uuid: Option<&str>,
         stream_uuid: Option<&str>,
@@ -625,14 +629,14 @@ impl Engine {
 }
 
 /// Point reads against one consistent snapshot.
-pub struct PointView {
+pub(crate) struct PointView {
     engine: Arc<Engine>,
     snapshot: Snapshot,
 }
 
 impl PointView {
     /// The version of a stream, or `None` when it has no events.
-    pub fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, StorageError> {
+    pub(crate) fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, StorageError> {
         get_u64(
             &self.snapshot,
             &self.engine.stream_heads,
@@ -642,7 +646,7 @@ impl PointView {
     }
 
     /// The position of event `event_number` of a stream.
-    pub fn position_of(
+    pub(crate) fn position_of(
         &self,
         stream_id: &str,
         event_number: u64,
@@ -657,7 +661,7 @@ impl PointView {
     }
 
     /// The event number at which `event_id` was recorded in a stream, if it was.
-    pub fn event_number_of_id(
+    pub(crate) fn event_number_of_id(
         &self,
         stream_id: &str,
         event_id: Uuid,

@@ -45,7 +45,7 @@ fn damage(offset: usize, what: &'static str) -> Option<TableDamage> {
 /// Checks one table file's bytes: the trailer, the table of contents against its checksum,
 /// and, section by section, that blocks follow each other exactly to the section's end, each
 /// with a good header and data that matches its checksum.
-pub fn check_table(bytes: &[u8]) -> Option<TableDamage> {
+pub(crate) fn check_table(bytes: &[u8]) -> Option<TableDamage> {
     let Some(trailer_at) = bytes.len().checked_sub(TRAILER_LEN) else {
         return damage(0, "the file is shorter than its trailer");
     };
@@ -155,7 +155,7 @@ pub fn find_damaged_table(engine_dir: &Path) -> Result<Option<(PathBuf, TableDam
 }
 
 /// The refusal for a damaged table file.
-pub fn table_damaged(path: PathBuf, damage: &TableDamage) -> StartError {
+pub(crate) fn table_damaged(path: PathBuf, damage: &TableDamage) -> StartError {
     StartError::CorruptFile {
         path,
         detail: format!(

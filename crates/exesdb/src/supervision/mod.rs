@@ -2,11 +2,11 @@
 //! intensity, keyed worker pools (PartitionSupervisor → DynamicSupervisor → workers), simple
 //! GenServers, and the live tree they report.
 
-pub mod pool;
-pub mod service;
-pub mod slot;
-pub mod supervisor;
-pub mod tree;
+pub(crate) mod pool;
+pub(crate) mod service;
+pub(crate) mod slot;
+pub(crate) mod supervisor;
+pub(crate) mod tree;
 
-pub use supervisor::{ChildSpec, SupervisorSettings};
-pub use tree::{Kind, Strategy, TreeNode, TreeSnapshot};
+pub(crate) use supervisor::{ChildSpec, SupervisorSettings};
+pub(crate) use tree::TreeNode;

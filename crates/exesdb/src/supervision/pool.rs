@@ -17,14 +17,15 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, MessagingErr, Supervi
 use tokio::sync::oneshot;
 
 use super::supervisor::{ChildSpec, SupervisorSettings, stop_gracefully};
-use super::tree::{Kind, Strategy, TreeNode};
-use crate::error::StoreError;
+use super::tree::TreeNode;
+use exesdb_types::StoreError;
+use exesdb_types::{Kind, Strategy};
 
 /// Exit reason of a worker that stopped because it was idle (not a failure).
 const IDLE_EXIT: &str = "idle";
 
 /// What the workers of one pool do with a request for their key.
-pub trait KeyedWork: Send + Sync + 'static {
+pub(crate) trait KeyedWork: Send + Sync + 'static {
     /// A request, carrying its own reply channel.
     type Request: Send + 'static;
     /// The name workers show in the tree, followed by their key.
@@ -42,14 +43,14 @@ pub trait KeyedWork: Send + Sync + 'static {
 
 /// Sizes of a pool.
 #[derive(Debug, Clone, Copy)]
-pub struct PoolSettings {
+pub(crate) struct PoolSettings {
     pub partitions: usize,
     pub workers_per_partition_max: usize,
     pub idle: Duration,
 }
 
 /// A handle to a pool: routes requests to workers, starting them when needed.
-pub struct WorkerPool<W: KeyedWork> {
+pub(crate) struct WorkerPool<W: KeyedWork> {
     work: Arc<W>,
     partitions: Vec<Arc<Partition<W>>>,
     settings: PoolSettings,
@@ -101,7 +102,7 @@ impl<W: KeyedWork> Partition<W> {
 
 impl<W: KeyedWork> WorkerPool<W> {
     /// A pool and the child spec of its PartitionSupervisor, named `name`.
-    pub fn new(
+    pub(crate) fn new(
         name: &str,
         work: W,
         settings: PoolSettings,
@@ -159,17 +160,17 @@ impl<W: KeyedWork> WorkerPool<W> {
     }
 
     /// The shared work object.
-    pub fn work(&self) -> &Arc<W> {
+    pub(crate) fn work(&self) -> &Arc<W> {
         &self.work
     }
 
     /// Workers running now, over all partitions.
-    pub fn active_workers(&self) -> usize {
+    pub(crate) fn active_workers(&self) -> usize {
         self.partitions.iter().map(|p| lock(&p.workers).len()).sum()
     }
 
     /// Hands `request` to the worker of `key`, starting the worker if it is not running.
-    pub async fn dispatch(&self, key: &str, request: W::Request) -> Result<(), StoreError> {
+    pub(crate) async fn dispatch(&self, key: &str, request: W::Request) -> Result<(), StoreError> {
         let partition = &self.partitions[partition_of(key, self.partitions.len())];
         let mut request = request;
         // Two rounds: a worker may stop between our start request and our send.
@@ -217,7 +218,7 @@ fn partition_of(key: &str, partitions: usize) -> usize {
 }
 
 /// Messages of a partition (a DynamicSupervisor).
-pub enum PartitionMsg {
+pub(crate) enum PartitionMsg {
     StartWorker {
         key: String,
         reply: oneshot::Sender<Result<(), StoreError>>,
@@ -440,7 +441,7 @@ impl<W: KeyedWork> PartitionState<W> {
         self.restart_times
             .retain(|at| now.saturating_duration_since(*at) < intensity.period());
         self.restart_times.push_back(now);
-        self.restart_times.len() <= intensity.max_restarts as usize
+        self.restart_times.len() <= intensity.restarts_max as usize
     }
 
     async fn stop_workers(&mut self, myself: &ActorRef<PartitionMsg>) {
@@ -463,7 +464,7 @@ impl<W: KeyedWork> PartitionState<W> {
 }
 
 /// Messages of a worker.
-pub enum WorkerMsg<R> {
+pub(crate) enum WorkerMsg<R> {
     Request(R),
     IdleCheck,
 }

@@ -8,7 +8,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::system::context::StoreContext;
 
 /// What a GenServer does when it starts and when it stops.
-pub trait Service: Send + Sync + 'static {
+pub(crate) trait Service: Send + Sync + 'static {
     /// Runs at every (re)start; an error fails the start.
     fn start(&self, context: &StoreContext) -> Result<(), String>;
     /// Runs on a graceful stop (not after a kill: `start` must tolerate leftovers).
@@ -16,10 +16,10 @@ pub trait Service: Send + Sync + 'static {
 }
 
 /// The actor running a [`Service`].
-pub struct ServiceActor;
+pub(crate) struct ServiceActor;
 
 /// Its arguments.
-pub struct ServiceArgs {
+pub(crate) struct ServiceArgs {
     pub service: Arc<dyn Service>,
     pub context: Arc<StoreContext>,
 }

@@ -6,7 +6,7 @@ use std::sync::RwLock;
 use ractor::{ActorRef, Message};
 
 /// The current actor of one named process, if it runs.
-pub struct ProcessSlot<M: Message>(RwLock<Option<ActorRef<M>>>);
+pub(crate) struct ProcessSlot<M: Message>(RwLock<Option<ActorRef<M>>>);
 
 impl<M: Message> Default for ProcessSlot<M> {
     fn default() -> Self {
@@ -16,7 +16,7 @@ impl<M: Message> Default for ProcessSlot<M> {
 
 impl<M: Message> ProcessSlot<M> {
     /// The running actor.
-    pub fn get(&self) -> Option<ActorRef<M>> {
+    pub(crate) fn get(&self) -> Option<ActorRef<M>> {
         self.0
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -24,7 +24,7 @@ impl<M: Message> ProcessSlot<M> {
     }
 
     /// Records the actor that now runs the process.
-    pub fn set(&self, actor: ActorRef<M>) {
+    pub(crate) fn set(&self, actor: ActorRef<M>) {
         *self
             .0
             .write()
@@ -32,7 +32,7 @@ impl<M: Message> ProcessSlot<M> {
     }
 
     /// Forgets `actor` if it is still the one recorded (a newer one may have replaced it).
-    pub fn clear(&self, actor: &ActorRef<M>) {
+    pub(crate) fn clear(&self, actor: &ActorRef<M>) {
         let mut slot = self
             .0
             .write()

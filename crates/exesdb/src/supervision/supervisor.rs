@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 
-use super::tree::{Kind, Strategy, TreeNode};
+use super::tree::TreeNode;
 use crate::config::Intensity;
+use exesdb_types::{Kind, Strategy};
 
 /// Starts a child linked to the given supervisor and returns its actor.
-pub type StartFn = Arc<
+pub(crate) type StartFn = Arc<
     dyn Fn(ActorCell) -> Pin<Box<dyn Future<Output = Result<ActorCell, SpawnErr>> + Send>>
         + Send
         + Sync,
@@ -26,14 +27,14 @@ pub type StartFn = Arc<
 
 /// How to start one child, and the node it shows as in the tree.
 #[derive(Clone)]
-pub struct ChildSpec {
+pub(crate) struct ChildSpec {
     pub node: Arc<TreeNode>,
     pub start: StartFn,
 }
 
 impl ChildSpec {
     /// A child that is an actor made fresh by `make` at every (re)start.
-    pub fn actor<A, F>(node: Arc<TreeNode>, make: F) -> ChildSpec
+    pub(crate) fn actor<A, F>(node: Arc<TreeNode>, make: F) -> ChildSpec
     where
         A: Actor,
         F: Fn() -> (A, A::Arguments) + Send + Sync + 'static,
@@ -55,7 +56,7 @@ impl ChildSpec {
     }
 
     /// A child that is itself a supervisor of `children`.
-    pub fn supervisor(
+    pub(crate) fn supervisor(
         name: &str,
         kind: Kind,
         strategy: Strategy,
@@ -83,16 +84,16 @@ impl ChildSpec {
 
 /// Restart intensity and shutdown patience of a supervisor.
 #[derive(Debug, Clone, Copy)]
-pub struct SupervisorSettings {
+pub(crate) struct SupervisorSettings {
     pub intensity: Intensity,
     pub shutdown_timeout: Duration,
 }
 
 /// The supervisor actor.
-pub struct Supervisor;
+pub(crate) struct Supervisor;
 
 /// What a supervisor starts with.
-pub struct SupervisorArgs {
+pub(crate) struct SupervisorArgs {
     pub node: Arc<TreeNode>,
     pub strategy: Strategy,
     pub settings: SupervisorSettings,
@@ -100,7 +101,7 @@ pub struct SupervisorArgs {
 }
 
 /// A supervisor's state: its children's current actors and its recent restarts.
-pub struct SupervisorState {
+pub(crate) struct SupervisorState {
     args: SupervisorArgs,
     running: Vec<Option<ActorCell>>,
     restart_times: VecDeque<Instant>,
@@ -221,7 +222,7 @@ impl SupervisorState {
         self.restart_times
             .retain(|at| now.saturating_duration_since(*at) < period);
         self.restart_times.push_back(now);
-        self.restart_times.len() <= self.args.settings.intensity.max_restarts as usize
+        self.restart_times.len() <= self.args.settings.intensity.restarts_max as usize
     }
 
     async fn restart_scope(
@@ -243,7 +244,7 @@ impl SupervisorState {
                 return Err(format!(
                     "{}: more than {} restarts within {} ms (last: {failed_name}); giving up",
                     self.args.node.name(),
-                    intensity.max_restarts,
+                    intensity.restarts_max,
                     intensity.period_ms
                 )
                 .into());

@@ -2,73 +2,16 @@
 //! its kind and strategy, counts its restarts and holds its current actor, so the running
 //! tree can be printed in the spec's notation or serialised as `tree --json`.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use exesdb_types::{Kind, Strategy, TreeSnapshot};
 use ractor::ActorCell;
-use serde::Serialize;
-
-/// The kinds of the spec's legend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Kind {
-    /// Supervisor.
-    #[serde(rename = "S")]
-    Supervisor,
-    /// GenServer: a long-lived process with its own state.
-    #[serde(rename = "GS")]
-    GenServer,
-    /// PartitionSupervisor: a supervisor of N dynamic-supervisor partitions.
-    #[serde(rename = "PS")]
-    PartitionSupervisor,
-    /// DynamicSupervisor: children started and stopped at run time.
-    #[serde(rename = "DS")]
-    DynamicSupervisor,
-    /// Worker.
-    #[serde(rename = "W")]
-    Worker,
-}
-
-impl Kind {
-    /// The legend's abbreviation.
-    pub fn abbreviation(self) -> &'static str {
-        match self {
-            Kind::Supervisor => "S",
-            Kind::GenServer => "GS",
-            Kind::PartitionSupervisor => "PS",
-            Kind::DynamicSupervisor => "DS",
-            Kind::Worker => "W",
-        }
-    }
-}
-
-/// OTP restart strategies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// Only the failed child restarts.
-    OneForOne,
-    /// Every child restarts.
-    OneForAll,
-    /// The failed child and the children started after it restart.
-    RestForOne,
-}
-
-impl Strategy {
-    /// The name as the spec writes it (without the colon).
-    pub fn name(self) -> &'static str {
-        match self {
-            Strategy::OneForOne => "one_for_one",
-            Strategy::OneForAll => "one_for_all",
-            Strategy::RestForOne => "rest_for_one",
-        }
-    }
-}
 
 /// One process of the tree. Nodes of static children outlive restarts of their process;
 /// nodes of dynamic children come and go with them.
 #[derive(Debug)]
-pub struct TreeNode {
+pub(crate) struct TreeNode {
     name: String,
     kind: Kind,
     strategy: Option<Strategy>,
@@ -87,7 +30,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl TreeNode {
     /// A node without children.
-    pub fn new(name: impl Into<String>, kind: Kind, strategy: Option<Strategy>) -> Arc<Self> {
+    pub(crate) fn new(
+        name: impl Into<String>,
+        kind: Kind,
+        strategy: Option<Strategy>,
+    ) -> Arc<Self> {
         Arc::new(TreeNode {
             name: name.into(),
             kind,
@@ -99,17 +46,12 @@ impl TreeNode {
     }
 
     /// The process's name, as in the spec.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
-    /// Its kind.
-    pub fn kind(&self) -> Kind {
-        self.kind
-    }
-
     /// How many times its supervisor restarted it.
-    pub fn restarts(&self) -> u64 {
+    pub(crate) fn restarts(&self) -> u64 {
         self.restarts.load(Ordering::Relaxed)
     }
 
@@ -117,8 +59,9 @@ impl TreeNode {
         self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The actor running this node now, if any.
-    pub fn cell(&self) -> Option<ActorCell> {
+    /// The actor running this node now, if any (what fault injection kills).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn cell(&self) -> Option<ActorCell> {
         lock(&self.cell).clone()
     }
 
@@ -139,12 +82,13 @@ impl TreeNode {
     }
 
     /// The children, in start order.
-    pub fn children(&self) -> Vec<Arc<TreeNode>> {
+    pub(crate) fn children(&self) -> Vec<Arc<TreeNode>> {
         lock(&self.children).clone()
     }
 
     /// The first node named `name` in this subtree, depth first.
-    pub fn find(self: &Arc<Self>, name: &str) -> Option<Arc<TreeNode>> {
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn find(self: &Arc<Self>, name: &str) -> Option<Arc<TreeNode>> {
         if self.name == name {
             return Some(self.clone());
         }
@@ -152,7 +96,7 @@ impl TreeNode {
     }
 
     /// A copy of the subtree as it is now.
-    pub fn snapshot(&self) -> TreeSnapshot {
+    pub(crate) fn snapshot(&self) -> TreeSnapshot {
         TreeSnapshot {
             name: self.name.clone(),
             kind: self.kind,
@@ -160,64 +104,5 @@ impl TreeNode {
             restarts: self.restarts(),
             children: self.children().iter().map(|c| c.snapshot()).collect(),
         }
-    }
-}
-
-/// A point-in-time copy of (part of) the tree; serialises to the `tree --json` shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TreeSnapshot {
-    /// The process's name.
-    pub name: String,
-    /// `S`, `GS`, `PS`, `DS` or `W`.
-    pub kind: Kind,
-    /// The restart strategy of a supervisor; `null` for other kinds.
-    pub strategy: Option<Strategy>,
-    /// How many times it was restarted.
-    pub restarts: u64,
-    /// Its children, in start order.
-    pub children: Vec<TreeSnapshot>,
-}
-
-impl TreeSnapshot {
-    /// The tree in the spec's notation (`├──`, `[S]`, `(:rest_for_one)`).
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        self.render_line(&mut out);
-        self.render_children(&mut out, "");
-        out
-    }
-
-    fn render_line(&self, out: &mut String) {
-        let _ = write!(out, "{} [{}]", self.name, self.kind.abbreviation());
-        if let Some(strategy) = self.strategy {
-            let _ = write!(out, " (:{})", strategy.name());
-        }
-        if self.restarts > 0 {
-            let _ = write!(out, " restarts={}", self.restarts);
-        }
-        out.push('\n');
-    }
-
-    fn render_children(&self, out: &mut String, indent: &str) {
-        let last = self.children.len().saturating_sub(1);
-        for (i, child) in self.children.iter().enumerate() {
-            let (branch, continuation) = if i == last {
-                ("└── ", "    ")
-            } else {
-                ("├── ", "│   ")
-            };
-            out.push_str(indent);
-            out.push_str(branch);
-            child.render_line(out);
-            child.render_children(out, &format!("{indent}{continuation}"));
-        }
-    }
-
-    /// The first node named `name`, depth first.
-    pub fn find(&self, name: &str) -> Option<&TreeSnapshot> {
-        if self.name == name {
-            return Some(self);
-        }
-        self.children.iter().find_map(|child| child.find(name))
     }
 }

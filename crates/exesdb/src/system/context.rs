@@ -8,20 +8,20 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::SystemConfig;
-use crate::error::StoreError;
 use crate::storage::Storage;
 use crate::system::core::notification::persistent::PersistentRegistry;
 use crate::system::core::persistence::subscriptions::SubscriptionsProcesses;
 use crate::system::core::store::state_machine::{Command, Outcome};
+use exesdb_types::StoreError;
 
 /// A command waiting for the committer, with the channel its outcome goes back on.
-pub struct CommitRequest {
+pub(crate) struct CommitRequest {
     pub command: Command,
     pub reply: oneshot::Sender<Result<Outcome, StoreError>>,
 }
 
 /// What the committer's queue carries.
-pub enum CommitMsg {
+pub(crate) enum CommitMsg {
     Command(CommitRequest),
     /// Finish what is queued, then exit.
     Stop,
@@ -29,7 +29,7 @@ pub enum CommitMsg {
 
 /// Counters of the commit path, for benchmarks and metrics.
 #[derive(Debug, Default)]
-pub struct CommitCounters {
+pub(crate) struct CommitCounters {
     /// Storage batches committed (one fsync each).
     pub batches: AtomicU64,
     /// Commands in those batches.
@@ -45,15 +45,20 @@ pub struct CommitCounters {
 /// A copy of the commit counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CommitStats {
+    /// Batches committed: one fsync each.
     pub batches: u64,
+    /// Commands applied (appends, snapshot and subscription writes).
     pub commands: u64,
+    /// Events appended.
     pub events: u64,
+    /// Time spent applying commands to the state machine, ns.
     pub apply_nanos: u64,
+    /// Time spent writing and syncing batches, ns.
     pub write_nanos: u64,
 }
 
 /// The shared context of one store's System.
-pub struct StoreContext {
+pub(crate) struct StoreContext {
     pub config: SystemConfig,
     pub storage: Arc<Storage>,
     committer: RwLock<Option<mpsc::Sender<CommitMsg>>>,
@@ -72,7 +77,7 @@ pub struct StoreContext {
 }
 
 impl StoreContext {
-    pub fn new(config: SystemConfig, storage: Arc<Storage>, next_position: u64) -> Self {
+    pub(crate) fn new(config: SystemConfig, storage: Arc<Storage>, next_position: u64) -> Self {
         StoreContext {
             config,
             storage,
@@ -86,7 +91,7 @@ impl StoreContext {
         }
     }
 
-    pub fn store_id(&self) -> &str {
+    pub(crate) fn store_id(&self) -> &str {
         &self.config.store_id
     }
 
@@ -106,7 +111,7 @@ impl StoreContext {
 
     /// Queues a command for the committer; the outcome arrives on `reply`. When the queue is
     /// full this waits (backpressure); when there is no committer the reply is `unavailable`.
-    pub async fn submit(
+    pub(crate) async fn submit(
         &self,
         command: Command,
         reply: oneshot::Sender<Result<Outcome, StoreError>>,
@@ -127,7 +132,7 @@ impl StoreContext {
         }
     }
 
-    pub fn commit_stats(&self) -> CommitStats {
+    pub(crate) fn commit_stats(&self) -> CommitStats {
         CommitStats {
             batches: self.counters.batches.load(Ordering::Relaxed),
             commands: self.counters.commands.load(Ordering::Relaxed),
@@ -137,7 +142,7 @@ impl StoreContext {
         }
     }
 
-    pub fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         self.leader.load(Ordering::Acquire)
     }
 }

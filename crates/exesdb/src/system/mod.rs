@@ -2,9 +2,9 @@
 //! embedded API that drives it. The tree is built here, node for node as in
 //! `spec/supervision-tree.md` (single mode); each supervisor's module says why its strategy.
 
-pub mod context;
-pub mod core;
-pub mod gateway;
+pub(crate) mod context;
+pub(crate) mod core;
+pub(crate) mod gateway;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,22 +14,18 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::config::SystemConfig;
-use crate::error::{StartError, StoreError};
-use crate::event::{
-    ALL_STREAM, AppendResult, Direction, ExpectedVersion, NewEvent, ReadAllRequest, RecordedEvent,
-    StreamInfo, validate_stream_id,
-};
+use crate::error::StartError;
 use crate::storage::{Storage, StoredSnapshot};
 use crate::supervision::pool::{PoolSettings as WorkerPoolSettings, WorkerPool};
 use crate::supervision::service::{Service, ServiceActor, ServiceArgs};
 use crate::supervision::supervisor::{Supervisor, SupervisorArgs};
-use crate::supervision::{ChildSpec, Kind, Strategy, SupervisorSettings, TreeNode, TreeSnapshot};
+use crate::supervision::{ChildSpec, SupervisorSettings, TreeNode};
 use context::{CommitStats, StoreContext};
 use core::notification::emitter::{EmitterRequest, EmitterWork, persistent_key};
 use core::notification::leader::{tracker::LeaderTracker, worker::LeaderWorker};
-use core::notification::persistent::{PersistentConsumer, PersistentGroup, SubscriptionDefinition};
+use core::notification::persistent::{PersistentConsumer, PersistentGroup};
 use core::notification::subscription::{
-    BufferedBytes, Selector, StartFrom, Subscription, SubscriptionRegistry, SubscriptionState,
+    BufferedBytes, Subscription, SubscriptionRegistry, SubscriptionState,
 };
 use core::persistence::snapshots::{
     SnapshotRead, SnapshotWrite, SnapshotsReaderWork, SnapshotsWriterWork,
@@ -41,51 +37,26 @@ use core::store::state_machine::{Command, Outcome, SnapshotCommand};
 use core::store::store::Store;
 use core::store::store_cluster::StoreCluster;
 use core::store::store_registry::StoreRegistry;
+use exesdb_types::{
+    ALL_STREAM, AppendResult, Direction, ExpectedVersion, Kind, NewEvent, ReadAllRequest,
+    RecordedEvent, Selector, Snapshot, SnapshotVersion, StartFrom, StoreError, Strategy,
+    StreamInfo, SubscriptionDefinition, TreeSnapshot, validate_stream_id,
+};
 use gateway::pubsub::{PubSub, PubSubShared, topic_selector};
 use gateway::{Gateway, GatewayWork};
 
 /// The name of the root of the tree.
-pub const ROOT_NAME: &str = "ExESDB.System";
+pub(crate) const ROOT_NAME: &str = "ExESDB.System";
 
-/// A snapshot of an aggregate or a projection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot {
-    /// Who took it (e.g. an aggregate type).
-    pub source_uuid: String,
-    /// Of what (e.g. the aggregate's stream).
-    pub stream_uuid: String,
-    /// The stream version it reflects.
-    pub version: u64,
-    /// The snapshot itself.
-    pub data: Vec<u8>,
-    /// Anything kept beside it.
-    pub metadata: Vec<u8>,
-    /// When it was recorded, in microseconds since the Unix epoch (set by the store).
-    pub created_micros: i64,
-}
-
-impl From<StoredSnapshot> for Snapshot {
-    fn from(stored: StoredSnapshot) -> Self {
-        Snapshot {
-            source_uuid: stored.source_uuid,
-            stream_uuid: stored.stream_uuid,
-            version: stored.version,
-            data: stored.record.data,
-            metadata: stored.record.metadata,
-            created_micros: stored.record.created_micros,
-        }
+fn snapshot_of(stored: StoredSnapshot) -> Snapshot {
+    Snapshot {
+        source_uuid: stored.source_uuid,
+        stream_uuid: stored.stream_uuid,
+        version: stored.version,
+        data: stored.record.data,
+        metadata: stored.record.metadata,
+        created_micros: stored.record.created_micros,
     }
-}
-
-/// Which snapshot a read wants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SnapshotVersion {
-    /// Exactly this version.
-    Exact(u64),
-    /// The newest at or below this version.
-    AtOrBelow(u64),
-    /// The newest there is.
-    Latest,
 }
 
 struct Pools {
@@ -453,12 +424,9 @@ impl StoreApi {
             .snapshots_readers
             .dispatch(&snapshot_worker_key(source_uuid, stream_uuid), request)
             .await?;
-        await_reply(answer)
-            .await?
-            .map(Snapshot::from)
-            .ok_or_else(|| {
-                StoreError::SnapshotNotFound(format!("{source_uuid}/{stream_uuid} at {version:?}"))
-            })
+        await_reply(answer).await?.map(snapshot_of).ok_or_else(|| {
+            StoreError::SnapshotNotFound(format!("{source_uuid}/{stream_uuid} at {version:?}"))
+        })
     }
 
     /// Snapshots, optionally only of one source (and stream), in key order.
@@ -484,7 +452,7 @@ impl StoreApi {
         Ok(await_reply(answer)
             .await?
             .into_iter()
-            .map(Snapshot::from)
+            .map(snapshot_of)
             .collect())
     }
 

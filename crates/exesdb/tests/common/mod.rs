@@ -7,30 +7,30 @@ use std::time::Duration;
 
 use exesdb::{NewEvent, System, SystemConfig};
 
-pub struct TestStore {
+pub(crate) struct TestStore {
     pub system: System,
     pub dir: tempfile::TempDir,
 }
 
-pub fn config(dir: &std::path::Path) -> SystemConfig {
+pub(crate) fn config(dir: &std::path::Path) -> SystemConfig {
     let mut config = SystemConfig::new(dir, "default");
     config.shutdown_timeout_ms = 5_000;
     config
 }
 
-pub async fn start() -> TestStore {
+pub(crate) async fn start() -> TestStore {
     let dir = tempfile::tempdir().expect("temporary directory");
     start_in(dir).await
 }
 
-pub async fn start_in(dir: tempfile::TempDir) -> TestStore {
+pub(crate) async fn start_in(dir: tempfile::TempDir) -> TestStore {
     let system = System::start(config(dir.path()))
         .await
         .expect("store starts");
     TestStore { system, dir }
 }
 
-pub async fn start_with(
+pub(crate) async fn start_with(
     dir: tempfile::TempDir,
     change: impl FnOnce(&mut SystemConfig),
 ) -> TestStore {
@@ -42,21 +42,21 @@ pub async fn start_with(
 
 impl TestStore {
     /// Stops the store and starts it again on the same data.
-    pub async fn restart(self) -> TestStore {
+    pub(crate) async fn restart(self) -> TestStore {
         let TestStore { system, dir } = self;
         system.stop().await;
         start_in(dir).await
     }
 }
 
-pub fn event(event_type: &str, data: &str) -> NewEvent {
+pub(crate) fn event(event_type: &str, data: &str) -> NewEvent {
     NewEvent::new(event_type, data.as_bytes().to_vec())
 }
 
 /// One append of `count` events, each with a client-chosen id and data that names its append
 /// ("append-id:index:count:" then `padding` bytes of filler), so that a check after a crash
 /// can tell a whole append from part of one. Returns the ids and the events.
-pub fn tagged_append(count: usize, padding: usize) -> (Vec<uuid::Uuid>, Vec<NewEvent>) {
+pub(crate) fn tagged_append(count: usize, padding: usize) -> (Vec<uuid::Uuid>, Vec<NewEvent>) {
     let append_id = uuid::Uuid::now_v7();
     let ids: Vec<uuid::Uuid> = (0..count).map(|_| uuid::Uuid::now_v7()).collect();
     let filler = "x".repeat(padding);
@@ -76,14 +76,14 @@ pub fn tagged_append(count: usize, padding: usize) -> (Vec<uuid::Uuid>, Vec<NewE
 
 /// How long a test waits for a condition before it fails. Generous: the wait ends as soon as
 /// the condition holds, so only a failing test ever waits this long.
-pub const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
 /// How often a wait looks at its condition again.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Waits until `condition` holds, looking every few milliseconds; fails the test, naming
 /// `what` was awaited, if it does not hold within `timeout`.
-pub async fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     wait_for(timeout, || {
         std::future::ready(if condition() {
             Ok(())
@@ -96,7 +96,7 @@ pub async fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut
 
 /// Tries `attempt` every few milliseconds until it gives a value; fails the test with the last
 /// `Err` (which says what was awaited and what was seen instead) once `timeout` has passed.
-pub async fn wait_for<T, F>(timeout: Duration, mut attempt: impl FnMut() -> F) -> T
+pub(crate) async fn wait_for<T, F>(timeout: Duration, mut attempt: impl FnMut() -> F) -> T
 where
     F: Future<Output = Result<T, String>>,
 {
@@ -116,7 +116,11 @@ where
 
 /// Checks that `condition` holds throughout `period`: the bounded wait of a test that must
 /// show something does not happen and has no event to wait for instead. Callers say why.
-pub async fn holds_throughout(period: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+pub(crate) async fn holds_throughout(
+    period: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> bool,
+) {
     let end = tokio::time::Instant::now() + period;
     loop {
         assert!(condition(), "{what}");

@@ -2,6 +2,6 @@
 //! `StoreSystem`. Tightly coupled (workers submit to the Store, emitters follow its commits),
 //! so any of them failing restarts all three from a consistent start.
 
-pub mod notification;
-pub mod persistence;
-pub mod store;
+pub(crate) mod notification;
+pub(crate) mod persistence;
+pub(crate) mod store;

@@ -9,9 +9,7 @@
 //! the first one's answer, as with any network API. Subscriptions do not pass here (they are
 //! long-lived and count against `subscriptions_max`), nor do health, tree and store listings.
 
-pub mod grpc;
-pub mod pubsub;
-pub mod wire;
+pub(crate) mod pubsub;
 
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -20,19 +18,19 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::error::StoreError;
 use crate::supervision::pool::{KeyedWork, WorkerPool};
 use crate::system::StoreApi;
+use exesdb_types::StoreError;
 
 /// A call admitted by the gateway, with the permit that counts it in flight.
-pub struct GatewayCall {
+pub(crate) struct GatewayCall {
     permit: OwnedSemaphorePermit,
     task: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 /// What gateway workers do: run each admitted call as its own task, so one slow request never
 /// holds up the others routed to the same worker.
-pub struct GatewayWork;
+pub(crate) struct GatewayWork;
 
 impl KeyedWork for GatewayWork {
     type Request = GatewayCall;

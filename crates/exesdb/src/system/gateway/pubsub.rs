@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::event::{ALL_STREAM, RecordedEvent};
 use crate::system::StoreApi;
-use crate::system::core::notification::subscription::{Selector, StartFrom, SubscriptionMessage};
+use exesdb_types::{ALL_STREAM, RecordedEvent};
+use exesdb_types::{Selector, StartFrom, SubscriptionMessage};
 
 /// A bus the application provides; events are handed to it in position order.
 pub trait EventBus: Send + Sync + 'static {
@@ -35,7 +35,7 @@ impl std::fmt::Debug for ExternalBus {
 }
 
 /// The selector of a native topic (the part after `<store>:`).
-pub fn topic_selector(topic: &str) -> Selector {
+pub(crate) fn topic_selector(topic: &str) -> Selector {
     if topic == ALL_STREAM {
         Selector::ByStream(ALL_STREAM.to_string())
     } else {
@@ -44,7 +44,7 @@ pub fn topic_selector(topic: &str) -> Selector {
 }
 
 /// What the PubSub process works from; it outlives the process's restarts.
-pub struct PubSubShared {
+pub(crate) struct PubSubShared {
     /// The store's API, handed over once the System is built.
     pub api: Mutex<Option<StoreApi>>,
     pub bus: Option<ExternalBus>,
@@ -63,10 +63,10 @@ impl PubSubShared {
 }
 
 /// The PubSub process.
-pub struct PubSub;
+pub(crate) struct PubSub;
 
 /// Its state: the forwarding task, ended with the process however the process ends.
-pub struct PubSubState {
+pub(crate) struct PubSubState {
     shared: Arc<PubSubShared>,
     forwarder: Option<Forwarder>,
 }
@@ -80,7 +80,7 @@ impl Drop for Forwarder {
 }
 
 /// Starts forwarding once the API exists.
-pub enum PubSubMsg {
+pub(crate) enum PubSubMsg {
     Start,
 }
 

@@ -4,7 +4,7 @@
 //! A group's emitter reads storage from its read position, hands each selected event to a
 //! consumer (round robin, or pinned: a stream's events always to the same consumer while the
 //! group does not change), and keeps it in flight until the consumer acks it, nacks it, or the
-//! ack timeout passes. A timed-out or retried event is redelivered; after `max_retries`
+//! ack timeout passes. A timed-out or retried event is redelivered; after `retries_max`
 //! deliveries it is parked (stored, readable, replayable). The checkpoint, the first position
 //! not yet done, is stored through the committer, so after a restart delivery resumes there:
 //! events after it may come again (at least once), none before it is lost.
@@ -14,103 +14,13 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::subscription::{Selector, StartFrom};
-use crate::error::StoreError;
-use crate::event::RecordedEvent;
 use crate::system::context::StoreContext;
 use crate::system::core::store::state_machine::Command;
-
-/// How a group shares events among its consumers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConsumerStrategy {
-    /// Each event to the next consumer with room.
-    RoundRobin,
-    /// Each stream's events to one consumer, in order (chosen by the stream id).
-    Pinned,
-}
-
-/// A persistent subscription's settings, as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SubscriptionDefinition {
-    pub name: String,
-    pub selector: Selector,
-    /// Where delivery starts the first time (later: the checkpoint).
-    pub start: StartFrom,
-    pub strategy: ConsumerStrategy,
-    /// An unacknowledged event is redelivered after this long.
-    pub ack_timeout_ms: u64,
-    /// Deliveries before an event is parked.
-    pub max_retries: u32,
-    /// Events delivered and not yet acknowledged, over all consumers.
-    pub max_in_flight: usize,
-}
-
-impl SubscriptionDefinition {
-    /// A definition with the defaults: round robin, 30 s ack timeout, 10 deliveries, 256 in
-    /// flight.
-    pub fn new(name: impl Into<String>, selector: Selector, start: StartFrom) -> Self {
-        SubscriptionDefinition {
-            name: name.into(),
-            selector,
-            start,
-            strategy: ConsumerStrategy::RoundRobin,
-            ack_timeout_ms: 30_000,
-            max_retries: 10,
-            max_in_flight: 256,
-        }
-    }
-
-    /// Checks the definition as `save_subscription` does (public for the fuzz targets).
-    pub fn validate(&self) -> Result<(), StoreError> {
-        self.selector.validate()?;
-        if self.max_in_flight == 0 || self.max_retries == 0 || self.ack_timeout_ms == 0 {
-            return Err(StoreError::invalid(
-                "max_in_flight, max_retries and ack_timeout_ms must be at least 1",
-            ));
-        }
-        if matches!(self.start, StartFrom::EventNumber(_)) {
-            return Err(StoreError::invalid(
-                "a persistent subscription starts at the beginning, the end or a position",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The stored form (JSON, sealed as a blob by storage); public for the fuzz targets.
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    /// Reads the stored form back; public for the fuzz targets.
-    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        serde_json::from_slice(bytes).map_err(|error| {
-            StoreError::unavailable(format!("stored definition unreadable: {error}"))
-        })
-    }
-}
-
-/// What a consumer does with an event it could not handle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NackAction {
-    /// Deliver it again (counts as a delivery).
-    Retry,
-    /// Set it aside now (readable and replayable later).
-    Park,
-    /// Treat it as done.
-    Skip,
-}
-
-/// An event delivered to a consumer of a persistent subscription.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    pub event: RecordedEvent,
-    /// 1 for the first delivery, 2 for the first redelivery, ...
-    pub attempt: u32,
-}
+use exesdb_types::RecordedEvent;
+use exesdb_types::StoreError;
+use exesdb_types::{ConsumerStrategy, Delivery, NackAction, StartFrom, SubscriptionDefinition};
 
 struct InFlight {
     event: RecordedEvent,
@@ -240,7 +150,7 @@ impl GroupState {
 }
 
 /// One persistent subscription at run time.
-pub struct PersistentGroup {
+pub(crate) struct PersistentGroup {
     pub definition: SubscriptionDefinition,
     state: Mutex<GroupState>,
     /// Whether a step of its emitter is queued: at most one chain of steps runs per group.
@@ -308,18 +218,8 @@ impl PersistentGroup {
     }
 
     /// The next position the emitter reads from storage.
-    pub fn read_position(&self) -> u64 {
+    pub(crate) fn read_position(&self) -> u64 {
         self.lock().read_position
-    }
-
-    /// Consumers connected now.
-    pub fn consumer_count(&self) -> usize {
-        self.lock().consumers.len()
-    }
-
-    /// Events delivered and not acknowledged now.
-    pub fn in_flight(&self) -> usize {
-        self.lock().in_flight.len()
     }
 
     /// One emitter step: expire, redeliver, read and deliver, store the checkpoint. Returns
@@ -350,7 +250,7 @@ impl PersistentGroup {
                 let exhausted = state
                     .in_flight
                     .get(&position)
-                    .is_some_and(|flight| flight.attempts >= definition.max_retries);
+                    .is_some_and(|flight| flight.attempts >= definition.retries_max);
                 if exhausted {
                     // Stays in flight, holding the checkpoint, until its park is durable.
                     to_park.push(position);
@@ -360,7 +260,7 @@ impl PersistentGroup {
                         .insert(position, (flight.event, flight.attempts));
                 }
             }
-            while state.in_flight.len() < definition.max_in_flight {
+            while state.in_flight.len() < definition.in_flight_max {
                 let Some((position, (event, attempts))) = state.redeliver.pop_first() else {
                     break;
                 };
@@ -372,7 +272,7 @@ impl PersistentGroup {
                     }
                 }
             }
-            let room = state.in_flight.len() < definition.max_in_flight
+            let room = state.in_flight.len() < definition.in_flight_max
                 && !state.consumers.is_empty()
                 && state.redeliver.is_empty();
             room.then_some(state.read_position)
@@ -395,7 +295,7 @@ impl PersistentGroup {
             let mut state = self.lock();
             let mut stopped_at = None;
             for event in events {
-                if state.in_flight.len() >= definition.max_in_flight {
+                if state.in_flight.len() >= definition.in_flight_max {
                     stopped_at = Some(event.position);
                     break;
                 }
@@ -534,7 +434,7 @@ impl PersistentConsumer {
         self.group.acknowledge(position);
     }
 
-    /// Reports an event this consumer could not handle. A retry past `max_retries`
+    /// Reports an event this consumer could not handle. A retry past `retries_max`
     /// deliveries parks the event instead.
     ///
     /// The event keeps holding the checkpoint until its fate is settled: a park is made durable
@@ -548,10 +448,10 @@ impl PersistentConsumer {
                 _ => return Ok(()),
             }
         };
-        let max_retries = self.group.definition.max_retries;
+        let retries_max = self.group.definition.retries_max;
         let parks = match action {
             NackAction::Park => true,
-            NackAction::Retry => attempts >= max_retries,
+            NackAction::Retry => attempts >= retries_max,
             NackAction::Skip => false,
         };
         if parks {
@@ -588,7 +488,7 @@ impl Drop for PersistentConsumer {
 
 /// The persistent subscriptions of one store, by name.
 #[derive(Default)]
-pub struct PersistentRegistry {
+pub(crate) struct PersistentRegistry {
     groups: Mutex<HashMap<String, Arc<PersistentGroup>>>,
 }
 
@@ -599,24 +499,24 @@ impl PersistentRegistry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<PersistentGroup>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<PersistentGroup>> {
         self.lock().get(name).cloned()
     }
 
-    pub fn insert(&self, group: Arc<PersistentGroup>) {
+    pub(crate) fn insert(&self, group: Arc<PersistentGroup>) {
         self.lock().insert(group.definition.name.clone(), group);
     }
 
-    pub fn remove(&self, name: &str) -> Option<Arc<PersistentGroup>> {
+    pub(crate) fn remove(&self, name: &str) -> Option<Arc<PersistentGroup>> {
         self.lock().remove(name)
     }
 
-    pub fn names(&self) -> Vec<String> {
+    pub(crate) fn names(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
     }
 
     /// Loads every stored definition not running yet, from its checkpoint.
-    pub fn load(&self, context: &StoreContext) -> Result<usize, StoreError> {
+    pub(crate) fn load(&self, context: &StoreContext) -> Result<usize, StoreError> {
         let mut loaded = 0;
         let engine = context.storage.engine()?;
         for (name, bytes) in engine.subscription_definitions()? {

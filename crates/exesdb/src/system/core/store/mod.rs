@@ -2,9 +2,9 @@
 //! Restart limits: the System's intensity (default 3 in 5 s). rest_for_one because the
 //! registry advertises the store only while a committer is running behind it.
 
-pub mod state_machine;
+pub(crate) mod state_machine;
 // The folder is `StoreSystem`; `store.rs` is the spec's `ExESDB.Store`, named as the spec names it.
 #[allow(clippy::module_inception)]
-pub mod store;
-pub mod store_cluster;
-pub mod store_registry;
+pub(crate) mod store;
+pub(crate) mod store_cluster;
+pub(crate) mod store_registry;

@@ -10,19 +10,20 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
-use crate::config::{EVENT_TYPE_BYTES_MAX, Limits, STREAM_ID_BYTES_MAX};
-use crate::error::StoreError;
-use crate::event::{AppendResult, ExpectedVersion, validate_stream_id};
+use crate::config::Limits;
 use crate::storage::codec::{EventRecord, SnapshotRecord};
 use crate::storage::commit_guard::CommitMarker;
 use crate::storage::{PointView, Storage, StorageError, WriteBatch};
+use exesdb_types::StoreError;
+use exesdb_types::{AppendResult, ExpectedVersion, validate_stream_id};
+use exesdb_types::{EVENT_TYPE_BYTES_MAX, STREAM_ID_BYTES_MAX};
 
 /// Content types are short labels; anything longer is a mistake.
 const CONTENT_TYPE_BYTES_MAX: usize = 256;
 
 /// A change to the store, ready to be applied. Ids and timestamps are already assigned.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     /// Append events to a stream.
     Append(AppendCommand),
     /// Record (or replace) a snapshot.
@@ -50,28 +51,38 @@ pub enum Command {
 /// An append, with every event's id and the time of acceptance fixed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendCommand {
+    /// The stream appended to.
     pub stream_id: String,
+    /// The version the stream must be at.
     pub expected: ExpectedVersion,
+    /// The events, ids fixed.
     pub events: Vec<PreparedEvent>,
+    /// The time every event of the append is recorded with, µs since the Unix epoch.
     pub created_micros: i64,
 }
 
 /// An event whose id is fixed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedEvent {
+    /// The event's id, the client's or generated.
     pub event_id: Uuid,
     /// Whether the client chose the id (a retry may repeat it) or the store generated it.
     pub client_event_id: bool,
+    /// Its type.
     pub event_type: String,
+    /// The payload.
     pub data: Vec<u8>,
+    /// The writer's metadata.
     pub metadata: Vec<u8>,
+    /// How `data` is encoded.
     pub data_content_type: String,
+    /// How `metadata` is encoded.
     pub metadata_content_type: String,
 }
 
 /// A snapshot to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotCommand {
+pub(crate) struct SnapshotCommand {
     pub source_uuid: String,
     pub stream_uuid: String,
     pub version: u64,
@@ -82,7 +93,7 @@ pub struct SnapshotCommand {
 
 /// What applying a command did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Events were appended, or a retry found them already there (nothing written).
     Appended(AppendResult),
     /// The snapshot was written.
@@ -95,7 +106,7 @@ pub enum Outcome {
 
 /// State derived from the log, kept between batches: the next position and a bounded cache of
 /// stream versions (memory does not grow with the number of streams stored).
-pub struct StateMachine {
+pub(crate) struct StateMachine {
     next_position: u64,
     /// The sequence number of the last committed batch (its commit marker's).
     commit_sequence: u64,
@@ -105,7 +116,7 @@ pub struct StateMachine {
 
 impl StateMachine {
     /// Derives the state from what storage holds.
-    pub fn recover(
+    pub(crate) fn recover(
         storage: &Storage,
         limits: Limits,
         head_cache_entries_max: usize,
@@ -120,13 +131,16 @@ impl StateMachine {
     }
 
     /// The position the next appended event gets.
-    pub fn next_position(&self) -> u64 {
+    pub(crate) fn next_position(&self) -> u64 {
         self.next_position
     }
 
     /// Starts a batch of commands that will be written as one storage batch.
     /// `unavailable` while the engine is being reopened.
-    pub fn begin<'a>(&'a mut self, storage: &Storage) -> Result<Transaction<'a>, StorageError> {
+    pub(crate) fn begin<'a>(
+        &'a mut self,
+        storage: &Storage,
+    ) -> Result<Transaction<'a>, StorageError> {
         let engine = storage.engine()?;
         Ok(Transaction {
             next_position: self.next_position,
@@ -142,7 +156,7 @@ impl StateMachine {
 
 /// Commands applied together; [`Transaction::commit`] writes them with one fsync, and only a
 /// successful commit changes the machine's state.
-pub struct Transaction<'a> {
+pub(crate) struct Transaction<'a> {
     machine: &'a mut StateMachine,
     /// Everything committed before this batch; the batch's own effects are in the maps below.
     view: PointView,
@@ -156,7 +170,7 @@ pub struct Transaction<'a> {
 
 impl Transaction<'_> {
     /// Applies one command on top of the batch so far. A command that fails writes nothing.
-    pub fn apply(&mut self, command: &Command) -> Result<Outcome, StoreError> {
+    pub(crate) fn apply(&mut self, command: &Command) -> Result<Outcome, StoreError> {
         match command {
             Command::Append(append) => self.append(append).map(Outcome::Appended),
             Command::RecordSnapshot(snapshot) => {
@@ -206,7 +220,7 @@ impl Transaction<'_> {
 
     /// Writes the batch durably (fsync) and, on success, folds its effects into the machine.
     /// Returns the next position, and whether anything was written (an fsync happened).
-    pub fn commit(self) -> Result<(u64, bool), StorageError> {
+    pub(crate) fn commit(self) -> Result<(u64, bool), StorageError> {
         let wrote = !self.batch.is_empty();
         if wrote {
             let marker = CommitMarker {

@@ -15,22 +15,22 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::state_machine::{Outcome, StateMachine};
-use crate::error::StoreError;
 use crate::storage::StorageError;
 use crate::system::context::{CommitMsg, CommitRequest, StoreContext};
+use exesdb_types::StoreError;
 
 /// The Store process.
-pub struct Store;
+pub(crate) struct Store;
 
 /// Messages of the Store process.
-pub enum StoreMsg {
+pub(crate) enum StoreMsg {
     /// The committer thread ended.
     CommitterExited,
 }
 
 /// The Store's state: a guard that tells the committer to stop when the Store goes away,
 /// however it goes (a graceful stop, a failure, or a kill, which drops the state).
-pub struct StoreState {
+pub(crate) struct StoreState {
     committer: CommitterGuard,
     stopping: bool,
 }

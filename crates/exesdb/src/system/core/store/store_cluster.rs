@@ -5,7 +5,7 @@ use crate::supervision::service::Service;
 use crate::system::context::StoreContext;
 
 /// The single-mode cluster view: nothing to join, nothing to watch.
-pub struct StoreCluster;
+pub(crate) struct StoreCluster;
 
 impl Service for StoreCluster {
     fn start(&self, context: &StoreContext) -> Result<(), String> {

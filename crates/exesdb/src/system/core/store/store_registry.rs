@@ -24,7 +24,7 @@ impl NodeStores {
 }
 
 /// The registry service.
-pub struct StoreRegistry;
+pub(crate) struct StoreRegistry;
 
 impl Service for StoreRegistry {
     fn start(&self, context: &StoreContext) -> Result<(), String> {

@@ -17,20 +17,21 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::error::SendTimeoutError;
 
-use super::subscription::{SubscriptionMessage, SubscriptionRegistry, SubscriptionState};
+use super::subscription::{SubscriptionRegistry, SubscriptionState};
 use crate::supervision::pool::{KeyedWork, WorkerPool};
 use crate::system::context::StoreContext;
+use exesdb_types::SubscriptionMessage;
 
 /// How long one emitter step waits for a subscriber's room or for new commits.
 const STEP_WAIT: Duration = Duration::from_millis(50);
 
 /// One step of an emitter.
-pub enum EmitterRequest {
+pub(crate) enum EmitterRequest {
     Pump,
 }
 
 /// The work of emitters.
-pub struct EmitterWork {
+pub(crate) struct EmitterWork {
     pub context: Arc<StoreContext>,
     pub subscriptions: Arc<SubscriptionRegistry>,
     /// The emitters' own pool, for the next step: set once the pool exists, cleared when the
@@ -90,7 +91,7 @@ impl KeyedWork for EmitterWork {
 const PERSISTENT_PREFIX: &str = "persistent/";
 
 /// The emitter key of a persistent subscription.
-pub fn persistent_key(name: String) -> String {
+pub(crate) fn persistent_key(name: String) -> String {
     format!("{PERSISTENT_PREFIX}{name}")
 }
 

@@ -7,7 +7,7 @@ use crate::supervision::service::Service;
 use crate::system::context::StoreContext;
 
 /// Single-mode leadership: leader from start to stop.
-pub struct LeaderTracker;
+pub(crate) struct LeaderTracker;
 
 impl Service for LeaderTracker {
     fn start(&self, context: &StoreContext) -> Result<(), String> {

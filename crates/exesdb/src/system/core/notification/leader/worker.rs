@@ -6,7 +6,7 @@ use crate::supervision::service::Service;
 use crate::system::context::StoreContext;
 
 /// The leader's duties.
-pub struct LeaderWorker;
+pub(crate) struct LeaderWorker;
 
 impl Service for LeaderWorker {
     fn start(&self, context: &StoreContext) -> Result<(), String> {

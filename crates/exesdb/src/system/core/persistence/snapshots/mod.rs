@@ -6,20 +6,20 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use crate::error::StoreError;
 use crate::storage::StoredSnapshot;
 use crate::supervision::pool::KeyedWork;
 use crate::system::context::StoreContext;
 use crate::system::core::store::state_machine::{Command, Outcome};
+use exesdb_types::StoreError;
 
 /// A snapshot write (record or delete) on its way to the committer.
-pub struct SnapshotWrite {
+pub(crate) struct SnapshotWrite {
     pub command: Command,
     pub reply: oneshot::Sender<Result<Outcome, StoreError>>,
 }
 
 /// What snapshot writers do.
-pub struct SnapshotsWriterWork {
+pub(crate) struct SnapshotsWriterWork {
     pub context: Arc<StoreContext>,
 }
 
@@ -33,7 +33,7 @@ impl KeyedWork for SnapshotsWriterWork {
 }
 
 /// A snapshot read.
-pub enum SnapshotRead {
+pub(crate) enum SnapshotRead {
     Read {
         source_uuid: String,
         stream_uuid: String,
@@ -50,7 +50,7 @@ pub enum SnapshotRead {
 }
 
 /// What snapshot readers do.
-pub struct SnapshotsReaderWork {
+pub(crate) struct SnapshotsReaderWork {
     pub context: Arc<StoreContext>,
 }
 

@@ -1,5 +1,5 @@
 //! `ExESDB.Streams` [S] (:one_for_one): `StreamsWriters` [PS] and `StreamsReaders` [PS],
 //! independent pools of per-stream workers; a failing reader pool never restarts writers.
 
-pub mod reader;
-pub mod writer;
+pub(crate) mod reader;
+pub(crate) mod writer;

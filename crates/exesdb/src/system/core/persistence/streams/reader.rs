@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use crate::error::StoreError;
-use crate::event::{Direction, ReadAllRequest, RecordedEvent, StreamInfo};
 use crate::supervision::pool::KeyedWork;
 use crate::system::context::StoreContext;
+use exesdb_types::StoreError;
+use exesdb_types::{Direction, ReadAllRequest, RecordedEvent, StreamInfo};
 
 /// A read, with the channel its answer goes back on.
-pub enum ReadRequest {
+pub(crate) enum ReadRequest {
     Stream {
         from: Option<u64>,
         count: u64,
@@ -35,7 +35,7 @@ pub enum ReadRequest {
 }
 
 /// What stream readers do.
-pub struct StreamsReaderWork {
+pub(crate) struct StreamsReaderWork {
     pub context: Arc<StoreContext>,
 }
 

@@ -9,21 +9,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::error::StoreError;
-use crate::event::{ExpectedVersion, NewEvent};
 use crate::supervision::pool::KeyedWork;
 use crate::system::context::StoreContext;
 use crate::system::core::store::state_machine::{AppendCommand, Command, Outcome, PreparedEvent};
+use exesdb_types::StoreError;
+use exesdb_types::{ExpectedVersion, NewEvent};
 
 /// An append on its way to the committer.
-pub struct AppendRequest {
+pub(crate) struct AppendRequest {
     pub expected: ExpectedVersion,
     pub events: Vec<NewEvent>,
     pub reply: oneshot::Sender<Result<Outcome, StoreError>>,
 }
 
 /// What stream writers do.
-pub struct StreamsWriterWork {
+pub(crate) struct StreamsWriterWork {
     pub context: Arc<StoreContext>,
 }
 

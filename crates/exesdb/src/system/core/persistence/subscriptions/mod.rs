@@ -8,14 +8,14 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
-use crate::error::StoreError;
 use crate::supervision::slot::ProcessSlot;
 use crate::system::context::StoreContext;
-use crate::system::core::notification::persistent::SubscriptionDefinition;
 use crate::system::core::store::state_machine::Command;
+use exesdb_types::StoreError;
+use exesdb_types::SubscriptionDefinition;
 
 /// Requests to the writer.
-pub enum WriterMsg {
+pub(crate) enum WriterMsg {
     Save {
         definition: SubscriptionDefinition,
         reply: oneshot::Sender<Result<(), StoreError>>,
@@ -27,7 +27,7 @@ pub enum WriterMsg {
 }
 
 /// Requests to the reader.
-pub enum ReaderMsg {
+pub(crate) enum ReaderMsg {
     List {
         reply: oneshot::Sender<Result<Vec<SubscriptionDefinition>, StoreError>>,
     },
@@ -35,21 +35,21 @@ pub enum ReaderMsg {
 
 /// Where callers find the two processes.
 #[derive(Default)]
-pub struct SubscriptionsProcesses {
+pub(crate) struct SubscriptionsProcesses {
     pub writer: ProcessSlot<WriterMsg>,
     pub reader: ProcessSlot<ReaderMsg>,
 }
 
 impl SubscriptionsProcesses {
     /// Stores (or replaces) a definition.
-    pub async fn save(&self, definition: SubscriptionDefinition) -> Result<(), StoreError> {
+    pub(crate) async fn save(&self, definition: SubscriptionDefinition) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         send(&self.writer, WriterMsg::Save { definition, reply })?;
         answer_of(answer).await
     }
 
     /// Removes a definition with its checkpoint and parked events.
-    pub async fn remove(&self, name: &str) -> Result<(), StoreError> {
+    pub(crate) async fn remove(&self, name: &str) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         let name = name.to_string();
         send(&self.writer, WriterMsg::Remove { name, reply })?;
@@ -57,7 +57,7 @@ impl SubscriptionsProcesses {
     }
 
     /// The stored definitions.
-    pub async fn list(&self) -> Result<Vec<SubscriptionDefinition>, StoreError> {
+    pub(crate) async fn list(&self) -> Result<Vec<SubscriptionDefinition>, StoreError> {
         let (reply, answer) = oneshot::channel();
         send(&self.reader, ReaderMsg::List { reply })?;
         answer_of(answer).await
@@ -79,7 +79,7 @@ async fn answer_of<T>(answer: oneshot::Receiver<Result<T, StoreError>>) -> Resul
 
 /// The writer process.
 #[derive(Clone)]
-pub struct SubscriptionsWriter;
+pub(crate) struct SubscriptionsWriter;
 
 impl Actor for SubscriptionsWriter {
     type Msg = WriterMsg;
@@ -134,7 +134,7 @@ async fn commit(context: &StoreContext, command: Command) -> Result<(), StoreErr
 
 /// The reader process.
 #[derive(Clone)]
-pub struct SubscriptionsReader;
+pub(crate) struct SubscriptionsReader;
 
 impl Actor for SubscriptionsReader {
     type Msg = ReaderMsg;

@@ -1,5 +1,5 @@
 //! The gRPC services (`exesdb.v1.EventStore`, `exesdb.v1.SystemService`): wire requests become
-//! calls through the named store's [`Gateway`](super::Gateway); streaming reads page under the
+//! calls through the named store's [`Gateway`]; streaming reads page under the
 //! hood into a bounded channel, so a slow client holds its read, not the server's memory.
 
 use std::future::Future;
@@ -13,27 +13,29 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::wire as convert;
-use crate::error::StoreError;
-use crate::event::{Direction, ReadAllRequest, RecordedEvent, StreamInfo};
+use exesdb::{Gateway, PersistentConsumer, Subscription};
+use exesdb_proto::convert;
+use exesdb_types::{
+    ALL_STREAM, Direction, ReadAllRequest, RecordedEvent, StoreError, StreamInfo,
+    SubscriptionMessage,
+};
+
 use crate::node::Node;
-use crate::system::core::notification::persistent::PersistentConsumer;
-use crate::system::core::notification::subscription::{Subscription, SubscriptionMessage};
 
 type WireStream<T> = ReceiverStream<Result<T, Status>>;
 
 /// Both services, over one node's stores.
 #[derive(Clone)]
-pub struct GrpcServices {
+pub(crate) struct GrpcServices {
     node: Arc<Node>,
 }
 
 impl GrpcServices {
-    pub fn new(node: Arc<Node>) -> Self {
+    pub(crate) fn new(node: Arc<Node>) -> Self {
         GrpcServices { node }
     }
 
-    fn gateway(&self, store_id: &str) -> Result<super::Gateway, Status> {
+    fn gateway(&self, store_id: &str) -> Result<Gateway, Status> {
         self.node
             .system(store_id)
             .map(|system| system.gateway().clone())
@@ -174,9 +176,10 @@ impl EventStore for GrpcServices {
                 };
                 async move {
                     let events: Vec<RecordedEvent> = gateway
-                        .call(crate::event::ALL_STREAM, move |api| async move {
-                            api.read_all(read).await
-                        })
+                        .call(
+                            ALL_STREAM,
+                            move |api| async move { api.read_all(read).await },
+                        )
                         .await?;
                     let next = events
                         .last()
@@ -216,7 +219,7 @@ impl EventStore for GrpcServices {
                 let gateway = gateway.clone();
                 async move {
                     let streams: Vec<StreamInfo> = gateway
-                        .call(crate::event::ALL_STREAM, move |api| async move {
+                        .call(ALL_STREAM, move |api| async move {
                             api.list_streams(after.as_deref(), count).await
                         })
                         .await?;

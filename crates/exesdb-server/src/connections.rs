@@ -3,7 +3,7 @@
 //! is closed as soon as it is accepted (a client sees its connection reset and can retry
 //! later), with a warning logged at most every few seconds. A connection must send its first
 //! bytes within `connection_first_bytes_ms`, so silent sockets cannot hold the slots. An HTTP/2
-//! connection carries at most `http2_max_concurrent_streams` calls at once (the client queues
+//! connection carries at most `http2_concurrent_streams_max` calls at once (the client queues
 //! the rest), and a peer that stops answering keep-alive pings is dropped.
 //!
 //! axum's own `serve` takes no settings, so this loop does what it did (HTTP/1.1 and HTTP/2
@@ -28,7 +28,7 @@ pub struct NetworkSettings {
     /// How long a new connection may stay silent before it is closed, ms.
     pub connection_first_bytes_ms: u64,
     /// Calls in flight at once on one HTTP/2 connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
-    pub http2_max_concurrent_streams: u32,
+    pub http2_concurrent_streams_max: u32,
     /// Silence on an HTTP/2 connection after which the server pings, and how long it then
     /// waits for the answer before closing it, ms; 0 turns pings off.
     pub http2_keepalive_interval_ms: u64,
@@ -43,7 +43,7 @@ impl Default for NetworkSettings {
             connections_max: 1_024,
             connection_first_bytes_ms: 10_000,
             // hyper's default, kept so that the figures measured before stay comparable.
-            http2_max_concurrent_streams: 200,
+            http2_concurrent_streams_max: 200,
             http2_keepalive_interval_ms: 30_000,
         }
     }
@@ -55,8 +55,8 @@ impl NetworkSettings {
         if self.connections_max == 0 {
             return Err("connections_max must be at least 1".into());
         }
-        if self.http2_max_concurrent_streams == 0 {
-            return Err("http2_max_concurrent_streams must be at least 1".into());
+        if self.http2_concurrent_streams_max == 0 {
+            return Err("http2_concurrent_streams_max must be at least 1".into());
         }
         if self.connection_first_bytes_ms == 0 {
             return Err("connection_first_bytes_ms must be at least 1".into());
@@ -75,7 +75,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(200);
 
 /// Serves `router` on `listener` until `stop` completes, then lets open connections finish
 /// their calls and returns when the last one has closed.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     settings: NetworkSettings,
@@ -130,7 +130,7 @@ fn http_builder(settings: &NetworkSettings) -> Builder<TokioExecutor> {
     let mut http2 = builder.http2();
     http2
         .timer(TokioTimer::new())
-        .max_concurrent_streams(settings.http2_max_concurrent_streams);
+        .max_concurrent_streams(settings.http2_concurrent_streams_max);
     if settings.http2_keepalive_interval_ms > 0 {
         let interval = Duration::from_millis(settings.http2_keepalive_interval_ms);
         http2

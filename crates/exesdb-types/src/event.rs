@@ -5,11 +5,15 @@ use std::fmt;
 
 use uuid::Uuid;
 
-use crate::config::STREAM_ID_BYTES_MAX;
 use crate::error::StoreError;
 
 /// The id of the global stream of every event in the store, in position order.
 pub const ALL_STREAM: &str = "$all";
+
+/// The longest stream id the contract allows, in bytes.
+pub const STREAM_ID_BYTES_MAX: usize = 512;
+/// The longest event type the contract allows, in bytes.
+pub const EVENT_TYPE_BYTES_MAX: usize = 256;
 
 /// The content type events get when the writer names none.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";

@@ -11,11 +11,10 @@ use axum::routing::get;
 use exesdb_proto::v1::event_store_server::EventStoreServer;
 use exesdb_proto::v1::system_service_server::SystemServiceServer;
 
-use crate::config::SystemConfig;
-use crate::error::{StartError, StoreError};
-use crate::system::System;
-use crate::system::core::store::store_registry::NodeStores;
-use crate::system::gateway::grpc::GrpcServices;
+use exesdb::{NodeStores, StartError, System, SystemConfig};
+use exesdb_types::StoreError;
+
+use crate::grpc::GrpcServices;
 
 /// Renders metrics in Prometheus text; supplied by whoever installed the metrics recorder.
 pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
@@ -28,17 +27,24 @@ pub struct Node {
 /// What `/health` and the `Health` call report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeHealth {
+    /// Whether every store accepts writes.
     pub healthy: bool,
+    /// `single` or `cluster`.
     pub mode: &'static str,
+    /// This build's version.
     pub version: &'static str,
+    /// Each store's part.
     pub stores: Vec<StoreHealth>,
 }
 
 /// One store's part of the health report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreHealth {
+    /// The store.
     pub store_id: String,
+    /// Whether it takes appends now.
     pub accepts_writes: bool,
+    /// Whether this node leads it.
     pub leader: bool,
 }
 
@@ -162,6 +168,16 @@ impl Node {
                 metrics,
             });
         Ok(grpc.merge(http))
+    }
+
+    /// The longest shutdown timeout of the node's stores, ms: how long a stop waits for calls
+    /// in flight.
+    pub fn shutdown_timeout_ms(&self) -> u64 {
+        self.systems
+            .values()
+            .map(|system| system.config().shutdown_timeout_ms)
+            .max()
+            .unwrap_or(10_000)
     }
 
     /// Ends every subscription stream on the node, so that long-lived calls finish and the
