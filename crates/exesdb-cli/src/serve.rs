@@ -292,7 +292,11 @@ pub(crate) async fn serve(settings: Settings) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", settings.listen))?;
-    tracing::info!(listen = %settings.listen, data_dir = %data_dir.display(), stores = ?settings.stores, "exesdb serving");
+    let local = listener
+        .local_addr()
+        .map_err(|error| format!("cannot read the listen address: {error}"))?;
+    // Tests and scripts read the bound port from this line (`listen=`).
+    tracing::info!(listen = %local, data_dir = %data_dir.display(), stores = ?settings.stores, "exesdb serving");
     exesdb_server::serve(
         Arc::new(node),
         listener,
@@ -415,6 +419,34 @@ mod tests {
         let args = Wrapper::try_parse_from(["x", "--connections-max", "0"]).expect("parses");
         let error = args.serve.settings().expect_err("no connection at all");
         assert!(error.contains("connections_max"), "{error}");
+    }
+
+    #[test]
+    fn renamed_settings_keep_their_old_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("exesdb.toml");
+        std::fs::write(
+            &file,
+            "max_restarts = 7\nhttp2_max_concurrent_streams = 9\n",
+        )
+        .expect("write");
+        let path = file.to_str().expect("utf-8");
+        let settings = Wrapper::try_parse_from(["x", "--config", path])
+            .expect("parses")
+            .serve
+            .settings()
+            .expect("settings");
+        assert_eq!(settings.template.intensity.restarts_max, 7, "old file key");
+        assert_eq!(
+            settings.network.http2_concurrent_streams_max, 9,
+            "old file key"
+        );
+        let settings = Wrapper::try_parse_from(["x", "--max-restarts", "5"])
+            .expect("the old flag parses")
+            .serve
+            .settings()
+            .expect("settings");
+        assert_eq!(settings.template.intensity.restarts_max, 5, "old flag");
     }
 
     #[test]

@@ -333,6 +333,7 @@ impl EventStore for GrpcServices {
         // Subscriptions are long-lived: they count against subscriptions_max, not against the
         // gateway's in-flight requests.
         let subscription = system
+            .api()
             .subscribe(selector, start)
             .await
             .map_err(|error| convert::status(&error))?;
@@ -445,6 +446,7 @@ impl EventStore for GrpcServices {
             .system(&start.store_id)
             .map_err(|error| convert::status(&error))?;
         let consumer = system
+            .api()
             .connect_subscription(&start.name)
             .await
             .map_err(|error| convert::status(&error))?;

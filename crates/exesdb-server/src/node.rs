@@ -94,9 +94,9 @@ impl Node {
             .systems
             .values()
             .map(|system| StoreHealth {
-                store_id: system.store_id().to_string(),
+                store_id: system.api().store_id().to_string(),
                 accepts_writes: system.accepts_writes(),
-                leader: system.is_leader(),
+                leader: system.api().is_leader(),
             })
             .collect();
         NodeHealth {
@@ -110,19 +110,19 @@ impl Node {
     pub(crate) fn read_page_events_max(&self, store_id: &str) -> u64 {
         self.systems
             .get(store_id)
-            .map_or(1, |s| s.config().limits.read_events_max)
+            .map_or(1, |s| s.api().config().limits.read_events_max)
     }
 
     pub(crate) fn read_page_bytes_max(&self, store_id: &str) -> u64 {
         self.systems
             .get(store_id)
-            .map_or(1, |s| s.config().limits.read_page_bytes_max)
+            .map_or(1, |s| s.api().config().limits.read_page_bytes_max)
     }
 
     pub(crate) fn read_stream_buffer_events(&self, store_id: &str) -> usize {
         self.systems
             .get(store_id)
-            .map_or(1, |s| s.config().pools.read_stream_buffer_events)
+            .map_or(1, |s| s.api().config().pools.read_stream_buffer_events)
     }
 
     /// The largest request the node accepts: the largest append of any store, plus room for
@@ -132,10 +132,11 @@ impl Node {
             .systems
             .values()
             .map(|s| {
-                s.config()
+                s.api()
+                    .config()
                     .limits
                     .append_bytes_max
-                    .max(s.config().limits.snapshot_bytes_max)
+                    .max(s.api().config().limits.snapshot_bytes_max)
             })
             .max()
             .unwrap_or(0);
@@ -175,7 +176,7 @@ impl Node {
     pub fn shutdown_timeout_ms(&self) -> u64 {
         self.systems
             .values()
-            .map(|system| system.config().shutdown_timeout_ms)
+            .map(|system| system.api().config().shutdown_timeout_ms)
             .max()
             .unwrap_or(10_000)
     }
@@ -184,7 +185,7 @@ impl Node {
     /// server can close its connections (the first step of a shutdown).
     pub fn end_subscriptions(&self) {
         for system in self.systems.values() {
-            system.end_subscriptions();
+            system.api().end_subscriptions();
         }
     }
 

@@ -16,9 +16,6 @@ pub enum ServeError {
     /// The network settings would refuse every connection.
     #[error("invalid network settings: {0}")]
     InvalidSettings(String),
-    /// The listener's address cannot be read.
-    #[error("cannot read the listen address: {0}")]
-    Listener(std::io::Error),
     /// gRPC reflection could not be set up.
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(String),
@@ -36,7 +33,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     network.validate().map_err(ServeError::InvalidSettings)?;
-    listener.local_addr().map_err(ServeError::Listener)?;
     let app = node.router(metrics).map_err(ServeError::Reflection)?;
     let patience = Duration::from_millis(node.shutdown_timeout_ms());
     let (signalled, mut signal_seen) = tokio::sync::watch::channel(false);

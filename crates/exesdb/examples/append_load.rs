@@ -39,7 +39,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .map(|_| NewEvent::new("Bench", vec![0xAB; size as usize]))
                     .collect();
                 let sent = Instant::now();
-                let result = system.append(&stream, ExpectedVersion::Any, events).await;
+                let result = system
+                    .api()
+                    .append(&stream, ExpectedVersion::Any, events)
+                    .await;
                 let micros = sent.elapsed().as_micros() as u64;
                 let result = result.expect("append");
                 latencies.record(micros).expect("record");
@@ -56,7 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         positions.extend(task_positions);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let stats = system.commit_stats();
+    let stats = system.api().commit_stats();
     let appends = positions.len() as u64;
     let events = appends * batch;
     println!(
@@ -87,6 +90,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     positions.dedup();
     let distinct = positions.len() as u64 == appends;
     let stored = system
+        .api()
         .read_all(ReadAllRequest {
             count: u64::MAX,
             ..Default::default()

@@ -16,6 +16,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A new stream: expect it not to exist yet.
     let placed = NewEvent::json("OrderPlaced", &serde_json::json!({"order": 1, "total": 42}));
     let result = system
+        .api()
         .append("order-1", ExpectedVersion::NoStream, vec![placed])
         .await?;
     println!(
@@ -26,9 +27,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Optimistic concurrency: the second writer that expected version 0 loses.
     let paid = || NewEvent::json("OrderPaid", &serde_json::json!({"order": 1}));
     system
+        .api()
         .append("order-1", ExpectedVersion::Exact(0), vec![paid()])
         .await?;
     match system
+        .api()
         .append("order-1", ExpectedVersion::Exact(0), vec![paid()])
         .await
     {
@@ -39,6 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     for event in system
+        .api()
         .read_stream("order-1", None, 100, Direction::Forward)
         .await?
     {
@@ -50,6 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let everything = system
+        .api()
         .read_all(ReadAllRequest {
             count: 100,
             ..Default::default()
@@ -58,9 +63,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("$all holds {} events", everything.len());
 
     system
+        .api()
         .record_snapshot("order", "order-1", 1, b"{\"paid\":true}".to_vec(), vec![])
         .await?;
     let snapshot = system
+        .api()
         .read_snapshot("order", "order-1", SnapshotVersion::Latest)
         .await?;
     println!("latest snapshot at version {}", snapshot.version);

@@ -37,6 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let third = catch_up_events / 3;
     let before = append_bulk(&system, third, &payload).await?;
     let idle = system
+        .api()
         .subscribe(Selector::ByStream("$all".into()), StartFrom::Beginning)
         .await?;
     let with_idle = append_bulk(&system, third, &payload).await?;
@@ -48,6 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let started = Instant::now();
     let mut subscription = system
+        .api()
         .subscribe(Selector::ByStream("$all".into()), StartFrom::Beginning)
         .await?;
     let mut expected = 0u64;
@@ -82,6 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Live latency.
     let acks: Arc<Mutex<HashMap<u64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let mut live = system
+        .api()
         .subscribe(Selector::ByStream("$all".into()), StartFrom::End)
         .await?;
     let first_live = catch_up_events;
@@ -99,6 +102,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             for _ in 0..per_writer {
                 ticker.tick().await;
                 let result = system
+                    .api()
                     .append(
                         &format!("live-{writer}"),
                         ExpectedVersion::Any,
@@ -171,6 +175,7 @@ async fn append_bulk(
             .map(|_| NewEvent::new("Bench", payload.to_vec()))
             .collect();
         system
+            .api()
             .append(
                 &format!("s{}", appended % 1000),
                 ExpectedVersion::Any,

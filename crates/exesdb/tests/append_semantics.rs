@@ -23,6 +23,7 @@ async fn expected_version_cases_on_new_existing_and_empty_streams() {
 
     // A new stream: no_stream and any succeed; stream_exists and exact fail with current -1.
     let error = s
+        .api()
         .append(
             "new-1",
             ExpectedVersion::StreamExists,
@@ -32,18 +33,21 @@ async fn expected_version_cases_on_new_existing_and_empty_streams() {
         .expect_err("stream_exists on a new stream");
     assert_eq!(wrong_version(&error), Some(("stream_exists".into(), -1)));
     let error = s
+        .api()
         .append("new-1", ExpectedVersion::Exact(0), vec![event("A", "1")])
         .await
         .expect_err("exact 0 on a new stream");
     assert_eq!(wrong_version(&error), Some(("0".into(), -1)));
-    assert_eq!(s.stream_version("new-1").await.expect("version"), -1);
+    assert_eq!(s.api().stream_version("new-1").await.expect("version"), -1);
 
     let first = s
+        .api()
         .append("new-1", ExpectedVersion::NoStream, vec![event("A", "1")])
         .await
         .expect("no_stream on a new stream");
     assert_eq!((first.first_event_number, first.last_event_number), (0, 0));
     let any = s
+        .api()
         .append("new-2", ExpectedVersion::Any, vec![event("A", "1")])
         .await
         .expect("any on a new stream");
@@ -51,16 +55,19 @@ async fn expected_version_cases_on_new_existing_and_empty_streams() {
 
     // An existing stream at version 0.
     let error = s
+        .api()
         .append("new-1", ExpectedVersion::NoStream, vec![event("A", "2")])
         .await
         .expect_err("no_stream on an existing stream");
     assert_eq!(wrong_version(&error), Some(("no_stream".into(), 0)));
     let error = s
+        .api()
         .append("new-1", ExpectedVersion::Exact(5), vec![event("A", "2")])
         .await
         .expect_err("exact 5 at version 0");
     assert_eq!(wrong_version(&error), Some(("5".into(), 0)));
     let exists = s
+        .api()
         .append(
             "new-1",
             ExpectedVersion::StreamExists,
@@ -70,6 +77,7 @@ async fn expected_version_cases_on_new_existing_and_empty_streams() {
         .expect("stream_exists on an existing stream");
     assert_eq!(exists.first_event_number, 1);
     let exact = s
+        .api()
         .append(
             "new-1",
             ExpectedVersion::Exact(1),
@@ -79,14 +87,16 @@ async fn expected_version_cases_on_new_existing_and_empty_streams() {
         .expect("exact 1 at version 1");
     assert_eq!((exact.first_event_number, exact.last_event_number), (2, 3));
     let any = s
+        .api()
         .append("new-1", ExpectedVersion::Any, vec![event("A", "5")])
         .await
         .expect("any on an existing stream");
     assert_eq!(any.first_event_number, 4);
-    assert_eq!(s.stream_version("new-1").await.expect("version"), 4);
+    assert_eq!(s.api().stream_version("new-1").await.expect("version"), 4);
 
     // Global positions are gapless across streams.
     let all = s
+        .api()
         .read_all(ReadAllRequest {
             count: 100,
             ..Default::default()
@@ -103,31 +113,36 @@ async fn expected_version_cases_on_new_existing_and_empty_streams() {
 async fn a_failing_append_writes_nothing() {
     let store = start().await;
     let s = &store.system;
-    s.append("order-1", ExpectedVersion::NoStream, vec![event("A", "1")])
+    s.api()
+        .append("order-1", ExpectedVersion::NoStream, vec![event("A", "1")])
         .await
         .expect("first append");
 
     // Wrong version with three events: none of them may appear.
     let batch = vec![event("B", "1"), event("B", "2"), event("B", "3")];
-    s.append("order-1", ExpectedVersion::Exact(7), batch)
+    s.api()
+        .append("order-1", ExpectedVersion::Exact(7), batch)
         .await
         .expect_err("wrong version");
     // A batch whose last event is invalid: the valid first events must not appear either.
     let mut bad = vec![event("C", "1"), event("C", "2")];
     bad.push(NewEvent::new("", b"no type".to_vec()));
     let error = s
+        .api()
         .append("order-1", ExpectedVersion::Any, bad)
         .await
         .expect_err("invalid last event");
     assert_eq!(error.code(), "invalid_argument");
 
     let events = s
+        .api()
         .read_stream("order-1", None, 100, Direction::Forward)
         .await
         .expect("read");
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].event_type, "A");
     let all = s
+        .api()
         .read_all(ReadAllRequest {
             count: 100,
             ..Default::default()
@@ -148,27 +163,31 @@ async fn idempotent_retry_returns_the_original_result_and_writes_nothing() {
             .map(|id| event("Placed", "x").with_id(*id))
             .collect()
     };
-    s.append("other", ExpectedVersion::Any, vec![event("X", "0")])
+    s.api()
+        .append("other", ExpectedVersion::Any, vec![event("X", "0")])
         .await
         .expect("unrelated event moves positions");
     let original = s
+        .api()
         .append("order-9", ExpectedVersion::NoStream, batch(&ids))
         .await
         .expect("original");
 
     // Exact repeat with the same expected version: same result, nothing new.
     let retry = s
+        .api()
         .append("order-9", ExpectedVersion::NoStream, batch(&ids))
         .await
         .expect("retry");
     assert_eq!(retry, original);
     // The same with `any`.
     let retry_any = s
+        .api()
         .append("order-9", ExpectedVersion::Any, batch(&ids))
         .await
         .expect("retry with any");
     assert_eq!(retry_any, original);
-    assert_eq!(s.stream_version("order-9").await.expect("version"), 2);
+    assert_eq!(s.api().stream_version("order-9").await.expect("version"), 2);
 
     // Partial overlap: one known id and one new one.
     let overlap = vec![
@@ -176,18 +195,21 @@ async fn idempotent_retry_returns_the_original_result_and_writes_nothing() {
         event("Placed", "y").with_id(Uuid::now_v7()),
     ];
     let error = s
+        .api()
         .append("order-9", ExpectedVersion::Any, overlap)
         .await
         .expect_err("partial overlap");
     assert_eq!(error.code(), "idempotency_conflict");
     // The full repeat at another place than the expected version points to is not a retry.
     let error = s
+        .api()
         .append("order-9", ExpectedVersion::Exact(5), batch(&ids))
         .await
         .expect_err("repeat at a wrong place");
     assert_eq!(error.code(), "wrong_expected_version");
 
     let all = s
+        .api()
         .read_all(ReadAllRequest {
             count: 100,
             ..Default::default()
@@ -213,55 +235,59 @@ async fn bad_input_gets_typed_errors_and_the_store_keeps_working() {
     let cases: Vec<(&str, Result<_, StoreError>)> = vec![
         (
             "empty stream id",
-            s.append("", ExpectedVersion::Any, one()).await,
+            s.api().append("", ExpectedVersion::Any, one()).await,
         ),
         (
             "long stream id",
-            s.append(&long_id, ExpectedVersion::Any, one()).await,
+            s.api().append(&long_id, ExpectedVersion::Any, one()).await,
         ),
         (
             "control character",
-            s.append("a\u{7}b", ExpectedVersion::Any, one()).await,
+            s.api().append("a\u{7}b", ExpectedVersion::Any, one()).await,
         ),
         (
             "reserved stream",
-            s.append("$all", ExpectedVersion::Any, one()).await,
+            s.api().append("$all", ExpectedVersion::Any, one()).await,
         ),
         (
             "no events",
-            s.append("s", ExpectedVersion::Any, vec![]).await,
+            s.api().append("s", ExpectedVersion::Any, vec![]).await,
         ),
         (
             "empty type",
-            s.append("s", ExpectedVersion::Any, vec![event("", "1")])
+            s.api()
+                .append("s", ExpectedVersion::Any, vec![event("", "1")])
                 .await,
         ),
         (
             "oversized event",
-            s.append(
-                "s",
-                ExpectedVersion::Any,
-                vec![NewEvent::new("A", vec![0u8; 1_001])],
-            )
-            .await,
+            s.api()
+                .append(
+                    "s",
+                    ExpectedVersion::Any,
+                    vec![NewEvent::new("A", vec![0u8; 1_001])],
+                )
+                .await,
         ),
         (
             "too many events",
-            s.append(
-                "s",
-                ExpectedVersion::Any,
-                (0..6).map(|_| event("A", "1")).collect(),
-            )
-            .await,
+            s.api()
+                .append(
+                    "s",
+                    ExpectedVersion::Any,
+                    (0..6).map(|_| event("A", "1")).collect(),
+                )
+                .await,
         ),
         ("duplicate ids in one append", {
             let id = Uuid::now_v7();
-            s.append(
-                "s",
-                ExpectedVersion::Any,
-                vec![event("A", "1").with_id(id), event("A", "2").with_id(id)],
-            )
-            .await
+            s.api()
+                .append(
+                    "s",
+                    ExpectedVersion::Any,
+                    vec![event("A", "1").with_id(id), event("A", "2").with_id(id)],
+                )
+                .await
         }),
     ];
     let expected_codes = [
@@ -281,6 +307,7 @@ async fn bad_input_gets_typed_errors_and_the_store_keeps_working() {
     }
     for count in [0, 51, u64::MAX] {
         let error = s
+            .api()
             .read_stream("s", None, count, Direction::Forward)
             .await
             .expect_err("absurd count");
@@ -289,6 +316,7 @@ async fn bad_input_gets_typed_errors_and_the_store_keeps_working() {
             "{error}"
         );
         let error = s
+            .api()
             .read_all(ReadAllRequest {
                 count,
                 ..Default::default()
@@ -301,6 +329,7 @@ async fn bad_input_gets_typed_errors_and_the_store_keeps_working() {
         );
     }
     let error = s
+        .api()
         .read_stream("never-written", None, 10, Direction::Forward)
         .await
         .expect_err("missing stream");
@@ -308,6 +337,7 @@ async fn bad_input_gets_typed_errors_and_the_store_keeps_working() {
 
     // Nothing was written, and the store still works.
     let all = s
+        .api()
         .read_all(ReadAllRequest {
             count: 50,
             ..Default::default()
@@ -320,6 +350,7 @@ async fn bad_input_gets_typed_errors_and_the_store_keeps_working() {
         all.len()
     );
     let ok = s
+        .api()
         .append("s", ExpectedVersion::NoStream, vec![event("A", "1")])
         .await
         .expect("a good append after bad ones");
@@ -332,22 +363,25 @@ async fn reads_forward_backward_filtered_and_paged() {
     let store = start().await;
     let s = &store.system;
     for i in 0..5 {
-        s.append(
-            "cart-1",
-            ExpectedVersion::Any,
-            vec![event("Added", &i.to_string())],
-        )
-        .await
-        .expect("append cart");
-        s.append(
-            "order-1",
-            ExpectedVersion::Any,
-            vec![event("Placed", &i.to_string())],
-        )
-        .await
-        .expect("append order");
+        s.api()
+            .append(
+                "cart-1",
+                ExpectedVersion::Any,
+                vec![event("Added", &i.to_string())],
+            )
+            .await
+            .expect("append cart");
+        s.api()
+            .append(
+                "order-1",
+                ExpectedVersion::Any,
+                vec![event("Placed", &i.to_string())],
+            )
+            .await
+            .expect("append order");
     }
     let forward = s
+        .api()
         .read_stream("cart-1", Some(1), 2, Direction::Forward)
         .await
         .expect("read");
@@ -356,6 +390,7 @@ async fn reads_forward_backward_filtered_and_paged() {
         vec![1, 2]
     );
     let backward = s
+        .api()
         .read_stream("cart-1", None, 3, Direction::Backward)
         .await
         .expect("read");
@@ -364,6 +399,7 @@ async fn reads_forward_backward_filtered_and_paged() {
         vec![4, 3, 2]
     );
     let backward_from = s
+        .api()
         .read_stream("cart-1", Some(1), 5, Direction::Backward)
         .await
         .expect("read");
@@ -375,12 +411,14 @@ async fn reads_forward_backward_filtered_and_paged() {
         vec![1, 0]
     );
     let beyond = s
+        .api()
         .read_stream("cart-1", Some(10), 5, Direction::Forward)
         .await
         .expect("read");
     assert!(beyond.is_empty());
 
     let orders = s
+        .api()
         .read_all(ReadAllRequest {
             count: 3,
             stream_prefix: Some("order-".into()),
@@ -391,6 +429,7 @@ async fn reads_forward_backward_filtered_and_paged() {
     assert_eq!(orders.len(), 3);
     assert!(orders.iter().all(|e| e.stream_id == "order-1"));
     let typed_backward = s
+        .api()
         .read_all(ReadAllRequest {
             count: 10,
             direction: Direction::Backward,
@@ -406,6 +445,7 @@ async fn reads_forward_backward_filtered_and_paged() {
             .all(|w| w[0].position > w[1].position)
     );
     let from_middle = s
+        .api()
         .read_all(ReadAllRequest {
             from_position: Some(8),
             count: 10,
@@ -418,10 +458,14 @@ async fn reads_forward_backward_filtered_and_paged() {
         vec![8, 9]
     );
 
-    let page_one = s.list_streams(None, 1).await.expect("streams");
+    let page_one = s.api().list_streams(None, 1).await.expect("streams");
     assert_eq!(page_one.len(), 1);
     assert_eq!(page_one[0].stream_id, "cart-1");
-    let page_two = s.list_streams(Some("cart-1"), 10).await.expect("streams");
+    let page_two = s
+        .api()
+        .list_streams(Some("cart-1"), 10)
+        .await
+        .expect("streams");
     assert_eq!(
         page_two
             .iter()
@@ -429,7 +473,7 @@ async fn reads_forward_backward_filtered_and_paged() {
             .collect::<Vec<_>>(),
         vec![("order-1", 4)]
     );
-    assert_eq!(s.list_stores(), vec!["default".to_string()]);
+    assert_eq!(s.api().list_stores(), vec!["default".to_string()]);
     store.system.stop().await;
 }
 
@@ -438,57 +482,68 @@ async fn snapshots_record_read_delete_list() {
     let store = start().await;
     let s = &store.system;
     for version in [3, 7, 12] {
-        s.record_snapshot(
-            "cart",
-            "cart-1",
-            version,
-            format!("v{version}").into_bytes(),
-            vec![],
-        )
-        .await
-        .expect("record");
+        s.api()
+            .record_snapshot(
+                "cart",
+                "cart-1",
+                version,
+                format!("v{version}").into_bytes(),
+                vec![],
+            )
+            .await
+            .expect("record");
     }
-    s.record_snapshot("cart", "cart-2", 1, b"other".to_vec(), b"m".to_vec())
+    s.api()
+        .record_snapshot("cart", "cart-2", 1, b"other".to_vec(), b"m".to_vec())
         .await
         .expect("record");
     let exact = s
+        .api()
         .read_snapshot("cart", "cart-1", SnapshotVersion::Exact(7))
         .await
         .expect("exact");
     assert_eq!(exact.data, b"v7");
     let below = s
+        .api()
         .read_snapshot("cart", "cart-1", SnapshotVersion::AtOrBelow(11))
         .await
         .expect("below");
     assert_eq!(below.version, 7);
     let latest = s
+        .api()
         .read_snapshot("cart", "cart-1", SnapshotVersion::Latest)
         .await
         .expect("latest");
     assert_eq!(latest.version, 12);
     let error = s
+        .api()
         .read_snapshot("cart", "cart-1", SnapshotVersion::Exact(8))
         .await
         .expect_err("no snapshot at 8");
     assert_eq!(error.code(), "snapshot_not_found");
     let error = s
+        .api()
         .read_snapshot("cart", "cart-1", SnapshotVersion::AtOrBelow(2))
         .await
         .expect_err("none at or below 2");
     assert_eq!(error.code(), "snapshot_not_found");
 
-    s.delete_snapshot("cart", "cart-1", 12)
+    s.api()
+        .delete_snapshot("cart", "cart-1", 12)
         .await
         .expect("delete");
-    s.delete_snapshot("cart", "cart-1", 12)
+    s.api()
+        .delete_snapshot("cart", "cart-1", 12)
         .await
         .expect("delete again is fine");
     let latest = s
+        .api()
         .read_snapshot("cart", "cart-1", SnapshotVersion::Latest)
         .await
         .expect("latest");
     assert_eq!(latest.version, 7);
     let listed = s
+        .api()
         .list_snapshots(Some("cart"), Some("cart-1"), 100)
         .await
         .expect("list");
@@ -496,11 +551,16 @@ async fn snapshots_record_read_delete_list() {
         listed.iter().map(|x| x.version).collect::<Vec<_>>(),
         vec![3, 7]
     );
-    let all = s.list_snapshots(None, None, 100).await.expect("list all");
+    let all = s
+        .api()
+        .list_snapshots(None, None, 100)
+        .await
+        .expect("list all");
     assert_eq!(all.len(), 3);
     let store = store.restart().await;
     let after = store
         .system
+        .api()
         .read_snapshot("cart", "cart-2", SnapshotVersion::Exact(1))
         .await
         .expect("survives restart");
@@ -519,6 +579,7 @@ async fn acknowledged_appends_survive_a_restart() {
         let stream = format!("s-{}", i % 7);
         let result = store
             .system
+            .api()
             .append(
                 &stream,
                 ExpectedVersion::Any,
@@ -532,6 +593,7 @@ async fn acknowledged_appends_survive_a_restart() {
     for (stream, result, data) in &acknowledged {
         let events = store
             .system
+            .api()
             .read_stream(
                 stream,
                 Some(result.first_event_number),
@@ -546,6 +608,7 @@ async fn acknowledged_appends_survive_a_restart() {
     // Positions continue where they stopped.
     let next = store
         .system
+        .api()
         .append("after", ExpectedVersion::NoStream, vec![event("E", "x")])
         .await
         .expect("append after restart");

@@ -62,7 +62,12 @@ async fn run(plan: Plan) {
                     .collect();
                 let exact = random.next(2) == 0;
                 let expected = if exact {
-                    let version = store.system.stream_version(&stream).await.expect("version");
+                    let version = store
+                        .system
+                        .api()
+                        .stream_version(&stream)
+                        .await
+                        .expect("version");
                     if version < 0 {
                         ExpectedVersion::NoStream
                     } else {
@@ -71,7 +76,7 @@ async fn run(plan: Plan) {
                 } else {
                     ExpectedVersion::Any
                 };
-                match store.system.append(&stream, expected, events).await {
+                match store.system.api().append(&stream, expected, events).await {
                     Ok(result) => {
                         if let ExpectedVersion::Exact(v) = expected {
                             assert_eq!(result.first_event_number, v + 1);
@@ -105,6 +110,7 @@ async fn run(plan: Plan) {
         .map(|(_, ids, _)| ids.len() as u64)
         .sum();
     let all = system
+        .api()
         .read_all(ReadAllRequest {
             count: 10_000,
             ..Default::default()
@@ -135,6 +141,7 @@ async fn run(plan: Plan) {
     }
     for (stream, ids, result) in &acknowledged {
         let events = system
+            .api()
             .read_stream(
                 stream,
                 Some(result.first_event_number),

@@ -64,6 +64,7 @@ fn run_child(dir: &str, seed: u64) {
                     let count = 1 + ((seed + i + task) % 3) as usize;
                     let (ids, events) = common::tagged_append(count, 0);
                     let result = system
+                        .api()
                         .append(&stream, ExpectedVersion::Any, events)
                         .await
                         .expect("append");
@@ -150,6 +151,7 @@ fn verify(dir: &std::path::Path, acknowledged: &[Ack]) {
             .expect("reopens after SIGKILL");
         for ack in acknowledged {
             let events = system
+                .api()
                 .read_stream(
                     &ack.stream,
                     Some(ack.first_event_number),
@@ -167,6 +169,7 @@ fn verify(dir: &std::path::Path, acknowledged: &[Ack]) {
             assert_eq!(events[0].position, ack.first_position);
         }
         let all = system
+            .api()
             .read_all(ReadAllRequest {
                 count: 1_000_000,
                 ..Default::default()

@@ -66,6 +66,7 @@ fn restarts(system: &System, name: &str) -> u64 {
 async fn serves(system: &System, acknowledged: &mut u64) {
     let result = wait_for(PATIENCE, || async move {
         match system
+            .api()
             .append("probe", ExpectedVersion::Any, vec![event("E", "x")])
             .await
         {
@@ -80,6 +81,7 @@ async fn serves(system: &System, acknowledged: &mut u64) {
     *acknowledged += 1;
     assert_eq!(result.last_event_number + 1, *acknowledged);
     let events = system
+        .api()
         .read_stream("probe", None, 10_000, Direction::Forward)
         .await
         .expect("reads work");
@@ -294,18 +296,20 @@ async fn subscriptions_resume_after_every_process_fault() {
     let s = &store.system;
     let target = Arc::new(AtomicU64::new(u64::MAX));
     let transient = s
+        .api()
         .subscribe(Selector::ByStream("$all".into()), StartFrom::Beginning)
         .await
         .expect("subscribe");
     let transient = tokio::spawn(transient_reader(transient, target.clone()));
-    s.save_subscription(SubscriptionDefinition::new(
-        "faults",
-        Selector::ByStream("$all".into()),
-        StartFrom::Beginning,
-    ))
-    .await
-    .expect("save");
-    let api: StoreApi = (**s).clone();
+    s.api()
+        .save_subscription(SubscriptionDefinition::new(
+            "faults",
+            Selector::ByStream("$all".into()),
+            StartFrom::Beginning,
+        ))
+        .await
+        .expect("save");
+    let api: StoreApi = s.api().clone();
     let persistent = tokio::spawn({
         let target = target.clone();
         async move { persistent_reader(api, "faults", target).await }
@@ -318,19 +322,21 @@ async fn subscriptions_resume_after_every_process_fault() {
     for placement in &all {
         // Events in flight to both subscribers while the process dies.
         for i in 0..5 {
-            s.append(
-                "load",
-                ExpectedVersion::Any,
-                vec![event("E", &i.to_string())],
-            )
-            .await
-            .expect("the store serves between faults");
+            s.api()
+                .append(
+                    "load",
+                    ExpectedVersion::Any,
+                    vec![event("E", &i.to_string())],
+                )
+                .await
+                .expect("the store serves between faults");
         }
         kill_and_wait(s, &placement.name).await;
         serves(s, &mut acknowledged).await;
         let_the_intensity_period_pass().await;
     }
     let stored = s
+        .api()
         .read_all(exesdb::ReadAllRequest {
             count: 10_000,
             ..Default::default()
@@ -341,7 +347,8 @@ async fn subscriptions_resume_after_every_process_fault() {
     assert!(total >= acknowledged, "acknowledged probes are stored");
     target.store(total, Ordering::Release);
     // Wake a reader that caught up before the target was known.
-    s.append("load", ExpectedVersion::Any, vec![event("E", "last")])
+    s.api()
+        .append("load", ExpectedVersion::Any, vec![event("E", "last")])
         .await
         .expect("append");
     let seen = transient.await.expect("transient reader");

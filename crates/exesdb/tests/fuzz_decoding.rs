@@ -41,6 +41,7 @@ async fn rejected_generated_appends_write_nothing() {
             .collect();
         match store
             .system
+            .api()
             .append(&stream, exesdb::ExpectedVersion::Any, events)
             .await
         {
@@ -56,6 +57,7 @@ async fn rejected_generated_appends_write_nothing() {
     }
     let all = store
         .system
+        .api()
         .read_all(exesdb::ReadAllRequest {
             count: 10_000,
             ..Default::default()

@@ -32,6 +32,7 @@ async fn a_million_events_past_an_idle_subscriber() {
     let store = start().await;
     let s = &store.system;
     let mut idle = s
+        .api()
         .subscribe(Selector::ByStream("$all".into()), StartFrom::Beginning)
         .await
         .expect("subscribe");
@@ -39,7 +40,8 @@ async fn a_million_events_past_an_idle_subscriber() {
     let payload = "x".repeat(200);
     for chunk in 0..(EVENTS / 1_000) {
         let events = (0..1_000).map(|_| event("E", &payload)).collect();
-        s.append(&format!("s{}", chunk % 100), ExpectedVersion::Any, events)
+        s.api()
+            .append(&format!("s{}", chunk % 100), ExpectedVersion::Any, events)
             .await
             .expect("appends go on");
     }
@@ -49,7 +51,7 @@ async fn a_million_events_past_an_idle_subscriber() {
         "memory grew by {} MiB with an idle subscriber",
         growth / 1024 / 1024
     );
-    assert!(idle.receiver_len() <= s.config().limits.subscriber_buffer_events_max);
+    assert!(idle.receiver_len() <= s.api().config().limits.subscriber_buffer_events_max);
     let mut next = 0u64;
     while next < EVENTS {
         let message = tokio::time::timeout(Duration::from_secs(30), idle.next())

@@ -23,6 +23,7 @@ async fn next(consumer: &mut PersistentConsumer) -> Delivery {
 /// Appends one event to the stream `marker` and returns its position.
 async fn append_marker(system: &exesdb::System) -> u64 {
     system
+        .api()
         .append("marker", ExpectedVersion::Any, vec![event("Marker", "")])
         .await
         .expect("append the marker")
@@ -40,6 +41,7 @@ fn definition(name: &str) -> SubscriptionDefinition {
 async fn append(system: &exesdb::System, stream: &str, count: u64) {
     for i in 0..count {
         system
+            .api()
             .append(
                 stream,
                 ExpectedVersion::Any,
@@ -56,15 +58,17 @@ async fn acks_move_a_stored_checkpoint_and_delivery_resumes_after_a_restart() {
     append(&store.system, "s", 10).await;
     store
         .system
+        .api()
         .save_subscription(definition("billing"))
         .await
         .expect("save");
     assert_eq!(
-        store.system.list_subscriptions().await.expect("list")[0].name,
+        store.system.api().list_subscriptions().await.expect("list")[0].name,
         "billing"
     );
     let mut consumer = store
         .system
+        .api()
         .connect_subscription("billing")
         .await
         .expect("connect");
@@ -82,6 +86,7 @@ async fn acks_move_a_stored_checkpoint_and_delivery_resumes_after_a_restart() {
         || {
             store
                 .system
+                .api()
                 .subscription_checkpoint("billing")
                 .expect("read")
                 == Some(6)
@@ -92,6 +97,7 @@ async fn acks_move_a_stored_checkpoint_and_delivery_resumes_after_a_restart() {
     let store = store.restart().await;
     let mut consumer = store
         .system
+        .api()
         .connect_subscription("billing")
         .await
         .expect("reconnect");
@@ -109,6 +115,7 @@ async fn acks_move_a_stored_checkpoint_and_delivery_resumes_after_a_restart() {
     assert_eq!(seen, (6..10).collect());
     store
         .system
+        .api()
         .remove_subscription("billing")
         .await
         .expect("remove");
@@ -119,6 +126,7 @@ async fn acks_move_a_stored_checkpoint_and_delivery_resumes_after_a_restart() {
     assert!(
         store
             .system
+            .api()
             .list_subscriptions()
             .await
             .expect("list")
@@ -135,8 +143,8 @@ async fn timeouts_and_nacks_redeliver_park_or_skip() {
     // Long enough that a slow machine answers the nacks in time, short enough to wait out.
     settings.ack_timeout_ms = 1_000;
     settings.retries_max = 3;
-    s.save_subscription(settings).await.expect("save");
-    let mut consumer = s.connect_subscription("jobs").await.expect("connect");
+    s.api().save_subscription(settings).await.expect("save");
+    let mut consumer = s.api().connect_subscription("jobs").await.expect("connect");
     append(s, "s", 4).await;
 
     // Event 0: not acknowledged: redelivered after the timeout.
@@ -183,6 +191,7 @@ async fn timeouts_and_nacks_redeliver_park_or_skip() {
     );
     consumer.ack(marker);
     let parked: Vec<u64> = s
+        .api()
         .parked_events("jobs")
         .expect("parked")
         .iter()
@@ -190,7 +199,7 @@ async fn timeouts_and_nacks_redeliver_park_or_skip() {
         .collect();
     assert_eq!(parked, vec![2, 3]);
 
-    assert_eq!(s.replay_parked("jobs").await.expect("replay"), 2);
+    assert_eq!(s.api().replay_parked("jobs").await.expect("replay"), 2);
     let mut replayed = BTreeSet::new();
     while replayed.len() < 2 {
         let delivery = next(&mut consumer).await;
@@ -198,7 +207,7 @@ async fn timeouts_and_nacks_redeliver_park_or_skip() {
         consumer.ack(delivery.event.position);
     }
     assert_eq!(replayed, [2, 3].into_iter().collect());
-    assert!(s.parked_events("jobs").expect("parked").is_empty());
+    assert!(s.api().parked_events("jobs").expect("parked").is_empty());
     store.system.stop().await;
 }
 
@@ -206,11 +215,12 @@ async fn timeouts_and_nacks_redeliver_park_or_skip() {
 async fn round_robin_shares_and_a_leaving_consumer_loses_nothing() {
     let store = start().await;
     let s = &store.system;
-    s.save_subscription(definition("workers"))
+    s.api()
+        .save_subscription(definition("workers"))
         .await
         .expect("save");
-    let mut a = s.connect_subscription("workers").await.expect("a");
-    let mut b = s.connect_subscription("workers").await.expect("b");
+    let mut a = s.api().connect_subscription("workers").await.expect("a");
+    let mut b = s.api().connect_subscription("workers").await.expect("b");
     append(s, "s", 20).await;
     let mut done = BTreeSet::new();
     let mut a_got = 0;
@@ -256,18 +266,19 @@ async fn pinned_keeps_each_stream_on_one_consumer_in_order() {
     let s = &store.system;
     let mut settings = definition("pinned");
     settings.strategy = ConsumerStrategy::Pinned;
-    s.save_subscription(settings).await.expect("save");
-    let mut a = s.connect_subscription("pinned").await.expect("a");
-    let mut b = s.connect_subscription("pinned").await.expect("b");
+    s.api().save_subscription(settings).await.expect("save");
+    let mut a = s.api().connect_subscription("pinned").await.expect("a");
+    let mut b = s.api().connect_subscription("pinned").await.expect("b");
     for round in 0..10 {
         for stream in ["red", "green", "blue", "black"] {
-            s.append(
-                stream,
-                ExpectedVersion::Any,
-                vec![event("E", &round.to_string())],
-            )
-            .await
-            .expect("append");
+            s.api()
+                .append(
+                    stream,
+                    ExpectedVersion::Any,
+                    vec![event("E", &round.to_string())],
+                )
+                .await
+                .expect("append");
         }
     }
     let mut owner: BTreeMap<String, char> = BTreeMap::new();
@@ -307,18 +318,27 @@ async fn pinned_streams_move_to_the_remaining_consumer_when_one_leaves() {
     let s = &store.system;
     let mut settings = definition("pinned-leave");
     settings.strategy = ConsumerStrategy::Pinned;
-    s.save_subscription(settings).await.expect("save");
-    let mut a = s.connect_subscription("pinned-leave").await.expect("a");
-    let mut b = s.connect_subscription("pinned-leave").await.expect("b");
+    s.api().save_subscription(settings).await.expect("save");
+    let mut a = s
+        .api()
+        .connect_subscription("pinned-leave")
+        .await
+        .expect("a");
+    let mut b = s
+        .api()
+        .connect_subscription("pinned-leave")
+        .await
+        .expect("b");
     for round in 0..5 {
         for stream in ["red", "green", "blue", "black"] {
-            s.append(
-                stream,
-                ExpectedVersion::Any,
-                vec![event("E", &round.to_string())],
-            )
-            .await
-            .expect("append");
+            s.api()
+                .append(
+                    stream,
+                    ExpectedVersion::Any,
+                    vec![event("E", &round.to_string())],
+                )
+                .await
+                .expect("append");
         }
     }
     // A acknowledges what it gets; B leaves holding its events unacknowledged.
@@ -373,6 +393,7 @@ async fn at_least_once(seed: u64, events: u64, consumers: usize) {
     settings.retries_max = 1_000;
     store
         .system
+        .api()
         .save_subscription(settings)
         .await
         .expect("save");
@@ -381,6 +402,7 @@ async fn at_least_once(seed: u64, events: u64, consumers: usize) {
         group.push(
             store
                 .system
+                .api()
                 .connect_subscription("random")
                 .await
                 .expect("connect"),
@@ -425,6 +447,7 @@ async fn at_least_once(seed: u64, events: u64, consumers: usize) {
             // None: nothing stored yet, which means the start (0).
             let stored = store
                 .system
+                .api()
                 .subscription_checkpoint("random")
                 .expect("read");
             stored.unwrap_or(0) == first_open_now
@@ -436,6 +459,7 @@ async fn at_least_once(seed: u64, events: u64, consumers: usize) {
     let first_open = (0..events).find(|p| !acked.contains(p));
     let mut consumer = store
         .system
+        .api()
         .connect_subscription("random")
         .await
         .expect("reconnect");
@@ -447,8 +471,8 @@ async fn at_least_once(seed: u64, events: u64, consumers: usize) {
             panic!(
                 "never delivered after the restart: {missing:?} (stored checkpoint {:?}, first \
                  not acknowledged {first_open:?}, parked {:?})",
-                store.system.subscription_checkpoint("random"),
-                store.system.parked_events("random").map(|p| p.len())
+                store.system.api().subscription_checkpoint("random"),
+                store.system.api().parked_events("random").map(|p| p.len())
             );
         };
         let position = delivery.event.position;

@@ -43,7 +43,8 @@ async fn an_application_bus_gets_every_event_under_both_topics_even_across_a_pub
     let s = &store.system;
     for i in 0..10 {
         let kind = if i % 2 == 0 { "Even" } else { "Odd" };
-        s.append("n", ExpectedVersion::Any, vec![event(kind, &i.to_string())])
+        s.api()
+            .append("n", ExpectedVersion::Any, vec![event(kind, &i.to_string())])
             .await
             .expect("append");
     }
@@ -56,13 +57,14 @@ async fn an_application_bus_gets_every_event_under_both_topics_even_across_a_pub
 
     s.inject_fault("ExESDB.PubSub").expect("kill PubSub");
     for i in 10..20 {
-        s.append(
-            "n",
-            ExpectedVersion::Any,
-            vec![event("Even", &i.to_string())],
-        )
-        .await
-        .expect("append");
+        s.api()
+            .append(
+                "n",
+                ExpectedVersion::Any,
+                vec![event("Even", &i.to_string())],
+            )
+            .await
+            .expect("append");
     }
     wait_until(PATIENCE, "event 19 on $all", || {
         bus.positions("default:$all").last() == Some(&19)
@@ -83,20 +85,22 @@ async fn native_topics_deliver_from_now_on() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = start_with(dir, |_| {}).await;
     let s = &store.system;
-    s.append("n", ExpectedVersion::Any, vec![event("Old", "x")])
+    s.api()
+        .append("n", ExpectedVersion::Any, vec![event("Old", "x")])
         .await
         .expect("append");
-    let mut all = s.listen("default:$all").await.expect("listen");
-    let mut placed = s.listen("default:Placed").await.expect("listen");
+    let mut all = s.api().listen("default:$all").await.expect("listen");
+    let mut placed = s.api().listen("default:Placed").await.expect("listen");
     assert_eq!(all.next().await, Some(SubscriptionMessage::CaughtUp));
     assert_eq!(placed.next().await, Some(SubscriptionMessage::CaughtUp));
-    s.append(
-        "n",
-        ExpectedVersion::Any,
-        vec![event("Placed", "y"), event("Other", "z")],
-    )
-    .await
-    .expect("append");
+    s.api()
+        .append(
+            "n",
+            ExpectedVersion::Any,
+            vec![event("Placed", "y"), event("Other", "z")],
+        )
+        .await
+        .expect("append");
     for expected in [1, 2] {
         match all.next().await {
             Some(SubscriptionMessage::Event(e)) => assert_eq!(e.position, expected),
@@ -108,6 +112,7 @@ async fn native_topics_deliver_from_now_on() {
         other => panic!("{other:?}"),
     }
     let error = s
+        .api()
         .listen("other-store:$all")
         .await
         .expect_err("another store's topic");

@@ -81,6 +81,7 @@ async fn load(system: &Arc<System>, tasks: u64, appends: u64, seed: u64) -> Vec<
                 let count = 1 + rng.below(3) as usize;
                 let (ids, events) = common::tagged_append(count, rng.below(200) as usize);
                 let result = system
+                    .api()
                     .append(&stream, ExpectedVersion::Any, events)
                     .await
                     .expect("append");
@@ -162,6 +163,7 @@ async fn read_everything(
     system: &System,
 ) -> Result<Vec<exesdb::RecordedEvent>, exesdb::StoreError> {
     system
+        .api()
         .read_all(ReadAllRequest {
             count: 1_000_000,
             ..Default::default()
@@ -224,6 +226,7 @@ async fn a_torn_journal_tail_recovers_to_the_last_complete_commit() {
         assert!(survived <= acks.len());
         // Still writable, and the next append lands right after what survived.
         let appended = system
+            .api()
             .append(
                 "after",
                 ExpectedVersion::Any,

@@ -22,6 +22,7 @@ const EVENTS_PER_APPEND: usize = 2;
 async fn all_ids(store: &TestStore) -> Vec<Uuid> {
     let events = store
         .system
+        .api()
         .read_all(ReadAllRequest {
             count: 1_000,
             ..ReadAllRequest::default()
@@ -37,6 +38,7 @@ async fn all_ids(store: &TestStore) -> Vec<Uuid> {
 async fn stream_ids(store: &TestStore, stream_id: &str) -> Result<Vec<Uuid>, StoreError> {
     let events = store
         .system
+        .api()
         .read_stream(stream_id, None, 1_000, Direction::Forward)
         .await?;
     Ok(events.iter().map(|event| event.event_id).collect())
@@ -50,6 +52,7 @@ async fn append(
     let (ids, events) = tagged_append(EVENTS_PER_APPEND, 0);
     let result = store
         .system
+        .api()
         .append(stream_id, ExpectedVersion::Any, events)
         .await;
     (ids, result)
@@ -158,6 +161,7 @@ async fn a_live_all_subscription_delivers_gaplessly_through_a_failed_commit() {
     }
     let mut subscription = store
         .system
+        .api()
         .subscribe(Selector::ByStream("$all".into()), StartFrom::Beginning)
         .await
         .expect("subscribes");

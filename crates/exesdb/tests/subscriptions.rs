@@ -53,6 +53,7 @@ async fn expect_only_the_marker(
     marker: NewEvent,
 ) {
     let appended = system
+        .api()
         .append("marker", ExpectedVersion::Any, vec![marker])
         .await
         .expect("append the marker");
@@ -71,15 +72,17 @@ async fn catch_up_then_caught_up_then_live() {
     let store = start().await;
     let s = &store.system;
     for i in 0..10 {
-        s.append(
-            &format!("s{}", i % 3),
-            ExpectedVersion::Any,
-            vec![event("E", &i.to_string())],
-        )
-        .await
-        .expect("append");
+        s.api()
+            .append(
+                &format!("s{}", i % 3),
+                ExpectedVersion::Any,
+                vec![event("E", &i.to_string())],
+            )
+            .await
+            .expect("append");
     }
     let mut all = s
+        .api()
         .subscribe(Selector::ByStream("$all".into()), StartFrom::Beginning)
         .await
         .expect("subscribe");
@@ -91,13 +94,14 @@ async fn catch_up_then_caught_up_then_live() {
     );
     expect_caught_up(&mut all).await;
     for i in 10..15 {
-        s.append(
-            "live",
-            ExpectedVersion::Any,
-            vec![event("E", &i.to_string())],
-        )
-        .await
-        .expect("append");
+        s.api()
+            .append(
+                "live",
+                ExpectedVersion::Any,
+                vec![event("E", &i.to_string())],
+            )
+            .await
+            .expect("append");
     }
     let (live, caught_up) = receive(&mut all, 5).await;
     assert!(!caught_up);
@@ -110,7 +114,7 @@ async fn catch_up_then_caught_up_then_live() {
     wait_until(
         PATIENCE,
         "the emitter notices the subscriber left and the subscription ends",
-        || s.subscription_count() == 0,
+        || s.api().subscription_count() == 0,
     )
     .await;
     store.system.stop().await;
@@ -123,25 +127,30 @@ async fn each_selector_kind_and_start() {
     let placed = |order: u64, total: u64| {
         NewEvent::json("OrderPlaced", &json!({"order": order, "total": total}))
     };
-    s.append("order-1", ExpectedVersion::Any, vec![placed(1, 10)])
+    s.api()
+        .append("order-1", ExpectedVersion::Any, vec![placed(1, 10)])
         .await
         .expect("append");
-    s.append(
-        "cart-1",
-        ExpectedVersion::Any,
-        vec![event("ItemAdded", "{}")],
-    )
-    .await
-    .expect("append");
-    s.append("order-2", ExpectedVersion::Any, vec![placed(2, 99)])
+    s.api()
+        .append(
+            "cart-1",
+            ExpectedVersion::Any,
+            vec![event("ItemAdded", "{}")],
+        )
+        .await
+        .expect("append");
+    s.api()
+        .append("order-2", ExpectedVersion::Any, vec![placed(2, 99)])
         .await
         .expect("append");
 
     let mut by_stream = s
+        .api()
         .subscribe(Selector::ByStream("order-2".into()), StartFrom::Beginning)
         .await
         .expect("sub");
     let mut by_type = s
+        .api()
         .subscribe(
             Selector::ByEventType("OrderPlaced".into()),
             StartFrom::Beginning,
@@ -149,6 +158,7 @@ async fn each_selector_kind_and_start() {
         .await
         .expect("sub");
     let mut by_pattern = s
+        .api()
         .subscribe(
             Selector::ByEventPattern(json!({"stream_id": "cart-1"})),
             StartFrom::Beginning,
@@ -156,6 +166,7 @@ async fn each_selector_kind_and_start() {
         .await
         .expect("sub");
     let mut by_payload = s
+        .api()
         .subscribe(
             Selector::ByEventPayload(json!({"total": 99})),
             StartFrom::Beginning,
@@ -163,10 +174,12 @@ async fn each_selector_kind_and_start() {
         .await
         .expect("sub");
     let mut from_end = s
+        .api()
         .subscribe(Selector::ByStream("$all".into()), StartFrom::End)
         .await
         .expect("sub");
     let mut from_position = s
+        .api()
         .subscribe(Selector::ByStream("$all".into()), StartFrom::Position(2))
         .await
         .expect("sub");
@@ -204,7 +217,8 @@ async fn each_selector_kind_and_start() {
     ] {
         expect_caught_up(subscription).await;
     }
-    s.append("order-2", ExpectedVersion::Any, vec![placed(2, 5)])
+    s.api()
+        .append("order-2", ExpectedVersion::Any, vec![placed(2, 5)])
         .await
         .expect("append");
     assert_eq!(receive(&mut from_end, 1).await.0[0].position, 3);
@@ -218,6 +232,7 @@ async fn each_selector_kind_and_start() {
     .await;
 
     let error = s
+        .api()
         .subscribe(Selector::ByEventPattern(json!([1])), StartFrom::Beginning)
         .await
         .expect_err("a pattern must be an object");
@@ -230,6 +245,7 @@ async fn a_killed_emitter_resumes_without_loss_or_repeat() {
     let store = start().await;
     let s = &store.system;
     let mut subscription = s
+        .api()
         .subscribe(Selector::ByStream("$all".into()), StartFrom::Beginning)
         .await
         .expect("sub");
@@ -238,24 +254,26 @@ async fn a_killed_emitter_resumes_without_loss_or_repeat() {
     let mut positions = Vec::new();
     for round in 0..3 {
         for i in 0..20 {
-            s.append(
-                "s",
-                ExpectedVersion::Any,
-                vec![event("E", &format!("{round}-{i}"))],
-            )
-            .await
-            .expect("append");
+            s.api()
+                .append(
+                    "s",
+                    ExpectedVersion::Any,
+                    vec![event("E", &format!("{round}-{i}"))],
+                )
+                .await
+                .expect("append");
         }
         let old = s.process_id(&emitter).expect("the emitter runs");
         s.inject_fault(&emitter).expect("kill the emitter");
         for i in 0..20 {
-            s.append(
-                "s",
-                ExpectedVersion::Any,
-                vec![event("E", &format!("{round}-after-{i}"))],
-            )
-            .await
-            .expect("append");
+            s.api()
+                .append(
+                    "s",
+                    ExpectedVersion::Any,
+                    vec![event("E", &format!("{round}-after-{i}"))],
+                )
+                .await
+                .expect("append");
         }
         let (events, _) = receive(&mut subscription, 40).await;
         positions.extend(events.iter().map(|e| e.position));
@@ -303,6 +321,7 @@ async fn a_subscriber_that_does_not_read_holds_only_its_buffer() {
     .await;
     let s = &store.system;
     let mut idle = s
+        .api()
         .subscribe(Selector::ByStream("$all".into()), StartFrom::Beginning)
         .await
         .expect("sub");
@@ -311,7 +330,8 @@ async fn a_subscriber_that_does_not_read_holds_only_its_buffer() {
         let events = (0..1_000)
             .map(|i| event("E", &(chunk * 1_000 + i).to_string()))
             .collect();
-        s.append("bulk", ExpectedVersion::Any, events)
+        s.api()
+            .append("bulk", ExpectedVersion::Any, events)
             .await
             .expect("writers are not held up");
     }
@@ -336,21 +356,24 @@ async fn a_subscriber_of_large_events_holds_only_its_buffer_bytes() {
     .await;
     let s = &store.system;
     let mut idle = s
+        .api()
         .subscribe(Selector::ByStream("$all".into()), StartFrom::Beginning)
         .await
         .expect("sub");
     let total = 100u64;
     for i in 0..total {
         let data = vec![i as u8; EVENT_BYTES];
-        s.append(
-            "big",
-            ExpectedVersion::Any,
-            vec![exesdb::NewEvent::new("E", data)],
-        )
-        .await
-        .expect("writers are not held up");
+        s.api()
+            .append(
+                "big",
+                ExpectedVersion::Any,
+                vec![exesdb::NewEvent::new("E", data)],
+            )
+            .await
+            .expect("writers are not held up");
     }
     let stored = s
+        .api()
         .read_stream("big", None, 1, Direction::Forward)
         .await
         .expect("read");
@@ -419,6 +442,7 @@ async fn run(subscribers: Vec<(Kind, u8)>, appenders: usize, appends: usize) {
                     NewEvent::json(format!("T{n}"), &json!({"k": (i % 3) as u8, "w": writer}));
                 store
                     .system
+                    .api()
                     .append(&stream, ExpectedVersion::Any, vec![event])
                     .await
                     .expect("append");
@@ -432,6 +456,7 @@ async fn run(subscribers: Vec<(Kind, u8)>, appenders: usize, appends: usize) {
         tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
         let subscription = store
             .system
+            .api()
             .subscribe(kind.selector(), StartFrom::Beginning)
             .await
             .expect("sub");
@@ -447,12 +472,14 @@ async fn run(subscribers: Vec<(Kind, u8)>, appenders: usize, appends: usize) {
         let marker = NewEvent::json(format!("T{n}"), &json!({"k": n, "marker": true}));
         store
             .system
+            .api()
             .append(&format!("s{n}"), ExpectedVersion::Any, vec![marker])
             .await
             .expect("append a marker");
     }
     let all = store
         .system
+        .api()
         .read_all(exesdb::ReadAllRequest {
             count: 10_000,
             ..Default::default()

@@ -254,10 +254,11 @@ async fn stream_workers_start_on_demand_and_stop_when_idle() {
         config.pools.reader_idle_ms = 100;
     })
     .await;
-    assert_eq!(store.system.active_workers(), 0);
+    assert_eq!(store.system.api().active_workers(), 0);
     for i in 0..5 {
         store
             .system
+            .api()
             .append(
                 &format!("s{i}"),
                 ExpectedVersion::Any,
@@ -266,7 +267,7 @@ async fn stream_workers_start_on_demand_and_stop_when_idle() {
             .await
             .expect("append");
     }
-    assert_eq!(store.system.active_workers(), 5);
+    assert_eq!(store.system.api().active_workers(), 5);
     let tree = store.system.tree();
     let workers: usize = tree
         .find("ExESDB.StreamsWriters")
@@ -277,7 +278,7 @@ async fn stream_workers_start_on_demand_and_stop_when_idle() {
         .sum();
     assert_eq!(workers, 5);
     wait_until(PATIENCE, "every worker stopped when idle", || {
-        store.system.active_workers() == 0
+        store.system.api().active_workers() == 0
     })
     .await;
     // An idle-stopped worker is not a failure: nothing restarted.
@@ -349,6 +350,7 @@ async fn append_and_check(system: &System, stream: &str, acknowledged: &mut u64)
     // Right after a restart the store may briefly answer `unavailable`: never a wrong answer.
     let result = wait_for(PATIENCE, || async move {
         match system
+            .api()
             .append(stream, ExpectedVersion::Any, vec![event("E", "x")])
             .await
         {
@@ -363,6 +365,7 @@ async fn append_and_check(system: &System, stream: &str, acknowledged: &mut u64)
     *acknowledged += 1;
     assert_eq!(result.last_event_number + 1, *acknowledged);
     let events = system
+        .api()
         .read_stream(stream, None, 10_000, Direction::Forward)
         .await
         .expect("read");
@@ -467,7 +470,8 @@ async fn each_strategy_restarts_exactly_its_scope() {
     append_and_check(s, "probe", &mut acknowledged).await;
 
     // A stream worker under its dynamic supervisor: only that worker.
-    s.append("worker-probe", ExpectedVersion::Any, vec![event("E", "x")])
+    s.api()
+        .append("worker-probe", ExpectedVersion::Any, vec![event("E", "x")])
         .await
         .expect("starts a worker");
     let name = "ExESDB.StreamsWriter(worker-probe)";
@@ -517,11 +521,13 @@ async fn a_full_partition_answers_unavailable_and_recovers_when_workers_idle_out
     .await;
     let s = &store.system;
     for stream in ["a", "b"] {
-        s.append(stream, ExpectedVersion::Any, vec![event("E", "x")])
+        s.api()
+            .append(stream, ExpectedVersion::Any, vec![event("E", "x")])
             .await
             .expect("within the limit");
     }
     let error = s
+        .api()
         .append("c", ExpectedVersion::Any, vec![event("E", "x")])
         .await
         .expect_err("a third active stream exceeds workers_per_partition_max");
@@ -531,12 +537,14 @@ async fn a_full_partition_answers_unavailable_and_recovers_when_workers_idle_out
         "{error}"
     );
     // Streams with a running worker are still served.
-    s.append("a", ExpectedVersion::Exact(0), vec![event("E", "y")])
+    s.api()
+        .append("a", ExpectedVersion::Exact(0), vec![event("E", "y")])
         .await
         .expect("existing worker still serves");
     // Once the workers idle out, the new stream gets one.
     let result = wait_for(PATIENCE, || async move {
         match s
+            .api()
             .append("c", ExpectedVersion::NoStream, vec![event("E", "x")])
             .await
         {

@@ -66,6 +66,7 @@ impl Appender for EmbeddedAppender {
             .collect();
         let appended = self
             .system
+            .api()
             .append(stream, expected_version(stream_length), events)
             .await?;
         if appended.first_event_number != stream_length {
@@ -85,7 +86,7 @@ struct CommitBatches {
 
 impl AsyncFsyncCounter for CommitBatches {
     async fn count(&mut self) -> Option<u64> {
-        Some(self.system.commit_stats().batches)
+        Some(self.system.api().commit_stats().batches)
     }
 }
 
@@ -95,6 +96,7 @@ async fn read_all(system: &System, page_events: u64) -> Result<load::ReadResult>
     let mut from = 0;
     loop {
         let page = system
+            .api()
             .read_all(ReadAllRequest {
                 from_position: Some(from),
                 count: page_events,

@@ -8,6 +8,7 @@
 //! flight together run concurrently: a client that needs one append after another waits for
 //! the first one's answer, as with any network API. Subscriptions do not pass here (they are
 //! long-lived and count against `subscriptions_max`), nor do health, tree and store listings.
+//! Restart intensity: the System's (`restarts_max` within `restart_period_ms`).
 
 pub(crate) mod pubsub;
 
@@ -18,9 +19,14 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+use exesdb_types::{Kind, Strategy};
+
 use crate::supervision::pool::{KeyedWork, WorkerPool};
+use crate::supervision::{ChildSpec, TreeNode};
 use crate::system::StoreApi;
+use crate::system::wiring::Wiring;
 use exesdb_types::StoreError;
+use pubsub::PubSub;
 
 /// A call admitted by the gateway, with the permit that counts it in flight.
 pub(crate) struct GatewayCall {
@@ -109,4 +115,29 @@ fn worker_index(route: &str, workers: usize) -> usize {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     route.hash(&mut hasher);
     (hasher.finish() % workers.max(1) as u64) as usize
+}
+
+/// The workers and the PubSub are independent: one failing never restarts the other.
+const STRATEGY: Strategy = Strategy::OneForOne;
+
+/// `ExESDB.GatewaySystem` and the handle of its workers' pool.
+pub(crate) fn gateway_system(wiring: &Wiring) -> (WorkerPool<GatewayWork>, ChildSpec) {
+    let pools = &wiring.context.config.pools;
+    let (workers, workers_spec) = wiring.pool(
+        "ExESDB.GatewayWorkers",
+        GatewayWork,
+        pools.gateway_partitions,
+        pools.reader_idle_ms,
+    );
+    let pubsub = wiring.pubsub.clone();
+    let pubsub_spec = ChildSpec::actor(
+        TreeNode::new("ExESDB.PubSub", Kind::GenServer, None),
+        move || (PubSub, pubsub.clone()),
+    );
+    let spec = wiring.supervisor(
+        "ExESDB.GatewaySystem",
+        STRATEGY,
+        vec![workers_spec, pubsub_spec],
+    );
+    (workers, spec)
 }

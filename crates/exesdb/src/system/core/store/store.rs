@@ -20,6 +20,7 @@ use crate::system::context::{CommitMsg, CommitRequest, StoreContext};
 use exesdb_types::StoreError;
 
 /// The Store process.
+#[derive(Clone)]
 pub(crate) struct Store;
 
 /// Messages of the Store process.

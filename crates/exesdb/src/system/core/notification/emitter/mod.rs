@@ -18,8 +18,13 @@ use std::time::Duration;
 use tokio::sync::mpsc::error::SendTimeoutError;
 
 use super::subscription::{SubscriptionRegistry, SubscriptionState};
+use exesdb_types::Strategy;
+
+use crate::supervision::ChildSpec;
 use crate::supervision::pool::{KeyedWork, WorkerPool};
 use crate::system::context::StoreContext;
+use crate::system::lock_ignoring_poison;
+use crate::system::wiring::Wiring;
 use exesdb_types::SubscriptionMessage;
 
 /// How long one emitter step waits for a subscriber's room or for new commits.
@@ -220,4 +225,27 @@ impl EmitterWork {
             tokio::time::timeout(STEP_WAIT, commits.wait_for(|committed| *committed > from)).await;
         !subscription.sender.is_closed()
     }
+}
+
+/// One emitter failing never disturbs another subscription's.
+const STRATEGY: Strategy = Strategy::OneForOne;
+
+/// `ExESDB.EmitterSystem` with its `ExESDB.EmitterPools`, and the pool's handle.
+pub(crate) fn emitter_system(wiring: &Wiring) -> (WorkerPool<EmitterWork>, ChildSpec) {
+    let pools = &wiring.context.config.pools;
+    let (emitters, emitter_pools) = wiring.pool(
+        "ExESDB.EmitterPools",
+        EmitterWork {
+            context: wiring.context.clone(),
+            subscriptions: wiring.subscriptions.clone(),
+            pool: Mutex::new(None),
+            scan_events_max: pools.emitter_scan_events_max,
+        },
+        pools.emitter_partitions,
+        pools.reader_idle_ms,
+    );
+    // An emitter queues its own next step; the link is broken again when the System stops.
+    *lock_ignoring_poison(&emitters.work().pool) = Some(emitters.clone());
+    let spec = wiring.supervisor("ExESDB.EmitterSystem", STRATEGY, vec![emitter_pools]);
+    (emitters, spec)
 }

@@ -1,15 +1,20 @@
 //! `ExESDB.Snapshots` [S] (:one_for_one): `SnapshotsWriters` [PS] and `SnapshotsReaders` [PS],
 //! one worker per (source uuid, stream uuid) being written or read. Writes go through the
 //! Store's committer like appends (durable before the reply); reads go to storage.
+//! Restart intensity: the System's (`restarts_max` within `restart_period_ms`).
 
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
 use crate::storage::StoredSnapshot;
-use crate::supervision::pool::KeyedWork;
+use exesdb_types::Strategy;
+
+use crate::supervision::ChildSpec;
+use crate::supervision::pool::{KeyedWork, WorkerPool};
 use crate::system::context::StoreContext;
 use crate::system::core::store::state_machine::{Command, Outcome};
+use crate::system::wiring::Wiring;
 use exesdb_types::StoreError;
 
 /// A snapshot write (record or delete) on its way to the committer.
@@ -92,4 +97,40 @@ impl KeyedWork for SnapshotsReaderWork {
             }
         }
     }
+}
+
+/// Writers and readers are independent pools: one failing never restarts the other.
+const STRATEGY: Strategy = Strategy::OneForOne;
+
+/// `ExESDB.Snapshots` and the handles of its two pools.
+pub(crate) fn snapshots(
+    wiring: &Wiring,
+) -> (
+    WorkerPool<SnapshotsWriterWork>,
+    WorkerPool<SnapshotsReaderWork>,
+    ChildSpec,
+) {
+    let pools = &wiring.context.config.pools;
+    let (writers, writers_spec) = wiring.pool(
+        "ExESDB.SnapshotsWriters",
+        SnapshotsWriterWork {
+            context: wiring.context.clone(),
+        },
+        pools.snapshots_partitions,
+        pools.writer_idle_ms,
+    );
+    let (readers, readers_spec) = wiring.pool(
+        "ExESDB.SnapshotsReaders",
+        SnapshotsReaderWork {
+            context: wiring.context.clone(),
+        },
+        pools.snapshots_partitions,
+        pools.reader_idle_ms,
+    );
+    let spec = wiring.supervisor(
+        "ExESDB.Snapshots",
+        STRATEGY,
+        vec![writers_spec, readers_spec],
+    );
+    (writers, readers, spec)
 }

@@ -2,15 +2,20 @@
 //! independent GenServers over the `subscriptions` keyspace: the writer stores and removes
 //! persistent subscription definitions (through the Store's committer, durable before it
 //! answers), the reader lists them. one_for_one: a failing reader never interrupts writes.
+//! Restart intensity: the System's (`restarts_max` within `restart_period_ms`).
 
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
+use exesdb_types::Strategy;
+
+use crate::supervision::ChildSpec;
 use crate::supervision::slot::ProcessSlot;
 use crate::system::context::StoreContext;
 use crate::system::core::store::state_machine::Command;
+use crate::system::wiring::Wiring;
 use exesdb_types::StoreError;
 use exesdb_types::SubscriptionDefinition;
 
@@ -180,4 +185,19 @@ impl Actor for SubscriptionsReader {
         context.subscription_processes.reader.clear(&myself);
         Ok(())
     }
+}
+
+/// The reader and the writer are independent: a failing reader never interrupts writes.
+const STRATEGY: Strategy = Strategy::OneForOne;
+
+/// `ExESDB.Subscriptions`.
+pub(crate) fn subscriptions(wiring: &Wiring) -> ChildSpec {
+    wiring.supervisor(
+        "ExESDB.Subscriptions",
+        STRATEGY,
+        vec![
+            wiring.gen_server("ExESDB.SubscriptionsReader", SubscriptionsReader),
+            wiring.gen_server("ExESDB.SubscriptionsWriter", SubscriptionsWriter),
+        ],
+    )
 }

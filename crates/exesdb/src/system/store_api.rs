@@ -1,0 +1,634 @@
+//! [`StoreApi`]: the embedded API of one store, the calls an application (or the gateway, for
+//! the network) makes. Each call is admitted (at most `requests_in_flight_max` at once), then
+//! routed to the pool whose workers own it: appends to `StreamsWriters`, reads to
+//! `StreamsReaders`, snapshots to their pools, subscriptions to `EmitterPools`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, oneshot};
+
+use super::context::{CommitStats, StoreContext};
+use super::core::notification::emitter::{EmitterRequest, EmitterWork, persistent_key};
+use super::core::notification::persistent::{PersistentConsumer, PersistentGroup};
+use super::core::notification::subscription::{
+    BufferedBytes, Subscription, SubscriptionRegistry, SubscriptionState,
+};
+use super::core::persistence::snapshots::{
+    SnapshotRead, SnapshotWrite, SnapshotsReaderWork, SnapshotsWriterWork,
+};
+use super::core::persistence::streams::reader::{ReadRequest, StreamsReaderWork};
+use super::core::persistence::streams::writer::{AppendRequest, StreamsWriterWork, now_micros};
+use super::core::store::state_machine::{Command, Outcome, SnapshotCommand};
+use super::gateway::GatewayWork;
+use super::gateway::pubsub::topic_selector;
+use crate::config::SystemConfig;
+use crate::storage::StoredSnapshot;
+use crate::supervision::pool::WorkerPool;
+use exesdb_types::{
+    ALL_STREAM, AppendResult, Direction, ExpectedVersion, NewEvent, ReadAllRequest, RecordedEvent,
+    Selector, Snapshot, SnapshotVersion, StartFrom, StoreError, StreamInfo, SubscriptionDefinition,
+    validate_stream_id,
+};
+
+fn snapshot_of(stored: StoredSnapshot) -> Snapshot {
+    Snapshot {
+        source_uuid: stored.source_uuid,
+        stream_uuid: stored.stream_uuid,
+        version: stored.version,
+        data: stored.record.data,
+        metadata: stored.record.metadata,
+        created_micros: stored.record.created_micros,
+    }
+}
+
+pub(super) struct Pools {
+    pub(super) gateway_workers: WorkerPool<GatewayWork>,
+    pub(super) emitters: WorkerPool<EmitterWork>,
+    pub(super) streams_writers: WorkerPool<StreamsWriterWork>,
+    pub(super) streams_readers: WorkerPool<StreamsReaderWork>,
+    pub(super) snapshots_writers: WorkerPool<SnapshotsWriterWork>,
+    pub(super) snapshots_readers: WorkerPool<SnapshotsReaderWork>,
+}
+
+/// The store's API: [`System::api`](super::System::api) gives it. Cheap to clone: the
+/// gateway's workers each hold one, and an application may keep clones for its tasks.
+#[derive(Clone)]
+pub struct StoreApi {
+    pub(super) context: Arc<StoreContext>,
+    pub(super) subscriptions: Arc<SubscriptionRegistry>,
+    pub(super) pools: Arc<Pools>,
+    pub(super) admission: Arc<Semaphore>,
+    pub(super) accepting: Arc<AtomicBool>,
+}
+
+impl StoreApi {
+    /// The store's id.
+    pub fn store_id(&self) -> &str {
+        self.context.store_id()
+    }
+
+    /// Whether this node leads the store (always while running, in single mode).
+    pub fn is_leader(&self) -> bool {
+        self.context.is_leader()
+    }
+
+    /// Appends events to a stream, atomically, if its version is what `expected` says.
+    /// Returns once the events are durable (fsync'd).
+    pub async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_stream_id(stream_id, false)?;
+        let started = std::time::Instant::now();
+        let event_count = events.len() as u64;
+        let _permit = self.admit().await?;
+        let (reply, answer) = oneshot::channel();
+        let request = AppendRequest {
+            expected,
+            events,
+            reply,
+        };
+        self.pools
+            .streams_writers
+            .dispatch(stream_id, request)
+            .await?;
+        match await_reply(answer).await? {
+            Outcome::Appended(result) => {
+                let store = self.context.store_id().to_string();
+                metrics::counter!("exesdb_appends_total", "store" => store.clone()).increment(1);
+                metrics::counter!("exesdb_events_appended_total", "store" => store.clone())
+                    .increment(event_count);
+                metrics::histogram!("exesdb_append_latency_seconds", "store" => store)
+                    .record(started.elapsed().as_secs_f64());
+                Ok(result)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Up to `count` events of a stream from event number `from` (`None`: the first event
+    /// forward, the last backward). `stream_not_found` if the stream has no events.
+    pub async fn read_stream(
+        &self,
+        stream_id: &str,
+        from: Option<u64>,
+        count: u64,
+        direction: Direction,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_stream_page(stream_id, from, count, direction, None)
+            .await
+    }
+
+    /// As [`StoreApi::read_stream`], and stops once the events hold `bytes_max` bytes
+    /// ([`RecordedEvent::size_bytes`]; at least one event): fewer than `count` events then do
+    /// not mean the end of the stream.
+    pub async fn read_stream_page(
+        &self,
+        stream_id: &str,
+        from: Option<u64>,
+        count: u64,
+        direction: Direction,
+        bytes_max: Option<u64>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if stream_id == ALL_STREAM {
+            let request = ReadAllRequest {
+                from_position: from,
+                count,
+                direction,
+                bytes_max,
+                ..ReadAllRequest::default()
+            };
+            return self.read_all(request).await;
+        }
+        validate_stream_id(stream_id, false)?;
+        self.check_read_count(count)?;
+        self.count_read();
+        let _permit = self.admit().await?;
+        let (reply, answer) = oneshot::channel();
+        let request = ReadRequest::Stream {
+            from,
+            count,
+            direction,
+            bytes_max,
+            reply,
+        };
+        self.pools
+            .streams_readers
+            .dispatch(stream_id, request)
+            .await?;
+        await_reply(answer).await
+    }
+
+    /// Up to `request.count` events of `$all` that pass its filters, in position order.
+    pub async fn read_all(
+        &self,
+        request: ReadAllRequest,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.check_read_count(request.count)?;
+        self.count_read();
+        if let Some(prefix) = &request.stream_prefix
+            && prefix.chars().any(char::is_control)
+        {
+            return Err(StoreError::invalid(
+                "stream prefix contains a control character",
+            ));
+        }
+        let _permit = self.admit().await?;
+        let (reply, answer) = oneshot::channel();
+        self.pools
+            .streams_readers
+            .dispatch(ALL_STREAM, ReadRequest::All { request, reply })
+            .await?;
+        await_reply(answer).await
+    }
+
+    /// The number of the stream's last event; -1 when it has none.
+    pub async fn stream_version(&self, stream_id: &str) -> Result<i64, StoreError> {
+        validate_stream_id(stream_id, false)?;
+        let _permit = self.admit().await?;
+        let (reply, answer) = oneshot::channel();
+        self.pools
+            .streams_readers
+            .dispatch(stream_id, ReadRequest::Version { reply })
+            .await?;
+        let version = await_reply(answer).await?;
+        Ok(version.map_or(-1, |v| v as i64))
+    }
+
+    /// Up to `count` streams in id order, after `after` (for paging).
+    pub async fn list_streams(
+        &self,
+        after: Option<&str>,
+        count: u64,
+    ) -> Result<Vec<StreamInfo>, StoreError> {
+        self.check_read_count(count)?;
+        let _permit = self.admit().await?;
+        let (reply, answer) = oneshot::channel();
+        let request = ReadRequest::ListStreams {
+            after: after.map(str::to_string),
+            count,
+            reply,
+        };
+        self.pools
+            .streams_readers
+            .dispatch(ALL_STREAM, request)
+            .await?;
+        await_reply(answer).await
+    }
+
+    /// Records a snapshot (replacing one with the same key). Durable when this returns.
+    pub async fn record_snapshot(
+        &self,
+        source_uuid: &str,
+        stream_uuid: &str,
+        version: u64,
+        data: Vec<u8>,
+        metadata: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let command = Command::RecordSnapshot(SnapshotCommand {
+            source_uuid: source_uuid.to_string(),
+            stream_uuid: stream_uuid.to_string(),
+            version,
+            data,
+            metadata,
+            created_micros: now_micros(),
+        });
+        self.write_snapshot(source_uuid, stream_uuid, command).await
+    }
+
+    /// Deletes a snapshot; deleting one that does not exist succeeds.
+    pub async fn delete_snapshot(
+        &self,
+        source_uuid: &str,
+        stream_uuid: &str,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        let command = Command::DeleteSnapshot {
+            source_uuid: source_uuid.to_string(),
+            stream_uuid: stream_uuid.to_string(),
+            version,
+        };
+        self.write_snapshot(source_uuid, stream_uuid, command).await
+    }
+
+    /// Reads a snapshot; `snapshot_not_found` when none matches.
+    pub async fn read_snapshot(
+        &self,
+        source_uuid: &str,
+        stream_uuid: &str,
+        version: SnapshotVersion,
+    ) -> Result<Snapshot, StoreError> {
+        let (version_value, exact) = match version {
+            SnapshotVersion::Exact(v) => (v, true),
+            SnapshotVersion::AtOrBelow(v) => (v, false),
+            SnapshotVersion::Latest => (u64::MAX, false),
+        };
+        let _permit = self.admit().await?;
+        let (reply, answer) = oneshot::channel();
+        let request = SnapshotRead::Read {
+            source_uuid: source_uuid.to_string(),
+            stream_uuid: stream_uuid.to_string(),
+            version: version_value,
+            exact,
+            reply,
+        };
+        self.pools
+            .snapshots_readers
+            .dispatch(&snapshot_worker_key(source_uuid, stream_uuid), request)
+            .await?;
+        await_reply(answer).await?.map(snapshot_of).ok_or_else(|| {
+            StoreError::SnapshotNotFound(format!("{source_uuid}/{stream_uuid} at {version:?}"))
+        })
+    }
+
+    /// Snapshots, optionally only of one source (and stream), in key order.
+    pub async fn list_snapshots(
+        &self,
+        source_uuid: Option<&str>,
+        stream_uuid: Option<&str>,
+        count: u64,
+    ) -> Result<Vec<Snapshot>, StoreError> {
+        self.check_read_count(count)?;
+        let _permit = self.admit().await?;
+        let (reply, answer) = oneshot::channel();
+        let request = SnapshotRead::List {
+            source_uuid: source_uuid.map(str::to_string),
+            stream_uuid: stream_uuid.map(str::to_string),
+            count,
+            reply,
+        };
+        self.pools
+            .snapshots_readers
+            .dispatch("$list", request)
+            .await?;
+        Ok(await_reply(answer)
+            .await?
+            .into_iter()
+            .map(snapshot_of)
+            .collect())
+    }
+
+    /// Subscribes to the events `selector` picks, from `start`: first those already stored
+    /// (catch-up), then `CaughtUp`, then new ones as they commit, all in position order,
+    /// none skipped, none twice. Dropping the [`Subscription`] ends it.
+    pub async fn subscribe(
+        &self,
+        selector: Selector,
+        start: StartFrom,
+    ) -> Result<Subscription, StoreError> {
+        selector.validate()?;
+        if !self.accepting.load(Ordering::Acquire) {
+            return Err(StoreError::unavailable("the store is stopping"));
+        }
+        let limits = &self.context.config.limits;
+        let active = self.subscriptions.len();
+        if active >= limits.subscriptions_max {
+            return Err(StoreError::limit(
+                "subscriptions_max",
+                limits.subscriptions_max as u64,
+                active as u64 + 1,
+            ));
+        }
+        let position = match start {
+            StartFrom::Beginning => 0,
+            StartFrom::End => *self.context.committed.borrow(),
+            StartFrom::Position(position) => position,
+            StartFrom::EventNumber(number) => self.start_of_event(&selector, number)?,
+        };
+        let (sender, receiver) = tokio::sync::mpsc::channel(limits.subscriber_buffer_events_max);
+        let event_number_floor = match start {
+            StartFrom::EventNumber(number) => number,
+            _ => 0,
+        };
+        let id = uuid::Uuid::now_v7().to_string();
+        let buffered = Arc::new(BufferedBytes::new(limits.subscriber_buffer_bytes_max));
+        self.subscriptions.insert(Arc::new(SubscriptionState {
+            id: id.clone(),
+            selector,
+            event_number_floor,
+            position: std::sync::atomic::AtomicU64::new(position),
+            caught_up_sent: AtomicBool::new(false),
+            sender,
+            buffered: buffered.clone(),
+        }));
+        if let Err(error) = self
+            .pools
+            .emitters
+            .dispatch(&id, EmitterRequest::Pump)
+            .await
+        {
+            self.subscriptions.remove(&id);
+            return Err(error);
+        }
+        Ok(Subscription {
+            receiver,
+            buffered,
+            id,
+        })
+    }
+
+    /// Where a subscription from event `number` of its stream starts scanning: at that event,
+    /// or at the end when the stream has not reached it yet.
+    fn start_of_event(&self, selector: &Selector, number: u64) -> Result<u64, StoreError> {
+        let Selector::ByStream(stream_id) = selector else {
+            return Err(StoreError::invalid(
+                "starting from an event number needs a by-stream subscription",
+            ));
+        };
+        if stream_id == ALL_STREAM {
+            return Err(StoreError::invalid(
+                "$all has positions, not event numbers: start from a position",
+            ));
+        }
+        let committed = *self.context.committed.borrow();
+        let view = self.context.storage.engine()?.point_view();
+        Ok(view.position_of(stream_id, number)?.unwrap_or(committed))
+    }
+
+    /// Stores (or replaces) a persistent subscription and starts delivering it. A start at
+    /// the end means the end as of now. Replacing one keeps its checkpoint and ends its
+    /// consumers' streams (they reconnect to the new definition).
+    pub async fn save_subscription(
+        &self,
+        mut definition: SubscriptionDefinition,
+    ) -> Result<(), StoreError> {
+        definition.validate()?;
+        if definition.start == StartFrom::End {
+            definition.start = StartFrom::Position(*self.context.committed.borrow());
+        }
+        let _permit = self.admit().await?;
+        self.context
+            .subscription_processes
+            .save(definition.clone())
+            .await?;
+        let start = match definition.start {
+            StartFrom::Position(position) => position,
+            _ => 0,
+        };
+        let checkpoint = self
+            .context
+            .storage
+            .engine()?
+            .checkpoint(&definition.name)?
+            .unwrap_or(start);
+        let name = definition.name.clone();
+        if let Some(old) = self.context.persistent.remove(&name) {
+            old.close();
+        }
+        let group = Arc::new(PersistentGroup::new(definition, checkpoint));
+        self.context.persistent.insert(group.clone());
+        self.start_steps(&group, name).await
+    }
+
+    /// Queues a step of a group's emitter unless one is queued already.
+    async fn start_steps(&self, group: &PersistentGroup, name: String) -> Result<(), StoreError> {
+        if !group.claim_step() {
+            return Ok(());
+        }
+        self.pools
+            .emitters
+            .dispatch(&persistent_key(name), EmitterRequest::Pump)
+            .await
+    }
+
+    /// Removes a persistent subscription with its checkpoint and parked events; its consumers'
+    /// streams end.
+    pub async fn remove_subscription(&self, name: &str) -> Result<(), StoreError> {
+        let _permit = self.admit().await?;
+        self.context.subscription_processes.remove(name).await?;
+        if let Some(group) = self.context.persistent.remove(name) {
+            group.close();
+        }
+        Ok(())
+    }
+
+    /// The stored persistent subscriptions.
+    pub async fn list_subscriptions(&self) -> Result<Vec<SubscriptionDefinition>, StoreError> {
+        self.context.subscription_processes.list().await
+    }
+
+    /// A persistent subscription's stored checkpoint: every event before it is done (`None`
+    /// until the first checkpoint is stored).
+    pub fn subscription_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.context.storage.engine()?.checkpoint(name)?)
+    }
+
+    /// Joins a persistent subscription's consumer group.
+    pub async fn connect_subscription(&self, name: &str) -> Result<PersistentConsumer, StoreError> {
+        let group = self.context.persistent.get(name).ok_or_else(|| {
+            StoreError::invalid(format!("no persistent subscription named {name:?}"))
+        })?;
+        let consumer = group.join(
+            self.context.clone(),
+            self.context.config.limits.subscriber_buffer_events_max,
+        );
+        self.start_steps(&group, name.to_string()).await?;
+        Ok(consumer)
+    }
+
+    /// The events a persistent subscription parked, in position order.
+    pub fn parked_events(&self, name: &str) -> Result<Vec<RecordedEvent>, StoreError> {
+        let engine = self.context.storage.engine()?;
+        let mut events = Vec::new();
+        for position in engine.parked_positions(name)? {
+            if let Some(event) = engine.event_at(position)? {
+                events.push(event);
+            }
+        }
+        Ok(events)
+    }
+
+    /// Delivers a subscription's parked events again, and takes them out of the park.
+    pub async fn replay_parked(&self, name: &str) -> Result<usize, StoreError> {
+        let group = self.context.persistent.get(name).ok_or_else(|| {
+            StoreError::invalid(format!("no persistent subscription named {name:?}"))
+        })?;
+        let events = self.parked_events(name)?;
+        for event in &events {
+            self.commit(Command::Park {
+                name: name.to_string(),
+                position: event.position,
+                parked: false,
+            })
+            .await?;
+        }
+        let count = events.len();
+        group.requeue(events);
+        Ok(count)
+    }
+
+    async fn commit(&self, command: Command) -> Result<Outcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.context.submit(command, reply).await;
+        await_reply(answer).await
+    }
+
+    /// Listens to a native PubSub topic: `<store>:$all` (every event) or `<store>:<type>`
+    /// (events of that type), from now on, in order, none skipped.
+    pub async fn listen(&self, topic: &str) -> Result<Subscription, StoreError> {
+        let name = topic
+            .strip_prefix(self.context.store_id())
+            .and_then(|rest| rest.strip_prefix(':'))
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| {
+                StoreError::invalid(format!(
+                    "topic {topic:?} is not {store}:$all or {store}:<event type>",
+                    store = self.context.store_id()
+                ))
+            })?;
+        self.subscribe(topic_selector(name), StartFrom::End).await
+    }
+
+    /// Ends every subscription's stream, transient and persistent (their consumers see the
+    /// end); stored definitions and checkpoints stay. Used when the store stops.
+    pub fn end_subscriptions(&self) {
+        self.subscriptions.clear();
+        for name in self.context.persistent.names() {
+            if let Some(group) = self.context.persistent.get(&name) {
+                group.close();
+            }
+        }
+    }
+
+    /// Subscriptions running now.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// The stores hosted by this node (those started with the same `node_stores`).
+    pub fn list_stores(&self) -> Vec<String> {
+        self.context.config.node_stores.list()
+    }
+
+    /// Counters of the commit path since start: batches (fsyncs), commands, events.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.context.commit_stats()
+    }
+
+    /// Workers of every pool (streams, snapshots, emitters, gateway) running now.
+    pub fn active_workers(&self) -> usize {
+        self.pools.streams_writers.active_workers()
+            + self.pools.streams_readers.active_workers()
+            + self.pools.snapshots_writers.active_workers()
+            + self.pools.snapshots_readers.active_workers()
+            + self.pools.emitters.active_workers()
+            + self.pools.gateway_workers.active_workers()
+    }
+}
+
+impl StoreApi {
+    async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
+        if !self.accepting.load(Ordering::Acquire) {
+            return Err(StoreError::unavailable("the store is stopping"));
+        }
+        let wait = Duration::from_millis(self.context.config.commit.request_admission_wait_ms);
+        match tokio::time::timeout(wait, self.admission.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(StoreError::unavailable("the store is stopping")),
+            Err(_) => Err(StoreError::unavailable(format!(
+                "{} requests already in flight (requests_in_flight_max)",
+                self.context.config.commit.requests_in_flight_max
+            ))),
+        }
+    }
+
+    /// The configuration the store runs with.
+    pub fn config(&self) -> &SystemConfig {
+        &self.context.config
+    }
+
+    fn count_read(&self) {
+        metrics::counter!("exesdb_reads_total", "store" => self.context.store_id().to_string())
+            .increment(1);
+    }
+
+    fn check_read_count(&self, count: u64) -> Result<(), StoreError> {
+        let max = self.context.config.limits.read_events_max;
+        if count == 0 {
+            return Err(StoreError::invalid("count must be at least 1"));
+        }
+        if count > max {
+            return Err(StoreError::limit("read_events_max", max, count));
+        }
+        Ok(())
+    }
+
+    async fn write_snapshot(
+        &self,
+        source_uuid: &str,
+        stream_uuid: &str,
+        command: Command,
+    ) -> Result<(), StoreError> {
+        let _permit = self.admit().await?;
+        let (reply, answer) = oneshot::channel();
+        self.pools
+            .snapshots_writers
+            .dispatch(
+                &snapshot_worker_key(source_uuid, stream_uuid),
+                SnapshotWrite { command, reply },
+            )
+            .await?;
+        await_reply(answer).await.map(|_| ())
+    }
+}
+
+fn snapshot_worker_key(source_uuid: &str, stream_uuid: &str) -> String {
+    format!("{source_uuid}/{stream_uuid}")
+}
+
+async fn await_reply<T>(answer: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+    answer.await.map_err(|_| {
+        StoreError::unavailable(
+            "the store stopped before answering; a write may or may not have happened \
+             (retry it with the same event ids: the retry is idempotent)",
+        )
+    })?
+}
+
+fn unexpected(outcome: Outcome) -> StoreError {
+    StoreError::unavailable(format!("unexpected outcome {outcome:?}"))
+}
