@@ -149,17 +149,26 @@ impl Node {
     pub fn router(self: &Arc<Self>, metrics: Option<MetricsRenderer>) -> Result<Router, String> {
         let services = GrpcServices::new(self.clone());
         let limit = self.message_bytes_max();
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(exesdb_proto::FILE_DESCRIPTOR_SET)
+        // Both versions of the reflection protocol: v1 for current tools, v1alpha for the
+        // Python grpcio-reflection client and older grpcurl releases, which speak only that.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(exesdb_proto::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
             .build_v1()
             .map_err(|error| format!("cannot build gRPC reflection: {error}"))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|error| format!("cannot build gRPC reflection (v1alpha): {error}"))?;
         let grpc = tonic::service::Routes::new(
             EventStoreServer::new(services.clone())
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         )
         .add_service(SystemServiceServer::new(services))
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .into_axum_router();
         let http = Router::new()
             .route("/health", get(health))
