@@ -7,6 +7,7 @@
 //! silently, when not run as root. The same failed-write path without root:
 //! `crates/exesdb/tests/storage_faults.rs`.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -1,8 +1,7 @@
 //! `exesdb serve` as a real process on a free loopback port: health, then a clean stop.
 
-mod common;
 
-use common::{Server, http_get};
+use crate::common::{Server, http_get};
 
 use std::process::Command;
 

@@ -2,11 +2,10 @@
 //! held up, the process's memory stays within a bound, and the subscriber then receives every
 //! event, in order.
 
-mod common;
 
 use std::time::Duration;
 
-use common::{event, start};
+use crate::common::{event, start};
 use exesdb::{ExpectedVersion, Selector, StartFrom, SubscriptionMessage};
 
 /// Resident memory of this process, in bytes.

@@ -1,9 +1,8 @@
 //! The append contract: expected versions, atomicity, idempotent retries, limits and bad input,
 //! reads of streams and `$all`, snapshots, and durability across a restart.
 
-mod common;
 
-use common::{event, start, start_with};
+use crate::common::{event, start, start_with};
 use exesdb::{Direction, ExpectedVersion, NewEvent, ReadAllRequest, SnapshotVersion, StoreError};
 use uuid::Uuid;
 

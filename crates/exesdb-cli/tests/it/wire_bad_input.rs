@@ -2,9 +2,8 @@
 //! serving. Malformed messages are built by hand with a look-alike message type whose fields
 //! have the same tags but looser types (bytes where the contract says string).
 
-mod common;
 
-use common::Server;
+use crate::common::Server;
 use exesdb_client::{ClientError, Direction, ExpectedVersion, NewEvent, ReadFrom};
 use exesdb_proto::v1 as wire;
 use tokio_stream::StreamExt;

@@ -4,7 +4,6 @@
 //! `crates/exesdb-proto/tests/decoding.rs`; the `cargo fuzz` targets in `fuzz/` do both for long
 //! manual runs.)
 
-mod common;
 
 use exesdb::fuzzing::{SnapshotRecord, decode_event, open_blob};
 use proptest::prelude::*;
@@ -23,7 +22,7 @@ proptest! {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_generated_appends_write_nothing() {
-    let store = common::start().await;
+    let store = crate::common::start().await;
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let strategy = (
         proptest::collection::vec(any::<u8>(), 0..600),

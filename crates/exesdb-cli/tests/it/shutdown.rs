@@ -1,12 +1,11 @@
 //! SIGTERM under load: the server finishes what it acknowledged, exits 0, and after a restart
 //! every append that got an OK is there.
 
-mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{PATIENCE, Server, wait_for};
+use crate::common::{PATIENCE, Server, wait_for};
 use exesdb_client::{Client, Direction, ExpectedVersion, NewEvent, ReadFrom};
 use tokio_stream::StreamExt;
 

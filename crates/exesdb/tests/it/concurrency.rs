@@ -2,7 +2,6 @@
 //! numbers and positions stay gapless, every acknowledgement matches what is stored, and each
 //! exact-version conflict names the right current version.
 
-mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,7 +43,7 @@ impl Lcg {
 }
 
 async fn run(plan: Plan) {
-    let store = Arc::new(common::start().await);
+    let store = Arc::new(crate::common::start().await);
     let mut handles = Vec::new();
     for task in 0..plan.tasks {
         let store = store.clone();

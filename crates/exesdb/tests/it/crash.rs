@@ -2,7 +2,6 @@
 //! acknowledgement; it is killed mid-load; the data directory, reopened, holds every
 //! acknowledged event, identical, and no part of an append without the rest of it.
 
-mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -51,7 +50,7 @@ fn run_child(dir: &str, seed: u64) {
         .expect("runtime");
     runtime.block_on(async move {
         let system = Arc::new(
-            exesdb::System::start(common::config(std::path::Path::new(dir)))
+            exesdb::System::start(crate::common::config(std::path::Path::new(dir)))
                 .await
                 .expect("child store starts"),
         );
@@ -62,7 +61,7 @@ fn run_child(dir: &str, seed: u64) {
                 for i in 0u64.. {
                     let stream = format!("s{}", (seed + task * 7 + i) % 13);
                     let count = 1 + ((seed + i + task) % 3) as usize;
-                    let (ids, events) = common::tagged_append(count, 0);
+                    let (ids, events) = crate::common::tagged_append(count, 0);
                     let result = system
                         .api()
                         .append(&stream, ExpectedVersion::Any, events)
@@ -100,7 +99,7 @@ fn acknowledged_appends_survive_sigkill() {
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
             .args([
                 "--exact",
-                "acknowledged_appends_survive_sigkill",
+                "crash::acknowledged_appends_survive_sigkill",
                 "--nocapture",
                 "--test-threads=1",
             ])
@@ -144,7 +143,7 @@ fn verify(dir: &std::path::Path, acknowledged: &[Ack]) {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let mut config = common::config(dir);
+        let mut config = crate::common::config(dir);
         config.limits.read_events_max = 1_000_000;
         let system = exesdb::System::start(config)
             .await

@@ -1,13 +1,12 @@
 //! Subscriptions over the wire: through the client, and `exesdb subscribe --json` printing one
 //! line per event and `{"caught_up":true}` when it switches to live.
 
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{PATIENCE, Server, wait_for};
+use crate::common::{PATIENCE, Server, wait_for};
 use exesdb_client::{ExpectedVersion, NewEvent, Selector, StartFrom, SubscriptionMessage};
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;

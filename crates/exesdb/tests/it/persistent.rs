@@ -2,12 +2,11 @@
 //! timeouts, nacks (retry, park, skip), parking after too many deliveries and replay, and
 //! consumer groups (round robin, pinned) with a consumer leaving.
 
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{PATIENCE, event, start, start_in, wait_until};
+use crate::common::{PATIENCE, event, start, start_in, wait_until};
 use exesdb::{
     ConsumerStrategy, Delivery, ExpectedVersion, NackAction, PersistentConsumer, Selector,
     StartFrom, SubscriptionDefinition,

@@ -2,9 +2,8 @@
 //! grpcio-reflection client and older grpcurl releases): a generic tool can list the services
 //! and fetch their schema.
 
-mod common;
 
-use common::Server;
+use crate::common::Server;
 use tokio_stream::StreamExt;
 
 /// The same conversation in one version of the protocol: list the services, then fetch the

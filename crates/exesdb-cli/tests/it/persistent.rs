@@ -1,12 +1,11 @@
 //! Persistent subscriptions over the wire: stored, consumed with acks, resumed from the
 //! checkpoint after a server restart, shared by a group, nacks and parked events.
 
-mod common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{PATIENCE, Server, wait_for};
+use crate::common::{PATIENCE, Server, wait_for};
 use exesdb_client::{
     Consumer, Delivery, ExpectedVersion, NackAction, NewEvent, Selector, StartFrom,
     SubscriptionDefinition,

@@ -4,11 +4,10 @@
 //! The spec's diagrams are kept as data in `tests/data/supervision-tree-{single,cluster}.txt`,
 //! so that the repository tests itself without the spec beside it.
 
-mod common;
 
 use std::time::Duration;
 
-use common::{PATIENCE, event, holds_throughout, start, start_with, wait_for, wait_until};
+use crate::common::{PATIENCE, event, holds_throughout, start, start_with, wait_for, wait_until};
 use exesdb::{Direction, ExpectedVersion, Kind, Strategy, System, TreeSnapshot};
 
 /// One process of a tree file in `tests/data/`.

@@ -1,12 +1,11 @@
 //! Transient subscriptions: catch-up then live with `CaughtUp` between, every selector kind,
 //! every start, emitters restarted without loss, and a property test under concurrent appends.
 
-mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{PATIENCE, event, holds_throughout, start, start_with, wait_until};
+use crate::common::{PATIENCE, event, holds_throughout, start, start_with, wait_until};
 use exesdb::{
     Direction, ExpectedVersion, NewEvent, RecordedEvent, Selector, StartFrom, Subscription,
     SubscriptionMessage, System,

@@ -5,11 +5,10 @@
 //! restart finds exactly the acknowledged events, and a live `$all` subscription delivers
 //! every one of them, in order, through the failure and the reopen.
 
-mod common;
 
 use std::time::Duration;
 
-use common::{TestStore, start, tagged_append};
+use crate::common::{TestStore, start, tagged_append};
 use exesdb::{
     Direction, ExpectedVersion, IoFault, ReadAllRequest, RecordedEvent, Selector, StartFrom,
     StorageFault, StoreError, SubscriptionMessage,

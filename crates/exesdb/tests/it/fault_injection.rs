@@ -2,16 +2,15 @@
 //! the processes restarted are exactly those its supervisor's strategy names; repeated
 //! failures beyond the intensity escalate to the parent; the store answers reads and writes
 //! afterwards with nothing acknowledged lost. The test prints the table kept in
-//! docs/RELIABILITY.md (`cargo test -p exesdb --test fault_injection -- --nocapture`).
+//! docs/RELIABILITY.md (`cargo test -p exesdb --test it fault_injection -- --nocapture`).
 
-mod common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, event, holds_throughout, start, start_with, wait_for, wait_until};
+use crate::common::{PATIENCE, event, holds_throughout, start, start_with, wait_for, wait_until};
 use exesdb::{
     Direction, ExpectedVersion, Kind, Selector, StartFrom, StoreApi, Strategy,
     SubscriptionDefinition, SubscriptionMessage, System, TreeSnapshot,

@@ -1,11 +1,10 @@
 //! The gateway's admission control: a full gateway refuses at once with `unavailable` instead of
 //! queueing, and serves again as soon as calls finish.
 
-mod common;
 
 use std::sync::Arc;
 
-use common::{PATIENCE, start_with, wait_until};
+use crate::common::{PATIENCE, start_with, wait_until};
 use exesdb::{ExpectedVersion, NewEvent, StoreError};
 use tokio::sync::Semaphore;
 

@@ -1,8 +1,7 @@
 //! Every API call through the Rust client against a real server process.
 
-mod common;
 
-use common::Server;
+use crate::common::Server;
 use exesdb_client::{
     Client, ClientError, Direction, ExpectedVersion, NewEvent, ReadFrom, SnapshotVersion,
     StoreError,

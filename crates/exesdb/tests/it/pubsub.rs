@@ -1,11 +1,10 @@
 //! PubSub: native topics over subscriptions, and an application's bus fed by the supervised
 //! `ExESDB.PubSub` process, which resumes after being killed.
 
-mod common;
 
 use std::sync::{Arc, Mutex};
 
-use common::{PATIENCE, event, start_with, wait_until};
+use crate::common::{PATIENCE, event, start_with, wait_until};
 use exesdb::{EventBus, ExpectedVersion, ExternalBus, RecordedEvent, SubscriptionMessage};
 
 #[derive(Default)]

@@ -9,7 +9,6 @@
 //! - Damage inside a table file: never a silently shorter or altered history; a full read
 //!   either returns every acknowledged event intact or fails, naming the file.
 
-mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,7 +46,7 @@ fn seed() -> u64 {
 }
 
 fn config(dir: &Path) -> exesdb::SystemConfig {
-    let mut config = common::config(dir);
+    let mut config = crate::common::config(dir);
     config.limits.read_events_max = 1_000_000;
     config
 }
@@ -79,7 +78,7 @@ async fn load(system: &Arc<System>, tasks: u64, appends: u64, seed: u64) -> Vec<
             for _ in 0..appends {
                 let stream = format!("s{}", rng.below(7));
                 let count = 1 + rng.below(3) as usize;
-                let (ids, events) = common::tagged_append(count, rng.below(200) as usize);
+                let (ids, events) = crate::common::tagged_append(count, rng.below(200) as usize);
                 let result = system
                     .api()
                     .append(&stream, ExpectedVersion::Any, events)

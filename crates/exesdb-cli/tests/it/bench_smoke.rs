@@ -1,11 +1,10 @@
 //! `exesdb bench` runs briefly against a real server so it cannot rot: every mode finishes,
 //! prints one JSON object with `--json`, and passes its own self-check.
 
-mod common;
 
 use std::process::Command;
 
-use common::Server;
+use crate::common::Server;
 use serde_json::Value;
 
 fn bench(server: &Server, args: &[&str]) -> Value {

@@ -1,12 +1,11 @@
 //! The command line against a real server: the `--json` shapes of `spec/cli.md` and the exit
 //! statuses (0 success, 1 refused by the server, 2 usage or connection error).
 
-mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{Server, http_get_ok};
+use crate::common::{Server, http_get_ok};
 use serde_json::{Value, json};
 
 struct Run {

@@ -3,13 +3,12 @@
 //! silent ones lose their slot, too many calls get `unavailable` at once, and a client that
 //! stops reading holds a bounded amount of the server's memory while writers carry on.
 
-mod common;
 
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::Server;
+use crate::common::Server;
 use exesdb_client::{
     Client, Direction, ExpectedVersion, NewEvent, ReadFrom, Selector, StartFrom,
     SubscriptionMessage,

@@ -6,16 +6,15 @@
 //! persistent subscription resumes from its checkpoint and, over all cycles, every event is
 //! delivered to it at least once.
 //!
-//! CI runs 20 cycles; `EXESDB_TORTURE_CYCLES=200 cargo test -p exesdb-cli --test torture
+//! CI runs 20 cycles; `EXESDB_TORTURE_CYCLES=200 cargo test -p exesdb-cli --test it torture
 //! --release` is the manual run. The seed is printed and `EXESDB_TORTURE_SEED` replays it.
 
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::Server;
+use crate::common::Server;
 use exesdb_client::{
     Client, ClientError, Direction, ExpectedVersion, NewEvent, ReadFrom, Selector, StartFrom,
     StoreError, SubscriptionDefinition, SubscriptionMessage,
