@@ -5,7 +5,7 @@
 //! built only with the feature `root-tests` (`cargo test -p exesdb-cli --features root-tests
 //! --test disk_full`; `.ci/run` does this, as root), and with it they fail, never pass
 //! silently, when not run as root. The same failed-write path without root:
-//! `crates/exesdb/tests/storage_faults.rs`.
+//! `crates/exesdb/tests/it/storage_faults.rs`.
 
 #[path = "it/common/mod.rs"]
 mod common;

@@ -148,7 +148,7 @@ impl EmitterWork {
         // The matching events of a step are held in memory until sent, so a step scans no
         // more records than the subscriber has room for: a subscriber that stopped reading
         // then costs its buffer, not a scan's worth of events more at every retry (found by
-        // `crates/exesdb-cli/tests/flood.rs`: 256 MiB more for 64 KiB events). Only this
+        // `crates/exesdb-cli/tests/it/flood.rs`: 256 MiB more for 64 KiB events). Only this
         // emitter sends on the channel, so every event of the step fits.
         let room = subscription.sender.capacity();
         if room == 0 {
