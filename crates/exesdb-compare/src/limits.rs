@@ -14,7 +14,7 @@ use crate::load::{Payloads, new_histogram};
 use crate::process::ServerProcess;
 
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub fdatasyncs_per_second: f64,
     pub sequential_mb_per_second: f64,
     /// One caller, one call at a time: the ceiling of a sequential client.
@@ -24,13 +24,13 @@ pub struct Limits {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct NoopRate {
+pub(crate) struct NoopRate {
     pub calls_per_second: f64,
     pub p50_us: u64,
     pub p99_us: u64,
 }
 
-pub async fn measure(dir: &Path, seconds: f64, callers: u64) -> Result<Limits> {
+pub(crate) async fn measure(dir: &Path, seconds: f64, callers: u64) -> Result<Limits> {
     let duration = Duration::from_secs_f64(seconds);
     let fdatasyncs_per_second = fdatasync_rate(&dir.join("fdatasync.bin"), duration)?;
     let sequential_mb_per_second = sequential_write_rate(&dir.join("sequential.bin"), duration)?;

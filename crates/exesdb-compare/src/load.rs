@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 
 /// One write workload: how many clients, and how many events per append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Workload {
+pub(crate) struct Workload {
     /// A short key, also the prefix of the workload's stream names.
     pub key: &'static str,
     pub clients: u64,
@@ -19,7 +19,7 @@ pub struct Workload {
 }
 
 impl Workload {
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         if self.clients == 1 {
             format!(
                 "1 client, sequential, {} event/append",
@@ -38,7 +38,7 @@ impl Workload {
 
 /// The parameters shared by every system in one run.
 #[derive(Debug, Clone)]
-pub struct LoadSettings {
+pub(crate) struct LoadSettings {
     pub duration: Duration,
     pub clients: u64,
     pub streams: u64,
@@ -51,7 +51,7 @@ pub struct LoadSettings {
 
 impl LoadSettings {
     /// The three write workloads, in the order they run.
-    pub fn workloads(&self) -> [Workload; 3] {
+    pub(crate) fn workloads(&self) -> [Workload; 3] {
         [
             Workload {
                 key: "w1",
@@ -73,7 +73,7 @@ impl LoadSettings {
 }
 
 /// One client's connection to a system under test.
-pub trait Appender: Send + 'static {
+pub(crate) trait Appender: Send + 'static {
     /// Appends `events` to `stream` atomically where the system allows it, durably, on the
     /// condition that the stream holds exactly `stream_length` events (0: the stream does not
     /// exist yet).
@@ -86,14 +86,14 @@ pub trait Appender: Send + 'static {
 }
 
 /// A system under test, as far as writing goes: it hands out one appender per client.
-pub trait Target: Sync {
+pub(crate) trait Target: Sync {
     type Appender: Appender;
     fn appender(&self, client: u64) -> impl Future<Output = Result<Self::Appender>> + Send;
 }
 
 /// What one write workload measured.
 #[derive(Debug, Clone)]
-pub struct WriteResult {
+pub(crate) struct WriteResult {
     pub workload: Workload,
     pub appends: u64,
     pub events: u64,
@@ -108,11 +108,11 @@ pub struct WriteResult {
 }
 
 impl WriteResult {
-    pub fn events_per_second(&self) -> f64 {
+    pub(crate) fn events_per_second(&self) -> f64 {
         self.events as f64 / self.seconds.max(1e-9)
     }
 
-    pub fn appends_per_second(&self) -> f64 {
+    pub(crate) fn appends_per_second(&self) -> f64 {
         self.appends as f64 / self.seconds.max(1e-9)
     }
 }
@@ -126,7 +126,7 @@ struct ClientOutcome {
 
 /// Runs one workload against `target`: every client connects first, then all append until
 /// the deadline; an append that fails ends its client (its stream lengths are unknown after).
-pub async fn run_writes<T: Target>(
+pub(crate) async fn run_writes<T: Target>(
     target: &T,
     workload: Workload,
     settings: &LoadSettings,
@@ -230,24 +230,24 @@ async fn drive_client<A: Appender>(
     Ok(outcome)
 }
 
-pub fn new_histogram() -> Result<Histogram<u64>> {
+pub(crate) fn new_histogram() -> Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 600_000_000, 3)?)
 }
 
 /// Event payloads that differ from each other, so that no system gains from compressing or
 /// deduplicating repeated bytes (xorshift; not for anything but filling buffers).
-pub struct Payloads {
+pub(crate) struct Payloads {
     state: u64,
 }
 
 impl Payloads {
-    pub fn new(seed: u64) -> Payloads {
+    pub(crate) fn new(seed: u64) -> Payloads {
         Payloads {
             state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
         }
     }
 
-    pub fn next(&mut self, bytes: usize) -> Vec<u8> {
+    pub(crate) fn next(&mut self, bytes: usize) -> Vec<u8> {
         let mut data = Vec::with_capacity(bytes + 8);
         while data.len() < bytes {
             self.state ^= self.state << 13;
@@ -262,7 +262,7 @@ impl Payloads {
 
 /// What the catch-up read measured and found.
 #[derive(Debug, Clone, Default)]
-pub struct ReadResult {
+pub(crate) struct ReadResult {
     pub events: u64,
     pub seconds: f64,
     /// Global positions strictly increase.
@@ -273,13 +273,13 @@ pub struct ReadResult {
 }
 
 impl ReadResult {
-    pub fn events_per_second(&self) -> f64 {
+    pub(crate) fn events_per_second(&self) -> f64 {
         self.events as f64 / self.seconds.max(1e-9)
     }
 }
 
 /// Checks a catch-up read event by event while it runs.
-pub struct ReadCheck {
+pub(crate) struct ReadCheck {
     started: Instant,
     events: u64,
     last_position: Option<u64>,
@@ -289,7 +289,7 @@ pub struct ReadCheck {
 }
 
 impl ReadCheck {
-    pub fn start() -> ReadCheck {
+    pub(crate) fn start() -> ReadCheck {
         ReadCheck {
             started: Instant::now(),
             events: 0,
@@ -302,7 +302,7 @@ impl ReadCheck {
 
     /// One event, in the order the read returned it. `version` is `None` for a system that
     /// keeps no per-stream version.
-    pub fn event(&mut self, position: u64, stream: &str, version: Option<u64>) {
+    pub(crate) fn event(&mut self, position: u64, stream: &str, version: Option<u64>) {
         self.events += 1;
         self.in_order &= self.last_position.is_none_or(|last| position > last);
         self.last_position = Some(position);
@@ -320,7 +320,7 @@ impl ReadCheck {
         }
     }
 
-    pub fn finish(self) -> ReadResult {
+    pub(crate) fn finish(self) -> ReadResult {
         ReadResult {
             events: self.events,
             seconds: self.started.elapsed().as_secs_f64(),
@@ -332,19 +332,19 @@ impl ReadCheck {
 
 /// Everything one system did in a run.
 #[derive(Debug, Clone)]
-pub struct SystemRun {
+pub(crate) struct SystemRun {
     pub writes: Vec<WriteResult>,
     pub read: ReadResult,
 }
 
 impl SystemRun {
-    pub fn acknowledged_events(&self) -> u64 {
+    pub(crate) fn acknowledged_events(&self) -> u64 {
         self.writes.iter().map(|write| write.events).sum()
     }
 
     /// The run checks its own work: no append failed, and the read returned every
     /// acknowledged event once, in global order, with gapless per-stream versions.
-    pub fn self_check(&self) -> Result<(), String> {
+    pub(crate) fn self_check(&self) -> Result<(), String> {
         let errors: u64 = self.writes.iter().map(|write| write.errors).sum();
         if errors > 0 {
             let first = self
@@ -376,7 +376,7 @@ impl SystemRun {
 
 /// Runs the three write workloads, then the read, against one system. `fsyncs` is asked
 /// before and after each write workload, for the events per fsync where the system can tell.
-pub async fn run_all<T, R, F>(
+pub(crate) async fn run_all<T, R, F>(
     target: &T,
     settings: &LoadSettings,
     mut fsyncs: F,
@@ -418,12 +418,12 @@ where
 }
 
 /// Counts a system's fsyncs so far, where it can (the count may lag by a moment).
-pub trait AsyncFsyncCounter {
+pub(crate) trait AsyncFsyncCounter {
     fn count(&mut self) -> impl Future<Output = Option<u64>>;
 }
 
 /// For a system whose fsyncs we cannot count.
-pub struct NoFsyncCount;
+pub(crate) struct NoFsyncCount;
 
 impl AsyncFsyncCounter for NoFsyncCount {
     async fn count(&mut self) -> Option<u64> {

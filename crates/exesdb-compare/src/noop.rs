@@ -25,7 +25,7 @@ impl SystemService for Noop {
 
 /// Serves on a free loopback port until killed; logs `listen=ADDRESS` on standard error once
 /// it accepts connections.
-pub async fn serve() -> Result<()> {
+pub(crate) async fn serve() -> Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let local = listener.local_addr()?;
     let router = tonic::service::Routes::new(SystemServiceServer::new(Noop)).into_axum_router();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 /// A server process. Dropping it kills the process.
-pub struct ServerProcess {
+pub(crate) struct ServerProcess {
     name: String,
     child: Child,
 }
@@ -18,7 +18,7 @@ impl ServerProcess {
     /// Starts `command` and waits for a line of its standard error that contains `marker`;
     /// returns the rest of that line after the marker. The remaining output goes on being read
     /// (so the child never blocks on a full pipe) into `log`.
-    pub fn start_and_wait_for(
+    pub(crate) fn start_and_wait_for(
         name: &str,
         mut command: Command,
         marker: &str,
@@ -67,7 +67,7 @@ impl ServerProcess {
     }
 
     /// SIGTERM, then wait up to `patience` before killing it.
-    pub fn stop(mut self, patience: Duration) -> Result<()> {
+    pub(crate) fn stop(mut self, patience: Duration) -> Result<()> {
         let sent = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()?;
@@ -96,24 +96,24 @@ impl Drop for ServerProcess {
 
 /// A loopback port that was free a moment ago (for servers that cannot report the port they
 /// bound).
-pub fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
 
 /// The first of `candidates` that is an existing file.
-pub fn first_existing(candidates: impl IntoIterator<Item = PathBuf>) -> Option<PathBuf> {
+pub(crate) fn first_existing(candidates: impl IntoIterator<Item = PathBuf>) -> Option<PathBuf> {
     candidates.into_iter().find(|path| path.is_file())
 }
 
 /// `name` looked up on `PATH`.
-pub fn on_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     first_existing(std::env::split_paths(&path).map(|dir| dir.join(name)))
 }
 
 /// Whether this process runs as root (servers such as PostgreSQL refuse to run as root).
-pub fn running_as_root() -> bool {
+pub(crate) fn running_as_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -121,7 +121,7 @@ pub fn running_as_root() -> bool {
 }
 
 /// Runs a short command to completion; its output is in the error if it fails.
-pub fn run_quietly(name: &str, command: &mut Command) -> Result<()> {
+pub(crate) fn run_quietly(name: &str, command: &mut Command) -> Result<()> {
     let output = command
         .output()
         .with_context(|| format!("cannot run {name}"))?;

@@ -12,7 +12,7 @@ use crate::limits::Limits;
 use crate::load::{LoadSettings, SystemRun, WriteResult};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum System {
+pub(crate) enum System {
     /// `exesdb serve`, over gRPC.
     Exesdb,
     /// The exesdb library in this process.
@@ -22,7 +22,7 @@ pub enum System {
     Nats,
 }
 
-pub const ALL_SYSTEMS: [System; 5] = [
+pub(crate) const ALL_SYSTEMS: [System; 5] = [
     System::Exesdb,
     System::ExesdbEmbedded,
     System::Postgres,
@@ -31,7 +31,7 @@ pub const ALL_SYSTEMS: [System; 5] = [
 ];
 
 impl System {
-    pub fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             System::Exesdb => "exesdb",
             System::ExesdbEmbedded => "exesdb-embedded",
@@ -41,7 +41,7 @@ impl System {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             System::Exesdb => "exesdb (gRPC)",
             System::ExesdbEmbedded => "exesdb embedded",
@@ -52,7 +52,7 @@ impl System {
     }
 
     /// What an acknowledged append means on this system, where it differs from exesdb.
-    pub fn guarantees(self) -> &'static str {
+    pub(crate) fn guarantees(self) -> &'static str {
         match self {
             System::Exesdb | System::ExesdbEmbedded => {
                 "acknowledged after fdatasync (group commit: one per committed batch); appends \
@@ -79,7 +79,7 @@ impl System {
         }
     }
 
-    pub fn version(self, options: &Options) -> String {
+    pub(crate) fn version(self, options: &Options) -> String {
         let found = match self {
             System::Exesdb | System::ExesdbEmbedded => Some(env!("CARGO_PKG_VERSION").into()),
             System::Sqlite => Some(rusqlite::version().to_string()),
@@ -99,13 +99,13 @@ impl System {
     }
 }
 
-pub enum Outcome {
+pub(crate) enum Outcome {
     Ran(SystemRun),
     Skipped(String),
     Failed(String),
 }
 
-pub struct SystemReport {
+pub(crate) struct SystemReport {
     pub system: System,
     pub version: String,
     pub outcome: Outcome,
@@ -129,14 +129,14 @@ impl SystemReport {
     }
 }
 
-pub struct Report {
+pub(crate) struct Report {
     pub settings: LoadSettings,
     pub limits: Option<Limits>,
     pub systems: Vec<SystemReport>,
 }
 
 impl Report {
-    pub fn self_check_ok(&self) -> bool {
+    pub(crate) fn self_check_ok(&self) -> bool {
         self.systems
             .iter()
             .all(|system| system.self_check().is_ok())
@@ -151,7 +151,7 @@ impl Report {
             })
     }
 
-    pub fn markdown(&self) -> String {
+    pub(crate) fn markdown(&self) -> String {
         let settings = &self.settings;
         let mut out = String::new();
         out += &format!(
@@ -307,7 +307,7 @@ impl Report {
         out
     }
 
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         let settings = &self.settings;
         let systems: Vec<Value> = self
             .systems

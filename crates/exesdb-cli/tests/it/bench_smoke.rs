@@ -1,7 +1,6 @@
 //! `exesdb bench` runs briefly against a real server so it cannot rot: every mode finishes,
 //! prints one JSON object with `--json`, and passes its own self-check.
 
-
 use std::process::Command;
 
 use crate::common::Server;

@@ -1,7 +1,6 @@
 //! The command line against a real server: the `--json` shapes of `spec/cli.md` and the exit
 //! statuses (0 success, 1 refused by the server, 2 usage or connection error).
 
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 

@@ -1,6 +1,5 @@
 //! Every API call through the Rust client against a real server process.
 
-
 use crate::common::Server;
 use exesdb_client::{
     Client, ClientError, Direction, ExpectedVersion, NewEvent, ReadFrom, SnapshotVersion,

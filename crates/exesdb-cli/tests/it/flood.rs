@@ -3,7 +3,6 @@
 //! silent ones lose their slot, too many calls get `unavailable` at once, and a client that
 //! stops reading holds a bounded amount of the server's memory while writers carry on.
 
-
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::time::Duration;

@@ -2,7 +2,6 @@
 //! holds `read_events_max` large events in memory), and a page cut short that way is not taken
 //! for the end: every read still returns exactly what it asked for, in order.
 
-
 use crate::common::{Server, metric};
 use exesdb_client::{Direction, ExpectedVersion, NewEvent, ReadFrom};
 use tokio_stream::StreamExt;

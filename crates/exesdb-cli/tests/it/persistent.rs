@@ -1,7 +1,6 @@
 //! Persistent subscriptions over the wire: stored, consumed with acks, resumed from the
 //! checkpoint after a server restart, shared by a group, nacks and parked events.
 
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 

@@ -2,7 +2,6 @@
 //! grpcio-reflection client and older grpcurl releases): a generic tool can list the services
 //! and fetch their schema.
 
-
 use crate::common::Server;
 use tokio_stream::StreamExt;
 

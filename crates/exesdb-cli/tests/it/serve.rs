@@ -1,6 +1,5 @@
 //! `exesdb serve` as a real process on a free loopback port: health, then a clean stop.
 
-
 use crate::common::{Server, http_get};
 
 use std::process::Command;

@@ -1,7 +1,6 @@
 //! SIGTERM under load: the server finishes what it acknowledged, exits 0, and after a restart
 //! every append that got an OK is there.
 
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 

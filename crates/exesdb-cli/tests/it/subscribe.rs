@@ -1,7 +1,6 @@
 //! Subscriptions over the wire: through the client, and `exesdb subscribe --json` printing one
 //! line per event and `{"caught_up":true}` when it switches to live.
 
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;

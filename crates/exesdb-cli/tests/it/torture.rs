@@ -9,7 +9,6 @@
 //! CI runs 20 cycles; `EXESDB_TORTURE_CYCLES=200 cargo test -p exesdb-cli --test it torture
 //! --release` is the manual run. The seed is printed and `EXESDB_TORTURE_SEED` replays it.
 
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -2,7 +2,6 @@
 //! serving. Malformed messages are built by hand with a look-alike message type whose fields
 //! have the same tags but looser types (bytes where the contract says string).
 
-
 use crate::common::Server;
 use exesdb_client::{ClientError, Direction, ExpectedVersion, NewEvent, ReadFrom};
 use exesdb_proto::v1 as wire;

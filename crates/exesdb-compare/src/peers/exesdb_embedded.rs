@@ -8,7 +8,7 @@ use exesdb::{Direction, ExpectedVersion, NewEvent, ReadAllRequest, System, Syste
 
 use crate::load::{self, Appender, AsyncFsyncCounter, LoadSettings, ReadCheck, SystemRun, Target};
 
-pub async fn run(dir: &Path, settings: &LoadSettings) -> Result<SystemRun> {
+pub(crate) async fn run(dir: &Path, settings: &LoadSettings) -> Result<SystemRun> {
     let config = SystemConfig::new(dir, "compare");
     let page_events = config.limits.read_events_max;
     let system = Arc::new(System::start(config).await?);
@@ -28,7 +28,7 @@ pub async fn run(dir: &Path, settings: &LoadSettings) -> Result<SystemRun> {
 
 /// Appends with the exact expected version: `no_stream` for the first, then the number of
 /// the stream's last event.
-pub fn expected_version(stream_length: u64) -> ExpectedVersion {
+pub(crate) fn expected_version(stream_length: u64) -> ExpectedVersion {
     match stream_length {
         0 => ExpectedVersion::NoStream,
         length => ExpectedVersion::Exact(length - 1),

@@ -14,7 +14,7 @@ use super::exesdb_embedded::expected_version;
 use crate::load::{self, Appender, AsyncFsyncCounter, LoadSettings, ReadCheck, SystemRun, Target};
 use crate::process::ServerProcess;
 
-pub async fn run(binary: &Path, dir: &Path, settings: &LoadSettings) -> Result<SystemRun> {
+pub(crate) async fn run(binary: &Path, dir: &Path, settings: &LoadSettings) -> Result<SystemRun> {
     let mut command = Command::new(binary);
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])

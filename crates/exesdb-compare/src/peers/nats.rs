@@ -29,7 +29,7 @@ use crate::process::{ServerProcess, first_existing, on_path};
 const STREAM: &str = "ES";
 
 /// `nats-server`, from `given`, `PATH` or Debian's place for it.
-pub fn find_binary(given: Option<&Path>) -> Option<PathBuf> {
+pub(crate) fn find_binary(given: Option<&Path>) -> Option<PathBuf> {
     if let Some(given) = given {
         return given.is_file().then(|| given.to_path_buf());
     }
@@ -37,13 +37,13 @@ pub fn find_binary(given: Option<&Path>) -> Option<PathBuf> {
 }
 
 /// The server's version, as `nats-server --version` prints it.
-pub fn version(binary: &Path) -> Option<String> {
+pub(crate) fn version(binary: &Path) -> Option<String> {
     let output = Command::new(binary).arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&output.stdout);
     Some(text.trim().trim_start_matches("nats-server: ").to_string())
 }
 
-pub async fn run(binary: &Path, dir: &Path, settings: &LoadSettings) -> Result<SystemRun> {
+pub(crate) async fn run(binary: &Path, dir: &Path, settings: &LoadSettings) -> Result<SystemRun> {
     let port = crate::process::free_port()?;
     let mut command = Command::new(binary);
     command.args(["-js", "-sd"]).arg(dir.join("store")).args([

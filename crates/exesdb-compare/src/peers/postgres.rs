@@ -38,7 +38,7 @@ const READ_PAGE: &str = "
     FROM events WHERE position > $1 ORDER BY position LIMIT 10000";
 
 /// The directory of Debian's PostgreSQL binaries (the newest installed), or `given`.
-pub fn find_binaries(given: Option<&Path>) -> Option<PathBuf> {
+pub(crate) fn find_binaries(given: Option<&Path>) -> Option<PathBuf> {
     if let Some(given) = given {
         return given.join("pg_ctl").is_file().then(|| given.to_path_buf());
     }
@@ -57,7 +57,7 @@ pub fn find_binaries(given: Option<&Path>) -> Option<PathBuf> {
 
 /// The server's settings, beyond the defaults: durability at full strength, room for the
 /// connections, and WAL room so that checkpoints do not dominate a short run.
-pub const SETTINGS: &[(&str, &str)] = &[
+pub(crate) const SETTINGS: &[(&str, &str)] = &[
     ("fsync", "on"),
     ("synchronous_commit", "on"),
     ("full_page_writes", "on"),
@@ -107,7 +107,7 @@ impl Drop for Cluster {
     }
 }
 
-pub async fn run(bin: &Path, dir: &Path, settings: &LoadSettings) -> Result<SystemRun> {
+pub(crate) async fn run(bin: &Path, dir: &Path, settings: &LoadSettings) -> Result<SystemRun> {
     let port = crate::process::free_port()?;
     let mut cluster = start(bin, dir, port)?;
     let url = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");

@@ -23,7 +23,7 @@ const SCHEMA: &str = "
         UNIQUE (stream_id, version)
     );";
 
-pub async fn run(dir: &Path, settings: &LoadSettings) -> Result<SystemRun> {
+pub(crate) async fn run(dir: &Path, settings: &LoadSettings) -> Result<SystemRun> {
     let path = dir.join("events.db");
     let connection = Connection::open(&path)?;
     let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;

@@ -1,7 +1,6 @@
 //! The append contract: expected versions, atomicity, idempotent retries, limits and bad input,
 //! reads of streams and `$all`, snapshots, and durability across a restart.
 
-
 use crate::common::{event, start, start_with};
 use exesdb::{Direction, ExpectedVersion, NewEvent, ReadAllRequest, SnapshotVersion, StoreError};
 use uuid::Uuid;

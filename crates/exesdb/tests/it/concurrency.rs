@@ -2,7 +2,6 @@
 //! numbers and positions stay gapless, every acknowledgement matches what is stored, and each
 //! exact-version conflict names the right current version.
 
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -2,7 +2,6 @@
 //! acknowledgement; it is killed mid-load; the data directory, reopened, holds every
 //! acknowledged event, identical, and no part of an append without the rest of it.
 
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

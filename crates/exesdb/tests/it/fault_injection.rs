@@ -4,7 +4,6 @@
 //! afterwards with nothing acknowledged lost. The test prints the table kept in
 //! docs/RELIABILITY.md (`cargo test -p exesdb --test it fault_injection -- --nocapture`).
 
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

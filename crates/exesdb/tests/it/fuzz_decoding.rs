@@ -4,7 +4,6 @@
 //! `crates/exesdb-proto/tests/decoding.rs`; the `cargo fuzz` targets in `fuzz/` do both for long
 //! manual runs.)
 
-
 use exesdb::fuzzing::{SnapshotRecord, decode_event, open_blob};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;

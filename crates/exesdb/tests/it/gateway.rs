@@ -1,7 +1,6 @@
 //! The gateway's admission control: a full gateway refuses at once with `unavailable` instead of
 //! queueing, and serves again as soon as calls finish.
 
-
 use std::sync::Arc;
 
 use crate::common::{PATIENCE, start_with, wait_until};

@@ -2,7 +2,6 @@
 //! held up, the process's memory stays within a bound, and the subscriber then receives every
 //! event, in order.
 
-
 use std::time::Duration;
 
 use crate::common::{event, start};

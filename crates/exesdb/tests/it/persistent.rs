@@ -2,7 +2,6 @@
 //! timeouts, nacks (retry, park, skip), parking after too many deliveries and replay, and
 //! consumer groups (round robin, pinned) with a consumer leaving.
 
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

@@ -1,7 +1,6 @@
 //! PubSub: native topics over subscriptions, and an application's bus fed by the supervised
 //! `ExESDB.PubSub` process, which resumes after being killed.
 
-
 use std::sync::{Arc, Mutex};
 
 use crate::common::{PATIENCE, event, start_with, wait_until};

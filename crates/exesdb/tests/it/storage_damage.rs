@@ -9,7 +9,6 @@
 //! - Damage inside a table file: never a silently shorter or altered history; a full read
 //!   either returns every acknowledged event intact or fails, naming the file.
 
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

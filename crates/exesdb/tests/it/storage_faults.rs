@@ -5,7 +5,6 @@
 //! restart finds exactly the acknowledged events, and a live `$all` subscription delivers
 //! every one of them, in order, through the failure and the reopen.
 
-
 use std::time::Duration;
 
 use crate::common::{TestStore, start, tagged_append};

@@ -1,7 +1,6 @@
 //! Transient subscriptions: catch-up then live with `CaughtUp` between, every selector kind,
 //! every start, emitters restarted without loss, and a property test under concurrent appends.
 
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -4,7 +4,6 @@
 //! The spec's diagrams are kept as data in `tests/data/supervision-tree-{single,cluster}.txt`,
 //! so that the repository tests itself without the spec beside it.
 
-
 use std::time::Duration;
 
 use crate::common::{PATIENCE, event, holds_throughout, start, start_with, wait_for, wait_until};
