@@ -9,6 +9,7 @@
 mod connections;
 mod grpc;
 mod node;
+mod oversized;
 mod server;
 
 pub use connections::NetworkSettings;

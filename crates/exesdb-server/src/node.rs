@@ -15,6 +15,7 @@ use exesdb::{NodeStores, StartError, System, SystemConfig};
 use exesdb_types::StoreError;
 
 use crate::grpc::GrpcServices;
+use crate::oversized::{MessageLimits, refuse_oversized_messages};
 
 /// Renders metrics in Prometheus text; supplied by whoever installed the metrics recorder.
 pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
@@ -145,6 +146,17 @@ impl Node {
             .saturating_add(1024 * 1024)
     }
 
+    /// The largest append and snapshot any store takes, for answering a message over the
+    /// node's limit.
+    fn message_limits(&self) -> MessageLimits {
+        let largest = |limit: fn(&System) -> u64| self.systems.values().map(limit).max();
+        MessageLimits {
+            append_bytes_max: largest(|s| s.api().config().limits.append_bytes_max).unwrap_or(0),
+            snapshot_bytes_max: largest(|s| s.api().config().limits.snapshot_bytes_max)
+                .unwrap_or(0),
+        }
+    }
+
     /// gRPC (with reflection) and HTTP routes for this node, on one router.
     pub fn router(self: &Arc<Self>, metrics: Option<MetricsRenderer>) -> Result<Router, String> {
         let services = GrpcServices::new(self.clone());
@@ -169,7 +181,11 @@ impl Node {
         .add_service(SystemServiceServer::new(services))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .into_axum_router();
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(self.message_limits()),
+            refuse_oversized_messages,
+        ));
         let http = Router::new()
             .route("/health", get(health))
             .route("/metrics", get(render_metrics))

@@ -238,10 +238,32 @@ async fn malformed_and_invalid_requests_get_clear_statuses_and_write_nothing() {
     )
     .await
     .expect_err("oversized message");
-    assert!(
-        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
-        "{status:?}"
+    // gRPC's table: a message over the limit is RESOURCE_EXHAUSTED, and it carries our code and
+    // the setting's name like any smaller over-limit append (tonic alone says OUT_OF_RANGE).
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        status
+            .metadata()
+            .get("exesdb-error-code")
+            .and_then(|v| v.to_str().ok()),
+        Some("limit_exceeded")
     );
+    match exesdb_proto::convert::store_error(&status) {
+        Some(exesdb_client::StoreError::LimitExceeded { limit, actual, .. }) => {
+            assert_eq!(limit, "append_bytes_max");
+            assert!(actual > 18 * 1024 * 1024, "the message's length: {actual}");
+        }
+        other => panic!("expected limit_exceeded in the detail, got {other:?}"),
+    }
+    let error = client
+        .append(
+            "big",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("E", vec![0; 40 * 1024 * 1024])],
+        )
+        .await
+        .expect_err("a 40 MB append");
+    assert_eq!(error.code(), "limit_exceeded", "{error}");
 
     // Nothing was written, and the server still serves.
     let mut all = client.read_all(ReadFrom::Start, None, Direction::Forward, None, &[]);
