@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../../../../exesdb/tests/it/common/wait.rs"]
+mod wait;
+pub(crate) use wait::{PATIENCE, wait_for};
+
 pub(crate) struct Server {
     pub child: Child,
     pub address: String,
@@ -122,46 +126,6 @@ pub(crate) fn http_get_ok(address: &str, path: &str) -> String {
     let (status, body) = http_get(address, path);
     assert_eq!(status, 200, "{path}: {body}");
     body
-}
-
-/// How long a test waits for a condition before it fails. Generous: the wait ends as soon as
-/// the condition holds, so only a failing test ever waits this long.
-pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
-
-/// How often a wait looks at its condition again.
-const POLL_INTERVAL: Duration = Duration::from_millis(5);
-
-/// Waits until `condition` holds, looking every few milliseconds; fails the test, naming
-/// `what` was awaited, if it does not hold within `timeout`.
-pub(crate) async fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    wait_for(timeout, || {
-        std::future::ready(if condition() {
-            Ok(())
-        } else {
-            Err(what.to_string())
-        })
-    })
-    .await;
-}
-
-/// Tries `attempt` every few milliseconds until it gives a value; fails the test with the last
-/// `Err` (which says what was awaited and what was seen instead) once `timeout` has passed.
-pub(crate) async fn wait_for<T, F>(timeout: Duration, mut attempt: impl FnMut() -> F) -> T
-where
-    F: Future<Output = Result<T, String>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let seen = match attempt().await {
-            Ok(value) => return value,
-            Err(seen) => seen,
-        };
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not reached within {timeout:?}: {seen}"
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
 }
 
 /// The value of a Prometheus counter or gauge in `/metrics` (0 when absent).
