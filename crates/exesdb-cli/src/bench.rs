@@ -167,6 +167,10 @@ pub(crate) struct WriteLoad {
     /// Expected version of each append.
     #[arg(long, value_enum, default_value = "any")]
     expected: BenchExpected,
+    /// Each append goes to a new stream of its own, with expected version no-stream: the load
+    /// of one stream per aggregate (`--streams` and `--expected` are then ignored).
+    #[arg(long)]
+    new_streams: bool,
 }
 
 /// What one write client did.
@@ -200,6 +204,7 @@ async fn write(target: &BenchTarget, load: WriteLoad) -> Result<Report, String> 
             load.expected,
         );
         let clients = load.clients;
+        let new_streams = load.new_streams;
         tasks.push(tokio::spawn(async move {
             let mut result = ClientResult {
                 latencies: Histogram::new(3).expect("3 significant digits is valid"),
@@ -210,6 +215,7 @@ async fn write(target: &BenchTarget, load: WriteLoad) -> Result<Report, String> 
             let mut next_version: std::collections::HashMap<String, u64> = Default::default();
             for i in 0..requests {
                 let stream = match expected {
+                    _ if new_streams => format!("bench-{run_id}-c{task}-n{i}"),
                     // Streams of its own, so exact versions never race with other clients.
                     BenchExpected::Exact => {
                         format!("bench-{run_id}-c{task}-{}", i % streams.max(1))
@@ -219,6 +225,7 @@ async fn write(target: &BenchTarget, load: WriteLoad) -> Result<Report, String> 
                     }
                 };
                 let expected_version = match expected {
+                    _ if new_streams => ExpectedVersion::NoStream,
                     BenchExpected::Any => ExpectedVersion::Any,
                     BenchExpected::Exact => match next_version.get(&stream) {
                         None => ExpectedVersion::NoStream,
@@ -236,7 +243,9 @@ async fn write(target: &BenchTarget, load: WriteLoad) -> Result<Report, String> 
                         result
                             .versions
                             .push((stream.clone(), appended.first_event_number));
-                        next_version.insert(stream, appended.last_event_number + 1);
+                        if !new_streams {
+                            next_version.insert(stream, appended.last_event_number + 1);
+                        }
                     }
                     Err(error) => result.errors.push(error.to_string()),
                 }
@@ -277,8 +286,8 @@ async fn write(target: &BenchTarget, load: WriteLoad) -> Result<Report, String> 
     let appends_per_second = appends as f64 / elapsed;
     let events_per_second = (appends * load.batch) as f64 / elapsed;
     let mut text = format!(
-        "clients {} connections {connections} streams {} size {} B batch {} expected {:?}\n",
-        load.clients, load.streams, load.size, load.batch, load.expected
+        "clients {} connections {connections} streams {} new streams {} size {} B batch {} expected {:?}\n",
+        load.clients, load.streams, load.new_streams, load.size, load.batch, load.expected
     );
     text += &format!("appends     {appends} in {elapsed:.2} s: {appends_per_second:.0}/s\n");
     text += &format!("events/s    {events_per_second:.0}\n");
@@ -295,7 +304,7 @@ async fn write(target: &BenchTarget, load: WriteLoad) -> Result<Report, String> 
         "bench": "write",
         "parameters": {
             "clients": load.clients, "connections": connections, "requests": load.requests,
-            "streams": load.streams, "size": load.size, "batch": load.batch,
+            "streams": load.streams, "new_streams": load.new_streams, "size": load.size, "batch": load.batch,
             "expected": format!("{:?}", load.expected).to_lowercase(),
             "server": target.server, "store": target.store,
         },

@@ -116,8 +116,10 @@ tunables! {
     gateway_requests_in_flight_max: usize, "EXESDB_GATEWAY_REQUESTS_IN_FLIGHT_MAX" => pools.gateway_requests_in_flight_max;
     /// Events buffered per streaming read [default: 1024].
     read_stream_buffer_events: usize, "EXESDB_READ_STREAM_BUFFER_EVENTS" => pools.read_stream_buffer_events;
-    /// Workers per pool partition [default: 16384].
+    /// Emitters and gateway workers per pool partition [default: 16384].
     workers_per_partition_max: usize, "EXESDB_WORKERS_PER_PARTITION_MAX" => pools.workers_per_partition_max;
+    /// Stream and snapshot workers per pool partition, shared by any number of streams [default: 64].
+    stream_workers_per_partition_max: usize, "EXESDB_STREAM_WORKERS_PER_PARTITION_MAX" => pools.stream_workers_per_partition_max;
     /// A stream writer with no work for this long stops, ms [default: 10000].
     writer_idle_ms: u64, "EXESDB_WRITER_IDLE_MS" => pools.writer_idle_ms;
     /// A stream reader with no work for this long stops, ms [default: 10000].

@@ -103,8 +103,14 @@ pub struct PoolSettings {
     pub read_stream_buffer_events: usize,
     /// Log records an emitter scans in one step.
     pub emitter_scan_events_max: u64,
-    /// Workers one partition may run at once; a request for one more gets `unavailable`.
+    /// Emitters (one per subscription being delivered) one partition of `EmitterPools`, and
+    /// gateway workers one partition of `GatewayWorkers`, run at once; a request for one more
+    /// gets `unavailable`.
     pub workers_per_partition_max: usize,
+    /// Workers one partition of `StreamsWriters`, `StreamsReaders`, `SnapshotsWriters` or
+    /// `SnapshotsReaders` runs at most. Streams (and snapshot keys) share them by hash, one
+    /// stream always the same worker, so the number of streams is never bounded by it.
+    pub stream_workers_per_partition_max: usize,
     /// A writer with no request for this long stops.
     pub writer_idle_ms: u64,
     /// A reader with no request for this long stops.
@@ -124,6 +130,9 @@ impl Default for PoolSettings {
             read_stream_buffer_events: 1_024,
             emitter_scan_events_max: 4_096,
             workers_per_partition_max: 16_384,
+            // Writers hand appends on without waiting for the commit, so a few hundred serve
+            // any load; each costs a process and its mailbox.
+            stream_workers_per_partition_max: 64,
             writer_idle_ms: 10_000,
             reader_idle_ms: 10_000,
         }
@@ -257,6 +266,10 @@ impl SystemConfig {
             ("emitter_partitions", pools.emitter_partitions),
             ("gateway_partitions", pools.gateway_partitions),
             ("workers_per_partition_max", pools.workers_per_partition_max),
+            (
+                "stream_workers_per_partition_max",
+                pools.stream_workers_per_partition_max,
+            ),
             ("gateway_workers", pools.gateway_workers),
             (
                 "gateway_requests_in_flight_max",

@@ -88,3 +88,40 @@ fn every_bench_mode_runs_and_checks_itself() {
         "200 events over 16 writers: 12 each"
     );
 }
+
+/// One stream per aggregate: a server whose pools together hold a few dozen workers takes
+/// appends to hundreds of distinct new streams with no refusal (issue 11's first finding was
+/// `unavailable` past 65,536 streams).
+#[test]
+fn appends_to_more_new_streams_than_all_the_pool_limits_are_all_accepted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = crate::common::Server::start_with(
+        dir.path(),
+        &[
+            "--streams-writers-partitions",
+            "1",
+            "--streams-readers-partitions",
+            "1",
+            "--snapshots-partitions",
+            "1",
+            "--stream-workers-per-partition-max",
+            "2",
+            "--workers-per-partition-max",
+            "8",
+        ],
+    );
+    let report = bench(
+        &server,
+        &[
+            "write",
+            "--new-streams",
+            "--clients",
+            "8",
+            "--requests",
+            "40",
+        ],
+    );
+    assert_eq!(report["appends"], 320, "{report}");
+    assert_eq!(report["parameters"]["new_streams"], true);
+    assert_eq!(report["errors"], 0, "{report}");
+}

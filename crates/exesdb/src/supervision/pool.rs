@@ -1,11 +1,17 @@
-//! Keyed worker pools: a PartitionSupervisor of DynamicSupervisor partitions that start one
-//! worker per active key (a stream, a snapshot key) on demand and stop it after an idle time.
+//! Keyed worker pools: a PartitionSupervisor of DynamicSupervisor partitions that start workers
+//! on demand and stop them after an idle time.
 //!
-//! Routing: a key hashes to a partition; the partition's table maps the key to its worker.
+//! Routing: a key hashes to a partition. In a pool of shared workers (streams, snapshots) the
+//! key then hashes to one of the partition's `stream_workers_per_partition_max` workers, so any
+//! number of keys is served by a bounded set of processes, and one key always reaches the same
+//! worker, in order. In a pool of own workers (emitters, whose steps wait on their subscriber)
+//! each active key gets a worker of its own, at most `workers_per_partition_max` of them. The
+//! partition's table maps the worker's key to its worker.
 //! Every request sent to a worker is counted in the table under the table's lock, and a worker
 //! leaves the table (and stops) only when it has received every request counted, so no request
 //! is ever left in the mailbox of a worker that is going away.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -30,6 +36,9 @@ pub(crate) trait KeyedWork: Send + Sync + 'static {
     type Request: Send + 'static;
     /// The name workers show in the tree, followed by their key.
     const WORKER_NAME: &'static str;
+    /// Whether keys share the partition's workers (their requests never wait on anything but
+    /// a bounded queue), rather than each key getting a worker of its own.
+    const SHARED_WORKERS: bool = false;
     /// Serves one request. Requests for one key are served one at a time, in order.
     fn handle(&self, key: &str, request: Self::Request) -> impl Future<Output = ()> + Send;
 
@@ -45,8 +54,23 @@ pub(crate) trait KeyedWork: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PoolSettings {
     pub partitions: usize,
+    /// Shared workers: how many the keys of a partition share. Own workers: how many keys a
+    /// partition serves at once (one more is refused).
     pub workers_per_partition_max: usize,
     pub idle: Duration,
+}
+
+impl PoolSettings {
+    /// The key of the worker that serves `key`: the key itself, or in a pool of shared workers
+    /// the number of the one it hashes to. Not the partition's hash: with one hash, a partition
+    /// would use only every n-th of its workers.
+    fn worker_key<'a, W: KeyedWork>(&self, key: &'a str) -> Cow<'a, str> {
+        if !W::SHARED_WORKERS {
+            return Cow::Borrowed(key);
+        }
+        let spread = key_hash(key) / self.partitions.max(1) as u64;
+        Cow::Owned((spread % self.workers_per_partition_max.max(1) as u64).to_string())
+    }
 }
 
 /// A handle to a pool: routes requests to workers, starting them when needed.
@@ -172,20 +196,21 @@ impl<W: KeyedWork> WorkerPool<W> {
     /// Hands `request` to the worker of `key`, starting the worker if it is not running.
     pub(crate) async fn dispatch(&self, key: &str, request: W::Request) -> Result<(), StoreError> {
         let partition = &self.partitions[partition_of(key, self.partitions.len())];
-        let mut request = request;
+        let worker_key = self.settings.worker_key::<W>(key);
+        let mut message = WorkerMsg::Request(key.to_string(), request);
         // Two rounds: a worker may stop between our start request and our send.
         for _ in 0..3 {
             {
                 let mut workers = lock(&partition.workers);
-                if let Some(entry) = workers.get_mut(key) {
-                    match entry.actor.send_message(WorkerMsg::Request(request)) {
+                if let Some(entry) = workers.get_mut(worker_key.as_ref()) {
+                    match entry.actor.send_message(message) {
                         Ok(()) => {
                             entry.sent += 1;
                             return Ok(());
                         }
-                        Err(MessagingErr::SendErr(WorkerMsg::Request(returned))) => {
-                            workers.remove(key);
-                            request = returned;
+                        Err(MessagingErr::SendErr(returned)) => {
+                            workers.remove(worker_key.as_ref());
+                            message = returned;
                         }
                         Err(_) => return Err(StoreError::unavailable("worker unreachable")),
                     }
@@ -197,7 +222,7 @@ impl<W: KeyedWork> WorkerPool<W> {
             let (reply, answer) = oneshot::channel();
             supervisor
                 .send_message(PartitionMsg::StartWorker {
-                    key: key.to_string(),
+                    key: worker_key.to_string(),
                     reply,
                 })
                 .map_err(|_| {
@@ -212,9 +237,13 @@ impl<W: KeyedWork> WorkerPool<W> {
 }
 
 fn partition_of(key: &str, partitions: usize) -> usize {
+    (key_hash(key) % partitions.max(1) as u64) as usize
+}
+
+fn key_hash(key: &str) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut hasher);
-    (hasher.finish() % partitions as u64) as usize
+    hasher.finish()
 }
 
 /// Messages of a partition (a DynamicSupervisor).
@@ -369,6 +398,7 @@ impl<W: KeyedWork> PartitionState<W> {
         if lock(&partition.workers).contains_key(&key) {
             return Ok(());
         }
+        // Shared workers never reach this: their keys map onto at most this many.
         if self.children.len() >= self.args.settings.workers_per_partition_max {
             return Err(StoreError::unavailable(format!(
                 "{} runs its maximum of {} workers (workers_per_partition_max)",
@@ -416,18 +446,19 @@ impl<W: KeyedWork> PartitionState<W> {
             if partition_of(&key, self.args.partitions) != self.args.index {
                 continue;
             }
-            let running = lock(&self.args.partition.workers).contains_key(&key);
-            if running && restarted != Some(key.as_str()) {
+            let worker_key = self.args.settings.worker_key::<W>(&key).into_owned();
+            let running = lock(&self.args.partition.workers).contains_key(&worker_key);
+            if running && restarted != Some(worker_key.as_str()) {
                 continue;
             }
-            if let Err(error) = self.start_worker(myself, key.clone(), None).await {
+            if let Err(error) = self.start_worker(myself, worker_key.clone(), None).await {
                 tracing::error!(%error, key, "cannot resume work");
                 continue;
             }
-            if let Some(entry) = lock(&self.args.partition.workers).get_mut(&key)
+            if let Some(entry) = lock(&self.args.partition.workers).get_mut(&worker_key)
                 && entry
                     .actor
-                    .send_message(WorkerMsg::Request(request))
+                    .send_message(WorkerMsg::Request(key, request))
                     .is_ok()
             {
                 entry.sent += 1;
@@ -465,7 +496,8 @@ impl<W: KeyedWork> PartitionState<W> {
 
 /// Messages of a worker.
 pub(crate) enum WorkerMsg<R> {
-    Request(R),
+    /// A request for a key (the worker's own, or one of those sharing it).
+    Request(String, R),
     IdleCheck,
 }
 
@@ -509,10 +541,10 @@ impl<W: KeyedWork> Actor for WorkerActor<W> {
         state: &mut WorkerState<W>,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            WorkerMsg::Request(request) => {
+            WorkerMsg::Request(key, request) => {
                 state.received += 1;
                 state.last_request = Instant::now();
-                state.args.work.handle(&state.args.key, request).await;
+                state.args.work.handle(&key, request).await;
             }
             WorkerMsg::IdleCheck => {
                 let idle_for = state.last_request.elapsed();

@@ -63,7 +63,9 @@ impl Wiring {
     }
 
     /// A PartitionSupervisor [PS] of `partitions` DynamicSupervisors [DS], whose workers do
-    /// `work` and stop after `idle_ms` without any.
+    /// `work` and stop after `idle_ms` without any. Workers that keys share are bounded by
+    /// `stream_workers_per_partition_max`; workers of their own key by
+    /// `workers_per_partition_max`.
     pub(crate) fn pool<W: KeyedWork>(
         &self,
         name: &str,
@@ -73,7 +75,11 @@ impl Wiring {
     ) -> (WorkerPool<W>, ChildSpec) {
         let settings = PoolSettings {
             partitions,
-            workers_per_partition_max: self.context.config.pools.workers_per_partition_max,
+            workers_per_partition_max: if W::SHARED_WORKERS {
+                self.context.config.pools.stream_workers_per_partition_max
+            } else {
+                self.context.config.pools.workers_per_partition_max
+            },
             idle: Duration::from_millis(idle_ms),
         };
         WorkerPool::new(name, work, settings, self.settings)

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use crate::common::{PATIENCE, event, holds_throughout, start, start_with, wait_for, wait_until};
-use exesdb::{Direction, ExpectedVersion, Kind, Strategy, System, TreeSnapshot};
+use exesdb::{
+    Direction, ExpectedVersion, Kind, Selector, StartFrom, Strategy, System, TreeSnapshot,
+};
 
 /// One process of a tree file in `tests/data/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -472,7 +474,12 @@ async fn each_strategy_restarts_exactly_its_scope() {
         .append("worker-probe", ExpectedVersion::Any, vec![event("E", "x")])
         .await
         .expect("starts a worker");
-    let name = "ExESDB.StreamsWriter(worker-probe)";
+    // Writers are shared by streams and named by their number: take the one serving it.
+    let name = writer_names(s)
+        .into_iter()
+        .next()
+        .expect("a writer runs after an append");
+    let name = name.as_str();
     fail_and_expect(s, name, &[name, "ExESDB.StreamsWriters"], &[name]).await;
     append_and_check(s, "probe", &mut acknowledged).await;
     store.system.stop().await;
@@ -508,52 +515,109 @@ async fn exceeding_the_intensity_escalates_to_the_parent() {
     store.system.stop().await;
 }
 
+/// The names of the StreamsWriter workers running now.
+fn writer_names(system: &System) -> Vec<String> {
+    let tree = system.tree();
+    let writers = tree.find("ExESDB.StreamsWriters").expect("writers");
+    writers
+        .children
+        .iter()
+        .flat_map(|partition| partition.children.iter().map(|w| w.name.clone()))
+        .collect()
+}
+
+/// The regression that opened issue 11: one writer process per stream, at most 16,384 per
+/// partition, refused the 65,537th active stream with `unavailable`, although one stream per
+/// aggregate means millions of them. Streams now share a bounded set of writers and readers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_partition_answers_unavailable_and_recovers_when_workers_idle_out() {
+async fn more_streams_than_workers_are_all_served_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = start_with(dir, |config| {
         config.pools.streams_writers_partitions = 1;
-        config.pools.workers_per_partition_max = 2;
-        config.pools.writer_idle_ms = 200;
+        config.pools.streams_readers_partitions = 1;
+        config.pools.stream_workers_per_partition_max = 2;
     })
     .await;
     let s = &store.system;
-    for stream in ["a", "b"] {
-        s.api()
-            .append(stream, ExpectedVersion::Any, vec![event("E", "x")])
-            .await
-            .expect("within the limit");
+    let streams = 200;
+    for round in 0..2u64 {
+        for i in 0..streams {
+            let expected = if round == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(0)
+            };
+            let result = s
+                .api()
+                .append(&format!("order-{i}"), expected, vec![event("E", "x")])
+                .await
+                .expect("every stream is served, however many there are");
+            assert_eq!(result.first_event_number, round);
+        }
     }
+    let writers = writer_names(s);
+    assert!(
+        !writers.is_empty() && writers.len() <= 2,
+        "at most the limit of writers: {writers:?}"
+    );
+    for i in 0..streams {
+        let events = s
+            .api()
+            .read_stream(&format!("order-{i}"), None, 10, Direction::Forward)
+            .await
+            .expect("read");
+        let numbers: Vec<u64> = events.iter().map(|e| e.event_number).collect();
+        assert_eq!(numbers, vec![0, 1]);
+    }
+    store.system.stop().await;
+}
+
+/// Emitters keep a worker each (a step waits on its subscriber), so their pools still refuse
+/// past `workers_per_partition_max`, and serve again once a subscription ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_emitter_partition_answers_unavailable_and_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = start_with(dir, |config| {
+        config.pools.emitter_partitions = 1;
+        config.pools.workers_per_partition_max = 2;
+        config.pools.reader_idle_ms = 200;
+    })
+    .await;
+    let s = &store.system;
+    let first = s
+        .api()
+        .subscribe(Selector::ByStream("a".into()), StartFrom::Beginning)
+        .await
+        .expect("within the limit");
+    let _second = s
+        .api()
+        .subscribe(Selector::ByStream("b".into()), StartFrom::Beginning)
+        .await
+        .expect("within the limit");
     let error = s
         .api()
-        .append("c", ExpectedVersion::Any, vec![event("E", "x")])
+        .subscribe(Selector::ByStream("c".into()), StartFrom::Beginning)
         .await
-        .expect_err("a third active stream exceeds workers_per_partition_max");
+        .expect_err("a third emitter exceeds workers_per_partition_max");
     assert_eq!(error.code(), "unavailable");
     assert!(
         error.to_string().contains("workers_per_partition_max"),
         "{error}"
     );
-    // Streams with a running worker are still served.
-    s.api()
-        .append("a", ExpectedVersion::Exact(0), vec![event("E", "y")])
-        .await
-        .expect("existing worker still serves");
-    // Once the workers idle out, the new stream gets one.
-    let result = wait_for(PATIENCE, || async move {
+    drop(first);
+    wait_for(PATIENCE, || async move {
         match s
             .api()
-            .append("c", ExpectedVersion::NoStream, vec![event("E", "x")])
+            .subscribe(Selector::ByStream("c".into()), StartFrom::Beginning)
             .await
         {
-            Ok(result) => Ok(result),
+            Ok(subscription) => Ok(subscription),
             Err(error) => {
                 assert_eq!(error.code(), "unavailable", "{error}");
-                Err(format!("c served once a worker idles out: {error}"))
+                Err(format!("c served once a subscription ends: {error}"))
             }
         }
     })
     .await;
-    assert_eq!(result.first_event_number, 0);
     store.system.stop().await;
 }

@@ -1,6 +1,7 @@
 //! `ExESDB.Snapshots` [S] (:one_for_one): `SnapshotsWriters` [PS] and `SnapshotsReaders` [PS],
-//! one worker per (source uuid, stream uuid) being written or read. Writes go through the
-//! Store's committer like appends (durable before the reply); reads go to storage.
+//! workers shared by the (source uuid, stream uuid) keys, a key always the same worker. Writes
+//! go through the Store's committer like appends (durable before the reply); reads go to
+//! storage.
 //! Restart intensity: the System's (`restarts_max` within `restart_period_ms`).
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub(crate) struct SnapshotsWriterWork {
 impl KeyedWork for SnapshotsWriterWork {
     type Request = SnapshotWrite;
     const WORKER_NAME: &'static str = "ExESDB.SnapshotsWriter";
+    const SHARED_WORKERS: bool = true;
 
     async fn handle(&self, _key: &str, request: SnapshotWrite) {
         self.context.submit(request.command, request.reply).await;
@@ -62,6 +64,7 @@ pub(crate) struct SnapshotsReaderWork {
 impl KeyedWork for SnapshotsReaderWork {
     type Request = SnapshotRead;
     const WORKER_NAME: &'static str = "ExESDB.SnapshotsReader";
+    const SHARED_WORKERS: bool = true;
 
     async fn handle(&self, _key: &str, request: SnapshotRead) {
         let storage = &self.context.storage;

@@ -1,4 +1,5 @@
-//! `StreamsReaders` workers: one per stream being read (and one for `$all`). Reads go straight
+//! `StreamsReaders` workers: a bounded set per partition, shared by the streams being read (a
+//! stream, and `$all`, always reach the same reader). Reads go straight
 //! to a storage snapshot (every committed batch, none in progress); they never wait for the
 //! committer.
 
@@ -42,6 +43,7 @@ pub(crate) struct StreamsReaderWork {
 impl KeyedWork for StreamsReaderWork {
     type Request = ReadRequest;
     const WORKER_NAME: &'static str = "ExESDB.StreamsReader";
+    const SHARED_WORKERS: bool = true;
 
     async fn handle(&self, stream_id: &str, request: ReadRequest) {
         let storage = &self.context.storage;

@@ -1,7 +1,8 @@
-//! `StreamsWriters` workers: one per stream being written. A writer fixes what `apply` must
-//! not decide (event ids, the acceptance time), then queues the append for the committer
-//! without waiting for it, so appends to one stream keep their order and many streams commit
-//! together.
+//! `StreamsWriters` workers: a bounded set per partition, shared by the streams being written
+//! (a stream always reaches the same writer). A writer fixes what `apply` must not decide
+//! (event ids, the acceptance time), then queues the append for the committer without waiting
+//! for it, so appends to one stream keep their order, many streams commit together, and one
+//! writer serves any number of streams.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,6 +31,7 @@ pub(crate) struct StreamsWriterWork {
 impl KeyedWork for StreamsWriterWork {
     type Request = AppendRequest;
     const WORKER_NAME: &'static str = "ExESDB.StreamsWriter";
+    const SHARED_WORKERS: bool = true;
 
     async fn handle(&self, stream_id: &str, request: AppendRequest) {
         let command = Command::Append(AppendCommand {
