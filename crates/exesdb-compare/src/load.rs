@@ -2,6 +2,7 @@
 //! each own a set of streams (so an exact expected version always holds), append until a
 //! deadline, and record each append's latency. The catch-up read is checked here too.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -16,11 +17,18 @@ pub(crate) struct Workload {
     pub key: &'static str,
     pub clients: u64,
     pub events_per_append: u64,
+    /// Each append goes to a new stream (one stream per aggregate): no stream is written twice.
+    pub new_streams: bool,
 }
 
 impl Workload {
     pub(crate) fn label(&self) -> String {
-        if self.clients == 1 {
+        if self.new_streams {
+            format!(
+                "{} clients, 1 event/append, a new stream each",
+                self.clients
+            )
+        } else if self.clients == 1 {
             format!(
                 "1 client, sequential, {} event/append",
                 self.events_per_append
@@ -50,23 +58,32 @@ pub(crate) struct LoadSettings {
 }
 
 impl LoadSettings {
-    /// The three write workloads, in the order they run.
-    pub(crate) fn workloads(&self) -> [Workload; 3] {
+    /// The four write workloads, in the order they run.
+    pub(crate) fn workloads(&self) -> [Workload; 4] {
         [
             Workload {
                 key: "w1",
                 clients: self.clients,
                 events_per_append: 1,
+                new_streams: false,
             },
             Workload {
                 key: "wb",
                 clients: self.clients,
                 events_per_append: self.batch_events,
+                new_streams: false,
             },
             Workload {
                 key: "ws",
                 clients: 1,
                 events_per_append: 1,
+                new_streams: false,
+            },
+            Workload {
+                key: "wn",
+                clients: self.clients,
+                events_per_append: 1,
+                new_streams: true,
             },
         ]
     }
@@ -144,7 +161,11 @@ pub(crate) async fn run_writes<T: Target>(
     let deadline = started + settings.duration;
     let mut tasks = Vec::new();
     for (client, appender) in appenders.into_iter().enumerate() {
-        let streams = owned_streams(workload, client as u64, settings.streams);
+        let streams = if workload.new_streams {
+            Streams::New(format!("{}-c{client}", workload.key))
+        } else {
+            Streams::Owned(owned_streams(workload, client as u64, settings.streams))
+        };
         let event_bytes = settings.event_bytes;
         tasks.push(tokio::spawn(drive_client(
             appender,
@@ -189,9 +210,17 @@ fn owned_streams(workload: Workload, client: u64, streams: u64) -> Vec<String> {
         .collect()
 }
 
+/// Where a client's appends go.
+enum Streams {
+    /// Round robin over streams of its own.
+    Owned(Vec<String>),
+    /// A new stream each time, named by this prefix and a counter.
+    New(String),
+}
+
 async fn drive_client<A: Appender>(
     mut appender: A,
-    streams: Vec<String>,
+    streams: Streams,
     events_per_append: u64,
     event_bytes: usize,
     seed: u64,
@@ -203,21 +232,31 @@ async fn drive_client<A: Appender>(
         errors: 0,
         first_error: None,
     };
-    let mut lengths = vec![0u64; streams.len()];
+    let owned = match &streams {
+        Streams::Owned(owned) => owned.len(),
+        Streams::New(_) => 1,
+    };
+    let mut lengths = vec![0u64; owned];
     let mut payloads = Payloads::new(seed);
     let mut next = 0usize;
     while Instant::now() < deadline {
         let events = (0..events_per_append)
             .map(|_| payloads.next(event_bytes))
             .collect();
+        let stream = match &streams {
+            Streams::Owned(owned) => Cow::Borrowed(owned[next].as_str()),
+            Streams::New(prefix) => Cow::Owned(format!("{prefix}-n{}", outcome.appends)),
+        };
         let sent = Instant::now();
-        match appender.append(&streams[next], lengths[next], events).await {
+        match appender.append(&stream, lengths[next], events).await {
             Ok(()) => {
                 outcome
                     .latencies
                     .saturating_record(sent.elapsed().as_micros() as u64);
                 outcome.appends += 1;
-                lengths[next] += events_per_append;
+                if let Streams::Owned(_) = streams {
+                    lengths[next] += events_per_append;
+                }
             }
             Err(error) => {
                 outcome.errors += 1;
@@ -225,7 +264,7 @@ async fn drive_client<A: Appender>(
                 break;
             }
         }
-        next = (next + 1) % streams.len();
+        next = (next + 1) % owned;
     }
     Ok(outcome)
 }
@@ -465,6 +504,7 @@ mod tests {
             key: "w",
             clients: 3,
             events_per_append: 1,
+            new_streams: false,
         };
         let mut all: Vec<String> = (0..3)
             .flat_map(|client| owned_streams(workload, client, 10))

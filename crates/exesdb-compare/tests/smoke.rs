@@ -64,7 +64,14 @@ fn a_tiny_comparison_checks_itself_and_skips_missing_peers() {
         let run = system(key);
         assert_eq!(run["status"], "ran", "{run}");
         let writes = run["writes"].as_array().expect("writes");
-        assert_eq!(writes.len(), 3, "three write loads");
+        assert_eq!(writes.len(), 4, "four write loads");
+        assert!(
+            writes[3]["load"]
+                .as_str()
+                .is_some_and(|load| load.contains("a new stream each")),
+            "the last load writes a new stream each time: {}",
+            writes[3]
+        );
         let mut acknowledged = 0;
         for write in writes {
             let events = write["events"].as_u64().expect("events");
