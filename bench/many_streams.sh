@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One stream per aggregate: against one fresh `exesdb serve`, runs the 1,000-stream write load
+# and then APPENDS appends each to a new stream (64 clients, 1 event per append), and samples
+# the server's resident memory every 0.2 s. Prints both loads' figures (`exesdb bench` text),
+# the peak VmRSS during each, and VmRSS after. Uses ./target/release (or $CARGO_TARGET_DIR).
+#
+#   bench/many_streams.sh [APPENDS] [DATA_DIR]     (defaults: 1000000, a temp dir)
+set -euo pipefail
+appends=${1:-1000000}
+data_dir=${2:-$(mktemp -d)}
+cd "$(dirname "$0")/.."
+cargo build --release -q -p exesdb-cli
+exesdb=${CARGO_TARGET_DIR:-target}/release/exesdb
+log=$(mktemp)
+clients=64
+requests=$(( appends / clients ))
+
+"$exesdb" serve --listen 127.0.0.1:0 --data-dir "$data_dir" 2>"$log" &
+pid=$!
+trap 'kill "$pid" 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do
+  address=$(grep -o 'listen=[0-9.:]*' "$log" | head -n 1 | cut -d= -f2 || true)
+  [ -n "$address" ] && break
+  sleep 0.05
+done
+[ -n "$address" ] || { echo "the server did not start: $(cat "$log")" >&2; exit 1; }
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$pid/status"; }
+# Runs a load while sampling the server's memory; prints the load's report and the peak.
+sampled() {
+  local peak=0 now
+  "$@" > "$log.load" 2>/dev/null &
+  local load=$!
+  while kill -0 "$load" 2>/dev/null; do
+    now=$(rss_kib); (( now > peak )) && peak=$now
+    sleep 0.2
+  done
+  wait "$load" || { cat "$log.load"; echo "the load failed" >&2; exit 1; }
+  python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+l = r["latency"]
+print(f"appends {r[\"appends\"]}  events/s {r[\"events_per_second\"]:.0f}  errors {r[\"errors\"]}  "
+      f"p50 {l[\"p50_us\"]} us  p99 {l[\"p99_us\"]} us  p99.9 {l[\"p999_us\"]} us  max {l[\"max_us\"]} us  "
+      f"self-check {r[\"self_check\"][\"ok\"]}")
+' "$log.load"
+  echo "server VmRSS peak during the load: $(( peak / 1024 )) MiB"
+}
+
+echo "== 1,000 streams, $clients clients x $requests appends"
+sampled "$exesdb" bench write --json --server "http://$address" --clients "$clients" --requests "$requests" --streams 1000
+echo "== a new stream each append, $clients clients x $requests appends"
+sampled "$exesdb" bench write --json --server "http://$address" --clients "$clients" --requests "$requests" --new-streams
+echo "server VmRSS after both loads: $(( $(rss_kib) / 1024 )) MiB"
