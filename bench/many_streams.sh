@@ -9,7 +9,8 @@ set -euo pipefail
 appends=${1:-1000000}
 data_dir=${2:-$(mktemp -d)}
 cd "$(dirname "$0")/.."
-cargo build --release -q -p exesdb-cli
+# The same build as bench/compare.sh, so the two share their artifacts.
+cargo build --release -q -p exesdb-cli -p exesdb-compare
 exesdb=${CARGO_TARGET_DIR:-target}/release/exesdb
 log=$(mktemp)
 clients=64
@@ -36,14 +37,14 @@ sampled() {
     sleep 0.2
   done
   wait "$load" || { cat "$log.load"; echo "the load failed" >&2; exit 1; }
-  python3 -c '
+  python3 - "$log.load" <<'PY'
 import json, sys
-r = json.load(open(sys.argv[1]))
-l = r["latency"]
-print(f"appends {r[\"appends\"]}  events/s {r[\"events_per_second\"]:.0f}  errors {r[\"errors\"]}  "
-      f"p50 {l[\"p50_us\"]} us  p99 {l[\"p99_us\"]} us  p99.9 {l[\"p999_us\"]} us  max {l[\"max_us\"]} us  "
-      f"self-check {r[\"self_check\"][\"ok\"]}")
-' "$log.load"
+report = json.load(open(sys.argv[1]))
+latency = report["latency"]
+print("appends {} events/s {:.0f} errors {} p50 {} us p99 {} us p99.9 {} us max {} us self-check {}".format(
+    report["appends"], report["events_per_second"], report["errors"], latency["p50_us"],
+    latency["p99_us"], latency["p999_us"], latency["max_us"], report["self_check"]["ok"]))
+PY
   echo "server VmRSS peak during the load: $(( peak / 1024 )) MiB"
 }
 
