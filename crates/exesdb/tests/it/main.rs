@@ -1,6 +1,7 @@
 //! The engine's integration tests, one module per subject, linked into one test binary so that
 //! a change relinks one executable rather than one per file. Each module starts its own
-//! `System` on real storage in a temporary directory.
+//! `System` on real storage in a temporary directory. (`../idle_subscriber.rs` stays a binary
+//! of its own: it measures its process's memory.)
 
 mod common;
 
@@ -10,7 +11,6 @@ mod crash;
 mod fault_injection;
 mod fuzz_decoding;
 mod gateway;
-mod idle_subscriber;
 mod persistent;
 mod pubsub;
 mod storage_damage;

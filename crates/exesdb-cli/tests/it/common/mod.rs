@@ -1,7 +1,8 @@
 //! A real `exesdb serve` process on a free loopback port, with its own data directory, and
 //! waits on conditions (a test waits for what it needs to see, never for a fixed time).
 
-#![allow(dead_code)]
+// Several test binaries include this module, each using a part of it.
+#![allow(dead_code, unused_imports)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,8 @@
 //! Helpers shared by the integration tests: a store in a fresh temporary directory, and waits
 //! on conditions (a test waits for what it needs to see, never for a fixed time).
 
-#![allow(dead_code)]
+// Several test binaries include this module, each using a part of it.
+#![allow(dead_code, unused_imports)]
 
 use std::time::Duration;
 

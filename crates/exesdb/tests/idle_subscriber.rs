@@ -1,10 +1,16 @@
 //! A subscriber that reads nothing while a million events are appended: the writers are not
 //! held up, the process's memory stays within a bound, and the subscriber then receives every
 //! event, in order.
+//!
+//! A test binary of its own: it measures the resident memory of its process, which the other
+//! integration tests, run beside it in `it`, would add to.
 
 use std::time::Duration;
 
-use crate::common::{event, start};
+#[path = "it/common/mod.rs"]
+mod common;
+
+use common::{event, start};
 use exesdb::{ExpectedVersion, Selector, StartFrom, SubscriptionMessage};
 
 /// Resident memory of this process, in bytes.
