@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "../../../../exesdb/tests/it/common/wait.rs"]
-mod wait;
-pub(crate) use wait::{PATIENCE, wait_for};
+pub(crate) use exesdb_test_support::{PATIENCE, wait_for};
 
 pub(crate) struct Server {
     pub child: Child,

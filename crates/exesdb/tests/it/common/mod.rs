@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use exesdb::{NewEvent, System, SystemConfig};
 
-mod wait;
-pub(crate) use wait::{PATIENCE, POLL_INTERVAL, wait_for, wait_until};
+pub(crate) use exesdb_test_support::{PATIENCE, POLL_INTERVAL, wait_for, wait_until};
 
 pub(crate) struct TestStore {
     pub system: System,
