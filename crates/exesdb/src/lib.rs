@@ -27,6 +27,7 @@ pub use system::core::notification::subscription::Subscription;
 pub use system::core::store::store_registry::NodeStores;
 pub use system::gateway::Gateway;
 pub use system::gateway::pubsub::{EventBus, ExternalBus};
+pub use system::hops::{AppendHops, Hop};
 pub use system::{StoreApi, System};
 
 /// What the fuzz targets and the storage-damage tests reach inside: the record codecs, the

@@ -5,10 +5,13 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use std::time::Instant;
+
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::SystemConfig;
 use crate::storage::Storage;
+use crate::system::hops::HopCounters;
 use crate::system::core::notification::persistent::PersistentRegistry;
 use crate::system::core::persistence::subscriptions::SubscriptionsProcesses;
 use crate::system::core::store::state_machine::{Command, Outcome};
@@ -18,6 +21,8 @@ use exesdb_types::StoreError;
 pub(crate) struct CommitRequest {
     pub command: Command,
     pub reply: oneshot::Sender<Result<Outcome, StoreError>>,
+    /// When it was handed to the queue.
+    pub submitted: Instant,
 }
 
 /// What the committer's queue carries.
@@ -68,6 +73,7 @@ pub(crate) struct StoreContext {
     /// The position one past the last durable event: "committed up to".
     pub committed: watch::Sender<u64>,
     pub counters: CommitCounters,
+    pub hops: HopCounters,
     /// Whether this node leads the store (always, in single mode); kept by `LeaderTracker`.
     pub leader: AtomicBool,
     /// The persistent subscriptions running on this node (loaded by `LeaderWorker`).
@@ -85,6 +91,7 @@ impl StoreContext {
             committer_lease: Arc::new(Mutex::new(())),
             committed: watch::Sender::new(next_position),
             counters: CommitCounters::default(),
+            hops: HopCounters::default(),
             leader: AtomicBool::new(false),
             persistent: PersistentRegistry::default(),
             subscription_processes: SubscriptionsProcesses::default(),
@@ -123,7 +130,11 @@ impl StoreContext {
             return;
         };
         if let Err(mpsc::error::SendError(CommitMsg::Command(request))) = queue
-            .send(CommitMsg::Command(CommitRequest { command, reply }))
+            .send(CommitMsg::Command(CommitRequest {
+                command,
+                reply,
+                submitted: Instant::now(),
+            }))
             .await
         {
             let _ = request.reply.send(Err(StoreError::unavailable(

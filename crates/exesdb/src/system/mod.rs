@@ -9,6 +9,7 @@
 pub(crate) mod context;
 pub(crate) mod core;
 pub(crate) mod gateway;
+pub(crate) mod hops;
 mod store_api;
 pub(crate) mod wiring;
 
@@ -31,6 +32,7 @@ use context::StoreContext;
 use core::notification::subscription::SubscriptionRegistry;
 use gateway::Gateway;
 use gateway::pubsub::PubSubShared;
+use hops::Hop;
 use store_api::Pools;
 pub use store_api::StoreApi;
 use wiring::Wiring;
@@ -157,6 +159,14 @@ impl System {
             .set(self.api.active_workers() as f64);
         metrics::gauge!("exesdb_gateway_in_flight", "store" => store.clone())
             .set(self.gateway.in_flight() as f64);
+        let hops = self.api.append_hops();
+        for hop in Hop::ALL {
+            let labels = [("store", store.clone()), ("hop", hop.name().to_string())];
+            metrics::counter!("exesdb_append_hop_nanoseconds_total", &labels)
+                .absolute(hops.nanos(hop));
+            metrics::counter!("exesdb_append_hop_requests_total", &labels)
+                .absolute(hops.count(hop));
+        }
         fn restarts(node: &TreeSnapshot, store: &str) {
             metrics::gauge!(
                 "exesdb_supervisor_restarts",

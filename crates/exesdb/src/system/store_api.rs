@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::context::{CommitStats, StoreContext};
+use super::hops::{AppendHops, Hop, HopCounters};
 use super::core::notification::emitter::{EmitterRequest, EmitterWork, persistent_key};
 use super::core::notification::persistent::{PersistentConsumer, PersistentGroup};
 use super::core::notification::subscription::{
@@ -86,17 +87,23 @@ impl StoreApi {
         let started = std::time::Instant::now();
         let event_count = events.len() as u64;
         let _permit = self.admit().await?;
+        let admitted = std::time::Instant::now();
+        let hops = &self.context.hops;
+        hops.add(Hop::Admission, started, admitted);
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest {
             expected,
             events,
             reply,
+            admitted,
         };
         self.pools
             .streams_writers
             .dispatch(stream_id, request)
             .await?;
-        match await_reply(answer).await? {
+        let answer = await_reply(answer).await;
+        hops.count_append(admitted, std::time::Instant::now());
+        match answer? {
             Outcome::Appended(result) => {
                 let store = self.context.store_id().to_string();
                 metrics::counter!("exesdb_appends_total", "store" => store.clone()).increment(1);
@@ -542,6 +549,15 @@ impl StoreApi {
     /// The stores hosted by this node (those started with the same `node_stores`).
     pub fn list_stores(&self) -> Vec<String> {
         self.context.config.node_stores.list()
+    }
+
+    /// Where appends have spent their time so far, hop by hop.
+    pub fn append_hops(&self) -> AppendHops {
+        self.context.hops.snapshot()
+    }
+
+    pub(crate) fn hops(&self) -> &HopCounters {
+        &self.context.hops
     }
 
     /// Counters of the commit path since start: batches (fsyncs), commands, events.

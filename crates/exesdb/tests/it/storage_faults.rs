@@ -215,3 +215,73 @@ async fn next_message(subscription: &mut exesdb::Subscription) -> SubscriptionMe
         .expect("a message within 10 s")
         .expect("the subscription stays open")
 }
+
+/// The committer applies a batch while the one before it is written. When that write fails,
+/// the batch applied on top of it is refused whole: under concurrent appends with exact
+/// expected versions, every acknowledged append is stored at the version it was told, every
+/// refused one is absent, and positions and versions stay gapless after the reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_refuses_the_batch_applied_on_top_of_it_and_nothing_else() {
+    const WRITERS: usize = 16;
+    const APPENDS_EACH: usize = 40;
+    let store = start().await;
+    store.system.inject_storage_fault(StorageFault::FailCommit {
+        nth: 6,
+        kind: IoFault::Eio,
+    });
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let api = store.system.api().clone();
+        tasks.push(tokio::spawn(async move {
+            let stream_id = format!("writer-{writer}");
+            let mut stored = Vec::new();
+            let mut refused = Vec::new();
+            let mut version: Option<u64> = None;
+            for _ in 0..APPENDS_EACH {
+                let (ids, events) = tagged_append(1, 0);
+                let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                match api.append(&stream_id, expected, events).await {
+                    Ok(result) => {
+                        assert_eq!(
+                            result.first_event_number,
+                            version.map_or(0, |v| v + 1),
+                            "acknowledged at the next version"
+                        );
+                        version = Some(result.last_event_number);
+                        stored.extend(ids);
+                    }
+                    Err(error) => {
+                        assert_eq!(error.code(), "unavailable", "{error}");
+                        refused.extend(ids);
+                        // Whether a failed write was stored is known once the store reopens:
+                        // read the version back before going on with an exact expectation.
+                        version = loop {
+                            match api.stream_version(&stream_id).await {
+                                Ok(version) => break u64::try_from(version).ok(),
+                                Err(_) => tokio::task::yield_now().await,
+                            }
+                        };
+                    }
+                }
+            }
+            (stream_id, stored, refused)
+        }));
+    }
+    let mut refusals = 0;
+    for task in tasks {
+        let (stream_id, acknowledged, refused) = task.await.expect("writer task");
+        let on_disk = stream_ids(&store, &stream_id).await.unwrap_or_default();
+        for id in &acknowledged {
+            assert!(on_disk.contains(id), "acknowledged {id} is stored");
+        }
+        for id in &refused {
+            assert!(!on_disk.contains(id), "refused {id} is not stored");
+        }
+        assert_eq!(on_disk.len(), acknowledged.len(), "nothing else in {stream_id}");
+        refusals += refused.len();
+    }
+    assert!(refusals > 0, "the armed commit failed some appends");
+    let all = all_ids(&store).await;
+    assert_eq!(all.len(), WRITERS * APPENDS_EACH - refusals);
+    store.system.stop().await;
+}

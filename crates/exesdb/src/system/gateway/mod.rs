@@ -16,6 +16,7 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
@@ -24,6 +25,7 @@ use exesdb_types::{Kind, Strategy};
 use crate::supervision::pool::{KeyedWork, WorkerPool};
 use crate::supervision::{ChildSpec, TreeNode};
 use crate::system::StoreApi;
+use crate::system::hops::Hop;
 use crate::system::wiring::Wiring;
 use exesdb_types::StoreError;
 use pubsub::PubSub;
@@ -96,18 +98,25 @@ impl Gateway {
                 self.in_flight_max
             ))
         })?;
+        let called = Instant::now();
         let (reply, answer) = oneshot::channel();
         let api = self.api.clone();
         let task = Box::pin(async move {
-            let _ = reply.send(call(api).await);
+            api.hops().add(Hop::GatewayIn, called, Instant::now());
+            let result = call(api).await;
+            let _ = reply.send((result, Instant::now()));
         });
         let key = format!("{}", worker_index(route, self.worker_count));
         self.workers
             .dispatch(&key, GatewayCall { permit, task })
             .await?;
-        answer
+        let (result, returned) = answer
             .await
-            .map_err(|_| StoreError::unavailable("the gateway worker stopped before answering"))?
+            .map_err(|_| StoreError::unavailable("the gateway worker stopped before answering"))?;
+        let hops = self.api.hops();
+        hops.add(Hop::GatewayOut, returned, Instant::now());
+        hops.count_gateway_call();
+        result
     }
 }
 

@@ -5,13 +5,14 @@
 //! writer serves any number of streams.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::supervision::pool::KeyedWork;
 use crate::system::context::StoreContext;
+use crate::system::hops::Hop;
 use crate::system::core::store::state_machine::{AppendCommand, Command, Outcome, PreparedEvent};
 use exesdb_types::StoreError;
 use exesdb_types::{ExpectedVersion, NewEvent};
@@ -21,6 +22,8 @@ pub(crate) struct AppendRequest {
     pub expected: ExpectedVersion,
     pub events: Vec<NewEvent>,
     pub reply: oneshot::Sender<Result<Outcome, StoreError>>,
+    /// When the store admitted it.
+    pub admitted: Instant,
 }
 
 /// What stream writers do.
@@ -34,12 +37,16 @@ impl KeyedWork for StreamsWriterWork {
     const SHARED_WORKERS: bool = true;
 
     async fn handle(&self, stream_id: &str, request: AppendRequest) {
+        let taken = Instant::now();
+        let hops = &self.context.hops;
+        hops.add(Hop::ToWriter, request.admitted, taken);
         let command = Command::Append(AppendCommand {
             stream_id: stream_id.to_string(),
             expected: request.expected,
             created_micros: now_micros(),
             events: request.events.into_iter().map(prepare).collect(),
         });
+        hops.add(Hop::Writer, taken, Instant::now());
         self.context.submit(command, request.reply).await;
     }
 }
