@@ -155,6 +155,10 @@ pub(crate) struct WriteLoad {
     /// Appends per client (the run ends when all are done).
     #[arg(long, default_value_t = 1_000)]
     requests: u64,
+    /// Run for this many seconds instead: each client appends until then (`--requests` is
+    /// then ignored). For tail latency, which needs a long run.
+    #[arg(long, conflicts_with = "requests")]
+    seconds: Option<f64>,
     /// Streams written to.
     #[arg(long, default_value_t = 1_000)]
     streams: u64,
@@ -189,20 +193,25 @@ async fn write(target: &BenchTarget, load: WriteLoad) -> Result<Report, String> 
         pool.push(connect(target).await?);
     }
     let run_id = uuid::Uuid::now_v7().simple().to_string();
-    let bar = progress(target, load.clients * load.requests, "appends");
     let started = Instant::now();
+    let (requests, deadline) = match load.seconds {
+        Some(seconds) if seconds.is_finite() && seconds > 0.0 => (
+            u64::MAX,
+            Some(started + std::time::Duration::from_secs_f64(seconds)),
+        ),
+        Some(seconds) => return Err(format!("--seconds must be above 0, not {seconds}")),
+        None => (load.requests, None),
+    };
+    let bar = match deadline {
+        Some(_) => progress(target, 0, "appends"),
+        None => progress(target, load.clients * load.requests, "appends"),
+    };
     let mut tasks = Vec::new();
     for task in 0..load.clients {
         let client = pool[(task % connections) as usize].clone();
         let bar = bar.clone();
         let run_id = run_id.clone();
-        let (requests, streams, size, batch, expected) = (
-            load.requests,
-            load.streams,
-            load.size,
-            load.batch,
-            load.expected,
-        );
+        let (streams, size, batch, expected) = (load.streams, load.size, load.batch, load.expected);
         let clients = load.clients;
         let new_streams = load.new_streams;
         tasks.push(tokio::spawn(async move {
@@ -214,6 +223,9 @@ async fn write(target: &BenchTarget, load: WriteLoad) -> Result<Report, String> 
             };
             let mut next_version: std::collections::HashMap<String, u64> = Default::default();
             for i in 0..requests {
+                if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                    break;
+                }
                 let stream = match expected {
                     _ if new_streams => format!("bench-{run_id}-c{task}-n{i}"),
                     // Streams of its own, so exact versions never race with other clients.
@@ -304,6 +316,7 @@ async fn write(target: &BenchTarget, load: WriteLoad) -> Result<Report, String> 
         "bench": "write",
         "parameters": {
             "clients": load.clients, "connections": connections, "requests": load.requests,
+            "seconds": load.seconds,
             "streams": load.streams, "new_streams": load.new_streams, "size": load.size, "batch": load.batch,
             "expected": format!("{:?}", load.expected).to_lowercase(),
             "server": target.server, "store": target.store,

@@ -5,6 +5,8 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -55,6 +57,8 @@ pub(crate) struct LoadSettings {
     /// Connections that network clients share (gRPC and NATS multiplex; PostgreSQL cannot and
     /// opens one per client).
     pub connections: u64,
+    /// Appends of the many-streams load, which runs until they are done (0: for `duration`).
+    pub new_streams_total: u64,
 }
 
 impl LoadSettings {
@@ -122,6 +126,41 @@ pub(crate) struct WriteResult {
     pub first_error: Option<String>,
     /// Events per fsync during this workload, where the system lets us count its fsyncs.
     pub events_per_fsync: Option<f64>,
+    /// The mean time of each of an append's hops inside the server, where it reports them.
+    pub hops: Vec<HopMean>,
+    /// The mean latency the clients saw, µs.
+    pub mean_us: f64,
+}
+
+/// One hop's mean over a workload.
+#[derive(Debug, Clone)]
+pub(crate) struct HopMean {
+    pub name: String,
+    pub mean_us: f64,
+}
+
+/// Running sums of one hop as the system reports them: nanoseconds and requests.
+#[derive(Debug, Clone)]
+pub(crate) struct HopSum {
+    pub name: String,
+    pub nanos: f64,
+    pub requests: f64,
+}
+
+/// The means over a workload, from the sums before and after it.
+fn hop_means(before: &[HopSum], after: &[HopSum]) -> Vec<HopMean> {
+    after
+        .iter()
+        .filter_map(|end| {
+            let start = before.iter().find(|hop| hop.name == end.name);
+            let (nanos, requests) = start.map_or((0.0, 0.0), |s| (s.nanos, s.requests));
+            let requests = end.requests - requests;
+            (requests > 0.0).then(|| HopMean {
+                name: end.name.clone(),
+                mean_us: (end.nanos - nanos) / requests / 1_000.0,
+            })
+        })
+        .collect()
 }
 
 impl WriteResult {
@@ -159,6 +198,9 @@ pub(crate) async fn run_writes<T: Target>(
     }
     let started = Instant::now();
     let deadline = started + settings.duration;
+    // The many-streams load is a number of streams, shared out as the clients go.
+    let quota = (workload.new_streams && settings.new_streams_total > 0)
+        .then(|| Arc::new(AtomicU64::new(settings.new_streams_total)));
     let mut tasks = Vec::new();
     for (client, appender) in appenders.into_iter().enumerate() {
         let streams = if workload.new_streams {
@@ -173,7 +215,10 @@ pub(crate) async fn run_writes<T: Target>(
             workload.events_per_append,
             event_bytes,
             client as u64,
-            deadline,
+            match &quota {
+                Some(quota) => Until::Quota(quota.clone()),
+                None => Until::Deadline(deadline),
+            },
         )));
     }
     let mut latencies = new_histogram()?;
@@ -197,6 +242,8 @@ pub(crate) async fn run_writes<T: Target>(
         errors,
         first_error,
         events_per_fsync: None,
+        hops: Vec::new(),
+        mean_us: latencies.mean(),
     })
 }
 
@@ -218,13 +265,34 @@ enum Streams {
     New(String),
 }
 
+/// When a client stops.
+enum Until {
+    Deadline(Instant),
+    /// Appends left to all clients together.
+    Quota(Arc<AtomicU64>),
+}
+
+impl Until {
+    /// Whether the client may send one more append (taking it from the quota).
+    fn one_more(&self) -> bool {
+        match self {
+            Until::Deadline(deadline) => Instant::now() < *deadline,
+            Until::Quota(left) => left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok(),
+        }
+    }
+}
+
 async fn drive_client<A: Appender>(
     mut appender: A,
     streams: Streams,
     events_per_append: u64,
     event_bytes: usize,
     seed: u64,
-    deadline: Instant,
+    until: Until,
 ) -> Result<ClientOutcome> {
     let mut outcome = ClientOutcome {
         latencies: new_histogram()?,
@@ -239,7 +307,7 @@ async fn drive_client<A: Appender>(
     let mut lengths = vec![0u64; owned];
     let mut payloads = Payloads::new(seed);
     let mut next = 0usize;
-    while Instant::now() < deadline {
+    while until.one_more() {
         let events = (0..events_per_append)
             .map(|_| payloads.next(event_bytes))
             .collect();
@@ -429,8 +497,10 @@ where
     let mut writes = Vec::new();
     for workload in settings.workloads() {
         let before = fsyncs.count().await;
+        let hops_before = fsyncs.hops().await;
         let mut result = run_writes(target, workload, settings).await?;
         let after = fsyncs.count().await;
+        result.hops = hop_means(&hops_before, &fsyncs.hops().await);
         if let (Some(before), Some(after)) = (before, after)
             && after > before
         {
@@ -459,6 +529,11 @@ where
 /// Counts a system's fsyncs so far, where it can (the count may lag by a moment).
 pub(crate) trait AsyncFsyncCounter {
     fn count(&mut self) -> impl Future<Output = Option<u64>>;
+
+    /// The system's running sums of an append's hops, where it reports them.
+    fn hops(&mut self) -> impl Future<Output = Vec<HopSum>> {
+        std::future::ready(Vec::new())
+    }
 }
 
 /// For a system whose fsyncs we cannot count.

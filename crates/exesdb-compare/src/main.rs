@@ -64,6 +64,10 @@ struct Options {
     /// Events per append in the batch load.
     #[arg(long, default_value_t = 100)]
     batch: u64,
+    /// Appends of the many-streams load, each to a new stream (it runs until they are all
+    /// done, not for `--seconds`); 0 runs it for `--seconds` like the others.
+    #[arg(long, default_value_t = 1_000_000)]
+    new_streams: u64,
     /// Connections the clients share, for gRPC and NATS (PostgreSQL gets one per client).
     #[arg(long, default_value_t = 4)]
     connections: u64,
@@ -128,6 +132,7 @@ async fn compare(options: Options) -> Result<bool> {
         event_bytes: options.size,
         batch_events: options.batch.max(1),
         connections: options.connections.max(1),
+        new_streams_total: options.new_streams,
     };
     let base = options.dir.clone().unwrap_or_else(std::env::temp_dir);
     let run_dir = base.join(format!(

@@ -232,6 +232,7 @@ impl Report {
         if let Some(limits) = &self.limits {
             out += &self.limits_markdown(limits);
         }
+        out += &self.hops_markdown();
         out += &format!(
             "\nself-check: {}\n",
             if self.self_check_ok() { "ok" } else { "FAILED" }
@@ -304,6 +305,64 @@ impl Report {
                 );
             }
         }
+        out
+    }
+
+    /// Where an exesdb append's time goes, hop by hop: the server's own sums over each load,
+    /// and what is left of the client's mean latency (the RPC: HTTP/2, protobuf, loopback).
+    fn hops_markdown(&self) -> String {
+        let mut columns = Vec::new();
+        for system in [System::Exesdb, System::ExesdbEmbedded] {
+            let Some(run) = self.run_of(system) else {
+                continue;
+            };
+            for write in &run.writes {
+                if write.workload.events_per_append == 1 && !write.hops.is_empty() {
+                    columns.push((system, write));
+                }
+            }
+        }
+        if columns.is_empty() {
+            return String::new();
+        }
+        let mut out = String::from(
+            "\nWhere an append of one event spends its time, mean µs per append (each hop as \
+             the server sums it; `commit` overlaps the batch's apply, write and fsync; the \
+             rest of the client's mean is the RPC itself):\n\n| hop |",
+        );
+        for (system, write) in &columns {
+            out += &format!(" {}: {} |", system.name(), write.workload.label());
+        }
+        out += "\n|---|";
+        out += &"---:|".repeat(columns.len());
+        out += "\n";
+        let names: Vec<String> = columns[0]
+            .1
+            .hops
+            .iter()
+            .map(|hop| hop.name.clone())
+            .collect();
+        for name in &names {
+            out += &format!("| {name} |");
+            for (_, write) in &columns {
+                let mean = write.hops.iter().find(|hop| &hop.name == name);
+                out += &match mean {
+                    Some(hop) => format!(" {:.1} |", hop.mean_us),
+                    None => " |".into(),
+                };
+            }
+            out += "\n";
+        }
+        out += "| the rest (client mean − hops) |";
+        for (_, write) in &columns {
+            let hops: f64 = write.hops.iter().map(|hop| hop.mean_us).sum();
+            out += &format!(" {:.1} |", write.mean_us - hops);
+        }
+        out += "\n| client mean |";
+        for (_, write) in &columns {
+            out += &format!(" {:.1} |", write.mean_us);
+        }
+        out += "\n";
         out
     }
 
@@ -381,6 +440,12 @@ fn write_json(write: &WriteResult) -> Value {
         "p999_us": write.p999_us,
         "errors": write.errors,
         "events_per_fsync": write.events_per_fsync,
+        "mean_us": write.mean_us,
+        "hops_mean_us": write
+            .hops
+            .iter()
+            .map(|hop| (hop.name.clone(), json!(hop.mean_us)))
+            .collect::<serde_json::Map<String, Value>>(),
     })
 }
 

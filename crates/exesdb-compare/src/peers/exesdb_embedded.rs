@@ -88,6 +88,18 @@ impl AsyncFsyncCounter for CommitBatches {
     async fn count(&mut self) -> Option<u64> {
         Some(self.system.api().commit_stats().batches)
     }
+
+    async fn hops(&mut self) -> Vec<load::HopSum> {
+        let hops = self.system.api().append_hops();
+        exesdb::Hop::ALL
+            .iter()
+            .map(|&hop| load::HopSum {
+                name: hop.name().to_string(),
+                nanos: hops.nanos(hop) as f64,
+                requests: hops.count(hop) as f64,
+            })
+            .collect()
+    }
 }
 
 /// Reads `$all` from the start in pages, as a catching-up reader does.

@@ -113,6 +113,53 @@ impl AsyncFsyncCounter for CommitBatches {
             .sum::<f64>();
         Some(batches as u64)
     }
+
+    async fn hops(&mut self) -> Vec<load::HopSum> {
+        let Ok(text) = http_get(&self.address, "/metrics").await else {
+            return Vec::new();
+        };
+        let mut sums: Vec<load::HopSum> = Vec::new();
+        for line in text.lines() {
+            let (is_nanos, rest) =
+                if let Some(rest) = line.strip_prefix("exesdb_append_hop_nanoseconds_total{") {
+                    (true, rest)
+                } else if let Some(rest) = line.strip_prefix("exesdb_append_hop_requests_total{") {
+                    (false, rest)
+                } else {
+                    continue;
+                };
+            let Some((labels, value)) = rest.split_once("} ") else {
+                continue;
+            };
+            let Some(name) = labels
+                .split(',')
+                .find_map(|label| label.strip_prefix("hop=\""))
+                .map(|name| name.trim_end_matches('"').to_string())
+            else {
+                continue;
+            };
+            let Ok(value) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            let index = match sums.iter().position(|hop| hop.name == name) {
+                Some(index) => index,
+                None => {
+                    sums.push(load::HopSum {
+                        name,
+                        nanos: 0.0,
+                        requests: 0.0,
+                    });
+                    sums.len() - 1
+                }
+            };
+            if is_nanos {
+                sums[index].nanos += value;
+            } else {
+                sums[index].requests += value;
+            }
+        }
+        sums
+    }
 }
 
 /// A plain HTTP/1.0 GET, so the body comes unchunked (the metrics page is all this tool

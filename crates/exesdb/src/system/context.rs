@@ -11,10 +11,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::SystemConfig;
 use crate::storage::Storage;
-use crate::system::hops::HopCounters;
 use crate::system::core::notification::persistent::PersistentRegistry;
 use crate::system::core::persistence::subscriptions::SubscriptionsProcesses;
 use crate::system::core::store::state_machine::{Command, Outcome};
+use crate::system::hops::HopCounters;
 use exesdb_types::StoreError;
 
 /// A command waiting for the committer, with the channel its outcome goes back on.

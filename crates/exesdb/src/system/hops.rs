@@ -19,8 +19,7 @@ pub enum Hop {
     Writer,
     /// In the committer's queue until the committer takes the batch it belongs to.
     CommitQueue,
-    /// From the batch's start until its reply is sent: applying, waiting for the batch before
-    /// to be written, writing, fsync.
+    /// From the batch's start until its reply is sent: applying the batch, writing it, fsync.
     Commit,
     /// From the reply being sent until the API call resumes with it.
     Reply,
@@ -84,8 +83,8 @@ impl HopCounters {
 
     /// Counts an answered append, with the time from its admission to its answer.
     pub(crate) fn count_append(&self, admitted: Instant, answered: Instant) {
-        let nanos = u64::try_from(answered.saturating_duration_since(admitted).as_nanos())
-            .unwrap_or(0);
+        let nanos =
+            u64::try_from(answered.saturating_duration_since(admitted).as_nanos()).unwrap_or(0);
         self.after_admission.fetch_add(nanos, Ordering::Relaxed);
         self.appends.fetch_add(1, Ordering::Relaxed);
     }

@@ -10,7 +10,6 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::context::{CommitStats, StoreContext};
-use super::hops::{AppendHops, Hop, HopCounters};
 use super::core::notification::emitter::{EmitterRequest, EmitterWork, persistent_key};
 use super::core::notification::persistent::{PersistentConsumer, PersistentGroup};
 use super::core::notification::subscription::{
@@ -24,6 +23,7 @@ use super::core::persistence::streams::writer::{AppendRequest, StreamsWriterWork
 use super::core::store::state_machine::{Command, Outcome, SnapshotCommand};
 use super::gateway::GatewayWork;
 use super::gateway::pubsub::topic_selector;
+use super::hops::{AppendHops, Hop, HopCounters};
 use crate::config::SystemConfig;
 use crate::storage::StoredSnapshot;
 use crate::supervision::pool::WorkerPool;

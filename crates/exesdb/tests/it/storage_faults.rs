@@ -216,12 +216,11 @@ async fn next_message(subscription: &mut exesdb::Subscription) -> SubscriptionMe
         .expect("the subscription stays open")
 }
 
-/// The committer applies a batch while the one before it is written. When that write fails,
-/// the batch applied on top of it is refused whole: under concurrent appends with exact
-/// expected versions, every acknowledged append is stored at the version it was told, every
-/// refused one is absent, and positions and versions stay gapless after the reopen.
+/// A failed write under concurrent appends with exact expected versions: every acknowledged
+/// append is stored at the version it was told, every refused one is absent, and positions
+/// and versions stay gapless after the reopen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_write_refuses_the_batch_applied_on_top_of_it_and_nothing_else() {
+async fn concurrent_appends_through_a_failed_write_store_exactly_the_acknowledged_ones() {
     const WRITERS: usize = 16;
     const APPENDS_EACH: usize = 40;
     let store = start().await;
@@ -277,7 +276,11 @@ async fn a_failed_write_refuses_the_batch_applied_on_top_of_it_and_nothing_else(
         for id in &refused {
             assert!(!on_disk.contains(id), "refused {id} is not stored");
         }
-        assert_eq!(on_disk.len(), acknowledged.len(), "nothing else in {stream_id}");
+        assert_eq!(
+            on_disk.len(),
+            acknowledged.len(),
+            "nothing else in {stream_id}"
+        );
         refusals += refused.len();
     }
     assert!(refusals > 0, "the armed commit failed some appends");

@@ -7,7 +7,6 @@
 //! same commands on every node after Raft has ordered them.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use uuid::Uuid;
 
@@ -47,14 +46,6 @@ pub(crate) enum Command {
         position: u64,
         parked: bool,
     },
-}
-
-impl Command {
-    /// Whether applying the command reads stored data that [`BatchEffects`] does not carry
-    /// (a subscription's parked events), so the batch before it must be written first.
-    pub(crate) fn reads_beyond_effects(&self) -> bool {
-        matches!(self, Command::RemoveSubscription { .. })
-    }
 }
 
 /// An append, with every event's id and the time of acceptance fixed.
@@ -144,13 +135,11 @@ impl StateMachine {
         self.next_position
     }
 
-    /// Starts a batch of commands that will be written as one storage batch, on top of
-    /// `unwritten`: the effects of the batch before it when that one is still being written
-    /// (so not yet in storage). `unavailable` while the engine is being reopened.
+    /// Starts a batch of commands that will be written as one storage batch.
+    /// `unavailable` while the engine is being reopened.
     pub(crate) fn begin<'a>(
         &'a mut self,
         storage: &Storage,
-        unwritten: Option<Arc<BatchEffects>>,
     ) -> Result<Transaction<'a>, StorageError> {
         let engine = storage.engine()?;
         Ok(Transaction {
@@ -158,58 +147,25 @@ impl StateMachine {
             machine: self,
             view: engine.point_view(),
             batch: engine.write_batch(),
-            effects: BatchEffects::default(),
-            unwritten,
+            heads: HashMap::new(),
+            appended: HashMap::new(),
+            event_ids: HashMap::new(),
         })
     }
 }
 
-/// What one batch changed that later batches must see before it is in storage.
-#[derive(Default)]
-pub(crate) struct BatchEffects {
-    /// Stream versions the batch set.
-    heads: HashMap<String, u64>,
-    /// Positions of the events the batch appended, by (stream, event number).
-    appended: HashMap<(String, u64), u64>,
-    /// Event numbers of the client-chosen event ids the batch recorded.
-    event_ids: HashMap<(String, Uuid), u64>,
-}
-
-/// Commands applied together; [`Transaction::seal`] ends them as one storage batch.
+/// Commands applied together; [`Transaction::commit`] writes them with one fsync, and only a
+/// successful commit changes the machine's state.
 pub(crate) struct Transaction<'a> {
     machine: &'a mut StateMachine,
-    /// Everything committed before this batch, except `unwritten`.
+    /// Everything committed before this batch; the batch's own effects are in the maps below.
     view: PointView,
     batch: WriteBatch,
     next_position: u64,
-    /// This batch's own effects.
-    effects: BatchEffects,
-    /// The previous batch's, while it is being written.
-    unwritten: Option<Arc<BatchEffects>>,
-}
-
-/// A batch whose commands are applied, ready to be written with one fsync.
-pub(crate) struct SealedBatch {
-    batch: WriteBatch,
-    marker: CommitMarker,
-    /// The position after the batch's last event.
-    pub next_position: u64,
-    /// What the batch changed, for the batch applied while this one is written.
-    pub effects: Arc<BatchEffects>,
-}
-
-impl SealedBatch {
-    /// Whether writing will store anything (and so fsync).
-    pub(crate) fn writes(&self) -> bool {
-        !self.batch.is_empty()
-    }
-
-    /// Writes the batch durably: one fsync. An error leaves the engine refusing every later
-    /// write, and the machine that sealed it ahead of storage: the committer must reopen the
-    /// storage and recover the machine from it.
-    pub(crate) fn write(self) -> Result<(), StorageError> {
-        self.batch.commit(self.marker)
-    }
+    heads: HashMap<String, u64>,
+    /// Positions of the events this batch appended, by (stream, event number).
+    appended: HashMap<(String, u64), u64>,
+    event_ids: HashMap<(String, Uuid), u64>,
 }
 
 impl Transaction<'_> {
@@ -262,36 +218,23 @@ impl Transaction<'_> {
         }
     }
 
-    /// Ends the batch and folds its effects into the machine ahead of the write, so that the
-    /// next batch can be applied while this one is written. If the write fails, the machine is
-    /// ahead of storage and must be recovered from it.
-    pub(crate) fn seal(self) -> SealedBatch {
-        let Transaction {
-            machine,
-            view,
-            batch,
-            next_position,
-            effects,
-            unwritten: _,
-        } = self;
-        drop(view);
-        let marker = CommitMarker {
-            sequence: machine.commit_sequence + 1,
-            next_position,
-        };
-        if !batch.is_empty() {
-            machine.commit_sequence = marker.sequence;
+    /// Writes the batch durably (fsync) and, on success, folds its effects into the machine.
+    /// Returns the next position, and whether anything was written (an fsync happened).
+    pub(crate) fn commit(self) -> Result<(u64, bool), StorageError> {
+        let wrote = !self.batch.is_empty();
+        if wrote {
+            let marker = CommitMarker {
+                sequence: self.machine.commit_sequence + 1,
+                next_position: self.next_position,
+            };
+            self.batch.commit(marker)?;
+            self.machine.commit_sequence = marker.sequence;
         }
-        machine.next_position = next_position;
-        for (stream_id, version) in &effects.heads {
-            machine.heads.insert(stream_id.clone(), *version);
+        self.machine.next_position = self.next_position;
+        for (stream_id, version) in self.heads {
+            self.machine.heads.insert(stream_id, version);
         }
-        SealedBatch {
-            batch,
-            marker,
-            next_position,
-            effects: Arc::new(effects),
-        }
+        Ok((self.next_position, wrote))
     }
 
     fn append(&mut self, command: &AppendCommand) -> Result<AppendResult, StoreError> {
@@ -365,20 +308,16 @@ impl Transaction<'_> {
             self.batch
                 .append_event(position, &record, event.client_event_id);
             if event.client_event_id {
-                self.effects
-                    .event_ids
+                self.event_ids
                     .insert((stream_id.to_string(), event.event_id), event_number);
             }
-            self.effects
-                .appended
+            self.appended
                 .insert((stream_id.to_string(), event_number), position);
         }
         let count = command.events.len() as u64;
         let last_event_number = first_event_number + count - 1;
         self.batch.set_stream_head(stream_id, last_event_number);
-        self.effects
-            .heads
-            .insert(stream_id.to_string(), last_event_number);
+        self.heads.insert(stream_id.to_string(), last_event_number);
         self.next_position += count;
         Ok(AppendResult {
             first_event_number,
@@ -432,11 +371,8 @@ impl Transaction<'_> {
     }
 
     fn stream_version(&mut self, stream_id: &str) -> Result<Option<u64>, StoreError> {
-        let unwritten = self.unwritten.as_deref();
-        for effects in std::iter::once(&self.effects).chain(unwritten) {
-            if let Some(version) = effects.heads.get(stream_id) {
-                return Ok(Some(*version));
-            }
+        if let Some(version) = self.heads.get(stream_id) {
+            return Ok(Some(*version));
         }
         if let Some(version) = self.machine.heads.get(stream_id) {
             return Ok(Some(version));
@@ -453,23 +389,15 @@ impl Transaction<'_> {
         stream_id: &str,
         event_id: Uuid,
     ) -> Result<Option<u64>, StoreError> {
-        let key = (stream_id.to_string(), event_id);
-        let unwritten = self.unwritten.as_deref();
-        for effects in std::iter::once(&self.effects).chain(unwritten) {
-            if let Some(number) = effects.event_ids.get(&key) {
-                return Ok(Some(*number));
-            }
+        if let Some(number) = self.event_ids.get(&(stream_id.to_string(), event_id)) {
+            return Ok(Some(*number));
         }
         Ok(self.view.event_number_of_id(stream_id, event_id)?)
     }
 
     fn position_of(&self, stream_id: &str, event_number: u64) -> Result<Option<u64>, StoreError> {
-        let key = (stream_id.to_string(), event_number);
-        let unwritten = self.unwritten.as_deref();
-        for effects in std::iter::once(&self.effects).chain(unwritten) {
-            if let Some(position) = effects.appended.get(&key) {
-                return Ok(Some(*position));
-            }
+        if let Some(position) = self.appended.get(&(stream_id.to_string(), event_number)) {
+            return Ok(Some(*position));
         }
         Ok(self.view.position_of(stream_id, event_number)?)
     }

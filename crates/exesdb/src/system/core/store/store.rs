@@ -1,14 +1,11 @@
 //! `ExESDB.Store` [GS]: owns the committer, the one place where commands are applied.
 //!
-//! The committer runs on two dedicated threads (fsync blocks; it must not stall the async
-//! runtime). The committer thread takes every command queued since its last batch and applies
-//! them in order to the state machine; the batch writer thread writes each applied batch as one
-//! storage batch with one fsync (group commit), and only then replies to each and announces
-//! "committed up to position P". The committer applies batch N+1 while the writer syncs batch
-//! N, on top of N's effects; N+1 is handed over only once N is on disk, and refused whole if
-//! N's write failed. If the Store process dies, for any reason, the committer finishes what is
-//! queued and exits; the restarted Store's committer waits for that (the lease) and derives
-//! its state from storage again.
+//! The committer is a dedicated thread (fsync blocks; it must not stall the async runtime). It
+//! takes every command queued since its last batch, applies them in order to the state machine,
+//! writes them as one storage batch with one fsync (group commit), and only then replies to
+//! each and announces "committed up to position P". If the Store process dies, for any reason,
+//! the committer finishes what is queued and exits; the restarted Store's committer waits for
+//! that (the lease) and derives its state from storage again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +14,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::state_machine::{BatchEffects, Command, Outcome, SealedBatch, StateMachine};
+use super::state_machine::{Command, Outcome, StateMachine};
 use crate::storage::StorageError;
 use crate::system::context::{CommitMsg, CommitRequest, StoreContext};
 use crate::system::hops::Hop;
@@ -170,13 +167,6 @@ fn run_committer(
             return;
         }
     };
-    let mut writer = match BatchWriter::start(context.clone()) {
-        Ok(writer) => writer,
-        Err(error) => {
-            let _ = ready.send(Err(format!("cannot start the batch writer thread: {error}")));
-            return;
-        }
-    };
     context.committed.send_replace(machine.next_position());
     if ready.send(Ok(())).is_err() {
         return;
@@ -202,25 +192,8 @@ fn run_committer(
         if !batch.is_empty() {
             let appends = count_queue_hops(&context, &batch, started);
             let timing = BatchTiming { started, appends };
-            match commit_batch(&context, &mut machine, &mut writer, &mut batch, timing, engine_failed) {
-                Ok(failed) => engine_failed = failed,
-                Err(WriterGone) => {
-                    tracing::error!("the batch writer thread is gone; the committer stops");
-                    break;
-                }
-            }
+            engine_failed = commit_batch(&context, &mut machine, &mut batch, timing, engine_failed);
         }
-    }
-    writer.finish();
-}
-
-fn collect(message: CommitMsg, batch: &mut Vec<CommitRequest>) -> bool {
-    match message {
-        CommitMsg::Command(request) => {
-            batch.push(request);
-            false
-        }
-        CommitMsg::Stop => true,
     }
 }
 
@@ -229,7 +202,9 @@ fn count_queue_hops(context: &StoreContext, batch: &[CommitRequest], started: In
     let mut appends = 0;
     for request in batch {
         if matches!(request.command, Command::Append(_)) {
-            context.hops.add(Hop::CommitQueue, request.submitted, started);
+            context
+                .hops
+                .add(Hop::CommitQueue, request.submitted, started);
             appends += 1;
         }
     }
@@ -243,224 +218,65 @@ struct BatchTiming {
     appends: u64,
 }
 
-/// The batch writer thread ended (a bug: it never ends on its own while the committer runs).
-struct WriterGone;
+fn collect(message: CommitMsg, batch: &mut Vec<CommitRequest>) -> bool {
+    match message {
+        CommitMsg::Command(request) => {
+            batch.push(request);
+            false
+        }
+        CommitMsg::Stop => true,
+    }
+}
 
-/// Applies one batch and hands it to the batch writer, after the batch before it is written.
-/// Returns whether the engine has failed (and must be reopened before the next batch).
-///
-/// The batch is applied while the one before it is still being written and synced: that
-/// overlap is why applying and writing run on two threads. A batch applied on top of one whose
-/// write then fails is refused whole (nothing of it was written).
+/// Applies, writes and answers one batch. Returns whether the engine has failed (and must be
+/// reopened before the next batch).
 fn commit_batch(
     context: &StoreContext,
     machine: &mut StateMachine,
-    writer: &mut BatchWriter,
     batch: &mut Vec<CommitRequest>,
     timing: BatchTiming,
-    mut engine_failed: bool,
-) -> Result<bool, WriterGone> {
+    engine_failed: bool,
+) -> bool {
     let refuse_all = |batch: &mut Vec<CommitRequest>, refusal: StoreError| {
         for request in batch.drain(..) {
             let _ = request.reply.send(Err(refusal.clone()));
         }
     };
-    engine_failed |= writer.failed_already();
-    if engine_failed || batch.iter().any(|r| r.command.reads_beyond_effects()) {
-        engine_failed |= writer.wait_written();
-    }
     // A full disk is refused before anything else: reopening would not help, and the failed
     // engine keeps serving reads until there is room again.
     if let Some(refusal) = storage_full(context, engine_failed) {
         refuse_all(batch, refusal);
-        return Ok(engine_failed);
+        return engine_failed;
     }
     if engine_failed && let Err(error) = reopen_storage(context, machine) {
         tracing::error!(%error, "cannot reopen the storage after a failed write");
         refuse_all(batch, StoreError::from(error));
-        return Ok(true);
+        return true;
     }
     let first_position = machine.next_position();
     let applying = Instant::now();
-    let mut transaction = match machine.begin(&context.storage, writer.unwritten()) {
+    let mut transaction = match machine.begin(&context.storage) {
         Ok(transaction) => transaction,
         Err(error) => {
             refuse_all(batch, StoreError::from(error));
-            return Ok(true);
+            return true;
         }
     };
     let outcomes: Vec<Result<Outcome, StoreError>> = batch
         .iter()
         .map(|request| transaction.apply(&request.command))
         .collect();
-    let sealed = transaction.seal();
-    context
-        .counters
-        .apply_nanos
-        .fetch_add(elapsed_nanos(applying, Instant::now()), Ordering::Relaxed);
-    if writer.wait_written() {
-        refuse_all(
-            batch,
-            StoreError::unavailable(
-                "the storage write of the batch before this append failed, so nothing of \
-                 this append was written; retry once the store has reopened its storage",
-            ),
-        );
-        return Ok(true);
-    }
-    let replies = batch
-        .drain(..)
-        .zip(outcomes)
-        .map(|(request, outcome)| (request.reply, outcome))
-        .collect();
-    writer.write(WriteJob {
-        sealed,
-        first_position,
-        replies,
-        timing,
-    })?;
-    Ok(false)
-}
-
-type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
-
-/// A reply channel with the answer to send on it.
-type Answer = (Reply, Result<Outcome, StoreError>);
-
-/// A sealed batch on its way to the disk, with the answers to give once it is there.
-struct WriteJob {
-    sealed: SealedBatch,
-    first_position: u64,
-    replies: Vec<Answer>,
-    timing: BatchTiming,
-}
-
-/// The committer's second thread: writes each sealed batch with one fsync, then answers its
-/// requests and announces the new committed position. At most one batch is in its hands, so
-/// batches reach the disk, and are answered, in the order they were applied.
-struct BatchWriter {
-    jobs: Option<std::sync::mpsc::SyncSender<WriteJob>>,
-    /// One answer per job: whether its write failed.
-    failures: std::sync::mpsc::Receiver<bool>,
-    /// The effects of the batch being written, until it is known to be written.
-    in_flight: Option<Arc<BatchEffects>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl BatchWriter {
-    fn start(context: Arc<StoreContext>) -> std::io::Result<BatchWriter> {
-        let (jobs, job_receiver) = std::sync::mpsc::sync_channel::<WriteJob>(1);
-        let (failure_sender, failures) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name(format!("exesdb-batch-writer-{}", context.store_id()))
-            .spawn(move || {
-                for job in job_receiver {
-                    let (failed, answers) = write_job(&context, job);
-                    // The committer learns the outcome before any client does: a client's next
-                    // append, sent on this answer, then finds the failure already known.
-                    let committer_gone = failure_sender.send(failed).is_err();
-                    for (reply, answer) in answers {
-                        let _ = reply.send(answer);
-                    }
-                    if committer_gone {
-                        break;
-                    }
-                }
-            })?;
-        Ok(BatchWriter {
-            jobs: Some(jobs),
-            failures,
-            in_flight: None,
-            thread: Some(thread),
-        })
-    }
-
-    /// What the batch being written changed, for the batch applied meanwhile.
-    fn unwritten(&self) -> Option<Arc<BatchEffects>> {
-        self.in_flight.clone()
-    }
-
-    /// Waits until the batch being written (if any) is on disk. Returns whether its write
-    /// failed; a writer thread that died counts as a failure.
-    fn wait_written(&mut self) -> bool {
-        if self.in_flight.take().is_none() {
-            return false;
-        }
-        self.failures.recv().unwrap_or(true)
-    }
-
-    /// Whether the batch being written is known to have failed already, without waiting.
-    fn failed_already(&mut self) -> bool {
-        if self.in_flight.is_none() {
-            return false;
-        }
-        match self.failures.try_recv() {
-            Ok(failed) => {
-                self.in_flight = None;
-                failed
-            }
-            Err(std::sync::mpsc::TryRecvError::Empty) => false,
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                self.in_flight = None;
-                true
-            }
-        }
-    }
-
-    /// Hands a batch over; the batch before it must be written ([`BatchWriter::wait_written`]).
-    fn write(&mut self, job: WriteJob) -> Result<(), WriterGone> {
-        let effects = job.sealed.effects.clone();
-        let Some(jobs) = &self.jobs else {
-            return Err(refuse_job(job));
-        };
-        match jobs.send(job) {
-            Ok(()) => {
-                self.in_flight = Some(effects);
-                Ok(())
-            }
-            Err(std::sync::mpsc::SendError(job)) => Err(refuse_job(job)),
-        }
-    }
-
-    /// Waits for the last batch, then stops the thread.
-    fn finish(mut self) {
-        self.wait_written();
-        self.jobs = None;
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the batch writer thread panicked");
-        }
-    }
-}
-
-fn refuse_job(job: WriteJob) -> WriterGone {
-    for (reply, _) in job.replies {
-        let _ = reply.send(Err(StoreError::unavailable(
-            "the store's writer stopped before writing this append; nothing of it was written",
-        )));
-    }
-    WriterGone
-}
-
-/// Writes one batch. Returns whether the write failed, and the answers to send.
-fn write_job(context: &StoreContext, job: WriteJob) -> (bool, Vec<Answer>) {
-    let WriteJob {
-        sealed,
-        first_position,
-        replies,
-        timing,
-    } = job;
-    let wrote = sealed.writes();
-    let next_position = sealed.next_position;
     let writing = Instant::now();
-    let written = sealed.write();
+    let committed = transaction.commit();
     let counters = &context.counters;
+    counters
+        .apply_nanos
+        .fetch_add(elapsed_nanos(applying, writing), Ordering::Relaxed);
     counters
         .write_nanos
         .fetch_add(elapsed_nanos(writing, Instant::now()), Ordering::Relaxed);
-    match written {
-        Ok(()) => {
+    match committed {
+        Ok((next_position, wrote)) => {
             if wrote {
                 counters.batches.fetch_add(1, Ordering::Relaxed);
                 metrics::histogram!(
@@ -471,7 +287,7 @@ fn write_job(context: &StoreContext, job: WriteJob) -> (bool, Vec<Answer>) {
             }
             counters
                 .commands
-                .fetch_add(replies.len() as u64, Ordering::Relaxed);
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             counters
                 .events
                 .fetch_add(next_position - first_position, Ordering::Relaxed);
@@ -480,13 +296,15 @@ fn write_job(context: &StoreContext, job: WriteJob) -> (bool, Vec<Answer>) {
                 *committed = next_position;
                 changed
             });
-            let replying = Instant::now();
-            let waited = replying.saturating_duration_since(timing.started).as_nanos();
-            let waited = u64::try_from(waited).unwrap_or(0);
+            let waited = Instant::now().saturating_duration_since(timing.started);
+            let waited = u64::try_from(waited.as_nanos()).unwrap_or(0);
             context
                 .hops
                 .add_nanos(Hop::Commit, waited.saturating_mul(timing.appends));
-            (false, replies)
+            for (request, outcome) in batch.drain(..).zip(outcomes) {
+                let _ = request.reply.send(outcome);
+            }
+            false
         }
         Err(error) => {
             tracing::error!(%error, "commit failed; the storage will be reopened before the next write");
@@ -494,17 +312,14 @@ fn write_job(context: &StoreContext, job: WriteJob) -> (bool, Vec<Answer>) {
                 "the storage write failed ({error}); whether it was stored is known once the \
                  store has reopened its storage: read before retrying without event ids"
             ));
-            let answers = replies
-                .into_iter()
-                .map(|(reply, outcome)| {
-                    let answer = match outcome {
-                        Ok(_) => Err(failure.clone()),
-                        Err(refusal) => Err(refusal),
-                    };
-                    (reply, answer)
-                })
-                .collect();
-            (true, answers)
+            for (request, outcome) in batch.drain(..).zip(outcomes) {
+                let answer = match outcome {
+                    Ok(_) => Err(failure.clone()),
+                    Err(refusal) => Err(refusal),
+                };
+                let _ = request.reply.send(answer);
+            }
+            true
         }
     }
 }

@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use crate::supervision::pool::KeyedWork;
 use crate::system::context::StoreContext;
-use crate::system::hops::Hop;
 use crate::system::core::store::state_machine::{AppendCommand, Command, Outcome, PreparedEvent};
+use crate::system::hops::Hop;
 use exesdb_types::StoreError;
 use exesdb_types::{ExpectedVersion, NewEvent};
 
