@@ -336,16 +336,17 @@ impl Report {
         out += "\n|---|";
         out += &"---:|".repeat(columns.len());
         out += "\n";
-        let names: Vec<String> = columns[0]
-            .1
-            .hops
-            .iter()
-            .map(|hop| hop.name.clone())
-            .collect();
-        for name in &names {
+        // In the order an append passes them; a hop this build does not know goes last.
+        let mut names: Vec<&str> = exesdb::Hop::ALL.iter().map(|hop| hop.name()).collect();
+        for hop in &columns[0].1.hops {
+            if !names.contains(&hop.name.as_str()) {
+                names.push(&hop.name);
+            }
+        }
+        for name in names {
             out += &format!("| {name} |");
             for (_, write) in &columns {
-                let mean = write.hops.iter().find(|hop| &hop.name == name);
+                let mean = write.hops.iter().find(|hop| hop.name == name);
                 out += &match mean {
                     Some(hop) => format!(" {:.1} |", hop.mean_us),
                     None => " |".into(),

@@ -169,8 +169,10 @@ impl Default for CommitSettings {
 /// Settings of the storage engine (fjall).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageSettings {
-    /// Size at which a keyspace's memtable is sealed and flushed (fjall's default; 8 MiB was
-    /// measured slower here: more flushes, longer tail latency).
+    /// Size at which a keyspace's memtable is sealed and flushed. Each flush of the log's
+    /// memtable stalls the commits that share the disk with it for about as long as it takes,
+    /// and every keyspace's memtable is held in memory: 16 MiB keeps both small at little cost
+    /// in throughput (DECISIONS.md, "Memtables of 16 MiB").
     pub memtable_bytes_max: u64,
     /// Journal kept before memtables must be flushed; bounds the replay on restart.
     pub journal_bytes_max: u64,
@@ -193,7 +195,7 @@ pub struct StorageSettings {
 impl Default for StorageSettings {
     fn default() -> Self {
         StorageSettings {
-            memtable_bytes_max: 64 * 1024 * 1024,
+            memtable_bytes_max: 16 * 1024 * 1024,
             journal_bytes_max: 128 * 1024 * 1024,
             cache_bytes_max: 64 * 1024 * 1024,
             disk_free_bytes_min: 256 * 1024 * 1024,

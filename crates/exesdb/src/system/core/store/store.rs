@@ -268,13 +268,17 @@ fn commit_batch(
         .collect();
     let writing = Instant::now();
     let committed = transaction.commit();
+    let written = Instant::now();
+    if written.saturating_duration_since(writing) >= SLOW_WRITE {
+        note_slow_write(context, writing, written, batch.len());
+    }
     let counters = &context.counters;
     counters
         .apply_nanos
         .fetch_add(elapsed_nanos(applying, writing), Ordering::Relaxed);
     counters
         .write_nanos
-        .fetch_add(elapsed_nanos(writing, Instant::now()), Ordering::Relaxed);
+        .fetch_add(elapsed_nanos(writing, written), Ordering::Relaxed);
     match committed {
         Ok((next_position, wrote)) => {
             if wrote {
@@ -322,6 +326,21 @@ fn commit_batch(
             true
         }
     }
+}
+
+/// A batch write (journal, fsync, memtables) this slow is logged: it is what an append's tail
+/// latency is made of, and the engine's own log says what it was doing at that moment.
+const SLOW_WRITE: Duration = Duration::from_millis(20);
+
+fn note_slow_write(context: &StoreContext, writing: Instant, written: Instant, commands: usize) {
+    let millis = written.saturating_duration_since(writing).as_secs_f64() * 1e3;
+    tracing::warn!(
+        write_ms = format!("{millis:.1}"),
+        commands,
+        "slow batch write"
+    );
+    metrics::counter!("exesdb_commit_slow_writes_total", "store" => context.store_id().to_string())
+        .increment(1);
 }
 
 /// Reopens the engine after a failed write and derives the state machine from what it
