@@ -5,7 +5,8 @@
 # loads against each, measures the machine's limits in the same run and prints one markdown
 # report ending in "self-check: ok" or "self-check: FAILED".
 #
-#   bench/compare.sh                      # full run: 10 s per load, a few minutes in all
+#   bench/compare.sh                      # full run: 10 s per load and 1,000,000 appends for the
+#                                         # many-streams load; about 13 minutes in all
 #   bench/compare.sh --seconds 1 --limits-seconds 0.5   # a smoke run of a few seconds per system
 #   bench/compare.sh --json report.json --systems exesdb,postgres
 #   bench/compare.sh --no-install ...     # never call apt-get
