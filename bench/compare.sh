@@ -7,7 +7,7 @@
 #
 #   bench/compare.sh                      # full run: 10 s per load and 1,000,000 appends for the
 #                                         # many-streams load; about 13 minutes in all
-#   bench/compare.sh --seconds 1 --limits-seconds 0.5   # a smoke run of a few seconds per system
+#   bench/compare.sh --seconds 1 --new-streams 10000 --limits-seconds 0.5   # a smoke run of a few seconds per system
 #   bench/compare.sh --json report.json --systems exesdb,postgres
 #   bench/compare.sh --no-install ...     # never call apt-get
 #

@@ -24,6 +24,8 @@ fn a_tiny_comparison_checks_itself_and_skips_missing_peers() {
             "20",
             "--batch",
             "5",
+            "--new-streams",
+            "200",
             "--connections",
             "2",
             "--limits-seconds",
