@@ -9,22 +9,10 @@ set -euo pipefail
 appends=${1:-1000000}
 data_dir=${2:-$(mktemp -d)}
 cd "$(dirname "$0")/.."
-# The same build as bench/compare.sh, so the two share their artifacts.
-cargo build --release -q -p exesdb-cli -p exesdb-compare
-exesdb=${CARGO_TARGET_DIR:-target}/release/exesdb
-log=$(mktemp)
+. bench/fresh_server.sh
+start_fresh_server "$data_dir"
 clients=64
 requests=$(( appends / clients ))
-
-"$exesdb" serve --listen 127.0.0.1:0 --data-dir "$data_dir" 2>"$log" &
-pid=$!
-trap 'kill "$pid" 2>/dev/null || true' EXIT
-for _ in $(seq 1 600); do
-  address=$(grep -o 'listen=[0-9.:]*' "$log" | head -n 1 | cut -d= -f2 || true)
-  [ -n "$address" ] && break
-  sleep 0.05
-done
-[ -n "$address" ] || { echo "the server did not start: $(cat "$log")" >&2; exit 1; }
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$pid/status"; }
 # Runs a load while sampling the server's memory; prints the load's report and the peak.

@@ -12,20 +12,8 @@ set -euo pipefail
 seconds=${1:-60}
 data_dir=${2:-$(mktemp -d)}
 cd "$(dirname "$0")/.."
-# The same build as bench/compare.sh, so the two share their artifacts.
-cargo build --release -q -p exesdb-cli -p exesdb-compare
-exesdb=${CARGO_TARGET_DIR:-target}/release/exesdb
-log=$(mktemp)
-
-RUST_LOG=info,fjall=debug "$exesdb" serve --listen 127.0.0.1:0 --data-dir "$data_dir" 2>"$log" &
-pid=$!
-trap 'kill "$pid" 2>/dev/null || true' EXIT
-for _ in $(seq 1 600); do
-  address=$(grep -o 'listen=[0-9.:]*' "$log" | head -n 1 | cut -d= -f2 || true)
-  [ -n "$address" ] && break
-  sleep 0.05
-done
-[ -n "$address" ] || { echo "the server did not start: $(cat "$log")" >&2; exit 1; }
+. bench/fresh_server.sh
+RUST_LOG=info,fjall=debug start_fresh_server "$data_dir"
 
 "$exesdb" bench write --json --server "http://$address" --clients 64 --seconds "$seconds" \
   --streams 1000 > "$log.load"
