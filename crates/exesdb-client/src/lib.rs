@@ -864,7 +864,13 @@ where
             }
         };
         loop {
-            let items = match stream.message().await {
+            // Dropping the returned stream drops `receiver`; the call is cancelled then (the
+            // server releases an idle subscription at once), not when its next message comes.
+            let message = tokio::select! {
+                message = stream.message() => message,
+                () = sender.closed() => return,
+            };
+            let items = match message {
                 Ok(Some(message)) => map(message),
                 Ok(None) => return,
                 Err(status) => Err(status.into()),

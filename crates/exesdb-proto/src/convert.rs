@@ -23,6 +23,7 @@ pub fn status(error: &StoreError) -> Status {
         StoreError::WrongExpectedVersion { .. } => Code::FailedPrecondition,
         StoreError::StreamNotFound { .. }
         | StoreError::SnapshotNotFound(_)
+        | StoreError::SubscriptionNotFound(_)
         | StoreError::StoreNotFound(_) => Code::NotFound,
         StoreError::IdempotencyConflict(_) => Code::AlreadyExists,
         StoreError::InvalidArgument(_) => Code::InvalidArgument,
@@ -36,6 +37,7 @@ pub fn status(error: &StoreError) -> Status {
     let payload = match error {
         StoreError::StreamNotFound { stream_id } => stream_id.clone(),
         StoreError::SnapshotNotFound(text)
+        | StoreError::SubscriptionNotFound(text)
         | StoreError::IdempotencyConflict(text)
         | StoreError::InvalidArgument(text)
         | StoreError::StoreNotFound(text)
@@ -78,6 +80,7 @@ pub fn store_error(status: &Status) -> Option<StoreError> {
         },
         "stream_not_found" => StoreError::StreamNotFound { stream_id: text },
         "snapshot_not_found" => StoreError::SnapshotNotFound(text),
+        "subscription_not_found" => StoreError::SubscriptionNotFound(text),
         "idempotency_conflict" => StoreError::IdempotencyConflict(text),
         "invalid_argument" => StoreError::InvalidArgument(text),
         "limit_exceeded" => StoreError::LimitExceeded {

@@ -1,7 +1,9 @@
 //! Bad input, generated: random and mutated request bytes through the wire decoding,
 //! conversion and validation. Each case ends in a value or a typed error, never a panic. (A
 //! few thousand cases per run; the `cargo fuzz` targets in `fuzz/` do the same for long manual
-//! runs.)
+//! runs.) And every `StoreError` crosses the wire and comes back the same: `status` picks the
+//! gRPC code of the table in docs/REQUESTS.md and carries the stable code; `store_error`
+//! rebuilds the error.
 
 use exesdb_proto::convert;
 use exesdb_proto::v1 as wire;
@@ -69,5 +71,64 @@ proptest! {
         if let Ok(request) = wire::AppendEventsRequest::decode(bytes.as_slice()) {
             let _ = convert_append(request);
         }
+    }
+}
+
+#[test]
+fn every_error_round_trips_with_its_grpc_code() {
+    let cases = [
+        (
+            exesdb_types::StoreError::WrongExpectedVersion {
+                expected: "3".into(),
+                current: 5,
+            },
+            tonic::Code::FailedPrecondition,
+        ),
+        (
+            exesdb_types::StoreError::StreamNotFound {
+                stream_id: "order-1".into(),
+            },
+            tonic::Code::NotFound,
+        ),
+        (
+            exesdb_types::StoreError::SnapshotNotFound("a/b".into()),
+            tonic::Code::NotFound,
+        ),
+        (
+            exesdb_types::StoreError::SubscriptionNotFound(
+                "no persistent subscription named \"x\"".into(),
+            ),
+            tonic::Code::NotFound,
+        ),
+        (
+            exesdb_types::StoreError::StoreNotFound("other".into()),
+            tonic::Code::NotFound,
+        ),
+        (
+            exesdb_types::StoreError::IdempotencyConflict("partly there".into()),
+            tonic::Code::AlreadyExists,
+        ),
+        (
+            exesdb_types::StoreError::invalid("bad"),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            exesdb_types::StoreError::limit("append_events_max", 10, 11),
+            tonic::Code::ResourceExhausted,
+        ),
+        (
+            exesdb_types::StoreError::unavailable("restarting"),
+            tonic::Code::Unavailable,
+        ),
+    ];
+    for (error, code) in cases {
+        let sent = convert::status(&error);
+        assert_eq!(sent.code(), code, "{error}");
+        let code_header = sent
+            .metadata()
+            .get("exesdb-error-code")
+            .and_then(|value| value.to_str().ok());
+        assert_eq!(code_header, Some(error.code()), "{error}");
+        assert_eq!(convert::store_error(&sent), Some(error.clone()), "{error}");
     }
 }

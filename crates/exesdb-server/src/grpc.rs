@@ -508,7 +508,14 @@ const SUBSCRIPTION_MESSAGES_BUFFERED: usize = 4;
 fn forward_subscription(mut subscription: Subscription) -> WireStream<wire::SubscribeResponse> {
     let (sender, receiver) = mpsc::channel(SUBSCRIPTION_MESSAGES_BUFFERED);
     tokio::spawn(async move {
-        while let Some(first) = subscription.next().await {
+        loop {
+            // The client going away drops the response stream, and with it `receiver`: the
+            // subscription ends then, not when its next event would have found no one.
+            let first = tokio::select! {
+                message = subscription.next() => message,
+                () = sender.closed() => None,
+            };
+            let Some(first) = first else { return };
             let mut response = wire::SubscribeResponse::default();
             let mut bytes = 0;
             let mut message = Some(first);

@@ -40,6 +40,9 @@ pub enum StoreError {
         /// What the request asked for.
         actual: u64,
     },
+    /// No persistent subscription has the name asked for.
+    #[error("subscription not found: {0}")]
+    SubscriptionNotFound(String),
     /// The store named in the request is not hosted here.
     #[error("store not found: {0}")]
     StoreNotFound(String),
@@ -58,6 +61,7 @@ impl StoreError {
             StoreError::IdempotencyConflict(_) => "idempotency_conflict",
             StoreError::InvalidArgument(_) => "invalid_argument",
             StoreError::LimitExceeded { .. } => "limit_exceeded",
+            StoreError::SubscriptionNotFound(_) => "subscription_not_found",
             StoreError::StoreNotFound(_) => "store_not_found",
             StoreError::Unavailable(_) => "unavailable",
         }

@@ -104,5 +104,24 @@ async fn consume_ack_and_resume_after_a_server_restart() {
         .consume("nothing")
         .await
         .expect_err("unknown subscription");
-    assert_eq!(error.code(), "invalid_argument");
+    assert_eq!(error.code(), "subscription_not_found");
+}
+
+/// A persistent subscription name that no subscription has is `subscription_not_found`
+/// (gRPC `NOT_FOUND`), whether consumed or asked for its parked events: an empty list would
+/// hide a typo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_subscription_name_is_not_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let client = server.client().await;
+    let Err(consumed) = client.consume("no-such-subscription").await else {
+        panic!("a consumer of a subscription nobody saved");
+    };
+    assert_eq!(consumed.code(), "subscription_not_found", "{consumed}");
+    let parked = client
+        .parked_events("no-such-subscription")
+        .await
+        .expect_err("no parked list for a name nobody has");
+    assert_eq!(parked.code(), "subscription_not_found", "{parked}");
 }

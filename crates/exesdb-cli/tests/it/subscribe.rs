@@ -236,3 +236,50 @@ fn sigterm_ends_open_subscriptions_and_the_server_exits() {
         assert!(status.code().is_some(), "ended by itself, not by a signal");
     }
 }
+
+/// Opens a subscription from the end and waits for the server's first answer, so it is
+/// counted: `Ok` once it is open, or the refusal.
+async fn open_from_end(
+    client: &exesdb_client::Client,
+) -> Result<
+    impl tokio_stream::Stream<Item = Result<SubscriptionMessage, exesdb_client::ClientError>>,
+    exesdb_client::ClientError,
+> {
+    let mut messages =
+        Box::pin(client.subscribe(Selector::ByStream("$all".into()), StartFrom::End));
+    // From the end of an empty store the first message is `CaughtUp`.
+    match tokio::time::timeout(PATIENCE, messages.next()).await {
+        Ok(Some(Ok(SubscriptionMessage::CaughtUp))) => Ok(messages),
+        Ok(Some(Ok(other))) => panic!("an empty store sent {other:?}"),
+        Ok(Some(Err(error))) => Err(error),
+        Ok(None) => panic!("the subscription ended at once"),
+        Err(_) => panic!("no answer to the subscription in time"),
+    }
+}
+
+/// A subscription whose client goes away is released then, on a quiet store too, not when
+/// the next event would have found nobody: with `--subscriptions-max 2`, subscriptions keep
+/// opening after many more than two have been opened and dropped, and the store's workers
+/// go back down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_subscription_is_released_without_waiting_for_an_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with(dir.path(), &["--subscriptions-max", "2"]);
+    let client = server.client().await;
+    let first = open_from_end(&client).await.expect("the first opens");
+    let second = open_from_end(&client).await.expect("the second opens");
+    let Err(refused) = open_from_end(&client).await else {
+        panic!("a third subscription opened past subscriptions_max 2");
+    };
+    assert_eq!(refused.code(), "limit_exceeded", "{refused}");
+    drop((first, second));
+    for round in 0..10 {
+        let opened = wait_for(PATIENCE, || async {
+            open_from_end(&client)
+                .await
+                .map_err(|error| format!("round {round}: {error}"))
+        })
+        .await;
+        drop(opened);
+    }
+}

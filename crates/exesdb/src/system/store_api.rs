@@ -358,6 +358,7 @@ impl StoreApi {
             selector,
             event_number_floor,
             position: std::sync::atomic::AtomicU64::new(position),
+            caught_up_at: *self.context.committed.borrow(),
             caught_up_sent: AtomicBool::new(false),
             sender,
             buffered: buffered.clone(),
@@ -467,7 +468,7 @@ impl StoreApi {
     /// Joins a persistent subscription's consumer group.
     pub async fn connect_subscription(&self, name: &str) -> Result<PersistentConsumer, StoreError> {
         let group = self.context.persistent.get(name).ok_or_else(|| {
-            StoreError::invalid(format!("no persistent subscription named {name:?}"))
+            StoreError::SubscriptionNotFound(format!("no persistent subscription named {name:?}"))
         })?;
         let consumer = group.join(
             self.context.clone(),
@@ -477,8 +478,14 @@ impl StoreApi {
         Ok(consumer)
     }
 
-    /// The events a persistent subscription parked, in position order.
+    /// The events a persistent subscription parked, in position order;
+    /// `subscription_not_found` for a name no subscription has.
     pub fn parked_events(&self, name: &str) -> Result<Vec<RecordedEvent>, StoreError> {
+        if self.context.persistent.get(name).is_none() {
+            return Err(StoreError::SubscriptionNotFound(format!(
+                "no persistent subscription named {name:?}"
+            )));
+        }
         let engine = self.context.storage.engine()?;
         let mut events = Vec::new();
         for position in engine.parked_positions(name)? {
@@ -492,7 +499,7 @@ impl StoreApi {
     /// Delivers a subscription's parked events again, and takes them out of the park.
     pub async fn replay_parked(&self, name: &str) -> Result<usize, StoreError> {
         let group = self.context.persistent.get(name).ok_or_else(|| {
-            StoreError::invalid(format!("no persistent subscription named {name:?}"))
+            StoreError::SubscriptionNotFound(format!("no persistent subscription named {name:?}"))
         })?;
         let events = self.parked_events(name)?;
         for event in &events {

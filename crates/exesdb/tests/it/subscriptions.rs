@@ -527,3 +527,56 @@ proptest! {
         runtime.block_on(run(subscribers, appenders, appends));
     }
 }
+
+/// A subscriber slower than the writers still gets `CaughtUp`, once every event stored when it
+/// subscribed has reached it: the reader takes one event and the writer then appends two, so
+/// the committed mark runs ahead of the subscription for ever (with a buffer of 8, the emitter
+/// can never overtake it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_slower_than_the_writers_still_gets_caught_up() {
+    const STORED: u64 = 100;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = start_with(dir, |config| config.limits.subscriber_buffer_events_max = 8).await;
+    let api = store.system.api();
+    let stored = (0..STORED).map(|i| event("E", &i.to_string())).collect();
+    api.append("busy", ExpectedVersion::Any, stored)
+        .await
+        .expect("stored before subscribing");
+    let mut subscription = api
+        .subscribe(Selector::ByStream("$all".into()), StartFrom::Beginning)
+        .await
+        .expect("subscribes");
+    let mut received = 0u64;
+    loop {
+        let message = tokio::time::timeout(PATIENCE, subscription.next())
+            .await
+            .expect("a message in time")
+            .expect("the subscription goes on");
+        match message {
+            SubscriptionMessage::Event(delivered) => {
+                assert_eq!(delivered.position, received, "in order, none skipped");
+                received += 1;
+                assert!(
+                    received <= 4 * STORED,
+                    "{received} events delivered and no CaughtUp"
+                );
+                let more = vec![event("E", "more"), event("E", "more")];
+                api.append("busy", ExpectedVersion::Any, more)
+                    .await
+                    .expect("the writer goes on");
+            }
+            SubscriptionMessage::CaughtUp => break,
+        }
+    }
+    assert!(
+        received >= STORED,
+        "CaughtUp after {received} events: every one of the {STORED} stored first comes before it"
+    );
+    let version = api.stream_version("busy").await.expect("a version");
+    let committed = u64::try_from(version + 1).expect("events stored");
+    assert!(
+        committed > received,
+        "the writer was still ahead when CaughtUp came"
+    );
+    store.system.stop().await;
+}

@@ -72,6 +72,10 @@ pub(crate) struct SubscriptionState {
     pub event_number_floor: u64,
     /// The next position to scan.
     pub position: AtomicU64,
+    /// The store's committed mark when the subscription started: once the position reaches it,
+    /// every event stored then has been delivered, and the subscriber gets `CaughtUp`, even if
+    /// writers keep the mark moving ahead of it.
+    pub caught_up_at: u64,
     pub caught_up_sent: AtomicBool,
     pub sender: mpsc::Sender<SubscriptionMessage>,
     /// The bytes of the events in `sender`'s channel.

@@ -3,8 +3,9 @@
 //!
 //! An emitter delivers by reading storage, always: from the subscription's position up to the
 //! store's "committed up to" mark, in bounded pages. Catching up and following live commits are
-//! the same loop, so the switch between them can neither lose nor repeat an event; the moment
-//! the position reaches the mark for the first time, the subscriber gets `CaughtUp`. A
+//! the same loop, so the switch between them can neither lose nor repeat an event; once the
+//! position reaches the mark the store had when the subscription started (every event stored
+//! then is delivered), the subscriber gets `CaughtUp`. A
 //! subscriber that does not read fills its bounded buffer (`subscriber_buffer_events_max`
 //! events, `subscriber_buffer_bytes_max` bytes); the emitter then just stops advancing (its
 //! position stays in the subscription state) and waits for room, and a step scans no more
@@ -145,6 +146,15 @@ impl EmitterWork {
         if from >= committed {
             return self.wait_for_commits(subscription, from).await;
         }
+        // Past every event stored when the subscription started, while writers keep adding:
+        // `CaughtUp` now, as promised, not only once the subscriber overtakes them.
+        if from >= subscription.caught_up_at && !subscription.caught_up() {
+            match self.send_caught_up(subscription).await {
+                Some(true) => {}
+                Some(false) => return true,
+                None => return false,
+            }
+        }
         // The matching events of a step are held in memory until sent, so a step scans no
         // more records than the subscriber has room for: a subscriber that stopped reading
         // then costs its buffer, not a scan's worth of events more at every retry (found by
@@ -207,17 +217,30 @@ impl EmitterWork {
         true
     }
 
+    /// Sends `CaughtUp`: `Some(true)` when sent, `Some(false)` when the subscriber has no
+    /// room yet (the next step tries again), `None` when it is gone.
+    async fn send_caught_up(&self, subscription: &SubscriptionState) -> Option<bool> {
+        match subscription
+            .sender
+            .send_timeout(SubscriptionMessage::CaughtUp, STEP_WAIT)
+            .await
+        {
+            Ok(()) => {
+                subscription.mark_caught_up();
+                Some(true)
+            }
+            Err(SendTimeoutError::Timeout(_)) => Some(false),
+            Err(SendTimeoutError::Closed(_)) => None,
+        }
+    }
+
     /// At the committed mark: say `CaughtUp` once, then wait a little for new commits.
     async fn wait_for_commits(&self, subscription: &SubscriptionState, from: u64) -> bool {
         if !subscription.caught_up() {
-            match subscription
-                .sender
-                .send_timeout(SubscriptionMessage::CaughtUp, STEP_WAIT)
-                .await
-            {
-                Ok(()) => subscription.mark_caught_up(),
-                Err(SendTimeoutError::Timeout(_)) => return true,
-                Err(SendTimeoutError::Closed(_)) => return false,
+            match self.send_caught_up(subscription).await {
+                Some(true) => {}
+                Some(false) => return true,
+                None => return false,
             }
         }
         let mut commits = self.context.committed.subscribe();
