@@ -53,8 +53,12 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         requests: u64,
     },
-    /// Reads all of `$all` once (the catch-up rate).
-    ReadAll,
+    /// Reads all of `$all` once per reader, the readers at the same time (the catch-up rate).
+    ReadAll {
+        /// Readers reading all of `$all` together, each on its own connection.
+        #[arg(long, default_value_t = 1)]
+        readers: u64,
+    },
     /// Delivery latency: appends at a set rate while a subscriber measures from each append's
     /// acknowledgement to its receipt.
     Subscribe {
@@ -75,7 +79,7 @@ pub(crate) async fn run(command: BenchCommand, target: BenchTarget) -> Result<()
             clients,
             requests,
         } => read(&target, &stream, clients, requests).await?,
-        BenchCommand::ReadAll => read_all(&target).await?,
+        BenchCommand::ReadAll { readers } => read_all(&target, readers.max(1)).await?,
         BenchCommand::Subscribe { rate, duration } => subscribe(&target, rate, duration).await?,
     };
     if target.json {
@@ -417,44 +421,67 @@ async fn read(
     Ok(Report { ok, text, json })
 }
 
-async fn read_all(target: &BenchTarget) -> Result<Report, String> {
-    let client = connect(target).await?;
+async fn read_all(target: &BenchTarget, readers: u64) -> Result<Report, String> {
+    let mut clients = Vec::new();
+    for _ in 0..readers {
+        clients.push(connect(target).await?);
+    }
     let bar = progress(target, 0, "events");
     let started = Instant::now();
-    let mut events =
-        std::pin::pin!(client.read_all(ReadFrom::Start, None, Direction::Forward, None, &[]));
-    let mut count = 0u64;
+    let mut tasks = Vec::new();
+    for client in clients {
+        let bar = bar.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut events = std::pin::pin!(client.read_all(
+                ReadFrom::Start,
+                None,
+                Direction::Forward,
+                None,
+                &[]
+            ));
+            let mut count = 0u64;
+            let mut gapless = true;
+            while let Some(event) = events.next().await {
+                let event = event.map_err(|error| error.to_string())?;
+                gapless &= event.position == count;
+                count += 1;
+                if count.is_multiple_of(10_000) {
+                    bar.inc(10_000);
+                }
+            }
+            Ok::<_, String>((count, gapless))
+        }));
+    }
+    let mut counts = Vec::new();
     let mut gapless = true;
-    while let Some(event) = events.next().await {
-        let event = event.map_err(|error| error.to_string())?;
-        gapless &= event.position == count;
-        count += 1;
-        if count.is_multiple_of(10_000) {
-            bar.set_position(count);
-        }
+    for task in tasks {
+        let (count, reader_gapless) = task.await.map_err(|error| error.to_string())??;
+        counts.push(count);
+        gapless &= reader_gapless;
     }
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
-    let rate = count as f64 / elapsed;
+    let total: u64 = counts.iter().sum();
+    // Every reader read the same store from the start: the same events.
+    let same = counts.windows(2).all(|pair| pair[0] == pair[1]);
+    let ok = gapless && same;
+    let rate = total as f64 / elapsed;
+    let per_reader = counts.first().copied().unwrap_or(0);
     let text = format!(
-        "read-all    {count} events in {elapsed:.2} s: {rate:.0} events/s\nself-check  {}\n",
-        if gapless {
-            "ok (positions gapless from 0)"
+        "read-all    {readers} reader(s) x {per_reader} events in {elapsed:.2} s: {rate:.0} events/s in all\nself-check  {}\n",
+        if ok {
+            "ok (positions gapless from 0, every reader read the same events)"
         } else {
             "FAILED"
         }
     );
     let json = json!({
         "bench": "read-all",
-        "parameters": { "server": target.server, "store": target.store },
-        "events": count, "seconds": elapsed, "events_per_second": rate,
-        "self_check": { "ok": gapless },
+        "parameters": { "server": target.server, "store": target.store, "readers": readers },
+        "events": total, "events_per_reader": per_reader, "seconds": elapsed, "events_per_second": rate,
+        "self_check": { "ok": ok, "gapless": gapless, "same_events": same },
     });
-    Ok(Report {
-        ok: gapless,
-        text,
-        json,
-    })
+    Ok(Report { ok, text, json })
 }
 
 async fn subscribe(target: &BenchTarget, rate: u64, duration: u64) -> Result<Report, String> {

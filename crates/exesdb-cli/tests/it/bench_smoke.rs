@@ -81,6 +81,10 @@ fn every_bench_mode_runs_and_checks_itself() {
 
     let all = bench(&server, &["read-all"]);
     assert_eq!(all["events"], 100 + 40 * 3 + 1);
+    let together = bench(&server, &["read-all", "--readers", "3"]);
+    assert_eq!(together["events_per_reader"], 100 + 40 * 3 + 1);
+    assert_eq!(together["events"], 3 * (100 + 40 * 3 + 1));
+    assert_eq!(together["self_check"]["same_events"], true);
 
     let subscribe = bench(&server, &["subscribe", "--rate", "200", "--duration", "1"]);
     assert_eq!(

@@ -286,6 +286,7 @@ fn build_tree(wiring: &Wiring) -> (Pools, Arc<TreeNode>, Vec<ChildSpec>) {
         streams_readers: persistence.streams_readers,
         snapshots_writers: persistence.snapshots_writers,
         snapshots_readers: persistence.snapshots_readers,
+        read_turn: std::sync::atomic::AtomicU64::new(0),
     };
     (pools, root, vec![core, gateway])
 }

@@ -4,7 +4,7 @@
 //! `StreamsReaders`, snapshots to their pools, subscriptions to `EmitterPools`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, oneshot};
@@ -51,6 +51,8 @@ pub(super) struct Pools {
     pub(super) streams_readers: WorkerPool<StreamsReaderWork>,
     pub(super) snapshots_writers: WorkerPool<SnapshotsWriterWork>,
     pub(super) snapshots_readers: WorkerPool<SnapshotsReaderWork>,
+    /// Turns of the reads that belong to no stream, spread over the stream readers.
+    pub(super) read_turn: AtomicU64,
 }
 
 /// The store's API: [`System::api`](super::System::api) gives it. Cheap to clone: the
@@ -188,7 +190,7 @@ impl StoreApi {
         let (reply, answer) = oneshot::channel();
         self.pools
             .streams_readers
-            .dispatch(ALL_STREAM, ReadRequest::All { request, reply })
+            .dispatch(&self.spread_key(), ReadRequest::All { request, reply })
             .await?;
         await_reply(answer).await
     }
@@ -222,7 +224,7 @@ impl StoreApi {
         };
         self.pools
             .streams_readers
-            .dispatch(ALL_STREAM, request)
+            .dispatch(&self.spread_key(), request)
             .await?;
         await_reply(answer).await
     }
@@ -597,6 +599,16 @@ impl StoreApi {
                 self.context.config.commit.requests_in_flight_max
             ))),
         }
+    }
+
+    /// The routing key of a read that belongs to no stream (`$all`, the stream list): each
+    /// call takes the next of a rotating set, so that concurrent such reads reach different
+    /// readers instead of queueing behind one.
+    fn spread_key(&self) -> String {
+        let pools = &self.context.config.pools;
+        let readers = pools.streams_readers_partitions * pools.stream_workers_per_partition_max;
+        let turn = self.pools.read_turn.fetch_add(1, Ordering::Relaxed) % readers.max(1) as u64;
+        format!("{ALL_STREAM}#{turn}")
     }
 
     /// The configuration the store runs with.

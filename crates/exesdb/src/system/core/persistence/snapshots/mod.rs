@@ -67,37 +67,44 @@ impl KeyedWork for SnapshotsReaderWork {
     const SHARED_WORKERS: bool = true;
 
     async fn handle(&self, _key: &str, request: SnapshotRead) {
-        let storage = &self.context.storage;
-        match request {
-            SnapshotRead::Read {
-                source_uuid,
-                stream_uuid,
-                version,
-                exact,
-                reply,
-            } => {
-                let result = storage
-                    .engine()
-                    .and_then(|engine| {
-                        engine.read_snapshot(&source_uuid, &stream_uuid, version, exact)
-                    })
-                    .map_err(StoreError::from);
-                let _ = reply.send(result);
-            }
-            SnapshotRead::List {
-                source_uuid,
-                stream_uuid,
-                count,
-                reply,
-            } => {
-                let result = storage
-                    .engine()
-                    .and_then(|engine| {
-                        engine.list_snapshots(source_uuid.as_deref(), stream_uuid.as_deref(), count)
-                    })
-                    .map_err(StoreError::from);
-                let _ = reply.send(result);
-            }
+        // As stream reads: storage work runs on tokio's blocking threads.
+        let context = self.context.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || read(&context, request)).await {
+            tracing::error!(%error, "a snapshot read failed to finish");
+        }
+    }
+}
+
+/// Runs one snapshot read against storage and answers it.
+fn read(context: &StoreContext, request: SnapshotRead) {
+    let storage = &context.storage;
+    match request {
+        SnapshotRead::Read {
+            source_uuid,
+            stream_uuid,
+            version,
+            exact,
+            reply,
+        } => {
+            let result = storage
+                .engine()
+                .and_then(|engine| engine.read_snapshot(&source_uuid, &stream_uuid, version, exact))
+                .map_err(StoreError::from);
+            let _ = reply.send(result);
+        }
+        SnapshotRead::List {
+            source_uuid,
+            stream_uuid,
+            count,
+            reply,
+        } => {
+            let result = storage
+                .engine()
+                .and_then(|engine| {
+                    engine.list_snapshots(source_uuid.as_deref(), stream_uuid.as_deref(), count)
+                })
+                .map_err(StoreError::from);
+            let _ = reply.send(result);
         }
     }
 }

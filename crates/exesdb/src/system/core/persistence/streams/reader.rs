@@ -1,7 +1,8 @@
 //! `StreamsReaders` workers: a bounded set per partition, shared by the streams being read (a
-//! stream, and `$all`, always reach the same reader). Reads go straight
-//! to a storage snapshot (every committed batch, none in progress); they never wait for the
-//! committer.
+//! stream always reaches the same reader; reads of `$all` and of the stream list are spread
+//! over the readers, so concurrent readers of `$all` do not queue behind one). Reads go
+//! straight to a storage snapshot (every committed batch, none in progress), on a blocking
+//! thread; they never wait for the committer.
 
 use std::sync::Arc;
 
@@ -46,51 +47,62 @@ impl KeyedWork for StreamsReaderWork {
     const SHARED_WORKERS: bool = true;
 
     async fn handle(&self, stream_id: &str, request: ReadRequest) {
-        let storage = &self.context.storage;
-        match request {
-            ReadRequest::Stream {
-                from,
-                count,
-                direction,
-                bytes_max,
-                reply,
-            } => {
-                let result = storage
-                    .engine()
-                    .and_then(|engine| {
-                        engine.read_stream(stream_id, from, count, direction, bytes_max)
+        // Storage reads can wait for the disk: they run on tokio's blocking threads, never on
+        // the runtime's own. The reader waits for its read, so each reader has one at a time.
+        let context = self.context.clone();
+        let stream_id = stream_id.to_string();
+        let read = tokio::task::spawn_blocking(move || read(&context, &stream_id, request));
+        if let Err(error) = read.await {
+            // A panicking read drops its reply: the caller gets `unavailable`.
+            tracing::error!(%error, "a storage read failed to finish");
+        }
+    }
+}
+
+/// Runs one read against storage and answers it.
+fn read(context: &StoreContext, stream_id: &str, request: ReadRequest) {
+    let storage = &context.storage;
+    match request {
+        ReadRequest::Stream {
+            from,
+            count,
+            direction,
+            bytes_max,
+            reply,
+        } => {
+            let result = storage
+                .engine()
+                .and_then(|engine| engine.read_stream(stream_id, from, count, direction, bytes_max))
+                .map_err(StoreError::from)
+                .and_then(|events| {
+                    events.ok_or_else(|| StoreError::StreamNotFound {
+                        stream_id: stream_id.to_string(),
                     })
-                    .map_err(StoreError::from)
-                    .and_then(|events| {
-                        events.ok_or_else(|| StoreError::StreamNotFound {
-                            stream_id: stream_id.to_string(),
-                        })
-                    });
-                let _ = reply.send(result);
-            }
-            ReadRequest::All { request, reply } => {
-                let result = storage
-                    .engine()
-                    .and_then(|engine| engine.read_all(&request));
-                let _ = reply.send(result.map_err(StoreError::from));
-            }
-            ReadRequest::Version { reply } => {
-                let result = storage
-                    .engine()
-                    .and_then(|engine| engine.point_view().stream_version(stream_id));
-                let _ = reply.send(result.map_err(StoreError::from));
-            }
-            ReadRequest::ListStreams {
-                after,
-                count,
-                reply,
-            } => {
-                let result = storage
-                    .engine()
-                    .and_then(|engine| engine.list_streams(after.as_deref(), count))
-                    .map_err(StoreError::from);
-                let _ = reply.send(result);
-            }
+                });
+            let _ = reply.send(result);
+        }
+        ReadRequest::All { request, reply } => {
+            let result = storage
+                .engine()
+                .and_then(|engine| engine.read_all(&request));
+            let _ = reply.send(result.map_err(StoreError::from));
+        }
+        ReadRequest::Version { reply } => {
+            let result = storage
+                .engine()
+                .and_then(|engine| engine.point_view().stream_version(stream_id));
+            let _ = reply.send(result.map_err(StoreError::from));
+        }
+        ReadRequest::ListStreams {
+            after,
+            count,
+            reply,
+        } => {
+            let result = storage
+                .engine()
+                .and_then(|engine| engine.list_streams(after.as_deref(), count))
+                .map_err(StoreError::from);
+            let _ = reply.send(result);
         }
     }
 }
