@@ -290,3 +290,23 @@ fn build_tree(wiring: &Wiring) -> (Pools, Arc<TreeNode>, Vec<ChildSpec>) {
     };
     (pools, root, vec![core, gateway])
 }
+
+/// Runs storage work that may wait for the disk without holding up the runtime's other tasks:
+/// in place on a multi-thread runtime (`block_in_place` hands this thread's other tasks to
+/// another; no thread to wake, so a live delivery stays quick), on a blocking thread on any
+/// other runtime (where `block_in_place` would panic). `Err` when the work panicked.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tokio::task::block_in_place(work)
+        }))
+        .map_err(|_| "the storage work panicked".to_string())
+    } else {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|error| error.to_string())
+    }
+}

@@ -140,7 +140,7 @@ impl EmitterWork {
     }
 
     /// One bounded step; false when the subscriber is gone.
-    async fn step(&self, subscription: &SubscriptionState) -> bool {
+    async fn step(&self, subscription: &Arc<SubscriptionState>) -> bool {
         let committed = *self.context.committed.borrow();
         let from = subscription.next_position();
         if from >= committed {
@@ -170,18 +170,29 @@ impl EmitterWork {
         let scan_max = self
             .scan_events_max
             .min(u64::try_from(room).unwrap_or(u64::MAX));
-        let scanned = self.context.storage.engine().and_then(|engine| {
-            engine.scan_log(
-                from,
-                committed,
-                scan_max,
-                Some(subscription.buffered.room().max(1)),
-                |event| subscription.wants(event),
-            )
-        });
+        // The scan reads storage, which can wait for the disk: off the runtime's own threads.
+        let context = self.context.clone();
+        let scanning = subscription.clone();
+        let scanned = crate::system::blocking(move || {
+            context.storage.engine().and_then(|engine| {
+                engine.scan_log(
+                    from,
+                    committed,
+                    scan_max,
+                    Some(scanning.buffered.room().max(1)),
+                    |event| scanning.wants(event),
+                )
+            })
+        })
+        .await;
         let (events, next) = match scanned {
-            Ok(scanned) => scanned,
+            Ok(Ok(scanned)) => scanned,
             Err(error) => {
+                tracing::error!(%error, "an emitter's storage scan failed; retrying");
+                tokio::time::sleep(STEP_WAIT).await;
+                return true;
+            }
+            Ok(Err(error)) => {
                 tracing::error!(%error, "emitter cannot read storage; retrying");
                 tokio::time::sleep(STEP_WAIT).await;
                 return true;

@@ -67,9 +67,9 @@ impl KeyedWork for SnapshotsReaderWork {
     const SHARED_WORKERS: bool = true;
 
     async fn handle(&self, _key: &str, request: SnapshotRead) {
-        // As stream reads: storage work runs on tokio's blocking threads.
+        // As stream reads: storage work never holds up the runtime's other tasks.
         let context = self.context.clone();
-        if let Err(error) = tokio::task::spawn_blocking(move || read(&context, request)).await {
+        if let Err(error) = crate::system::blocking(move || read(&context, request)).await {
             tracing::error!(%error, "a snapshot read failed to finish");
         }
     }

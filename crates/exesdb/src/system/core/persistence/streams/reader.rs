@@ -1,8 +1,8 @@
 //! `StreamsReaders` workers: a bounded set per partition, shared by the streams being read (a
 //! stream always reaches the same reader; reads of `$all` and of the stream list are spread
 //! over the readers, so concurrent readers of `$all` do not queue behind one). Reads go
-//! straight to a storage snapshot (every committed batch, none in progress), on a blocking
-//! thread; they never wait for the committer.
+//! straight to a storage snapshot (every committed batch, none in progress), through
+//! `system::blocking`; they never wait for the committer.
 
 use std::sync::Arc;
 
@@ -47,11 +47,11 @@ impl KeyedWork for StreamsReaderWork {
     const SHARED_WORKERS: bool = true;
 
     async fn handle(&self, stream_id: &str, request: ReadRequest) {
-        // Storage reads can wait for the disk: they run on tokio's blocking threads, never on
-        // the runtime's own. The reader waits for its read, so each reader has one at a time.
+        // Storage reads can wait for the disk: they never hold up the runtime's other tasks.
+        // The reader waits for its read, so each reader has one at a time.
         let context = self.context.clone();
         let stream_id = stream_id.to_string();
-        let read = tokio::task::spawn_blocking(move || read(&context, &stream_id, request));
+        let read = crate::system::blocking(move || read(&context, &stream_id, request));
         if let Err(error) = read.await {
             // A panicking read drops its reply: the caller gets `unavailable`.
             tracing::error!(%error, "a storage read failed to finish");
