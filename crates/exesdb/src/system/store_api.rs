@@ -362,6 +362,7 @@ impl StoreApi {
             position: std::sync::atomic::AtomicU64::new(position),
             caught_up_at: *self.context.committed.borrow(),
             caught_up_sent: AtomicBool::new(false),
+            stepping: tokio::sync::Mutex::new(()),
             sender,
             buffered: buffered.clone(),
         }));

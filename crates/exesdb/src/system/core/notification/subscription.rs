@@ -77,6 +77,10 @@ pub(crate) struct SubscriptionState {
     /// writers keep the mark moving ahead of it.
     pub caught_up_at: u64,
     pub caught_up_sent: AtomicBool,
+    /// Held for each step: a restarted emitter waits for the step of the one it replaces
+    /// (which may still be scanning off the runtime when it is killed), so that two steps never
+    /// deliver from the same position.
+    pub stepping: tokio::sync::Mutex<()>,
     pub sender: mpsc::Sender<SubscriptionMessage>,
     /// The bytes of the events in `sender`'s channel.
     pub buffered: Arc<BufferedBytes>,

@@ -70,7 +70,10 @@ impl KeyedWork for EmitterWork {
             self.subscriptions.remove(key);
             return;
         }
-        if self.step(&subscription).await {
+        let stepping = subscription.stepping.lock().await;
+        let more = self.step(&subscription).await;
+        drop(stepping);
+        if more {
             self.schedule(key).await;
         } else {
             self.subscriptions.remove(key);
