@@ -294,19 +294,19 @@ fn build_tree(wiring: &Wiring) -> (Pools, Arc<TreeNode>, Vec<ChildSpec>) {
 /// Runs storage work that may wait for the disk without holding up the runtime's other tasks:
 /// in place on a multi-thread runtime (`block_in_place` hands this thread's other tasks to
 /// another; no thread to wake, so a live delivery stays quick), on a blocking thread on any
-/// other runtime (where `block_in_place` would panic). `Err` when the work panicked.
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, String> {
+/// other runtime (where `block_in_place` would panic). A panic in `work` goes on in the caller,
+/// either way, so the process's supervisor sees it as it would any other.
+pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
     if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            tokio::task::block_in_place(work)
-        }))
-        .map_err(|_| "the storage work panicked".to_string())
-    } else {
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|error| error.to_string())
+        return tokio::task::block_in_place(work);
+    }
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done,
+        Err(error) => match error.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only a runtime shutting down cancels blocking work, and it drops this caller too.
+            Err(_) => panic!("storage work cancelled: the runtime is shutting down"),
+        },
     }
 }

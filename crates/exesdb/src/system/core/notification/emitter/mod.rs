@@ -189,13 +189,8 @@ impl EmitterWork {
         })
         .await;
         let (events, next) = match scanned {
-            Ok(Ok(scanned)) => scanned,
+            Ok(scanned) => scanned,
             Err(error) => {
-                tracing::error!(%error, "an emitter's storage scan failed; retrying");
-                tokio::time::sleep(STEP_WAIT).await;
-                return true;
-            }
-            Ok(Err(error)) => {
                 tracing::error!(%error, "emitter cannot read storage; retrying");
                 tokio::time::sleep(STEP_WAIT).await;
                 return true;

@@ -51,11 +51,7 @@ impl KeyedWork for StreamsReaderWork {
         // The reader waits for its read, so each reader has one at a time.
         let context = self.context.clone();
         let stream_id = stream_id.to_string();
-        let read = crate::system::blocking(move || read(&context, &stream_id, request));
-        if let Err(error) = read.await {
-            // A panicking read drops its reply: the caller gets `unavailable`.
-            tracing::error!(%error, "a storage read failed to finish");
-        }
+        crate::system::blocking(move || read(&context, &stream_id, request)).await;
     }
 }
 
