@@ -297,9 +297,15 @@ impl Engine {
             #[cfg(feature = "fault-injection")]
             faults: fault::EngineFaults::default(),
         };
-        let recovered = engine
-            .last_commit()
-            .map_err(|error| StartError::Corrupt(error.to_string()))?;
+        // A damaged block can be the first thing read: name its table file then, as for any
+        // other damage found at start.
+        let recovered =
+            engine.last_commit().map_err(|error| {
+                match table_check::find_damaged_table(&engine_dir) {
+                    Ok(Some((path, damage))) => table_check::table_damaged(path, &damage),
+                    Ok(None) | Err(_) => StartError::Corrupt(error.to_string()),
+                }
+            })?;
         commit_guard::check_recovered(floor.as_ref(), recovered.map_or(0, |m| m.sequence))?;
         if settings.verify_tables_on_start
             && let Some((path, damage)) = table_check::find_damaged_table(&engine_dir)?
