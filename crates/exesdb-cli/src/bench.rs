@@ -59,16 +59,10 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         readers: u64,
     },
-    /// Delivery latency: appends at a set rate while a subscriber measures from each append's
-    /// acknowledgement to its receipt.
-    Subscribe {
-        /// Events appended per second.
-        #[arg(long, default_value_t = 10_000)]
-        rate: u64,
-        /// How long to append, in seconds.
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-    },
+    /// Fan-out: subscribers at the end of `$all`, first idle (the server's CPU then), then
+    /// receiving appends made at a set rate, each measuring from an append's acknowledgement
+    /// to its receipt.
+    Subscribe(SubscribeLoad),
 }
 
 pub(crate) async fn run(command: BenchCommand, target: BenchTarget) -> Result<(), String> {
@@ -80,7 +74,7 @@ pub(crate) async fn run(command: BenchCommand, target: BenchTarget) -> Result<()
             requests,
         } => read(&target, &stream, clients, requests).await?,
         BenchCommand::ReadAll { readers } => read_all(&target, readers.max(1)).await?,
-        BenchCommand::Subscribe { rate, duration } => subscribe(&target, rate, duration).await?,
+        BenchCommand::Subscribe(load) => subscribe(&target, load).await?,
     };
     if target.json {
         println!("{}", report.json);
@@ -484,112 +478,296 @@ async fn read_all(target: &BenchTarget, readers: u64) -> Result<Report, String> 
     Ok(Report { ok, text, json })
 }
 
-async fn subscribe(target: &BenchTarget, rate: u64, duration: u64) -> Result<Report, String> {
-    let client = connect(target).await?;
-    let run_id = uuid::Uuid::now_v7().simple().to_string();
-    let stream_prefix = format!("bench-sub-{run_id}-");
+/// The parameters of `bench subscribe`.
+#[derive(Args, Debug)]
+pub(crate) struct SubscribeLoad {
+    /// Subscribers at the end of `$all` (0: the same appends with no one subscribed, the
+    /// writers' baseline).
+    #[arg(long, default_value_t = 1)]
+    subscribers: u64,
+    /// Events appended per second, one an append.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// How long to append, in seconds.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Seconds the subscribers stay idle first, while the server's CPU is measured (only
+    /// with `--server-pid`).
+    #[arg(long, default_value_t = 5)]
+    idle_seconds: u64,
+    /// The server's process id, on this machine: its CPU time is read from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+/// Subscriptions one connection carries: HTTP/2 servers limit the streams of a connection
+/// (hyper to 200 by default).
+const SUBSCRIPTIONS_PER_CONNECTION: u64 = 100;
+
+/// CPU time (user and system) of a process, from /proc, in seconds. Linux reports it in
+/// clock ticks of 1/100 s (USER_HZ) on every architecture it runs on.
+fn process_cpu_seconds(pid: u32) -> Result<f64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|error| {
+        format!("cannot read the server's CPU time (/proc/{pid}/stat): {error}")
+    })?;
+    // The command name (field 2) may hold spaces; the fields after its ')' are plain.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or("unexpected /proc stat format")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line; fields[0] is field 3.
+    let ticks = |index: usize| -> Result<f64, String> {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<f64>().ok())
+            .ok_or_else(|| "unexpected /proc stat format".to_string())
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Percent of one core the server used while `work` ran, when its pid is known.
+async fn server_cpu_percent<T>(
+    pid: Option<u32>,
+    work: impl std::future::Future<Output = T>,
+) -> Result<(T, Option<f64>), String> {
+    let before = pid.map(process_cpu_seconds).transpose()?;
+    let started = Instant::now();
+    let done = work.await;
+    let seconds = started.elapsed().as_secs_f64();
+    let after = pid.map(process_cpu_seconds).transpose()?;
+    let percent = before
+        .zip(after)
+        .map(|(before, after)| 100.0 * (after - before) / seconds.max(1e-9));
+    Ok((done, percent))
+}
+
+/// What one subscriber saw of the run's events.
+struct Receipts {
+    received: u64,
+    in_order: bool,
+    latencies: Histogram<u64>,
+}
+
+/// Opens a subscription at the end of `$all` and waits for its `CaughtUp`.
+async fn subscribe_at_end(
+    client: &Client,
+) -> Result<
+    std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<SubscriptionMessage, exesdb_client::ClientError>>
+                + Send,
+        >,
+    >,
+    String,
+> {
     let mut subscription =
-        std::pin::pin!(client.subscribe(Selector::ByStream("$all".into()), StartFrom::End));
-    // Wait for the switch to live before appending, so every measured event is a live one.
+        Box::pin(client.subscribe(Selector::ByStream("$all".into()), StartFrom::End));
     loop {
         match subscription.next().await {
-            Some(Ok(SubscriptionMessage::CaughtUp)) => break,
+            Some(Ok(SubscriptionMessage::CaughtUp)) => return Ok(subscription),
             Some(Ok(_)) => continue,
             Some(Err(error)) => return Err(error.to_string()),
             None => return Err("the subscription ended".into()),
         }
     }
-    let total = rate * duration;
+}
+
+async fn subscribe(target: &BenchTarget, load: SubscribeLoad) -> Result<Report, String> {
+    let connections = load
+        .subscribers
+        .div_ceil(SUBSCRIPTIONS_PER_CONNECTION)
+        .max(1);
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        clients.push(connect(target).await?);
+    }
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let stream_prefix = format!("bench-sub-{run_id}-");
+    let total = load.rate * load.duration;
     let writers = 16u64.min(total.max(1));
-    let acks: Arc<std::sync::Mutex<std::collections::HashMap<uuid::Uuid, Instant>>> =
-        Default::default();
-    let bar = progress(target, total, "delivered");
-    let mut tasks = Vec::new();
-    for writer in 0..writers {
-        let client = client.clone();
+    let expected = (total / writers) * writers;
+    // Each event carries its number in the run; the writer notes when its append was
+    // acknowledged (µs since `epoch`, 0 until then) and each subscriber measures from that.
+    let epoch = Instant::now();
+    let acks: Arc<Vec<AtomicU64>> = Arc::new((0..expected).map(|_| AtomicU64::new(0)).collect());
+
+    let mut subscriptions = Vec::new();
+    for index in 0..load.subscribers {
+        let client = &clients[(index % connections) as usize];
+        subscriptions.push(subscribe_at_end(client).await?);
+    }
+    let idle_cpu = if load.idle_seconds > 0 && load.subscribers > 0 && load.server_pid.is_some() {
+        let idle = tokio::time::sleep(Duration::from_secs(load.idle_seconds));
+        server_cpu_percent(load.server_pid, idle).await?.1
+    } else {
+        None
+    };
+
+    let bar = progress(target, expected * load.subscribers.max(1), "delivered");
+    let mut receivers = Vec::new();
+    for mut subscription in subscriptions {
         let acks = acks.clone();
-        let stream = format!("{stream_prefix}{writer}");
-        tasks.push(tokio::spawn(async move {
-            let per_writer = total / writers;
-            let mut ticker =
-                tokio::time::interval(Duration::from_secs_f64(writers as f64 / rate.max(1) as f64));
-            let mut failures = 0u64;
-            for _ in 0..per_writer {
-                ticker.tick().await;
-                let id = uuid::Uuid::now_v7();
-                match client
-                    .append(
-                        &stream,
-                        ExpectedVersion::Any,
-                        vec![NewEvent::new("Bench", vec![0xAB; 256]).with_id(id)],
-                    )
+        let prefix = stream_prefix.clone();
+        let bar = bar.clone();
+        receivers.push(tokio::spawn(async move {
+            let mut receipts = Receipts {
+                received: 0,
+                in_order: true,
+                latencies: new_histogram()?,
+            };
+            let mut last_position = None;
+            while receipts.received < expected {
+                let message = tokio::time::timeout(Duration::from_secs(30), subscription.next())
                     .await
-                {
-                    Ok(_) => {
-                        if let Ok(mut acks) = acks.lock() {
-                            acks.insert(id, Instant::now());
-                        }
-                    }
-                    Err(_) => failures += 1,
+                    .map_err(|_| "a subscriber got nothing for 30 s".to_string())?;
+                let event = match message {
+                    Some(Ok(SubscriptionMessage::Event(event))) => event,
+                    Some(Ok(SubscriptionMessage::CaughtUp)) => continue,
+                    Some(Err(error)) => return Err(error.to_string()),
+                    None => return Err("a subscription ended".into()),
+                };
+                let received_us = epoch.elapsed().as_micros() as u64;
+                receipts.in_order &= last_position.is_none_or(|last| event.position == last + 1);
+                last_position = Some(event.position);
+                if !event.stream_id.starts_with(&prefix) {
+                    continue;
                 }
+                receipts.received += 1;
+                bar.inc(1);
+                let number = event
+                    .data
+                    .get(..8)
+                    .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+                    .map(u64::from_le_bytes)
+                    .ok_or("an event without its number")?;
+                let acked_us = acks
+                    .get(number as usize)
+                    .map_or(0, |ack| ack.load(Ordering::Acquire));
+                // 0: received before its writer saw the acknowledgement, no wait at all.
+                let waited_us = match acked_us {
+                    0 => 0,
+                    acked_us => received_us.saturating_sub(acked_us),
+                };
+                let _ = receipts.latencies.record(waited_us);
             }
-            failures
+            Ok::<Receipts, String>(receipts)
         }));
     }
-    let expected = (total / writers) * writers;
-    let mut receipts = Vec::with_capacity(expected as usize);
-    let mut last_position = None;
-    let mut in_order = true;
-    while (receipts.len() as u64) < expected {
-        let message = tokio::time::timeout(Duration::from_secs(30), subscription.next())
-            .await
-            .map_err(|_| "no delivery for 30 s".to_string())?;
-        match message {
-            Some(Ok(SubscriptionMessage::Event(event))) => {
-                in_order &= last_position.is_none_or(|last| event.position == last + 1);
-                last_position = Some(event.position);
-                if event.stream_id.starts_with(&stream_prefix) {
-                    receipts.push((event.event_id, Instant::now()));
-                    bar.inc(1);
+
+    let writing = async {
+        let mut tasks = Vec::new();
+        for writer in 0..writers {
+            let client = clients[(writer % connections) as usize].clone();
+            let acks = acks.clone();
+            let stream = format!("{stream_prefix}{writer}");
+            let rate = load.rate;
+            tasks.push(tokio::spawn(async move {
+                let per_writer = expected / writers;
+                let mut ticker = tokio::time::interval(Duration::from_secs_f64(
+                    writers as f64 / rate.max(1) as f64,
+                ));
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                let mut failures = 0u64;
+                let mut latencies = new_histogram()?;
+                for sequence in 0..per_writer {
+                    ticker.tick().await;
+                    let number = sequence * writers + writer;
+                    let mut data = vec![0xAB; 256];
+                    data[..8].copy_from_slice(&number.to_le_bytes());
+                    let sent = Instant::now();
+                    match client
+                        .append(
+                            &stream,
+                            ExpectedVersion::Any,
+                            vec![NewEvent::new("Bench", data)],
+                        )
+                        .await
+                    {
+                        Ok(_) => {
+                            let _ = latencies.record(sent.elapsed().as_micros() as u64);
+                            if let Some(ack) = acks.get(number as usize) {
+                                ack.store(epoch.elapsed().as_micros() as u64, Ordering::Release);
+                            }
+                        }
+                        Err(_) => failures += 1,
+                    }
                 }
-            }
-            Some(Ok(SubscriptionMessage::CaughtUp)) => {}
-            Some(Err(error)) => return Err(error.to_string()),
-            None => return Err("the subscription ended".into()),
+                Ok::<_, String>((failures, latencies))
+            }));
         }
-    }
-    let mut failures = 0;
-    for task in tasks {
-        failures += task.await.map_err(|error| error.to_string())?;
+        let mut failures = 0;
+        let mut latencies = new_histogram()?;
+        for task in tasks {
+            let (failed, histogram) = task.await.map_err(|error| error.to_string())??;
+            failures += failed;
+            latencies
+                .add(histogram)
+                .map_err(|error| error.to_string())?;
+        }
+        Ok::<_, String>((failures, latencies))
+    };
+    let started = Instant::now();
+    let (written, load_cpu) = server_cpu_percent(load.server_pid, writing).await?;
+    let (failures, append_latencies) = written?;
+    let append_seconds = started.elapsed().as_secs_f64();
+    let mut delivery = new_histogram()?;
+    let mut all_received = true;
+    let mut in_order = true;
+    for receiver in receivers {
+        let receipts = receiver.await.map_err(|error| error.to_string())??;
+        all_received &= receipts.received == expected;
+        in_order &= receipts.in_order;
+        delivery
+            .add(receipts.latencies)
+            .map_err(|error| error.to_string())?;
     }
     bar.finish_and_clear();
-    let mut latencies = new_histogram()?;
-    let acks = acks
-        .lock()
-        .map_err(|_| "ack times unreadable".to_string())?;
-    let mut matched = 0u64;
-    for (id, receipt) in &receipts {
-        if let Some(ack) = acks.get(id) {
-            matched += 1;
-            let _ = latencies.record(receipt.saturating_duration_since(*ack).as_micros() as u64);
-        }
-    }
-    let ok = failures == 0 && in_order && matched == expected;
+    let delivered_seconds = started.elapsed().as_secs_f64();
+    let append_rate = (expected - failures) as f64 / append_seconds;
+    let ok = failures == 0 && in_order && all_received;
+    let cpu = |percent: Option<f64>| {
+        percent.map_or("not measured (no --server-pid)".to_string(), |p| {
+            format!("{p:.1} % of a core")
+        })
+    };
     let mut text = format!(
-        "{expected} events appended at {rate}/s by {writers} writers, received by one $all subscriber\n"
+        "{expected} events appended at {rate}/s asked, {append_rate:.0}/s done, by {writers} writers; {subscribers} $all subscriber(s) on {connections} connection(s)\n",
+        rate = load.rate,
+        subscribers = load.subscribers,
     );
-    text += &latency_line(&latencies).replace("latency ", "ack->recv");
+    if idle_cpu.is_some() {
+        text += &format!(
+            "idle        server CPU {} over {} s with every subscriber idle\n",
+            cpu(idle_cpu),
+            load.idle_seconds
+        );
+    }
+    text += &format!("loaded      server CPU {}\n", cpu(load_cpu));
+    text += &latency_line(&append_latencies).replace("latency ", "append  ");
+    if load.subscribers > 0 {
+        text += &latency_line(&delivery).replace("latency ", "ack->recv");
+        text +=
+            &format!("delivered   every event to every subscriber in {delivered_seconds:.2} s\n");
+    }
     text += &format!(
-        "self-check  {} (append failures {failures}, positions consecutive {in_order}, every event received {})\n",
+        "self-check  {} (append failures {failures}, positions consecutive {in_order}, every subscriber got every event {all_received})\n",
         if ok { "ok" } else { "FAILED" },
-        matched == expected
     );
     let json = json!({
         "bench": "subscribe",
-        "parameters": { "rate": rate, "duration": duration, "writers": writers, "server": target.server, "store": target.store },
+        "parameters": {
+            "subscribers": load.subscribers, "rate": load.rate, "duration": load.duration,
+            "idle_seconds": load.idle_seconds, "writers": writers, "connections": connections,
+            "server": target.server, "store": target.store,
+        },
         "events": expected,
-        "latency_ack_to_receipt": percentiles(&latencies),
-        "self_check": { "ok": ok, "append_failures": failures, "in_order": in_order },
+        "append_events_per_second": append_rate,
+        "server_cpu_idle_percent": idle_cpu,
+        "server_cpu_loaded_percent": load_cpu,
+        "latency_append": percentiles(&append_latencies),
+        "latency_ack_to_receipt": percentiles(&delivery),
+        "self_check": { "ok": ok, "append_failures": failures, "in_order": in_order, "all_received": all_received },
     });
     Ok(Report { ok, text, json })
 }

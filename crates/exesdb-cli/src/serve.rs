@@ -98,6 +98,10 @@ tunables! {
     subscriber_buffer_bytes_max: u64, "EXESDB_SUBSCRIBER_BUFFER_BYTES_MAX" => limits.subscriber_buffer_bytes_max;
     /// Subscriptions one store serves at once [default: 10000].
     subscriptions_max: usize, "EXESDB_SUBSCRIPTIONS_MAX" => limits.subscriptions_max;
+    /// Recent events kept in memory for live subscribers; 0 turns the tail off [default: 16384].
+    commit_tail_events_max: usize, "EXESDB_COMMIT_TAIL_EVENTS_MAX" => limits.commit_tail_events_max;
+    /// Bytes of the recent events kept for live subscribers [default: 16777216].
+    commit_tail_bytes_max: u64, "EXESDB_COMMIT_TAIL_BYTES_MAX" => limits.commit_tail_bytes_max;
     /// Log records an emitter scans in one step [default: 4096].
     emitter_scan_events_max: u64, "EXESDB_EMITTER_SCAN_EVENTS_MAX" => pools.emitter_scan_events_max;
     /// Partitions of StreamsWriters [default: 4].
@@ -134,7 +138,7 @@ tunables! {
     requests_in_flight_max: usize, "EXESDB_REQUESTS_IN_FLIGHT_MAX" => commit.requests_in_flight_max;
     /// How long a request waits for a slot before `unavailable`, ms [default: 5000].
     request_admission_wait_ms: u64, "EXESDB_REQUEST_ADMISSION_WAIT_MS" => commit.request_admission_wait_ms;
-    /// Memtable size per keyspace, bytes [default: 67108864].
+    /// Memtable size per keyspace, bytes [default: 16777216].
     memtable_bytes_max: u64, "EXESDB_MEMTABLE_BYTES_MAX" => storage.memtable_bytes_max;
     /// Journal kept before flushing (bounds restart replay), bytes, at least 64 MiB [default: 134217728].
     journal_bytes_max: u64, "EXESDB_JOURNAL_BYTES_MAX" => storage.journal_bytes_max;

@@ -431,7 +431,7 @@ impl Client {
                 .into_iter()
                 .map(|event| {
                     convert::recorded_event_from_wire(event)
-                        .map(SubscriptionMessage::Event)
+                        .map(|event| SubscriptionMessage::Event(std::sync::Arc::new(event)))
                         .map_err(ClientError::from)
                 })
                 .collect::<Result<Vec<_>, _>>()?;

@@ -523,7 +523,9 @@ fn forward_subscription(mut subscription: Subscription) -> WireStream<wire::Subs
                 match next {
                     SubscriptionMessage::Event(event) => {
                         bytes += event.data.len() + event.metadata.len() + 128;
-                        response.events.push(convert::recorded_event(event));
+                        response.events.push(convert::recorded_event(
+                            std::sync::Arc::unwrap_or_clone(event),
+                        ));
                     }
                     SubscriptionMessage::CaughtUp => {
                         response.caught_up = true;

@@ -100,8 +100,9 @@ pub enum StartFrom {
 /// What a subscriber receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubscriptionMessage {
-    /// An event, in position order.
-    Event(RecordedEvent),
+    /// An event, in position order. Shared: a live event reaches every subscriber that wants
+    /// it without a copy each.
+    Event(std::sync::Arc<RecordedEvent>),
     /// Every event committed before this point has been delivered; what follows is live.
     CaughtUp,
 }

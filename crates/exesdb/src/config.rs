@@ -38,6 +38,11 @@ pub struct Limits {
     pub subscriber_buffer_bytes_max: u64,
     /// Subscriptions one store serves at once.
     pub subscriptions_max: usize,
+    /// Recently committed events kept decoded in memory, shared by the subscribers that are
+    /// live (0 turns the tail off: every subscriber then reads storage).
+    pub commit_tail_events_max: usize,
+    /// Bytes (as `RecordedEvent::size_bytes` counts them) of the commit tail.
+    pub commit_tail_bytes_max: u64,
 }
 
 impl Default for Limits {
@@ -52,6 +57,8 @@ impl Default for Limits {
             subscriber_buffer_events_max: 1_024,
             subscriber_buffer_bytes_max: 16 * 1024 * 1024,
             subscriptions_max: 10_000,
+            commit_tail_events_max: 16_384,
+            commit_tail_bytes_max: 16 * 1024 * 1024,
         }
     }
 }

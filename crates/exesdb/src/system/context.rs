@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::SystemConfig;
 use crate::storage::Storage;
 use crate::system::core::notification::persistent::PersistentRegistry;
+use crate::system::core::notification::tail::CommitTail;
 use crate::system::core::persistence::subscriptions::SubscriptionsProcesses;
 use crate::system::core::store::state_machine::{Command, Outcome};
 use crate::system::hops::HopCounters;
@@ -72,6 +73,8 @@ pub(crate) struct StoreContext {
     pub committer_lease: Arc<Mutex<()>>,
     /// The position one past the last durable event: "committed up to".
     pub committed: watch::Sender<u64>,
+    /// The last events committed, shared by live subscribers.
+    pub tail: CommitTail,
     pub counters: CommitCounters,
     pub hops: HopCounters,
     /// Whether this node leads the store (always, in single mode); kept by `LeaderTracker`.
@@ -84,12 +87,17 @@ pub(crate) struct StoreContext {
 
 impl StoreContext {
     pub(crate) fn new(config: SystemConfig, storage: Arc<Storage>, next_position: u64) -> Self {
+        let tail = CommitTail::new(
+            config.limits.commit_tail_events_max,
+            config.limits.commit_tail_bytes_max,
+        );
         StoreContext {
             config,
             storage,
             committer: RwLock::new(None),
             committer_lease: Arc::new(Mutex::new(())),
             committed: watch::Sender::new(next_position),
+            tail,
             counters: CommitCounters::default(),
             hops: HopCounters::default(),
             leader: AtomicBool::new(false),

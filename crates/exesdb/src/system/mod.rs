@@ -200,7 +200,7 @@ impl System {
         let _ = tokio::time::timeout(timeout, self.api.admission.acquire_many(all)).await;
         self.api.admission.close();
         supervision_stop(&self.root, timeout).await;
-        *lock_ignoring_poison(&self.api.pools.emitters.work().pool) = None;
+        self.api.pools.emitters.work().detach();
     }
 
     /// Makes the named process of the tree fail, as a crash would (test builds only).
@@ -241,7 +241,7 @@ impl Drop for System {
             self.root.stop(Some("the System handle was dropped".into()));
         }
         self.api.subscriptions.clear();
-        *lock_ignoring_poison(&self.api.pools.emitters.work().pool) = None;
+        self.api.pools.emitters.work().detach();
     }
 }
 

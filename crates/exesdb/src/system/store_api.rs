@@ -15,6 +15,7 @@ use super::core::notification::persistent::{PersistentConsumer, PersistentGroup}
 use super::core::notification::subscription::{
     BufferedBytes, Subscription, SubscriptionRegistry, SubscriptionState,
 };
+use super::core::notification::wakeups::Park;
 use super::core::persistence::snapshots::{
     SnapshotRead, SnapshotWrite, SnapshotsReaderWork, SnapshotsWriterWork,
 };
@@ -355,16 +356,19 @@ impl StoreApi {
         };
         let id = uuid::Uuid::now_v7().to_string();
         let buffered = Arc::new(BufferedBytes::new(limits.subscriber_buffer_bytes_max));
+        let park = Arc::new(Park::new(id.clone(), self.subscriptions.wakeups().clone()));
         self.subscriptions.insert(Arc::new(SubscriptionState {
             id: id.clone(),
             selector,
             event_number_floor,
-            position: std::sync::atomic::AtomicU64::new(position),
+            position: AtomicU64::new(position),
             caught_up_at: *self.context.committed.borrow(),
             caught_up_sent: AtomicBool::new(false),
             stepping: tokio::sync::Mutex::new(()),
             sender,
             buffered: buffered.clone(),
+            park: park.clone(),
+            room_wanted: AtomicU64::new(0),
         }));
         if let Err(error) = self
             .pools
@@ -378,6 +382,7 @@ impl StoreApi {
         Ok(Subscription {
             receiver,
             buffered,
+            park,
             id,
         })
     }

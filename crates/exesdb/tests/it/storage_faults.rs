@@ -5,6 +5,7 @@
 //! restart finds exactly the acknowledged events, and a live `$all` subscription delivers
 //! every one of them, in order, through the failure and the reopen.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{TestStore, start, tagged_append};
@@ -167,7 +168,7 @@ async fn a_live_all_subscription_delivers_gaplessly_through_a_failed_commit() {
     let mut caught_up = false;
     while !caught_up {
         match next_message(&mut subscription).await {
-            SubscriptionMessage::Event(event) => delivered.push(event),
+            SubscriptionMessage::Event(event) => delivered.push(Arc::unwrap_or_clone(event)),
             SubscriptionMessage::CaughtUp => caught_up = true,
         }
     }
@@ -192,7 +193,7 @@ async fn a_live_all_subscription_delivers_gaplessly_through_a_failed_commit() {
 
     while delivered.len() < acknowledged.len() {
         match next_message(&mut subscription).await {
-            SubscriptionMessage::Event(event) => delivered.push(event),
+            SubscriptionMessage::Event(event) => delivered.push(Arc::unwrap_or_clone(event)),
             SubscriptionMessage::CaughtUp => panic!("CaughtUp twice"),
         }
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{PATIENCE, event, holds_throughout, start, start_with, wait_until};
+use crate::common::{PATIENCE, event, holds_throughout, start, start_with, wait_for, wait_until};
 use exesdb::{
     Direction, ExpectedVersion, NewEvent, RecordedEvent, Selector, StartFrom, Subscription,
     SubscriptionMessage, System,
@@ -23,7 +23,7 @@ async fn receive(subscription: &mut Subscription, count: usize) -> (Vec<Recorded
             .expect("a message within 10 s")
             .expect("the subscription is open");
         match message {
-            SubscriptionMessage::Event(event) => events.push(event),
+            SubscriptionMessage::Event(event) => events.push(Arc::unwrap_or_clone(event)),
             SubscriptionMessage::CaughtUp => {
                 assert!(!caught_up, "CaughtUp twice");
                 caught_up = true;
@@ -427,8 +427,16 @@ fn kinds() -> impl Strategy<Value = Kind> {
     ]
 }
 
-async fn run(subscribers: Vec<(Kind, u8)>, appenders: usize, appends: usize) {
-    let store = Arc::new(start().await);
+/// `tail_events`: the commit tail's size; 0 sends every subscriber to storage, a few events
+/// move each between the tail and storage as it falls behind and catches up.
+async fn run(subscribers: Vec<(Kind, u8)>, appenders: usize, appends: usize, tail_events: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(
+        start_with(dir, |config| {
+            config.limits.commit_tail_events_max = tail_events;
+        })
+        .await,
+    );
     let mut writers = Vec::new();
     for writer in 0..appenders {
         let store = store.clone();
@@ -518,13 +526,14 @@ proptest! {
         subscribers in proptest::collection::vec((kinds(), 0u8..30), 1..6),
         appenders in 1usize..6,
         appends in 5usize..60,
+        tail_events in prop_oneof![Just(0usize), Just(4), Just(16_384)],
     ) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
-        runtime.block_on(run(subscribers, appenders, appends));
+        runtime.block_on(run(subscribers, appenders, appends, tail_events));
     }
 }
 
@@ -578,5 +587,72 @@ async fn a_reader_slower_than_the_writers_still_gets_caught_up() {
         committed > received,
         "the writer was still ahead when CaughtUp came"
     );
+    store.system.stop().await;
+}
+
+/// An idle subscription costs nothing: its emitter parks at the end of the log and takes no
+/// step until a commit wakes it. With a worker idle time of 100 ms, an emitter that polled
+/// (as it did, every 50 ms) would keep its worker alive for ever; a parked one lets it stop,
+/// and the next commit still reaches the subscriber at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_subscription_takes_no_steps_and_a_commit_wakes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = start_with(dir, |config| {
+        config.pools.reader_idle_ms = 100;
+        config.pools.writer_idle_ms = 100;
+    })
+    .await;
+    let api = store.system.api();
+    let mut subscription = api
+        .subscribe(Selector::ByStream("$all".into()), StartFrom::End)
+        .await
+        .expect("subscribes");
+    expect_caught_up(&mut subscription).await;
+    for round in 0..3u64 {
+        wait_until(
+            PATIENCE,
+            "every worker, the emitter's too, idles out",
+            || api.active_workers() == 0,
+        )
+        .await;
+        let appended = api
+            .append("quiet", ExpectedVersion::Any, vec![event("E", "wake")])
+            .await
+            .expect("append");
+        let message = tokio::time::timeout(PATIENCE, subscription.next())
+            .await
+            .expect("the commit wakes the parked emitter")
+            .expect("open");
+        assert!(
+            matches!(&message, SubscriptionMessage::Event(e) if e.position == appended.last_position && e.position == round),
+            "round {round}: the new event, not {message:?}"
+        );
+    }
+    store.system.stop().await;
+}
+
+/// A subscription dropped on a quiet store is released at once, not when the next event would
+/// have found no one: with room for one subscription, each new one needs the last released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_subscription_is_released_on_a_quiet_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = start_with(dir, |config| config.limits.subscriptions_max = 1).await;
+    let api = store.system.api();
+    for _ in 0..5 {
+        let mut subscription = wait_for(PATIENCE, || async {
+            api.subscribe(Selector::ByStream("$all".into()), StartFrom::End)
+                .await
+                .map_err(|error| format!("the last one is not released yet: {error}"))
+        })
+        .await;
+        expect_caught_up(&mut subscription).await;
+        assert!(
+            api.subscribe(Selector::ByStream("$all".into()), StartFrom::End)
+                .await
+                .is_err(),
+            "a second subscription is refused while the first is open"
+        );
+        drop(subscription);
+    }
     store.system.stop().await;
 }

@@ -7,6 +7,8 @@ pub(crate) mod emitter;
 pub(crate) mod leader;
 pub(crate) mod persistent;
 pub(crate) mod subscription;
+pub(crate) mod tail;
+pub(crate) mod wakeups;
 
 use exesdb_types::Strategy;
 
@@ -24,7 +26,10 @@ pub(crate) fn notification_system(wiring: &Wiring) -> (WorkerPool<EmitterWork>, 
     let spec = wiring.supervisor(
         "ExESDB.NotificationSystem",
         STRATEGY,
-        vec![leader::leader_system(wiring), emitter_system],
+        vec![
+            leader::leader_system(wiring, emitters.work().clone()),
+            emitter_system,
+        ],
     );
     (emitters, spec)
 }

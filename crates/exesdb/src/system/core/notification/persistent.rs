@@ -285,13 +285,15 @@ impl PersistentGroup {
         if let Some(from) = read_from
             && from < committed
         {
-            let (events, next) =
-                context
-                    .storage
-                    .engine()?
-                    .scan_log(from, committed, scan_max, None, |event| {
-                        definition.selector.matches(event)
-                    })?;
+            // The scan can wait for the disk: off the runtime's own threads.
+            let engine = context.storage.engine()?;
+            let selector = definition.selector.clone();
+            let (events, next) = crate::system::blocking(move || {
+                engine.scan_log(from, committed, scan_max, None, |event| {
+                    selector.matches(event)
+                })
+            })
+            .await?;
             let mut state = self.lock();
             let mut stopped_at = None;
             for event in events {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
 
+use super::wakeups::{EmitterWakeups, Park, ParkedOn};
 use exesdb_types::{RecordedEvent, Selector, SubscriptionMessage};
 
 /// The bytes of events buffered for one subscriber, at most `subscriber_buffer_bytes_max`:
@@ -29,7 +30,7 @@ impl BufferedBytes {
         }
     }
 
-    fn charge(&self, event: &RecordedEvent) -> u32 {
+    pub(crate) fn charge(&self, event: &RecordedEvent) -> u32 {
         u32::try_from(event.size_bytes())
             .unwrap_or(u32::MAX)
             .clamp(1, self.max)
@@ -49,11 +50,6 @@ impl BufferedBytes {
             }
             Err(_) => false,
         }
-    }
-
-    /// Waits until there is room for the event's bytes (without taking them).
-    pub(crate) async fn wait_for_room(&self, event: &RecordedEvent) {
-        let _ = self.permits.acquire_many(self.charge(event)).await;
     }
 
     /// Gives back the bytes of an event that was read (or not sent after all).
@@ -84,6 +80,10 @@ pub(crate) struct SubscriptionState {
     pub sender: mpsc::Sender<SubscriptionMessage>,
     /// The bytes of the events in `sender`'s channel.
     pub buffered: Arc<BufferedBytes>,
+    /// Where the emitter waits when it has nothing to do.
+    pub park: Arc<Park>,
+    /// The buffer bytes the emitter waits for when parked on room (the next event's).
+    pub room_wanted: AtomicU64,
 }
 
 impl SubscriptionState {
@@ -107,12 +107,25 @@ impl SubscriptionState {
     pub(crate) fn mark_caught_up(&self) {
         self.caught_up_sent.store(true, Ordering::Release);
     }
+
+    /// Whether what a parked emitter waits for has come (or the subscriber has gone).
+    pub(crate) fn wait_is_over(&self, on: ParkedOn, committed: u64) -> bool {
+        self.sender.is_closed()
+            || match on {
+                ParkedOn::Commit => committed > self.next_position(),
+                ParkedOn::Room => {
+                    self.sender.capacity() > 0
+                        && self.buffered.room() >= self.room_wanted.load(Ordering::SeqCst)
+                }
+            }
+    }
 }
 
 /// The subscriptions of one store, by id.
 #[derive(Default)]
 pub(crate) struct SubscriptionRegistry {
     entries: Mutex<HashMap<String, Arc<SubscriptionState>>>,
+    wakeups: Arc<EmitterWakeups>,
 }
 
 impl SubscriptionRegistry {
@@ -133,6 +146,12 @@ impl SubscriptionRegistry {
 
     pub(crate) fn remove(&self, id: &str) {
         self.lock().remove(id);
+        self.wakeups.forget(id);
+    }
+
+    /// The wake-ups of these subscriptions' emitters.
+    pub(crate) fn wakeups(&self) -> &Arc<EmitterWakeups> {
+        &self.wakeups
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -155,7 +174,16 @@ impl SubscriptionRegistry {
 pub struct Subscription {
     pub(crate) receiver: mpsc::Receiver<SubscriptionMessage>,
     pub(crate) buffered: Arc<BufferedBytes>,
+    pub(crate) park: Arc<Park>,
     pub(crate) id: String,
+}
+
+impl Drop for Subscription {
+    /// Releases the subscription now: its parked emitter wakes, finds no one, and ends it.
+    fn drop(&mut self) {
+        self.receiver.close();
+        self.park.subscriber_left();
+    }
 }
 
 impl Subscription {
@@ -168,6 +196,9 @@ impl Subscription {
     fn read(&self, message: Option<SubscriptionMessage>) -> Option<SubscriptionMessage> {
         if let Some(SubscriptionMessage::Event(event)) = &message {
             self.buffered.give_back(event);
+        }
+        if message.is_some() {
+            self.park.room_made();
         }
         message
     }

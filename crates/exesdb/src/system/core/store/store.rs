@@ -18,7 +18,7 @@ use super::state_machine::{Command, Outcome, StateMachine};
 use crate::storage::StorageError;
 use crate::system::context::{CommitMsg, CommitRequest, StoreContext};
 use crate::system::hops::Hop;
-use exesdb_types::StoreError;
+use exesdb_types::{RecordedEvent, StoreError};
 
 /// The Store process.
 #[derive(Clone)]
@@ -295,6 +295,12 @@ fn commit_batch(
             counters
                 .events
                 .fetch_add(next_position - first_position, Ordering::Relaxed);
+            if context.tail.enabled() {
+                context.tail.push(
+                    first_position,
+                    take_appended_events(batch, &outcomes, first_position),
+                );
+            }
             context.committed.send_if_modified(|committed| {
                 let changed = *committed != next_position;
                 *committed = next_position;
@@ -326,6 +332,45 @@ fn commit_batch(
             true
         }
     }
+}
+
+/// The events a committed batch wrote, in position order, moved out of its commands (whose
+/// answers need only the outcomes). An append answered from an earlier identical one wrote
+/// nothing: its positions are behind the batch's next.
+fn take_appended_events(
+    batch: &mut [CommitRequest],
+    outcomes: &[Result<Outcome, StoreError>],
+    first_position: u64,
+) -> Vec<RecordedEvent> {
+    let mut events = Vec::new();
+    let mut next = first_position;
+    for (request, outcome) in batch.iter_mut().zip(outcomes) {
+        let (Command::Append(append), Ok(Outcome::Appended(result))) =
+            (&mut request.command, outcome)
+        else {
+            continue;
+        };
+        if result.first_position != next {
+            continue;
+        }
+        for (offset, event) in append.events.iter_mut().enumerate() {
+            let offset = offset as u64;
+            events.push(RecordedEvent {
+                stream_id: append.stream_id.clone(),
+                event_number: result.first_event_number + offset,
+                position: result.first_position + offset,
+                event_id: event.event_id,
+                event_type: std::mem::take(&mut event.event_type),
+                data: std::mem::take(&mut event.data),
+                metadata: std::mem::take(&mut event.metadata),
+                data_content_type: std::mem::take(&mut event.data_content_type),
+                metadata_content_type: std::mem::take(&mut event.metadata_content_type),
+                created_micros: append.created_micros,
+            });
+        }
+        next = result.last_position + 1;
+    }
+    events
 }
 
 /// A batch write (journal, fsync, memtables) this slow is logged: it is what an append's tail

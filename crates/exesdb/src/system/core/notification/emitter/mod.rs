@@ -16,10 +16,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc::error::SendTimeoutError;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::mpsc::error::TrySendError;
 
 use super::subscription::{SubscriptionRegistry, SubscriptionState};
-use exesdb_types::Strategy;
+use super::wakeups::ParkedOn;
+use crate::storage::StorageError;
+use exesdb_types::{RecordedEvent, Strategy};
 
 use crate::supervision::ChildSpec;
 use crate::supervision::pool::{KeyedWork, WorkerPool};
@@ -28,8 +32,11 @@ use crate::system::lock_ignoring_poison;
 use crate::system::wiring::Wiring;
 use exesdb_types::SubscriptionMessage;
 
-/// How long one emitter step waits for a subscriber's room or for new commits.
+/// How long a persistent subscription's step waits for new commits.
 const STEP_WAIT: Duration = Duration::from_millis(50);
+
+/// How long an emitter waits before it tries storage again after a failed read.
+const STORAGE_RETRY_WAIT: Duration = Duration::from_millis(50);
 
 /// One step of an emitter.
 pub(crate) enum EmitterRequest {
@@ -45,6 +52,8 @@ pub(crate) struct EmitterWork {
     pub pool: Mutex<Option<WorkerPool<EmitterWork>>>,
     /// Records scanned in one step.
     pub scan_events_max: u64,
+    /// Steps taken by transient subscriptions' emitters (idle ones take none).
+    pub steps: AtomicU64,
 }
 
 impl KeyedWork for EmitterWork {
@@ -66,17 +75,25 @@ impl KeyedWork for EmitterWork {
         let Some(subscription) = self.subscriptions.get(key) else {
             return; // ended: no next step, and the emitter idles out
         };
-        if subscription.sender.is_closed() {
-            self.subscriptions.remove(key);
-            return;
-        }
         let stepping = subscription.stepping.lock().await;
-        let more = self.step(&subscription).await;
+        // A step runs now: an earlier parked mark is stale, and this step looks afresh.
+        subscription.park.unpark();
+        self.steps.fetch_add(1, Ordering::Relaxed);
+        let next = match subscription.sender.is_closed() {
+            true => Next::End,
+            false => self.step(&subscription).await,
+        };
         drop(stepping);
-        if more {
-            self.schedule(key).await;
-        } else {
-            self.subscriptions.remove(key);
+        match next {
+            Next::Again => self.schedule(key).await,
+            Next::Park(on) => {
+                subscription.park.park(on);
+                let committed = *self.context.committed.borrow();
+                if subscription.wait_is_over(on, committed) && subscription.park.unpark() {
+                    self.schedule(key).await;
+                }
+            }
+            Next::End => self.subscriptions.remove(key),
         }
     }
 
@@ -105,8 +122,14 @@ pub(crate) fn persistent_key(name: String) -> String {
 }
 
 impl EmitterWork {
+    /// Breaks the link to the pool and ends the waker: the System is stopping.
+    pub(crate) fn detach(&self) {
+        *lock_ignoring_poison(&self.pool) = None;
+        self.subscriptions.wakeups().close();
+    }
+
     /// Queues the next step of the emitter of `key`.
-    async fn schedule(&self, key: &str) {
+    pub(crate) async fn schedule(&self, key: &str) {
         let pool = self
             .pool
             .lock()
@@ -142,21 +165,21 @@ impl EmitterWork {
         }
     }
 
-    /// One bounded step; false when the subscriber is gone.
-    async fn step(&self, subscription: &Arc<SubscriptionState>) -> bool {
+    /// One bounded step, and what the emitter does next.
+    async fn step(&self, subscription: &Arc<SubscriptionState>) -> Next {
         let committed = *self.context.committed.borrow();
         let from = subscription.next_position();
-        if from >= committed {
-            return self.wait_for_commits(subscription, from).await;
-        }
-        // Past every event stored when the subscription started, while writers keep adding:
-        // `CaughtUp` now, as promised, not only once the subscriber overtakes them.
-        if from >= subscription.caught_up_at && !subscription.caught_up() {
-            match self.send_caught_up(subscription).await {
-                Some(true) => {}
-                Some(false) => return true,
-                None => return false,
+        // Past every event stored when the subscription started (even while writers keep
+        // adding): `CaughtUp` now, as promised, not only once the subscriber overtakes them.
+        if from >= subscription.caught_up_at.min(committed) && !subscription.caught_up() {
+            match subscription.sender.try_send(SubscriptionMessage::CaughtUp) {
+                Ok(()) => subscription.mark_caught_up(),
+                Err(TrySendError::Full(_)) => return park_on_room(subscription, 0),
+                Err(TrySendError::Closed(_)) => return Next::End,
             }
+        }
+        if from >= committed {
+            return Next::Park(ParkedOn::Commit);
         }
         // The matching events of a step are held in memory until sent, so a step scans no
         // more records than the subscriber has room for: a subscriber that stopped reading
@@ -165,97 +188,128 @@ impl EmitterWork {
         // emitter sends on the channel, so every event of the step fits.
         let room = subscription.sender.capacity();
         if room == 0 {
-            return match tokio::time::timeout(STEP_WAIT, subscription.sender.reserve()).await {
-                Ok(Ok(_)) | Err(_) => true, // room now, or retry later
-                Ok(Err(_)) => false,        // the subscriber is gone
-            };
+            return park_on_room(subscription, 0);
         }
         let scan_max = self
             .scan_events_max
             .min(u64::try_from(room).unwrap_or(u64::MAX));
-        // The scan reads storage, which can wait for the disk: off the runtime's own threads.
-        let context = self.context.clone();
-        let scanning = subscription.clone();
-        let scanned = crate::system::blocking(move || {
-            context.storage.engine().and_then(|engine| {
-                engine.scan_log(
-                    from,
-                    committed,
-                    scan_max,
-                    Some(scanning.buffered.room().max(1)),
-                    |event| scanning.wants(event),
-                )
-            })
-        })
-        .await;
-        let (events, next) = match scanned {
-            Ok(scanned) => scanned,
-            Err(error) => {
-                tracing::error!(%error, "emitter cannot read storage; retrying");
-                tokio::time::sleep(STEP_WAIT).await;
-                return true;
-            }
-        };
+        let bytes_room = subscription.buffered.room().max(1);
+        // Live subscribers share the events the committer just decoded; one that is further
+        // behind reads storage.
+        let (events, next) =
+            match self
+                .context
+                .tail
+                .read(from, committed, scan_max, bytes_room, |event| {
+                    subscription.wants(event)
+                }) {
+                Some(read) => (read.events, read.next),
+                None => match self
+                    .scan_storage(subscription, from, committed, scan_max)
+                    .await
+                {
+                    Ok(scanned) => scanned,
+                    Err(error) => {
+                        tracing::error!(%error, "emitter cannot read storage; retrying");
+                        tokio::time::sleep(STORAGE_RETRY_WAIT).await;
+                        return Next::Again;
+                    }
+                },
+            };
         for event in events {
             let position = event.position;
             // The buffer's bytes are full: this event is not delivered; the next step starts
             // from it once the subscriber has read enough.
             if !subscription.buffered.try_take(&event) {
-                let _ =
-                    tokio::time::timeout(STEP_WAIT, subscription.buffered.wait_for_room(&event))
-                        .await;
-                return true;
+                let wanted = subscription.buffered.charge(&event);
+                return park_on_room(subscription, u64::from(wanted));
             }
             match subscription
                 .sender
-                .send_timeout(SubscriptionMessage::Event(event), STEP_WAIT)
-                .await
+                .try_send(SubscriptionMessage::Event(event))
             {
                 Ok(()) => subscription.set_position(position + 1),
-                // Full: this event is not delivered; the next step starts from it.
-                Err(SendTimeoutError::Timeout(message)) => {
+                Err(TrySendError::Full(message)) => {
                     if let SubscriptionMessage::Event(event) = &message {
                         subscription.buffered.give_back(event);
                     }
-                    return true;
+                    return park_on_room(subscription, 0);
                 }
-                Err(SendTimeoutError::Closed(_)) => return false,
+                Err(TrySendError::Closed(_)) => return Next::End,
             }
         }
         subscription.set_position(next);
-        true
+        Next::Again
     }
 
-    /// Sends `CaughtUp`: `Some(true)` when sent, `Some(false)` when the subscriber has no
-    /// room yet (the next step tries again), `None` when it is gone.
-    async fn send_caught_up(&self, subscription: &SubscriptionState) -> Option<bool> {
-        match subscription
-            .sender
-            .send_timeout(SubscriptionMessage::CaughtUp, STEP_WAIT)
-            .await
-        {
-            Ok(()) => {
-                subscription.mark_caught_up();
-                Some(true)
-            }
-            Err(SendTimeoutError::Timeout(_)) => Some(false),
-            Err(SendTimeoutError::Closed(_)) => None,
-        }
+    /// Reads the log for a subscriber behind the commit tail. The scan can wait for the disk:
+    /// off the runtime's own threads.
+    async fn scan_storage(
+        &self,
+        subscription: &Arc<SubscriptionState>,
+        from: u64,
+        until: u64,
+        scan_max: u64,
+    ) -> Result<(Vec<Arc<RecordedEvent>>, u64), StorageError> {
+        let context = self.context.clone();
+        let scanning = subscription.clone();
+        crate::system::blocking(move || {
+            let engine = context.storage.engine()?;
+            let (events, next) = engine.scan_log(
+                from,
+                until,
+                scan_max,
+                Some(scanning.buffered.room().max(1)),
+                |event| scanning.wants(event),
+            )?;
+            Ok((events.into_iter().map(Arc::new).collect(), next))
+        })
+        .await
     }
+}
 
-    /// At the committed mark: say `CaughtUp` once, then wait a little for new commits.
-    async fn wait_for_commits(&self, subscription: &SubscriptionState, from: u64) -> bool {
-        if !subscription.caught_up() {
-            match self.send_caught_up(subscription).await {
-                Some(true) => {}
-                Some(false) => return true,
-                None => return false,
+/// What an emitter does after a step.
+enum Next {
+    /// Takes another step at once.
+    Again,
+    /// Waits, taking no steps, until what it waits for schedules the next.
+    Park(ParkedOn),
+    /// The subscriber is gone: the subscription ends.
+    End,
+}
+
+/// Parks until the subscriber has read enough for `bytes` more (0: for one more message).
+fn park_on_room(subscription: &SubscriptionState, bytes: u64) -> Next {
+    subscription
+        .room_wanted
+        .store(bytes, std::sync::atomic::Ordering::SeqCst);
+    Next::Park(ParkedOn::Room)
+}
+
+/// Wakes the emitters whose wait is over: those parked at the end of the log when a commit
+/// lands, and those woken by their subscriber (room made, or gone). Runs under
+/// `LeaderWorker`, whose duty delivering is, until the wake-ups close.
+pub(crate) async fn wake_parked_emitters(work: Arc<EmitterWork>) {
+    let wakeups = work.subscriptions.wakeups().clone();
+    let mut commits = work.context.committed.subscribe();
+    while !wakeups.is_closed() {
+        tokio::select! {
+            changed = commits.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                for (key, park) in wakeups.take_on_commit() {
+                    if park.unpark() {
+                        work.schedule(&key).await;
+                    }
+                }
+            }
+            () = wakeups.signalled() => {
+                for key in wakeups.take_ready() {
+                    work.schedule(&key).await;
+                }
             }
         }
-        let mut commits = self.context.committed.subscribe();
-        let _ =
-            tokio::time::timeout(STEP_WAIT, commits.wait_for(|committed| *committed > from)).await;
-        !subscription.sender.is_closed()
     }
 }
 
@@ -272,6 +326,7 @@ pub(crate) fn emitter_system(wiring: &Wiring) -> (WorkerPool<EmitterWork>, Child
             subscriptions: wiring.subscriptions.clone(),
             pool: Mutex::new(None),
             scan_events_max: pools.emitter_scan_events_max,
+            steps: AtomicU64::new(0),
         },
         pools.emitter_partitions,
         pools.reader_idle_ms,

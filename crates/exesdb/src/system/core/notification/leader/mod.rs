@@ -10,6 +10,7 @@ use std::sync::Arc;
 use exesdb_types::Strategy;
 
 use crate::supervision::ChildSpec;
+use crate::system::core::notification::emitter::EmitterWork;
 use crate::system::wiring::Wiring;
 use tracker::LeaderTracker;
 use worker::LeaderWorker;
@@ -18,13 +19,13 @@ use worker::LeaderWorker;
 const STRATEGY: Strategy = Strategy::RestForOne;
 
 /// `ExESDB.LeaderSystem`.
-pub(crate) fn leader_system(wiring: &Wiring) -> ChildSpec {
+pub(crate) fn leader_system(wiring: &Wiring, emitters: Arc<EmitterWork>) -> ChildSpec {
     wiring.supervisor(
         "ExESDB.LeaderSystem",
         STRATEGY,
         vec![
             wiring.service("ExESDB.LeaderTracker", Arc::new(LeaderTracker)),
-            wiring.service("ExESDB.LeaderWorker", Arc::new(LeaderWorker)),
+            wiring.service("ExESDB.LeaderWorker", Arc::new(LeaderWorker::new(emitters))),
         ],
     )
 }
