@@ -505,6 +505,59 @@ impl Engine {
         Ok((events, next))
     }
 
+    /// The events of one stream at positions from `from` up to `until` (exclusive), read
+    /// through the stream's index: a subscription to one stream catches up in the stream's
+    /// size, not the log's. The index is read from event `first_number` on (a hint: entries
+    /// before `from` are skipped). At most `count_max` events that `matches` accepts, stopping
+    /// once they hold `bytes_max` bytes; returns them with the position the next scan starts at.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn scan_stream(
+        &self,
+        stream_id: &str,
+        first_number: u64,
+        from: u64,
+        until: u64,
+        count_max: u64,
+        bytes_max: Option<u64>,
+        matches: impl Fn(&RecordedEvent) -> bool,
+    ) -> Result<(Vec<RecordedEvent>, u64), StorageError> {
+        let view = self.view();
+        let mut events = Vec::new();
+        let mut bytes = 0u64;
+        if from >= until {
+            return Ok((events, from));
+        }
+        let first = stream_index_key(stream_id, first_number);
+        let last = stream_index_key(stream_id, u64::MAX);
+        for guard in view.range(&self.stream_index, first..=last) {
+            let (key, value) = guard.into_inner()?;
+            let position = decode_u64(&value, "stream_index")?;
+            if position < from {
+                continue;
+            }
+            if position >= until {
+                break;
+            }
+            let number_bytes = key.get(stream_id.len() + 1..).unwrap_or_default();
+            let event_number = decode_u64(number_bytes, "stream_index")?;
+            let event =
+                event_at(&view, &self.log, position)?.ok_or_else(|| StorageError::Corrupt {
+                    keyspace: "stream_index",
+                    detail: format!("{stream_id} points at missing position {position}"),
+                })?;
+            check_indexed(stream_id, event_number, &event)?;
+            if matches(&event) {
+                bytes += event.size_bytes();
+                events.push(event);
+                if events.len() as u64 >= count_max || bytes_max.is_some_and(|max| bytes >= max) {
+                    return Ok((events, position + 1));
+                }
+            }
+        }
+        // The stream has nothing more before `until`.
+        Ok((events, until))
+    }
+
     /// Every stored subscription definition: (name, definition bytes).
     pub(crate) fn subscription_definitions(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
         let view = self.view();

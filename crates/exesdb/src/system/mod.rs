@@ -159,6 +159,8 @@ impl System {
             .set(self.api.active_workers() as f64);
         metrics::gauge!("exesdb_gateway_in_flight", "store" => store.clone())
             .set(self.gateway.in_flight() as f64);
+        metrics::counter!("exesdb_emitter_steps_total", "store" => store.clone())
+            .absolute(self.api.emitter_steps());
         let hops = self.api.append_hops();
         for hop in Hop::ALL {
             let labels = [("store", store.clone()), ("hop", hop.name().to_string())];

@@ -362,6 +362,7 @@ impl StoreApi {
             selector,
             event_number_floor,
             position: AtomicU64::new(position),
+            stream_next_number: AtomicU64::new(event_number_floor),
             caught_up_at: *self.context.committed.borrow(),
             caught_up_sent: AtomicBool::new(false),
             stepping: tokio::sync::Mutex::new(()),
@@ -588,6 +589,17 @@ impl StoreApi {
             + self.pools.snapshots_readers.active_workers()
             + self.pools.emitters.active_workers()
             + self.pools.gateway_workers.active_workers()
+    }
+
+    /// Steps the emitters of transient subscriptions have taken since the store started. A
+    /// step delivers a page of events (or finds the subscriber without room); a subscription
+    /// with nothing to deliver takes none.
+    pub fn emitter_steps(&self) -> u64 {
+        self.pools
+            .emitters
+            .work()
+            .steps
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

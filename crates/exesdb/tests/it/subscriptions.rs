@@ -656,3 +656,79 @@ async fn a_dropped_subscription_is_released_on_a_quiet_store() {
     }
     store.system.stop().await;
 }
+
+/// A by-stream subscription catches up through the stream's index: the steps it takes follow
+/// the stream's size, not the store's. With 16 records a step, scanning the log past 20,000
+/// other events would take over 1,250 steps; the stream's 100 events take about 7.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_by_stream_subscription_catches_up_in_the_streams_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = start_with(dir, |config| {
+        config.pools.emitter_scan_events_max = 16;
+        config.limits.commit_tail_events_max = 0;
+    })
+    .await;
+    let api = store.system.api();
+    for chunk in 0..20u64 {
+        // Events of the stream sit among the others, first and last in the log included.
+        let ours = (0..5)
+            .map(|i| event("Ours", &format!("{chunk}:{i}")))
+            .collect();
+        api.append("target", ExpectedVersion::Any, ours)
+            .await
+            .expect("append to target");
+        let noise = (0..1_000).map(|_| event("Noise", "x")).collect();
+        api.append(&format!("noise-{}", chunk % 4), ExpectedVersion::Any, noise)
+            .await
+            .expect("append noise");
+    }
+    let tail = (0..3)
+        .map(|i| event("Ours", &format!("last:{i}")))
+        .collect();
+    api.append("target", ExpectedVersion::Any, tail)
+        .await
+        .expect("append the last");
+    let steps_before = api.emitter_steps();
+    let mut subscription = api
+        .subscribe(Selector::ByStream("target".into()), StartFrom::Beginning)
+        .await
+        .expect("subscribes");
+    let (events, caught_up) = receive(&mut subscription, 103).await;
+    let numbers: Vec<u64> = events.iter().map(|e| e.event_number).collect();
+    assert_eq!(
+        numbers,
+        (0..103).collect::<Vec<_>>(),
+        "the whole stream, in order"
+    );
+    assert!(events.iter().all(|e| e.stream_id == "target"));
+    if !caught_up {
+        expect_caught_up(&mut subscription).await;
+    }
+    let steps = api.emitter_steps() - steps_before;
+    assert!(
+        steps <= 30,
+        "{steps} emitter steps to catch up 103 events among 20,000: the log was scanned"
+    );
+    // From an event number, and live after that, through the same index.
+    let mut from_middle = api
+        .subscribe(
+            Selector::ByStream("target".into()),
+            StartFrom::EventNumber(50),
+        )
+        .await
+        .expect("subscribes");
+    let (events, _) = receive(&mut from_middle, 53).await;
+    assert_eq!(events.first().map(|e| e.event_number), Some(50));
+    assert_eq!(events.last().map(|e| e.event_number), Some(102));
+    let live = api
+        .append("target", ExpectedVersion::Any, vec![event("Ours", "live")])
+        .await
+        .expect("append live");
+    let (events, caught_up) = receive(&mut from_middle, 1).await;
+    assert!(caught_up, "CaughtUp before the live event");
+    assert_eq!(
+        events[0].position, live.last_position,
+        "the live event next"
+    );
+    store.system.stop().await;
+}

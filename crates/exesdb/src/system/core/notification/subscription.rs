@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 
 use super::wakeups::{EmitterWakeups, Park, ParkedOn};
-use exesdb_types::{RecordedEvent, Selector, SubscriptionMessage};
+use exesdb_types::{ALL_STREAM, RecordedEvent, Selector, SubscriptionMessage};
 
 /// The bytes of events buffered for one subscriber, at most `subscriber_buffer_bytes_max`:
 /// the emitter takes an event's size before it sends the event, and the subscriber gives it
@@ -68,6 +68,9 @@ pub(crate) struct SubscriptionState {
     pub event_number_floor: u64,
     /// The next position to scan.
     pub position: AtomicU64,
+    /// A by-stream subscription's next event number (one past the last delivered): where a
+    /// scan of the stream's index starts.
+    pub stream_next_number: AtomicU64,
     /// The store's committed mark when the subscription started: once the position reaches it,
     /// every event stored then has been delivered, and the subscriber gets `CaughtUp`, even if
     /// writers keep the mark moving ahead of it.
@@ -98,6 +101,23 @@ impl SubscriptionState {
 
     pub(crate) fn set_position(&self, position: u64) {
         self.position.store(position, Ordering::Release);
+    }
+
+    /// Notes that the event at `position`, number `event_number` of its stream, was handed
+    /// to the subscriber.
+    pub(crate) fn delivered(&self, position: u64, event_number: u64) {
+        self.set_position(position + 1);
+        self.stream_next_number
+            .store(event_number + 1, Ordering::Release);
+    }
+
+    /// The stream a by-stream subscription follows (not `$all`): its catch-up reads that
+    /// stream's index.
+    pub(crate) fn indexed_stream(&self) -> Option<&str> {
+        match &self.selector {
+            Selector::ByStream(stream_id) if stream_id != ALL_STREAM => Some(stream_id),
+            _ => None,
+        }
     }
 
     pub(crate) fn caught_up(&self) -> bool {

@@ -87,14 +87,15 @@ impl CommitTail {
         }
     }
 
-    /// The events from `from` up to `until` (exclusive) that `wants` accepts, looking at no
-    /// more than `scan_max` positions and stopping once the accepted ones hold `bytes_max`
-    /// bytes. `None` when `from` is no longer (or not yet) in the tail: read storage then.
+    /// The events from `from` up to `until` (exclusive) that `wants` accepts: at most
+    /// `count_max` of them, stopping once they hold `bytes_max` bytes. Looking at an event
+    /// costs a pointer and a comparison, so a sparse selection looks through the whole tail in
+    /// one read. `None` when `from` is no longer (or not yet) in the tail: read storage then.
     pub(crate) fn read(
         &self,
         from: u64,
         until: u64,
-        scan_max: u64,
+        count_max: u64,
         bytes_max: u64,
         wants: impl Fn(&RecordedEvent) -> bool,
     ) -> Option<TailRead> {
@@ -109,7 +110,7 @@ impl CommitTail {
             return None;
         }
         let start = usize::try_from(from - tail.first).ok()?;
-        let span = (until.min(tail.next()) - from).min(scan_max);
+        let span = until.min(tail.next()) - from;
         let mut events = Vec::new();
         let mut bytes = 0u64;
         let mut next = from;
@@ -118,7 +119,7 @@ impl CommitTail {
             if wants(event) {
                 bytes += event.size_bytes();
                 events.push(event.clone());
-                if bytes >= bytes_max {
+                if bytes >= bytes_max || events.len() as u64 >= count_max {
                     break;
                 }
             }
@@ -171,13 +172,17 @@ mod tests {
     }
 
     #[test]
-    fn reads_respect_until_scan_and_byte_bounds_and_filters() {
+    fn reads_respect_until_count_and_byte_bounds_and_filters() {
         let tail = CommitTail::new(100, u64::MAX);
         tail.push(0, (0..10).map(|p| event(p, 10)).collect());
         let read = tail.read(0, 5, 100, u64::MAX, |_| true).expect("in");
         assert_eq!((positions(&read), read.next), ((0..5).collect(), 5));
         let read = tail.read(3, 10, 2, u64::MAX, |_| true).expect("in");
         assert_eq!((positions(&read), read.next), (vec![3, 4], 5));
+        let read = tail
+            .read(0, 10, 2, u64::MAX, |e| e.stream_id == "s-2")
+            .expect("in");
+        assert_eq!((positions(&read), read.next), (vec![2, 5], 6));
         // 14 bytes an event (data, stream id, type): the third reaches 40.
         let read = tail.read(0, 10, 100, 40, |_| true).expect("in");
         assert_eq!((positions(&read), read.next), (vec![0, 1, 2], 3));

@@ -217,7 +217,7 @@ impl EmitterWork {
                 },
             };
         for event in events {
-            let position = event.position;
+            let (position, event_number) = (event.position, event.event_number);
             // The buffer's bytes are full: this event is not delivered; the next step starts
             // from it once the subscriber has read enough.
             if !subscription.buffered.try_take(&event) {
@@ -228,7 +228,7 @@ impl EmitterWork {
                 .sender
                 .try_send(SubscriptionMessage::Event(event))
             {
-                Ok(()) => subscription.set_position(position + 1),
+                Ok(()) => subscription.delivered(position, event_number),
                 Err(TrySendError::Full(message)) => {
                     if let SubscriptionMessage::Event(event) = &message {
                         subscription.buffered.give_back(event);
@@ -255,13 +255,20 @@ impl EmitterWork {
         let scanning = subscription.clone();
         crate::system::blocking(move || {
             let engine = context.storage.engine()?;
-            let (events, next) = engine.scan_log(
-                from,
-                until,
-                scan_max,
-                Some(scanning.buffered.room().max(1)),
-                |event| scanning.wants(event),
-            )?;
+            let bytes_max = Some(scanning.buffered.room().max(1));
+            let wants = |event: &RecordedEvent| scanning.wants(event);
+            let (events, next) = match scanning.indexed_stream() {
+                Some(stream_id) => engine.scan_stream(
+                    stream_id,
+                    scanning.stream_next_number.load(Ordering::Acquire),
+                    from,
+                    until,
+                    scan_max,
+                    bytes_max,
+                    wants,
+                )?,
+                None => engine.scan_log(from, until, scan_max, bytes_max, wants)?,
+            };
             Ok((events.into_iter().map(Arc::new).collect(), next))
         })
         .await
