@@ -1,17 +1,18 @@
 //! `ExESDB.EmitterSystem` [S] (:one_for_one) with `ExESDB.EmitterPools` [PS]: one emitter per
 //! subscription, under the partition its id hashes to.
 //!
-//! An emitter delivers by reading storage, always: from the subscription's position up to the
-//! store's "committed up to" mark, in bounded pages. Catching up and following live commits are
-//! the same loop, so the switch between them can neither lose nor repeat an event; once the
-//! position reaches the mark the store had when the subscription started (every event stored
-//! then is delivered), the subscriber gets `CaughtUp`. A
-//! subscriber that does not read fills its bounded buffer (`subscriber_buffer_events_max`
-//! events, `subscriber_buffer_bytes_max` bytes); the emitter then just stops advancing (its
-//! position stays in the subscription state) and waits for room, and a step scans no more
-//! events or bytes than there is room for, so memory stays bounded by the buffer and
-//! writers never wait for it. Each step is one message to the emitter, handled in
-//! bounded time, so emitters stop promptly and a restarted one resumes from the position.
+//! An emitter delivers from the subscription's position up to the store's "committed up to"
+//! mark, in bounded pages: from the commit tail (the recent events, decoded once and shared)
+//! when the position is in it, else from storage (the log, or one stream's index). Catching
+//! up and following live commits are the same loop, so the switch between them can neither
+//! lose nor repeat an event; once the position reaches the mark the store had when the
+//! subscription started (every event stored then is delivered), the subscriber gets
+//! `CaughtUp`. A subscriber that does not read fills its bounded buffer
+//! (`subscriber_buffer_events_max` events, `subscriber_buffer_bytes_max` bytes); a step takes
+//! no more than there is room for, so memory stays bounded by the buffer and writers never
+//! wait for it. Each step is one message to the emitter, handled in bounded time, so emitters
+//! stop promptly and a restarted one resumes from the position. An emitter with nothing to do
+//! (at the mark, or with a full buffer) parks instead of stepping: see `wakeups.rs`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
