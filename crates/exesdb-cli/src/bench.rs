@@ -498,7 +498,147 @@ pub(crate) struct SubscribeLoad {
     /// The server's process id, on this machine: its CPU time is read from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Runs the store in this process, on a fresh data directory of its own (removed after),
+    /// instead of loading a server: the store's own fan-out, without gRPC's cost per message.
+    /// The CPU figures are then this process's.
+    #[arg(long)]
+    embedded: bool,
 }
+
+/// Where the subscribe load runs.
+enum FanoutStore {
+    /// A server, through connections of its own.
+    Remote(Vec<Client>),
+    /// A store in this process, in a directory removed at the end.
+    Embedded(exesdb::System, std::path::PathBuf),
+}
+
+impl FanoutStore {
+    async fn open(
+        target: &BenchTarget,
+        load: &SubscribeLoad,
+        run_id: &str,
+    ) -> Result<Self, String> {
+        if load.embedded {
+            let dir = std::env::temp_dir().join(format!("exesdb-bench-{run_id}"));
+            let mut config = exesdb::SystemConfig::new(&dir, &target.store);
+            let limits = &mut config.limits;
+            limits.subscriptions_max = limits.subscriptions_max.max(load.subscribers as usize);
+            let system = exesdb::System::start(config)
+                .await
+                .map_err(|error| format!("cannot start the embedded store: {error}"))?;
+            return Ok(FanoutStore::Embedded(system, dir));
+        }
+        let connections = load
+            .subscribers
+            .div_ceil(SUBSCRIPTIONS_PER_CONNECTION)
+            .max(1);
+        let mut clients = Vec::new();
+        for _ in 0..connections {
+            clients.push(connect(target).await?);
+        }
+        Ok(FanoutStore::Remote(clients))
+    }
+
+    fn connections(&self) -> usize {
+        match self {
+            FanoutStore::Remote(clients) => clients.len(),
+            FanoutStore::Embedded(..) => 0,
+        }
+    }
+
+    fn appender(&self, index: u64) -> Appender {
+        match self {
+            FanoutStore::Remote(clients) => {
+                Appender::Remote(Box::new(clients[index as usize % clients.len()].clone()))
+            }
+            FanoutStore::Embedded(system, _) => Appender::Embedded(system.api().clone()),
+        }
+    }
+
+    /// A subscription at the end of `$all`, once its `CaughtUp` has come.
+    async fn subscribe_at_end(&self, index: u64) -> Result<Feed, String> {
+        let mut feed = match self {
+            FanoutStore::Remote(clients) => Feed::Remote(Box::pin(
+                clients[index as usize % clients.len()]
+                    .subscribe(Selector::ByStream("$all".into()), StartFrom::End),
+            )),
+            FanoutStore::Embedded(system, _) => Feed::Embedded(
+                system
+                    .api()
+                    .subscribe(Selector::ByStream("$all".into()), StartFrom::End)
+                    .await
+                    .map_err(|error| error.to_string())?,
+            ),
+        };
+        loop {
+            match feed.next().await {
+                Some(Ok(SubscriptionMessage::CaughtUp)) => return Ok(feed),
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => return Err(error),
+                None => return Err("the subscription ended".into()),
+            }
+        }
+    }
+
+    async fn close(self) {
+        if let FanoutStore::Embedded(system, dir) = self {
+            system.stop().await;
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+type RemoteFeed = std::pin::Pin<
+    Box<
+        dyn tokio_stream::Stream<Item = Result<SubscriptionMessage, exesdb_client::ClientError>>
+            + Send,
+    >,
+>;
+
+/// One subscriber's messages.
+enum Feed {
+    Remote(RemoteFeed),
+    Embedded(exesdb::Subscription),
+}
+
+impl Feed {
+    async fn next(&mut self) -> Option<Result<SubscriptionMessage, String>> {
+        match self {
+            Feed::Remote(stream) => stream
+                .next()
+                .await
+                .map(|message| message.map_err(|error| error.to_string())),
+            Feed::Embedded(subscription) => subscription.next().await.map(Ok),
+        }
+    }
+}
+
+/// One writer's way to append.
+enum Appender {
+    Remote(Box<Client>),
+    Embedded(exesdb::StoreApi),
+}
+
+impl Appender {
+    async fn append(&self, stream: &str, event: NewEvent) -> Result<(), String> {
+        let appended = match self {
+            Appender::Remote(client) => client
+                .append(stream, ExpectedVersion::Any, vec![event])
+                .await
+                .map_err(|error| error.to_string()),
+            Appender::Embedded(api) => api
+                .append(stream, ExpectedVersion::Any, vec![event])
+                .await
+                .map_err(|error| error.to_string()),
+        };
+        appended.map(|_| ())
+    }
+}
+
+/// Each subscriber times one event in this many (with at least this many subscribers, every
+/// event is timed by one of them).
+const LATENCY_SAMPLE: u64 = 8;
 
 /// Subscriptions one connection carries: HTTP/2 servers limit the streams of a connection
 /// (hyper to 200 by default).
@@ -549,40 +689,15 @@ struct Receipts {
     latencies: Histogram<u64>,
 }
 
-/// Opens a subscription at the end of `$all` and waits for its `CaughtUp`.
-async fn subscribe_at_end(
-    client: &Client,
-) -> Result<
-    std::pin::Pin<
-        Box<
-            dyn tokio_stream::Stream<Item = Result<SubscriptionMessage, exesdb_client::ClientError>>
-                + Send,
-        >,
-    >,
-    String,
-> {
-    let mut subscription =
-        Box::pin(client.subscribe(Selector::ByStream("$all".into()), StartFrom::End));
-    loop {
-        match subscription.next().await {
-            Some(Ok(SubscriptionMessage::CaughtUp)) => return Ok(subscription),
-            Some(Ok(_)) => continue,
-            Some(Err(error)) => return Err(error.to_string()),
-            None => return Err("the subscription ended".into()),
-        }
-    }
-}
-
 async fn subscribe(target: &BenchTarget, load: SubscribeLoad) -> Result<Report, String> {
-    let connections = load
-        .subscribers
-        .div_ceil(SUBSCRIPTIONS_PER_CONNECTION)
-        .max(1);
-    let mut clients = Vec::new();
-    for _ in 0..connections {
-        clients.push(connect(target).await?);
-    }
     let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let store = FanoutStore::open(target, &load, &run_id).await?;
+    let connections = store.connections();
+    // Embedded, the store's CPU is this process's.
+    let cpu_pid = match load.embedded {
+        true => Some(std::process::id()),
+        false => load.server_pid,
+    };
     let stream_prefix = format!("bench-sub-{run_id}-");
     let total = load.rate * load.duration;
     let writers = 16u64.min(total.max(1));
@@ -594,71 +709,83 @@ async fn subscribe(target: &BenchTarget, load: SubscribeLoad) -> Result<Report, 
 
     let mut subscriptions = Vec::new();
     for index in 0..load.subscribers {
-        let client = &clients[(index % connections) as usize];
-        subscriptions.push(subscribe_at_end(client).await?);
+        subscriptions.push(store.subscribe_at_end(index).await?);
     }
-    let idle_cpu = if load.idle_seconds > 0 && load.subscribers > 0 && load.server_pid.is_some() {
+    let idle_cpu = if load.idle_seconds > 0 && load.subscribers > 0 && cpu_pid.is_some() {
         let idle = tokio::time::sleep(Duration::from_secs(load.idle_seconds));
-        server_cpu_percent(load.server_pid, idle).await?.1
+        server_cpu_percent(cpu_pid, idle).await?.1
     } else {
         None
     };
 
     let bar = progress(target, expected * load.subscribers.max(1), "delivered");
     let mut receivers = Vec::new();
-    for mut subscription in subscriptions {
+    for (index, mut subscription) in subscriptions.into_iter().enumerate() {
         let acks = acks.clone();
         let prefix = stream_prefix.clone();
         let bar = bar.clone();
+        // The measuring must not cost more than what it measures: each subscriber times one
+        // event in LATENCY_SAMPLE (the subscribers together time every event), and the whole
+        // run, not each message, has a deadline.
+        let sampled = index as u64 % LATENCY_SAMPLE;
+        let deadline = Duration::from_secs(load.duration + 60);
         receivers.push(tokio::spawn(async move {
-            let mut receipts = Receipts {
-                received: 0,
-                in_order: true,
-                latencies: new_histogram()?,
-            };
-            let mut last_position = None;
-            while receipts.received < expected {
-                let message = tokio::time::timeout(Duration::from_secs(30), subscription.next())
-                    .await
-                    .map_err(|_| "a subscriber got nothing for 30 s".to_string())?;
-                let event = match message {
-                    Some(Ok(SubscriptionMessage::Event(event))) => event,
-                    Some(Ok(SubscriptionMessage::CaughtUp)) => continue,
-                    Some(Err(error)) => return Err(error.to_string()),
-                    None => return Err("a subscription ended".into()),
+            let receiving = async move {
+                let mut receipts = Receipts {
+                    received: 0,
+                    in_order: true,
+                    latencies: new_histogram()?,
                 };
-                let received_us = epoch.elapsed().as_micros() as u64;
-                receipts.in_order &= last_position.is_none_or(|last| event.position == last + 1);
-                last_position = Some(event.position);
-                if !event.stream_id.starts_with(&prefix) {
-                    continue;
+                let mut last_position = None;
+                while receipts.received < expected {
+                    let event = match subscription.next().await {
+                        Some(Ok(SubscriptionMessage::Event(event))) => event,
+                        Some(Ok(SubscriptionMessage::CaughtUp)) => continue,
+                        Some(Err(error)) => return Err(error.to_string()),
+                        None => return Err("a subscription ended".into()),
+                    };
+                    receipts.in_order &=
+                        last_position.is_none_or(|last| event.position == last + 1);
+                    last_position = Some(event.position);
+                    if !event.stream_id.starts_with(&prefix) {
+                        continue;
+                    }
+                    receipts.received += 1;
+                    if receipts.received.is_multiple_of(1_024) {
+                        bar.inc(1_024);
+                    }
+                    let number = event
+                        .data
+                        .get(..8)
+                        .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+                        .map(u64::from_le_bytes)
+                        .ok_or("an event without its number")?;
+                    if number % LATENCY_SAMPLE != sampled {
+                        continue;
+                    }
+                    let received_us = epoch.elapsed().as_micros() as u64;
+                    let acked_us = acks
+                        .get(number as usize)
+                        .map_or(0, |ack| ack.load(Ordering::Acquire));
+                    // 0: received before its writer saw the acknowledgement, no wait at all.
+                    let waited_us = match acked_us {
+                        0 => 0,
+                        acked_us => received_us.saturating_sub(acked_us),
+                    };
+                    let _ = receipts.latencies.record(waited_us);
                 }
-                receipts.received += 1;
-                bar.inc(1);
-                let number = event
-                    .data
-                    .get(..8)
-                    .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
-                    .map(u64::from_le_bytes)
-                    .ok_or("an event without its number")?;
-                let acked_us = acks
-                    .get(number as usize)
-                    .map_or(0, |ack| ack.load(Ordering::Acquire));
-                // 0: received before its writer saw the acknowledgement, no wait at all.
-                let waited_us = match acked_us {
-                    0 => 0,
-                    acked_us => received_us.saturating_sub(acked_us),
-                };
-                let _ = receipts.latencies.record(waited_us);
-            }
-            Ok::<Receipts, String>(receipts)
+                Ok::<Receipts, String>(receipts)
+            };
+            tokio::time::timeout(deadline, receiving)
+                .await
+                .map_err(|_| format!("a subscriber did not get every event within {deadline:?}"))?
         }));
     }
 
     let writing = async {
         let mut tasks = Vec::new();
         for writer in 0..writers {
-            let client = clients[(writer % connections) as usize].clone();
+            let client = store.appender(writer);
             let acks = acks.clone();
             let stream = format!("{stream_prefix}{writer}");
             let rate = load.rate;
@@ -676,14 +803,7 @@ async fn subscribe(target: &BenchTarget, load: SubscribeLoad) -> Result<Report, 
                     let mut data = vec![0xAB; 256];
                     data[..8].copy_from_slice(&number.to_le_bytes());
                     let sent = Instant::now();
-                    match client
-                        .append(
-                            &stream,
-                            ExpectedVersion::Any,
-                            vec![NewEvent::new("Bench", data)],
-                        )
-                        .await
-                    {
+                    match client.append(&stream, NewEvent::new("Bench", data)).await {
                         Ok(_) => {
                             let _ = latencies.record(sent.elapsed().as_micros() as u64);
                             if let Some(ack) = acks.get(number as usize) {
@@ -708,7 +828,7 @@ async fn subscribe(target: &BenchTarget, load: SubscribeLoad) -> Result<Report, 
         Ok::<_, String>((failures, latencies))
     };
     let started = Instant::now();
-    let (written, load_cpu) = server_cpu_percent(load.server_pid, writing).await?;
+    let (written, load_cpu) = server_cpu_percent(cpu_pid, writing).await?;
     let (failures, append_latencies) = written?;
     let append_seconds = started.elapsed().as_secs_f64();
     let mut delivery = new_histogram()?;
@@ -723,6 +843,7 @@ async fn subscribe(target: &BenchTarget, load: SubscribeLoad) -> Result<Report, 
             .map_err(|error| error.to_string())?;
     }
     bar.finish_and_clear();
+    store.close().await;
     let delivered_seconds = started.elapsed().as_secs_f64();
     let append_rate = (expected - failures) as f64 / append_seconds;
     let ok = failures == 0 && in_order && all_received;
@@ -732,9 +853,13 @@ async fn subscribe(target: &BenchTarget, load: SubscribeLoad) -> Result<Report, 
         })
     };
     let mut text = format!(
-        "{expected} events appended at {rate}/s asked, {append_rate:.0}/s done, by {writers} writers; {subscribers} $all subscriber(s) on {connections} connection(s)\n",
+        "{expected} events appended at {rate}/s asked, {append_rate:.0}/s done, by {writers} writers; {subscribers} $all subscriber(s) {place}\n",
         rate = load.rate,
         subscribers = load.subscribers,
+        place = match load.embedded {
+            true => "in this process (embedded: CPU is the process's)".to_string(),
+            false => format!("on {connections} connection(s)"),
+        },
     );
     if idle_cpu.is_some() {
         text += &format!(
@@ -759,6 +884,7 @@ async fn subscribe(target: &BenchTarget, load: SubscribeLoad) -> Result<Report, 
         "parameters": {
             "subscribers": load.subscribers, "rate": load.rate, "duration": load.duration,
             "idle_seconds": load.idle_seconds, "writers": writers, "connections": connections,
+            "embedded": load.embedded,
             "server": target.server, "store": target.store,
         },
         "events": expected,

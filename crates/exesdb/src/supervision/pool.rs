@@ -76,7 +76,8 @@ impl PoolSettings {
 /// A handle to a pool: routes requests to workers, starting them when needed.
 pub(crate) struct WorkerPool<W: KeyedWork> {
     work: Arc<W>,
-    partitions: Vec<Arc<Partition<W>>>,
+    /// Shared, so that a handle is cheap to clone (an emitter takes one for every step).
+    partitions: Arc<[Arc<Partition<W>>]>,
     settings: PoolSettings,
 }
 
@@ -177,7 +178,7 @@ impl<W: KeyedWork> WorkerPool<W> {
         );
         let pool = WorkerPool {
             work,
-            partitions,
+            partitions: partitions.into(),
             settings,
         };
         (pool, spec)

@@ -14,47 +14,46 @@ use exesdb_types::{ALL_STREAM, RecordedEvent, Selector, SubscriptionMessage};
 /// The bytes of events buffered for one subscriber, at most `subscriber_buffer_bytes_max`:
 /// the emitter takes an event's size before it sends the event, and the subscriber gives it
 /// back when it reads the event. (The channel itself bounds the count.) An event larger than
-/// the whole budget counts as the whole budget, so it still gets through, alone.
+/// the whole budget counts as the whole budget, so it still gets through, alone. A plain
+/// counter: nobody waits on it (an emitter without room parks, and the read wakes it).
 #[derive(Debug)]
 pub(crate) struct BufferedBytes {
-    permits: tokio::sync::Semaphore,
-    max: u32,
+    available: AtomicU64,
+    max: u64,
 }
 
 impl BufferedBytes {
     pub(crate) fn new(max: u64) -> Self {
-        let max = u32::try_from(max).unwrap_or(u32::MAX).max(1);
+        let max = max.max(1);
         BufferedBytes {
-            permits: tokio::sync::Semaphore::new(max as usize),
+            available: AtomicU64::new(max),
             max,
         }
     }
 
-    pub(crate) fn charge(&self, event: &RecordedEvent) -> u32 {
-        u32::try_from(event.size_bytes())
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.max)
+    pub(crate) fn charge(&self, event: &RecordedEvent) -> u64 {
+        event.size_bytes().clamp(1, self.max)
     }
 
     /// Bytes that can be buffered now.
     pub(crate) fn room(&self) -> u64 {
-        self.permits.available_permits() as u64
+        self.available.load(Ordering::Acquire)
     }
 
     /// Takes the event's bytes if there is room for them.
     pub(crate) fn try_take(&self, event: &RecordedEvent) -> bool {
-        match self.permits.try_acquire_many(self.charge(event)) {
-            Ok(permit) => {
-                permit.forget();
-                true
-            }
-            Err(_) => false,
-        }
+        let charge = self.charge(event);
+        self.available
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |available| {
+                available.checked_sub(charge)
+            })
+            .is_ok()
     }
 
     /// Gives back the bytes of an event that was read (or not sent after all).
     pub(crate) fn give_back(&self, event: &RecordedEvent) {
-        self.permits.add_permits(self.charge(event) as usize);
+        self.available
+            .fetch_add(self.charge(event), Ordering::AcqRel);
     }
 }
 

@@ -36,6 +36,11 @@ use exesdb_types::SubscriptionMessage;
 /// How long a persistent subscription's step waits for new commits.
 const STEP_WAIT: Duration = Duration::from_millis(50);
 
+/// The least time between two rounds of waking the emitters parked on commits: at most this
+/// much is added to a live event's delivery, and however fast commits come, a parked
+/// subscriber is woken at most once an interval.
+const WAKE_ROUND_INTERVAL: Duration = Duration::from_millis(1);
+
 /// How long an emitter waits before it tries storage again after a failed read.
 const STORAGE_RETRY_WAIT: Duration = Duration::from_millis(50);
 
@@ -223,7 +228,7 @@ impl EmitterWork {
             // from it once the subscriber has read enough.
             if !subscription.buffered.try_take(&event) {
                 let wanted = subscription.buffered.charge(&event);
-                return park_on_room(subscription, u64::from(wanted));
+                return park_on_room(subscription, wanted);
             }
             match subscription
                 .sender
@@ -240,7 +245,12 @@ impl EmitterWork {
             }
         }
         subscription.set_position(next);
-        Next::Again
+        // At the mark it read, `CaughtUp` sent: park now rather than take a step only to find
+        // nothing (the park looks at the mark once more, so a commit since is not missed).
+        match next >= committed && subscription.caught_up() {
+            true => Next::Park(ParkedOn::Commit),
+            false => Next::Again,
+        }
     }
 
     /// Reads the log for a subscriber behind the commit tail. The scan can wait for the disk:
@@ -300,12 +310,17 @@ fn park_on_room(subscription: &SubscriptionState, bytes: u64) -> Next {
 pub(crate) async fn wake_parked_emitters(work: Arc<EmitterWork>) {
     let wakeups = work.subscriptions.wakeups().clone();
     let mut commits = work.context.committed.subscribe();
+    let mut last_round = tokio::time::Instant::now();
     while !wakeups.is_closed() {
         tokio::select! {
             changed = commits.changed() => {
                 if changed.is_err() {
                     return;
                 }
+                // Under a high commit rate, the commits of one round's interval wake each
+                // subscriber once, and it takes their events in one step.
+                tokio::time::sleep_until(last_round + WAKE_ROUND_INTERVAL).await;
+                last_round = tokio::time::Instant::now();
                 for (key, park) in wakeups.take_on_commit() {
                     if park.unpark() {
                         work.schedule(&key).await;
