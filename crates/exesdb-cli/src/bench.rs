@@ -540,6 +540,14 @@ impl FanoutStore {
         Ok(FanoutStore::Remote(clients))
     }
 
+    /// Steps the store's emitters took (known only embedded).
+    fn emitter_steps(&self) -> Option<u64> {
+        match self {
+            FanoutStore::Remote(_) => None,
+            FanoutStore::Embedded(system, _) => Some(system.api().emitter_steps()),
+        }
+    }
+
     fn connections(&self) -> usize {
         match self {
             FanoutStore::Remote(clients) => clients.len(),
@@ -843,6 +851,7 @@ async fn subscribe(target: &BenchTarget, load: SubscribeLoad) -> Result<Report, 
             .map_err(|error| error.to_string())?;
     }
     bar.finish_and_clear();
+    let emitter_steps = store.emitter_steps();
     store.close().await;
     let delivered_seconds = started.elapsed().as_secs_f64();
     let append_rate = (expected - failures) as f64 / append_seconds;
@@ -874,6 +883,13 @@ async fn subscribe(target: &BenchTarget, load: SubscribeLoad) -> Result<Report, 
         text += &latency_line(&delivery).replace("latency ", "ack->recv");
         text +=
             &format!("delivered   every event to every subscriber in {delivered_seconds:.2} s\n");
+        if let Some(steps) = emitter_steps {
+            let deliveries = (expected * load.subscribers).max(1);
+            text += &format!(
+                "steps       {steps} emitter steps, {:.2} events delivered a step\n",
+                deliveries as f64 / steps.max(1) as f64
+            );
+        }
     }
     text += &format!(
         "self-check  {} (append failures {failures}, positions consecutive {in_order}, every subscriber got every event {all_received})\n",
@@ -891,6 +907,7 @@ async fn subscribe(target: &BenchTarget, load: SubscribeLoad) -> Result<Report, 
         "append_events_per_second": append_rate,
         "server_cpu_idle_percent": idle_cpu,
         "server_cpu_loaded_percent": load_cpu,
+        "emitter_steps": emitter_steps,
         "latency_append": percentiles(&append_latencies),
         "latency_ack_to_receipt": percentiles(&delivery),
         "self_check": { "ok": ok, "append_failures": failures, "in_order": in_order, "all_received": all_received },

@@ -13,7 +13,7 @@ use super::context::{CommitStats, StoreContext};
 use super::core::notification::emitter::{EmitterRequest, EmitterWork, persistent_key};
 use super::core::notification::persistent::{PersistentConsumer, PersistentGroup};
 use super::core::notification::subscription::{
-    BufferedBytes, Subscription, SubscriptionRegistry, SubscriptionState,
+    Buffered, Subscription, SubscriptionRegistry, SubscriptionState,
 };
 use super::core::notification::wakeups::Park;
 use super::core::persistence::snapshots::{
@@ -349,13 +349,17 @@ impl StoreApi {
             StartFrom::Position(position) => position,
             StartFrom::EventNumber(number) => self.start_of_event(&selector, number)?,
         };
-        let (sender, receiver) = tokio::sync::mpsc::channel(limits.subscriber_buffer_events_max);
+        let (sender, receiver) =
+            tokio::sync::mpsc::channel(limits.subscriber_buffer_events_max.saturating_add(1));
         let event_number_floor = match start {
             StartFrom::EventNumber(number) => number,
             _ => 0,
         };
         let id = uuid::Uuid::now_v7().to_string();
-        let buffered = Arc::new(BufferedBytes::new(limits.subscriber_buffer_bytes_max));
+        let buffered = Arc::new(Buffered::new(
+            limits.subscriber_buffer_events_max,
+            limits.subscriber_buffer_bytes_max,
+        ));
         let park = Arc::new(Park::new(id.clone(), self.subscriptions.wakeups().clone()));
         self.subscriptions.insert(Arc::new(SubscriptionState {
             id: id.clone(),
@@ -382,6 +386,7 @@ impl StoreApi {
         }
         Ok(Subscription {
             receiver,
+            pending: std::collections::VecDeque::new(),
             buffered,
             park,
             id,

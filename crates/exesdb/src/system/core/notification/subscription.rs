@@ -2,7 +2,7 @@
 //! works from. The state lives here, outside the emitter process, so that a restarted emitter
 //! resumes from the last delivered position: nothing lost, nothing twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -11,49 +11,83 @@ use tokio::sync::mpsc;
 use super::wakeups::{EmitterWakeups, Park, ParkedOn};
 use exesdb_types::{ALL_STREAM, RecordedEvent, Selector, SubscriptionMessage};
 
-/// The bytes of events buffered for one subscriber, at most `subscriber_buffer_bytes_max`:
-/// the emitter takes an event's size before it sends the event, and the subscriber gives it
-/// back when it reads the event. (The channel itself bounds the count.) An event larger than
-/// the whole budget counts as the whole budget, so it still gets through, alone. A plain
-/// counter: nobody waits on it (an emitter without room parks, and the read wakes it).
+/// What an emitter puts in its subscriber's channel: the events of one step, or `CaughtUp`.
+/// A step's events go as one message, so a channel operation is paid per step, not per event.
 #[derive(Debug)]
-pub(crate) struct BufferedBytes {
-    available: AtomicU64,
-    max: u64,
+pub(crate) enum Delivery {
+    Events(Vec<Arc<RecordedEvent>>),
+    CaughtUp,
 }
 
-impl BufferedBytes {
-    pub(crate) fn new(max: u64) -> Self {
-        let max = max.max(1);
-        BufferedBytes {
-            available: AtomicU64::new(max),
-            max,
+/// The events buffered for one subscriber (in its channel, or taken from it and not yet read),
+/// at most `subscriber_buffer_events_max` of them holding at most `subscriber_buffer_bytes_max`
+/// bytes: the emitter takes an event's share before it sends the event, and the subscriber
+/// gives it back as it reads the event. An event larger than the whole byte budget counts as
+/// the whole budget, so it still gets through, alone. Plain counters: nobody waits on them (an
+/// emitter without room parks, and the subscriber's read wakes it).
+#[derive(Debug)]
+pub(crate) struct Buffered {
+    events_available: AtomicU64,
+    events_max: u64,
+    bytes_available: AtomicU64,
+    bytes_max: u64,
+}
+
+impl Buffered {
+    pub(crate) fn new(events_max: usize, bytes_max: u64) -> Self {
+        let events_max = (events_max as u64).max(1);
+        let bytes_max = bytes_max.max(1);
+        Buffered {
+            events_available: AtomicU64::new(events_max),
+            events_max,
+            bytes_available: AtomicU64::new(bytes_max),
+            bytes_max,
         }
     }
 
     pub(crate) fn charge(&self, event: &RecordedEvent) -> u64 {
-        event.size_bytes().clamp(1, self.max)
+        event.size_bytes().clamp(1, self.bytes_max)
+    }
+
+    /// Events that can be buffered now.
+    pub(crate) fn events_room(&self) -> u64 {
+        self.events_available.load(Ordering::Acquire)
     }
 
     /// Bytes that can be buffered now.
-    pub(crate) fn room(&self) -> u64 {
-        self.available.load(Ordering::Acquire)
+    pub(crate) fn bytes_room(&self) -> u64 {
+        self.bytes_available.load(Ordering::Acquire)
     }
 
-    /// Takes the event's bytes if there is room for them.
+    /// Events buffered now.
+    pub(crate) fn events(&self) -> u64 {
+        self.events_max - self.events_room()
+    }
+
+    /// Takes the event's share (one event, its bytes) if there is room for it.
     pub(crate) fn try_take(&self, event: &RecordedEvent) -> bool {
-        let charge = self.charge(event);
-        self.available
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |available| {
-                available.checked_sub(charge)
-            })
-            .is_ok()
+        let take = |available: &AtomicU64, amount: u64| {
+            available
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                    left.checked_sub(amount)
+                })
+                .is_ok()
+        };
+        if !take(&self.events_available, 1) {
+            return false;
+        }
+        if take(&self.bytes_available, self.charge(event)) {
+            return true;
+        }
+        self.events_available.fetch_add(1, Ordering::AcqRel);
+        false
     }
 
-    /// Gives back the bytes of an event that was read (or not sent after all).
+    /// Gives back the share of an event that was read (or not sent after all).
     pub(crate) fn give_back(&self, event: &RecordedEvent) {
-        self.available
+        self.bytes_available
             .fetch_add(self.charge(event), Ordering::AcqRel);
+        self.events_available.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -79,9 +113,11 @@ pub(crate) struct SubscriptionState {
     /// (which may still be scanning off the runtime when it is killed), so that two steps never
     /// deliver from the same position.
     pub stepping: tokio::sync::Mutex<()>,
-    pub sender: mpsc::Sender<SubscriptionMessage>,
-    /// The bytes of the events in `sender`'s channel.
-    pub buffered: Arc<BufferedBytes>,
+    /// Channel capacity: `subscriber_buffer_events_max` + 1 (a message holds at least one
+    /// event, and `CaughtUp` comes once), so `buffered` is the bound that binds.
+    pub sender: mpsc::Sender<Delivery>,
+    /// The events handed to the subscriber and not yet read.
+    pub buffered: Arc<Buffered>,
     /// Where the emitter waits when it has nothing to do.
     pub park: Arc<Park>,
     /// The buffer bytes the emitter waits for when parked on room (the next event's).
@@ -133,8 +169,8 @@ impl SubscriptionState {
             || match on {
                 ParkedOn::Commit => committed > self.next_position(),
                 ParkedOn::Room => {
-                    self.sender.capacity() > 0
-                        && self.buffered.room() >= self.room_wanted.load(Ordering::SeqCst)
+                    self.buffered.events_room() > 0
+                        && self.buffered.bytes_room() >= self.room_wanted.load(Ordering::SeqCst)
                 }
             }
     }
@@ -191,8 +227,10 @@ impl SubscriptionRegistry {
 /// The subscriber's end: messages in position order. Dropping it ends the subscription.
 #[derive(Debug)]
 pub struct Subscription {
-    pub(crate) receiver: mpsc::Receiver<SubscriptionMessage>,
-    pub(crate) buffered: Arc<BufferedBytes>,
+    pub(crate) receiver: mpsc::Receiver<Delivery>,
+    /// The rest of the last message's events, not yet read.
+    pub(crate) pending: VecDeque<Arc<RecordedEvent>>,
+    pub(crate) buffered: Arc<Buffered>,
     pub(crate) park: Arc<Park>,
     pub(crate) id: String,
 }
@@ -208,18 +246,44 @@ impl Drop for Subscription {
 impl Subscription {
     /// The next message; `None` when the store stopped the subscription (it is stopping).
     pub async fn next(&mut self) -> Option<SubscriptionMessage> {
-        let message = self.receiver.recv().await;
-        self.read(message)
+        if let Some(event) = self.pending.pop_front() {
+            return Some(self.hand_over(event));
+        }
+        let delivery = self.receiver.recv().await?;
+        self.unpack(delivery)
     }
 
-    fn read(&self, message: Option<SubscriptionMessage>) -> Option<SubscriptionMessage> {
-        if let Some(SubscriptionMessage::Event(event)) = &message {
-            self.buffered.give_back(event);
+    /// The next message if one is waiting, without waiting.
+    pub fn try_next(&mut self) -> Option<SubscriptionMessage> {
+        if let Some(event) = self.pending.pop_front() {
+            return Some(self.hand_over(event));
         }
-        if message.is_some() {
+        let delivery = self.receiver.try_recv().ok()?;
+        self.unpack(delivery)
+    }
+
+    fn unpack(&mut self, delivery: Delivery) -> Option<SubscriptionMessage> {
+        match delivery {
+            Delivery::Events(events) => {
+                self.pending = events.into();
+                let first = self.pending.pop_front()?;
+                Some(self.hand_over(first))
+            }
+            Delivery::CaughtUp => {
+                self.park.room_made();
+                Some(SubscriptionMessage::CaughtUp)
+            }
+        }
+    }
+
+    /// Gives the event's share of the buffer back; once a message is read to its end, an
+    /// emitter waiting for room wakes.
+    fn hand_over(&self, event: Arc<RecordedEvent>) -> SubscriptionMessage {
+        self.buffered.give_back(&event);
+        if self.pending.is_empty() {
             self.park.room_made();
         }
-        message
+        SubscriptionMessage::Event(event)
     }
 
     /// The subscription's id (its emitter's key).
@@ -227,14 +291,8 @@ impl Subscription {
         &self.id
     }
 
-    /// The next message if one is waiting, without waiting.
-    pub fn try_next(&mut self) -> Option<SubscriptionMessage> {
-        let message = self.receiver.try_recv().ok();
-        self.read(message)
-    }
-
-    /// Messages waiting to be read (at most `subscriber_buffer_events_max`).
+    /// Events waiting to be read (at most `subscriber_buffer_events_max`).
     pub fn receiver_len(&self) -> usize {
-        self.receiver.len()
+        usize::try_from(self.buffered.events()).unwrap_or(usize::MAX)
     }
 }

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::subscription::{SubscriptionRegistry, SubscriptionState};
+use super::subscription::{Delivery, SubscriptionRegistry, SubscriptionState};
 use super::wakeups::ParkedOn;
 use crate::storage::StorageError;
 use exesdb_types::{RecordedEvent, Strategy};
@@ -31,7 +31,6 @@ use crate::supervision::pool::{KeyedWork, WorkerPool};
 use crate::system::context::StoreContext;
 use crate::system::lock_ignoring_poison;
 use crate::system::wiring::Wiring;
-use exesdb_types::SubscriptionMessage;
 
 /// How long a persistent subscription's step waits for new commits.
 const STEP_WAIT: Duration = Duration::from_millis(50);
@@ -81,7 +80,11 @@ impl KeyedWork for EmitterWork {
         let Some(subscription) = self.subscriptions.get(key) else {
             return; // ended: no next step, and the emitter idles out
         };
-        let stepping = subscription.stepping.lock().await;
+        // Contended only while a killed emitter's last scan finishes: the wait is the rare path.
+        let stepping = match subscription.stepping.try_lock() {
+            Ok(stepping) => stepping,
+            Err(_) => subscription.stepping.lock().await,
+        };
         // A step runs now: an earlier parked mark is stale, and this step looks afresh.
         subscription.park.unpark();
         self.steps.fetch_add(1, Ordering::Relaxed);
@@ -178,7 +181,7 @@ impl EmitterWork {
         // Past every event stored when the subscription started (even while writers keep
         // adding): `CaughtUp` now, as promised, not only once the subscriber overtakes them.
         if from >= subscription.caught_up_at.min(committed) && !subscription.caught_up() {
-            match subscription.sender.try_send(SubscriptionMessage::CaughtUp) {
+            match subscription.sender.try_send(Delivery::CaughtUp) {
                 Ok(()) => subscription.mark_caught_up(),
                 Err(TrySendError::Full(_)) => return park_on_room(subscription, 0),
                 Err(TrySendError::Closed(_)) => return Next::End,
@@ -192,14 +195,12 @@ impl EmitterWork {
         // then costs its buffer, not a scan's worth of events more at every retry (found by
         // `crates/exesdb-cli/tests/it/flood.rs`: 256 MiB more for 64 KiB events). Only this
         // emitter sends on the channel, so every event of the step fits.
-        let room = subscription.sender.capacity();
+        let room = subscription.buffered.events_room();
         if room == 0 {
             return park_on_room(subscription, 0);
         }
-        let scan_max = self
-            .scan_events_max
-            .min(u64::try_from(room).unwrap_or(u64::MAX));
-        let bytes_room = subscription.buffered.room().max(1);
+        let scan_max = self.scan_events_max.min(room);
+        let bytes_room = subscription.buffered.bytes_room().max(1);
         // Live subscribers share the events the committer just decoded; one that is further
         // behind reads storage.
         let (events, next) =
@@ -222,27 +223,38 @@ impl EmitterWork {
                     }
                 },
             };
+        // The events that fit go to the subscriber as one message.
+        let mut batch = Vec::with_capacity(events.len());
+        let mut wanted = None;
         for event in events {
-            let (position, event_number) = (event.position, event.event_number);
-            // The buffer's bytes are full: this event is not delivered; the next step starts
-            // from it once the subscriber has read enough.
             if !subscription.buffered.try_take(&event) {
-                let wanted = subscription.buffered.charge(&event);
-                return park_on_room(subscription, wanted);
+                wanted = Some(subscription.buffered.charge(&event));
+                break;
             }
-            match subscription
-                .sender
-                .try_send(SubscriptionMessage::Event(event))
-            {
+            batch.push(event);
+        }
+        let last = batch
+            .last()
+            .map(|event| (event.position, event.event_number));
+        if let Some((position, event_number)) = last {
+            match subscription.sender.try_send(Delivery::Events(batch)) {
                 Ok(()) => subscription.delivered(position, event_number),
-                Err(TrySendError::Full(message)) => {
-                    if let SubscriptionMessage::Event(event) = &message {
+                Err(TrySendError::Full(Delivery::Events(batch))) => {
+                    for event in &batch {
                         subscription.buffered.give_back(event);
                     }
                     return park_on_room(subscription, 0);
                 }
+                Err(TrySendError::Full(Delivery::CaughtUp)) => {
+                    return park_on_room(subscription, 0);
+                }
                 Err(TrySendError::Closed(_)) => return Next::End,
             }
+        }
+        // The buffer is full before this event: the next step starts from it once the
+        // subscriber has read enough.
+        if let Some(wanted) = wanted {
+            return park_on_room(subscription, wanted);
         }
         subscription.set_position(next);
         // At the mark it read, `CaughtUp` sent: park now rather than take a step only to find
@@ -266,7 +278,7 @@ impl EmitterWork {
         let scanning = subscription.clone();
         crate::system::blocking(move || {
             let engine = context.storage.engine()?;
-            let bytes_max = Some(scanning.buffered.room().max(1));
+            let bytes_max = Some(scanning.buffered.bytes_room().max(1));
             let wants = |event: &RecordedEvent| scanning.wants(event);
             let (events, next) = match scanning.indexed_stream() {
                 Some(stream_id) => engine.scan_stream(
