@@ -63,6 +63,20 @@ pub(crate) enum BenchCommand {
     /// receiving appends made at a set rate, each measuring from an append's acknowledgement
     /// to its receipt.
     Subscribe(SubscribeLoad),
+    /// Stream catch-up in a big store: writes a stream's events spread through a store of
+    /// many others, then compares a by-stream subscription's time to `CaughtUp` with a plain
+    /// read of the stream.
+    CatchUp {
+        /// Events written in all (the stream's included).
+        #[arg(long, default_value_t = 1_000_000)]
+        store_events: u64,
+        /// Events of the stream caught up, spread evenly through the others.
+        #[arg(long, default_value_t = 1_000)]
+        stream_events: u64,
+        /// Timed reads and catch-ups of each kind (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: u64,
+    },
 }
 
 pub(crate) async fn run(command: BenchCommand, target: BenchTarget) -> Result<(), String> {
@@ -75,6 +89,11 @@ pub(crate) async fn run(command: BenchCommand, target: BenchTarget) -> Result<()
         } => read(&target, &stream, clients, requests).await?,
         BenchCommand::ReadAll { readers } => read_all(&target, readers.max(1)).await?,
         BenchCommand::Subscribe(load) => subscribe(&target, load).await?,
+        BenchCommand::CatchUp {
+            store_events,
+            stream_events,
+            runs,
+        } => catch_up(&target, store_events, stream_events.max(1), runs.max(1)).await?,
     };
     if target.json {
         println!("{}", report.json);
@@ -913,4 +932,139 @@ async fn subscribe(target: &BenchTarget, load: SubscribeLoad) -> Result<Report, 
         "self_check": { "ok": ok, "append_failures": failures, "in_order": in_order, "all_received": all_received },
     });
     Ok(Report { ok, text, json })
+}
+
+/// Events of one filler append in `bench catch-up`.
+const FILL_APPEND_EVENTS: u64 = 1_000;
+
+async fn catch_up(
+    target: &BenchTarget,
+    store_events: u64,
+    stream_events: u64,
+    runs: u64,
+) -> Result<Report, String> {
+    let client = connect(target).await?;
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let stream = format!("bench-catchup-{run_id}");
+    let fill_events = store_events.saturating_sub(stream_events);
+    let chunks = fill_events.div_ceil(FILL_APPEND_EVENTS).max(1);
+    let bar = progress(target, store_events, "written");
+    let payload = vec![0xAB; 100];
+    // Unique to the run: a by-type subscription then selects exactly the stream's events.
+    let our_type = format!("Ours-{run_id}");
+    for chunk in 0..chunks {
+        // The stream's events go between the others', evenly.
+        let ours = (chunk + 1) * stream_events / chunks - chunk * stream_events / chunks;
+        if ours > 0 {
+            let events = (0..ours)
+                .map(|_| NewEvent::new(&our_type, payload.clone()))
+                .collect();
+            client
+                .append(&stream, ExpectedVersion::Any, events)
+                .await
+                .map_err(|error| error.to_string())?;
+        }
+        let others = FILL_APPEND_EVENTS.min(fill_events.saturating_sub(chunk * FILL_APPEND_EVENTS));
+        if others > 0 {
+            let events = (0..others)
+                .map(|_| NewEvent::new("Other", payload.clone()))
+                .collect();
+            client
+                .append(
+                    &format!("bench-fill-{run_id}-{}", chunk % 16),
+                    ExpectedVersion::Any,
+                    events,
+                )
+                .await
+                .map_err(|error| error.to_string())?;
+        }
+        bar.inc(ours + others);
+    }
+    bar.finish_and_clear();
+
+    let mut ok = true;
+    let mut reads = Vec::new();
+    let mut catch_ups = Vec::new();
+    let mut by_type = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let mut events = std::pin::pin!(client.read_stream(
+            &stream,
+            ReadFrom::Start,
+            Some(stream_events),
+            Direction::Forward
+        ));
+        let mut read = 0;
+        while let Some(event) = events.next().await {
+            ok &= event.is_ok_and(|event| event.event_number == read);
+            read += 1;
+        }
+        ok &= read == stream_events;
+        reads.push(started.elapsed().as_secs_f64());
+
+        let (seconds, delivered) =
+            time_catch_up(&client, Selector::ByStream(stream.clone())).await?;
+        ok &= delivered == stream_events;
+        catch_ups.push(seconds);
+        let (seconds, delivered) =
+            time_catch_up(&client, Selector::ByEventType(our_type.clone())).await?;
+        ok &= delivered == stream_events;
+        by_type.push(seconds);
+    }
+    let median = |times: &mut Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    let read_seconds = median(&mut reads);
+    let catch_up_seconds = median(&mut catch_ups);
+    let by_type_seconds = median(&mut by_type);
+    let ratio = catch_up_seconds / read_seconds.max(1e-9);
+    let text = format!(
+        "stream of {stream_events} events among {store_events} in all; median of {runs} runs\n\
+         read        {:.2} ms (the whole stream, forward)\n\
+         catch-up    {:.2} ms (a by-stream subscription from the start to CaughtUp)\n\
+         ratio       {ratio:.2}x the read\n\
+         by type     {:.2} ms (the same events by event type: a scan of the whole log)\n\
+         self-check  {}\n",
+        read_seconds * 1e3,
+        catch_up_seconds * 1e3,
+        by_type_seconds * 1e3,
+        if ok {
+            "ok (both got the whole stream, in order)"
+        } else {
+            "FAILED"
+        },
+    );
+    let json = json!({
+        "bench": "catch-up",
+        "parameters": { "store_events": store_events, "stream_events": stream_events, "runs": runs, "server": target.server, "store": target.store },
+        "read_ms": read_seconds * 1e3, "catch_up_ms": catch_up_seconds * 1e3, "ratio": ratio,
+        "by_type_catch_up_ms": by_type_seconds * 1e3,
+        "self_check": { "ok": ok },
+    });
+    Ok(Report { ok, text, json })
+}
+
+/// Subscribes from the start and times the catch-up: seconds to `CaughtUp`, events delivered
+/// (checked to come in position order).
+async fn time_catch_up(client: &Client, selector: Selector) -> Result<(f64, u64), String> {
+    let started = Instant::now();
+    let mut subscription = std::pin::pin!(client.subscribe(selector, StartFrom::Beginning));
+    let mut delivered = 0;
+    let mut last_position = None;
+    loop {
+        match subscription.next().await {
+            Some(Ok(SubscriptionMessage::Event(event))) => {
+                if last_position.is_some_and(|last| event.position <= last) {
+                    return Err("a catch-up delivered out of order".into());
+                }
+                last_position = Some(event.position);
+                delivered += 1;
+            }
+            Some(Ok(SubscriptionMessage::CaughtUp)) => break,
+            Some(Err(error)) => return Err(error.to_string()),
+            None => return Err("the subscription ended before CaughtUp".into()),
+        }
+    }
+    Ok((started.elapsed().as_secs_f64(), delivered))
 }
