@@ -91,6 +91,61 @@ fn every_bench_mode_runs_and_checks_itself() {
         subscribe["events"], 192,
         "200 events over 16 writers: 12 each"
     );
+    let pid = server.child.id().to_string();
+    let fanout = bench(
+        &server,
+        &[
+            "subscribe",
+            "--subscribers",
+            "3",
+            "--idle-seconds",
+            "1",
+            "--server-pid",
+            &pid,
+            "--rate",
+            "100",
+            "--duration",
+            "1",
+        ],
+    );
+    assert_eq!(fanout["self_check"]["all_received"], true, "{fanout}");
+    assert!(
+        fanout["server_cpu_idle_percent"].as_f64().is_some(),
+        "idle CPU measured: {fanout}"
+    );
+    let embedded = bench(
+        &server,
+        &[
+            "subscribe",
+            "--embedded",
+            "--subscribers",
+            "2",
+            "--rate",
+            "100",
+            "--duration",
+            "1",
+        ],
+    );
+    assert!(
+        embedded["emitter_steps"]
+            .as_u64()
+            .is_some_and(|steps| steps > 0),
+        "{embedded}"
+    );
+
+    let catch_up = bench(
+        &server,
+        &[
+            "catch-up",
+            "--store-events",
+            "5000",
+            "--stream-events",
+            "50",
+            "--runs",
+            "1",
+        ],
+    );
+    assert!(catch_up["ratio"].as_f64().is_some(), "{catch_up}");
 }
 
 /// One stream per aggregate: a server whose pools together hold a few dozen workers takes
