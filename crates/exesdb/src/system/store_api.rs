@@ -347,7 +347,7 @@ impl StoreApi {
             StartFrom::Beginning => 0,
             StartFrom::End => *self.context.committed.borrow(),
             StartFrom::Position(position) => position,
-            StartFrom::EventNumber(number) => self.start_of_event(&selector, number)?,
+            StartFrom::EventNumber(number) => self.start_of_event(&selector, number).await?,
         };
         let (sender, receiver) =
             tokio::sync::mpsc::channel(limits.subscriber_buffer_events_max.saturating_add(1));
@@ -395,7 +395,7 @@ impl StoreApi {
 
     /// Where a subscription from event `number` of its stream starts scanning: at that event,
     /// or at the end when the stream has not reached it yet.
-    fn start_of_event(&self, selector: &Selector, number: u64) -> Result<u64, StoreError> {
+    async fn start_of_event(&self, selector: &Selector, number: u64) -> Result<u64, StoreError> {
         let Selector::ByStream(stream_id) = selector else {
             return Err(StoreError::invalid(
                 "starting from an event number needs a by-stream subscription",
@@ -407,8 +407,12 @@ impl StoreApi {
             ));
         }
         let committed = *self.context.committed.borrow();
-        let view = self.context.storage.engine()?.point_view();
-        Ok(view.position_of(stream_id, number)?.unwrap_or(committed))
+        let engine = self.context.storage.engine()?;
+        let stream_id = stream_id.clone();
+        // A point read, but of storage: off the runtime's own threads.
+        let position =
+            super::blocking(move || engine.point_view().position_of(&stream_id, number)).await?;
+        Ok(position.unwrap_or(committed))
     }
 
     /// Stores (or replaces) a persistent subscription and starts delivering it. A start at
@@ -431,11 +435,10 @@ impl StoreApi {
             StartFrom::Position(position) => position,
             _ => 0,
         };
-        let checkpoint = self
-            .context
-            .storage
-            .engine()?
-            .checkpoint(&definition.name)?
+        let engine = self.context.storage.engine()?;
+        let stored_name = definition.name.clone();
+        let checkpoint = super::blocking(move || engine.checkpoint(&stored_name))
+            .await?
             .unwrap_or(start);
         let name = definition.name.clone();
         if let Some(old) = self.context.persistent.remove(&name) {

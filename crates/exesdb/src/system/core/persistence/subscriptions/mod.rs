@@ -162,17 +162,20 @@ impl Actor for SubscriptionsReader {
         context: &mut Arc<StoreContext>,
     ) -> Result<(), ActorProcessingErr> {
         let ReaderMsg::List { reply } = message;
-        let definitions = context
-            .storage
-            .engine()
-            .and_then(|engine| engine.subscription_definitions())
-            .map_err(StoreError::from)
-            .and_then(|stored| {
-                stored
-                    .into_iter()
-                    .map(|(_, bytes)| SubscriptionDefinition::decode(&bytes))
-                    .collect()
-            });
+        let storage = context.storage.clone();
+        let definitions = crate::system::blocking(move || {
+            storage
+                .engine()
+                .and_then(|engine| engine.subscription_definitions())
+        })
+        .await
+        .map_err(StoreError::from)
+        .and_then(|stored| {
+            stored
+                .into_iter()
+                .map(|(_, bytes)| SubscriptionDefinition::decode(&bytes))
+                .collect()
+        });
         let _ = reply.send(definitions);
         Ok(())
     }
