@@ -529,6 +529,8 @@ impl StoreApi {
         }
         let count = events.len();
         group.requeue(events);
+        // The group may be parked, idle: it has work again.
+        self.start_steps(&group, name.to_string()).await?;
         Ok(count)
     }
 

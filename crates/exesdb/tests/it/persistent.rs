@@ -503,3 +503,40 @@ proptest::proptest! {
         runtime.block_on(at_least_once(seed, events, consumers));
     }
 }
+
+/// An idle persistent subscription costs nothing: with nothing in flight and its checkpoint
+/// stored, its emitter parks, and its worker (idle time 100 ms) stops, which a 50 ms poll
+/// would prevent. A commit wakes it, and after the ack it parks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_persistent_subscription_parks_and_a_commit_wakes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = crate::common::start_with(dir, |config| {
+        config.pools.reader_idle_ms = 100;
+        config.pools.writer_idle_ms = 100;
+    })
+    .await;
+    let api = store.system.api();
+    api.save_subscription(definition("quiet"))
+        .await
+        .expect("save");
+    let mut consumer = api.connect_subscription("quiet").await.expect("connect");
+    for round in 0..3u64 {
+        wait_until(
+            PATIENCE,
+            "every worker, the emitter's too, idles out",
+            || api.active_workers() == 0,
+        )
+        .await;
+        let position = append_marker(&store.system).await;
+        assert_eq!(position, round);
+        let delivery = next(&mut consumer).await;
+        assert_eq!(delivery.event.position, position, "round {round}");
+        consumer.ack(position);
+        wait_until(PATIENCE, "the checkpoint passes the acked event", || {
+            api.subscription_checkpoint("quiet").expect("read") == Some(position + 1)
+        })
+        .await;
+    }
+    drop(consumer);
+    store.system.stop().await;
+}

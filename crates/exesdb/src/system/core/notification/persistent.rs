@@ -222,6 +222,17 @@ impl PersistentGroup {
         self.lock().read_position
     }
 
+    /// Whether the group has nothing to do until a commit past `committed` (a consumer
+    /// joining and a replay of parked events queue a step themselves): nothing in flight (so
+    /// no deadline to watch), its checkpoint stored, and no consumer or nothing to deliver.
+    pub(crate) fn is_idle(&self, committed: u64) -> bool {
+        let state = self.lock();
+        state.in_flight.is_empty()
+            && state.checkpoint() == state.stored_checkpoint
+            && (state.consumers.is_empty()
+                || (state.redeliver.is_empty() && state.read_position >= committed))
+    }
+
     /// One emitter step: expire, redeliver, read and deliver, store the checkpoint. Returns
     /// whether it did anything (if not, the emitter waits for commits).
     pub(crate) async fn step(

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::subscription::{Delivery, SubscriptionRegistry, SubscriptionState};
-use super::wakeups::ParkedOn;
+use super::wakeups::{Park, ParkedOn};
 use crate::storage::StorageError;
 use exesdb_types::{RecordedEvent, Strategy};
 
@@ -71,7 +71,18 @@ impl KeyedWork for EmitterWork {
                 return; // removed: no next step, and the emitter idles out
             };
             group.step_taken();
-            self.step_persistent(name).await;
+            if self.step_persistent(name).await {
+                // Idle: parked until a commit, with the same last look as a transient one.
+                let park = Arc::new(Park::new(
+                    key.to_string(),
+                    self.subscriptions.wakeups().clone(),
+                ));
+                park.park(ParkedOn::Commit);
+                let committed = *self.context.committed.borrow();
+                if group.is_idle(committed) || !park.unpark() {
+                    return;
+                }
+            }
             if group.claim_step() {
                 self.schedule(key).await;
             }
@@ -151,14 +162,16 @@ impl EmitterWork {
         }
     }
 
-    /// One step of a persistent subscription's emitter.
-    async fn step_persistent(&self, name: &str) {
+    /// One step of a persistent subscription's emitter; true when the group is idle (it then
+    /// parks rather than steps).
+    async fn step_persistent(&self, name: &str) -> bool {
         let Some(group) = self.context.persistent.get(name) else {
-            return;
+            return false;
         };
         let from = group.read_position();
         match group.step(&self.context, self.scan_events_max).await {
             Ok(true) => {}
+            Ok(false) if group.is_idle(*self.context.committed.borrow()) => return true,
             Ok(false) => {
                 let mut commits = self.context.committed.subscribe();
                 let _ = tokio::time::timeout(
@@ -172,6 +185,7 @@ impl EmitterWork {
                 tokio::time::sleep(STEP_WAIT).await;
             }
         }
+        false
     }
 
     /// One bounded step, and what the emitter does next.
