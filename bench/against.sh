@@ -7,23 +7,12 @@
 #
 #   bench/against.sh SERVER_BINARY LABEL
 set -euo pipefail
-server_bin=$1
+server_bin=$(realpath "$1")
 label=$2
 cd "$(dirname "$0")/.."
+. bench/fresh_server.sh
 bench=${CARGO_TARGET_DIR:-target}/release/exesdb
-data=$(mktemp -d)
-log=$(mktemp)
-"$server_bin" serve --listen 127.0.0.1:0 --data-dir "$data" 2>"$log" &
-pid=$!
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$data"' EXIT
-address=
-# Wait for the line the server logs once it listens (polled: the log is a plain file).
-for _ in $(seq 1 600); do
-  address=$(grep -o 'listen=[0-9.:]*' "$log" | head -n 1 | cut -d= -f2 || true)
-  [ -n "$address" ] && break
-  sleep 0.05
-done
-[ -n "$address" ] || { echo "the server did not start: $(cat "$log")" >&2; exit 1; }
+start_server "$server_bin" "$(mktemp -d)"
 b() { "$bench" bench --server "http://$address" "$@"; }
 
 echo "=== $label: 10000 idle subscriptions, 10 s"

@@ -109,6 +109,41 @@ pub(crate) struct Storage {
     faults: Arc<fault::FaultSeam>,
 }
 
+/// Where a scan of the log or of a stream's index looks: positions from `from` up to `until`
+/// (exclusive), at most `count_max` of them, stopping once the accepted events hold
+/// `bytes_max` bytes (at least one event).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scan {
+    pub from: u64,
+    pub until: u64,
+    pub count_max: u64,
+    pub bytes_max: Option<u64>,
+}
+
+/// The events a scan accepted, and their bytes.
+struct Accepted {
+    events: Vec<RecordedEvent>,
+    bytes: u64,
+    bytes_max: Option<u64>,
+}
+
+impl Accepted {
+    fn new(bytes_max: Option<u64>) -> Self {
+        Accepted {
+            events: Vec::new(),
+            bytes: 0,
+            bytes_max,
+        }
+    }
+
+    /// Adds an event; true once the events hold `bytes_max`.
+    fn push(&mut self, event: RecordedEvent) -> bool {
+        self.bytes += event.size_bytes();
+        self.events.push(event);
+        self.bytes_max.is_some_and(|max| self.bytes >= max)
+    }
+}
+
 /// The open fjall database and its keyspaces.
 pub(crate) struct Engine {
     db: Database,
@@ -405,15 +440,8 @@ impl Engine {
                 break;
             }
             let (key, value) = guard.into_inner()?;
-            let number_bytes = key.get(stream_id.len() + 1..).unwrap_or_default();
-            let event_number = decode_u64(number_bytes, "stream_index")?;
             let position = decode_u64(&value, "stream_index")?;
-            let event =
-                event_at(&view, &self.log, position)?.ok_or_else(|| StorageError::Corrupt {
-                    keyspace: "stream_index",
-                    detail: format!("{stream_id} points at missing position {position}"),
-                })?;
-            check_indexed(stream_id, event_number, &event)?;
+            let event = self.indexed_event(&view, stream_id, &key, position)?;
             bytes += event.size_bytes();
             events.push(event);
         }
@@ -468,94 +496,90 @@ impl Engine {
         Ok(events)
     }
 
-    /// Scans the log from `from` up to `until` (exclusive), at most `scan_max` records, and
-    /// returns the events `matches` accepts with the position the next scan starts at. With
-    /// `bytes_max`, stops once the accepted events hold that many bytes.
+    /// Scans the log over `scan` (`count_max` bounds the records looked at) and returns the
+    /// events `matches` accepts with the position the next scan starts at.
     pub(crate) fn scan_log(
         &self,
-        from: u64,
-        until: u64,
-        scan_max: u64,
-        bytes_max: Option<u64>,
+        scan: Scan,
         matches: impl Fn(&RecordedEvent) -> bool,
     ) -> Result<(Vec<RecordedEvent>, u64), StorageError> {
         let view = self.view();
-        let mut events = Vec::new();
-        let mut bytes = 0u64;
-        let mut next = from;
-        if from >= until {
-            return Ok((events, next));
+        let mut accepted = Accepted::new(scan.bytes_max);
+        let mut next = scan.from;
+        if scan.from >= scan.until {
+            return Ok((accepted.events, next));
         }
         for guard in view
-            .range(&self.log, from.to_be_bytes()..until.to_be_bytes())
-            .take(usize::try_from(scan_max).unwrap_or(usize::MAX))
+            .range(&self.log, scan.from.to_be_bytes()..scan.until.to_be_bytes())
+            .take(usize::try_from(scan.count_max).unwrap_or(usize::MAX))
         {
             let (key, value) = guard.into_inner()?;
             let position = decode_u64(&key, "log")?;
             let event = decode_event(position, &value).map_err(corrupt("log"))?;
             next = position + 1;
-            if matches(&event) {
-                bytes += event.size_bytes();
-                events.push(event);
-                if bytes_max.is_some_and(|max| bytes >= max) {
-                    break;
-                }
+            if matches(&event) && accepted.push(event) {
+                break;
             }
         }
-        Ok((events, next))
+        Ok((accepted.events, next))
     }
 
-    /// The events of one stream at positions from `from` up to `until` (exclusive), read
+    /// The events of one stream over `scan` (`count_max` bounds the events accepted), read
     /// through the stream's index: a subscription to one stream catches up in the stream's
     /// size, not the log's. The index is read from event `first_number` on (a hint: entries
-    /// before `from` are skipped). At most `count_max` events that `matches` accepts, stopping
-    /// once they hold `bytes_max` bytes; returns them with the position the next scan starts at.
-    #[allow(clippy::too_many_arguments)]
+    /// before `scan.from` are skipped). Returns the events `matches` accepts with the position
+    /// the next scan starts at.
     pub(crate) fn scan_stream(
         &self,
         stream_id: &str,
         first_number: u64,
-        from: u64,
-        until: u64,
-        count_max: u64,
-        bytes_max: Option<u64>,
+        scan: Scan,
         matches: impl Fn(&RecordedEvent) -> bool,
     ) -> Result<(Vec<RecordedEvent>, u64), StorageError> {
         let view = self.view();
-        let mut events = Vec::new();
-        let mut bytes = 0u64;
-        if from >= until {
-            return Ok((events, from));
+        let mut accepted = Accepted::new(scan.bytes_max);
+        if scan.from >= scan.until {
+            return Ok((accepted.events, scan.from));
         }
         let first = stream_index_key(stream_id, first_number);
         let last = stream_index_key(stream_id, u64::MAX);
         for guard in view.range(&self.stream_index, first..=last) {
             let (key, value) = guard.into_inner()?;
             let position = decode_u64(&value, "stream_index")?;
-            if position < from {
+            if position < scan.from {
                 continue;
             }
-            if position >= until {
+            if position >= scan.until {
                 break;
             }
-            let number_bytes = key.get(stream_id.len() + 1..).unwrap_or_default();
-            let event_number = decode_u64(number_bytes, "stream_index")?;
-            let event =
-                event_at(&view, &self.log, position)?.ok_or_else(|| StorageError::Corrupt {
-                    keyspace: "stream_index",
-                    detail: format!("{stream_id} points at missing position {position}"),
-                })?;
-            check_indexed(stream_id, event_number, &event)?;
-            if matches(&event) {
-                bytes += event.size_bytes();
-                events.push(event);
-                if events.len() as u64 >= count_max || bytes_max.is_some_and(|max| bytes >= max) {
-                    return Ok((events, position + 1));
-                }
+            let event = self.indexed_event(&view, stream_id, &key, position)?;
+            if matches(&event)
+                && (accepted.push(event) || accepted.events.len() as u64 >= scan.count_max)
+            {
+                return Ok((accepted.events, position + 1));
             }
         }
         // The stream has nothing more before `until`.
-        Ok((events, until))
+        Ok((accepted.events, scan.until))
+    }
+
+    /// The event a stream index entry (its key, and the `position` it holds) points at,
+    /// checked to be that stream's event of that number.
+    fn indexed_event(
+        &self,
+        view: &Snapshot,
+        stream_id: &str,
+        key: &[u8],
+        position: u64,
+    ) -> Result<RecordedEvent, StorageError> {
+        let number_bytes = key.get(stream_id.len() + 1..).unwrap_or_default();
+        let event_number = decode_u64(number_bytes, "stream_index")?;
+        let event = event_at(view, &self.log, position)?.ok_or_else(|| StorageError::Corrupt {
+            keyspace: "stream_index",
+            detail: format!("{stream_id} points at missing position {position}"),
+        })?;
+        check_indexed(stream_id, event_number, &event)?;
+        Ok(event)
     }
 
     /// Every stored subscription definition: (name, definition bytes).

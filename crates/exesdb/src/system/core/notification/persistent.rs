@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::storage::Scan;
 use crate::system::context::StoreContext;
 use crate::system::core::store::state_machine::Command;
 use exesdb_types::RecordedEvent;
@@ -300,9 +301,13 @@ impl PersistentGroup {
             let engine = context.storage.engine()?;
             let selector = definition.selector.clone();
             let (events, next) = crate::system::blocking(move || {
-                engine.scan_log(from, committed, scan_max, None, |event| {
-                    selector.matches(event)
-                })
+                let scan = Scan {
+                    from,
+                    until: committed,
+                    count_max: scan_max,
+                    bytes_max: None,
+                };
+                engine.scan_log(scan, |event| selector.matches(event))
             })
             .await?;
             let mut state = self.lock();

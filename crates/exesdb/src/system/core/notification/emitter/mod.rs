@@ -23,7 +23,7 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use super::subscription::{Delivery, SubscriptionRegistry, SubscriptionState};
 use super::wakeups::{Park, ParkedOn};
-use crate::storage::StorageError;
+use crate::storage::{Scan, StorageError};
 use exesdb_types::{RecordedEvent, Strategy};
 
 use crate::supervision::ChildSpec;
@@ -294,17 +294,20 @@ impl EmitterWork {
             let engine = context.storage.engine()?;
             let bytes_max = Some(scanning.buffered.bytes_room().max(1));
             let wants = |event: &RecordedEvent| scanning.wants(event);
+            let scan = Scan {
+                from,
+                until,
+                count_max: scan_max,
+                bytes_max,
+            };
             let (events, next) = match scanning.indexed_stream() {
                 Some(stream_id) => engine.scan_stream(
                     stream_id,
                     scanning.stream_next_number.load(Ordering::Acquire),
-                    from,
-                    until,
-                    scan_max,
-                    bytes_max,
+                    scan,
                     wants,
                 )?,
-                None => engine.scan_log(from, until, scan_max, bytes_max, wants)?,
+                None => engine.scan_log(scan, wants)?,
             };
             Ok((events.into_iter().map(Arc::new).collect(), next))
         })
