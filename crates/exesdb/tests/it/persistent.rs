@@ -509,24 +509,14 @@ proptest::proptest! {
 /// would prevent. A commit wakes it, and after the ack it parks again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_persistent_subscription_parks_and_a_commit_wakes_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = crate::common::start_with(dir, |config| {
-        config.pools.reader_idle_ms = 100;
-        config.pools.writer_idle_ms = 100;
-    })
-    .await;
+    let store = crate::common::start_with_short_idle().await;
     let api = store.system.api();
     api.save_subscription(definition("quiet"))
         .await
         .expect("save");
     let mut consumer = api.connect_subscription("quiet").await.expect("connect");
     for round in 0..3u64 {
-        wait_until(
-            PATIENCE,
-            "every worker, the emitter's too, idles out",
-            || api.active_workers() == 0,
-        )
-        .await;
+        crate::common::wait_for_every_worker_to_stop(&store.system).await;
         let position = append_marker(&store.system).await;
         assert_eq!(position, round);
         let delivery = next(&mut consumer).await;

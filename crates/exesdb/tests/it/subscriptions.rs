@@ -596,12 +596,7 @@ async fn a_reader_slower_than_the_writers_still_gets_caught_up() {
 /// and the next commit still reaches the subscriber at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_subscription_takes_no_steps_and_a_commit_wakes_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = start_with(dir, |config| {
-        config.pools.reader_idle_ms = 100;
-        config.pools.writer_idle_ms = 100;
-    })
-    .await;
+    let store = crate::common::start_with_short_idle().await;
     let api = store.system.api();
     let mut subscription = api
         .subscribe(Selector::ByStream("$all".into()), StartFrom::End)
@@ -609,12 +604,7 @@ async fn an_idle_subscription_takes_no_steps_and_a_commit_wakes_it() {
         .expect("subscribes");
     expect_caught_up(&mut subscription).await;
     for round in 0..3u64 {
-        wait_until(
-            PATIENCE,
-            "every worker, the emitter's too, idles out",
-            || api.active_workers() == 0,
-        )
-        .await;
+        crate::common::wait_for_every_worker_to_stop(&store.system).await;
         let appended = api
             .append("quiet", ExpectedVersion::Any, vec![event("E", "wake")])
             .await

@@ -43,6 +43,25 @@ pub(crate) async fn start_with(
     TestStore { system, dir }
 }
 
+/// A store whose idle workers stop after 100 ms: a test that waits for every worker to stop
+/// shows that nothing polls (a worker asked every 50 ms would never stop).
+pub(crate) async fn start_with_short_idle() -> TestStore {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    start_with(dir, |config| {
+        config.pools.reader_idle_ms = 100;
+        config.pools.writer_idle_ms = 100;
+    })
+    .await
+}
+
+/// Waits until no worker of any pool runs: every emitter parked, every other worker idle.
+pub(crate) async fn wait_for_every_worker_to_stop(system: &System) {
+    wait_until(PATIENCE, "every worker, the emitters' too, stops", || {
+        system.api().active_workers() == 0
+    })
+    .await;
+}
+
 impl TestStore {
     /// Stops the store and starts it again on the same data.
     pub(crate) async fn restart(self) -> TestStore {
