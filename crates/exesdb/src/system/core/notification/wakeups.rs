@@ -56,9 +56,14 @@ impl Park {
     pub(crate) fn park(self: &Arc<Self>, on: ParkedOn) {
         self.state.store(on as u8, Ordering::SeqCst);
         if on == ParkedOn::Commit {
-            self.wakeups
-                .lock_on_commit()
-                .insert(self.key.clone(), self.clone());
+            let mut parked = self.wakeups.lock_on_commit();
+            let first = parked.is_empty();
+            parked.insert(self.key.clone(), self.clone());
+            drop(parked);
+            // The waker waits on commits only while someone is parked on one.
+            if first {
+                self.wakeups.signal.notify_one();
+            }
         }
         std::sync::atomic::fence(Ordering::SeqCst);
     }
@@ -113,6 +118,11 @@ impl EmitterWakeups {
     /// Forgets a subscription that ended.
     pub(crate) fn forget(&self, key: &str) {
         self.lock_on_commit().remove(key);
+    }
+
+    /// Whether any subscription is parked until the next commit.
+    pub(crate) fn any_on_commit(&self) -> bool {
+        !self.lock_on_commit().is_empty()
     }
 
     /// Takes every subscription parked until the next commit (a commit just happened).

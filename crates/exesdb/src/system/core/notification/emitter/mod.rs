@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::subscription::{Delivery, SubscriptionRegistry, SubscriptionState};
-use super::wakeups::{Park, ParkedOn};
+use super::wakeups::{EmitterWakeups, Park, ParkedOn};
 use crate::storage::{Scan, StorageError};
 use exesdb_types::{RecordedEvent, Strategy};
 
@@ -341,6 +341,15 @@ pub(crate) async fn wake_parked_emitters(work: Arc<EmitterWork>) {
     let mut commits = work.context.committed.subscribe();
     let mut last_round = tokio::time::Instant::now();
     while !wakeups.is_closed() {
+        // With no one parked on a commit the waker does not wait on commits at all, so a
+        // store without subscribers pays no wake-up per commit; the first to park signals.
+        // (Its receiver then still holds the commits since, so the first wait may return at
+        // once: one round for nothing, never a missed one.)
+        if !wakeups.any_on_commit() {
+            wakeups.signalled().await;
+            wake_ready(&work, &wakeups).await;
+            continue;
+        }
         tokio::select! {
             changed = commits.changed() => {
                 if changed.is_err() {
@@ -356,12 +365,15 @@ pub(crate) async fn wake_parked_emitters(work: Arc<EmitterWork>) {
                     }
                 }
             }
-            () = wakeups.signalled() => {
-                for key in wakeups.take_ready() {
-                    work.schedule(&key).await;
-                }
-            }
+            () = wakeups.signalled() => wake_ready(&work, &wakeups).await,
         }
+    }
+}
+
+/// Schedules the emitters whose subscribers made room or left.
+async fn wake_ready(work: &EmitterWork, wakeups: &EmitterWakeups) {
+    for key in wakeups.take_ready() {
+        work.schedule(&key).await;
     }
 }
 
