@@ -213,30 +213,32 @@ impl EmitterWork {
         if room == 0 {
             return park_on_room(subscription, 0);
         }
-        let scan_max = self.scan_events_max.min(room);
         let bytes_room = subscription.buffered.bytes_room().max(1);
+        let scan = Scan {
+            from,
+            until: committed,
+            count_max: self.scan_events_max.min(room),
+            bytes_max: Some(bytes_room),
+        };
         // Live subscribers share the events the committer just decoded; one that is further
         // behind reads storage.
-        let (events, next) =
-            match self
-                .context
+        let tail =
+            self.context
                 .tail
-                .read(from, committed, scan_max, bytes_room, |event| {
+                .read(scan.from, scan.until, scan.count_max, bytes_room, |event| {
                     subscription.wants(event)
-                }) {
-                Some(read) => (read.events, read.next),
-                None => match self
-                    .scan_storage(subscription, from, committed, scan_max)
-                    .await
-                {
-                    Ok(scanned) => scanned,
-                    Err(error) => {
-                        tracing::error!(%error, "emitter cannot read storage; retrying");
-                        tokio::time::sleep(STORAGE_RETRY_WAIT).await;
-                        return Next::Again;
-                    }
-                },
-            };
+                });
+        let (events, next) = match tail {
+            Some(read) => (read.events, read.next),
+            None => match self.scan_storage(subscription, scan).await {
+                Ok(scanned) => scanned,
+                Err(error) => {
+                    tracing::error!(%error, "emitter cannot read storage; retrying");
+                    tokio::time::sleep(STORAGE_RETRY_WAIT).await;
+                    return Next::Again;
+                }
+            },
+        };
         // The events that fit go to the subscriber as one message.
         let mut batch = Vec::with_capacity(events.len());
         let mut wanted = None;
@@ -253,13 +255,14 @@ impl EmitterWork {
         if let Some((position, event_number)) = last {
             match subscription.sender.try_send(Delivery::Events(batch)) {
                 Ok(()) => subscription.delivered(position, event_number),
-                Err(TrySendError::Full(Delivery::Events(batch))) => {
-                    for event in &batch {
-                        subscription.buffered.give_back(event);
+                // Not while the budget holds (the channel has a slot per event); if it ever
+                // is full, the events go back and the emitter waits for room.
+                Err(TrySendError::Full(delivery)) => {
+                    if let Delivery::Events(batch) = &delivery {
+                        for event in batch {
+                            subscription.buffered.give_back(event);
+                        }
                     }
-                    return park_on_room(subscription, 0);
-                }
-                Err(TrySendError::Full(Delivery::CaughtUp)) => {
                     return park_on_room(subscription, 0);
                 }
                 Err(TrySendError::Closed(_)) => return Next::End,
@@ -284,22 +287,13 @@ impl EmitterWork {
     async fn scan_storage(
         &self,
         subscription: &Arc<SubscriptionState>,
-        from: u64,
-        until: u64,
-        scan_max: u64,
+        scan: Scan,
     ) -> Result<(Vec<Arc<RecordedEvent>>, u64), StorageError> {
         let context = self.context.clone();
         let scanning = subscription.clone();
         crate::system::blocking(move || {
             let engine = context.storage.engine()?;
-            let bytes_max = Some(scanning.buffered.bytes_room().max(1));
             let wants = |event: &RecordedEvent| scanning.wants(event);
-            let scan = Scan {
-                from,
-                until,
-                count_max: scan_max,
-                bytes_max,
-            };
             let (events, next) = match scanning.indexed_stream() {
                 Some(stream_id) => engine.scan_stream(
                     stream_id,
