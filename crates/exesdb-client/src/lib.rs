@@ -30,9 +30,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 pub use exesdb_types::{
-    ALL_STREAM, AppendResult, ConsumerStrategy, Delivery, Direction, ExpectedVersion, NackAction,
-    NewEvent, RecordedEvent, Selector, Snapshot, SnapshotVersion, StartFrom, StoreError,
-    StreamInfo, SubscriptionDefinition, SubscriptionMessage, TreeSnapshot,
+    ALL_STREAM, AppendResult, CATEGORY_STREAM_PREFIX, ConsumerStrategy, Delivery, Direction,
+    EVENT_TYPE_STREAM_PREFIX, ExpectedVersion, NackAction, NewEvent, RecordedEvent, Selector,
+    Snapshot, SnapshotVersion, StartFrom, StoreError, StreamInfo, SubscriptionDefinition,
+    SubscriptionMessage, TreeSnapshot, category_of,
 };
 
 /// Messages (batches of events) a streaming read buffers between the connection and the caller.

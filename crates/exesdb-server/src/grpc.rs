@@ -17,7 +17,7 @@ use exesdb::{Gateway, PersistentConsumer, Subscription};
 use exesdb_proto::convert;
 use exesdb_types::{
     ALL_STREAM, Direction, ReadAllRequest, RecordedEvent, StoreError, StreamInfo,
-    SubscriptionMessage,
+    SubscriptionMessage, reads_by_position,
 };
 
 use crate::node::Node;
@@ -100,6 +100,7 @@ impl EventStore for GrpcServices {
         let gateway = self.gateway(&request.store_id)?;
         let direction = convert::direction(request.direction).map_err(|e| convert::status(&e))?;
         let stream_id = request.stream_id;
+        let by_position = reads_by_position(&stream_id);
         let total = request.count;
         let page_max = self.node.read_page_events_max(&request.store_id);
         let page_bytes_max = self.node.read_page_bytes_max(&request.store_id);
@@ -130,9 +131,15 @@ impl EventStore for GrpcServices {
                     let next = events
                         .last()
                         .filter(|_| page_may_continue(&events, count, page_bytes_max))
-                        .and_then(|last| match direction {
-                            Direction::Forward => last.event_number.checked_add(1),
-                            Direction::Backward => last.event_number.checked_sub(1),
+                        .and_then(|last| {
+                            let at = match by_position {
+                                true => last.position,
+                                false => last.event_number,
+                            };
+                            match direction {
+                                Direction::Forward => at.checked_add(1),
+                                Direction::Backward => at.checked_sub(1),
+                            }
                         });
                     Ok((
                         events.into_iter().map(convert::recorded_event).collect(),

@@ -199,6 +199,11 @@ pub fn validate_stream_id(stream_id: &str, allow_reserved: bool) -> Result<(), S
             "stream id contains a control character",
         ));
     }
+    if !allow_reserved && crate::index::IndexedStream::parse(stream_id).is_some() {
+        return Err(StoreError::invalid(format!(
+            "stream {stream_id:?} reads one of the store's indexes: it is read-only"
+        )));
+    }
     if !allow_reserved && stream_id.starts_with('$') {
         return Err(StoreError::invalid(format!(
             "stream id {stream_id:?} starts with '$', which is reserved for system streams"

@@ -1,5 +1,5 @@
 //! The contract every side of ExESDB in Rust shares: events as written and as recorded,
-//! expected versions, reads, subscription selectors and definitions, snapshots, the
+//! expected versions, reads, the secondary indexes, subscription selectors and definitions, snapshots, the
 //! supervision tree as data, and the typed errors with their stable codes.
 //!
 //! The engine (`exesdb`), the server (`exesdb-server`) and the client (`exesdb-client`) all
@@ -8,6 +8,7 @@
 
 mod error;
 mod event;
+mod index;
 mod snapshot;
 mod subscription;
 mod tree;
@@ -17,6 +18,10 @@ pub use event::{
     ALL_STREAM, AppendResult, DEFAULT_CONTENT_TYPE, Direction, EVENT_TYPE_BYTES_MAX,
     ExpectedVersion, NewEvent, ReadAllRequest, RecordedEvent, STREAM_ID_BYTES_MAX, StreamInfo,
     validate_stream_id,
+};
+pub use index::{
+    CATEGORY_SEPARATOR, CATEGORY_STREAM_PREFIX, EVENT_TYPE_STREAM_PREFIX, IndexedStream,
+    category_of, reads_by_position, validate_readable_stream_id,
 };
 pub use snapshot::{Snapshot, SnapshotVersion};
 pub use subscription::{

@@ -6,13 +6,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::StoreError;
-use crate::event::{ALL_STREAM, RecordedEvent, validate_stream_id};
+use crate::event::{ALL_STREAM, RecordedEvent};
+use crate::index::{IndexedStream, validate_readable_stream_id};
 
 /// Which events a subscription receives (the original's four kinds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
 pub enum Selector {
-    /// One stream's events, or every event for `$all`.
+    /// One stream's events, every event for `$all`, or an index's events for `$et-<type>`
+    /// and `$ce-<category>`.
     ByStream(String),
     /// Events of one type.
     ByEventType(String),
@@ -28,7 +30,7 @@ impl Selector {
     pub fn validate(&self) -> Result<(), StoreError> {
         match self {
             Selector::ByStream(stream) if stream == ALL_STREAM => Ok(()),
-            Selector::ByStream(stream) => validate_stream_id(stream, false),
+            Selector::ByStream(stream) => validate_readable_stream_id(stream),
             Selector::ByEventType(event_type) if event_type.is_empty() => Err(StoreError::invalid(
                 "the event type to subscribe to is empty",
             )),
@@ -46,7 +48,11 @@ impl Selector {
     /// Whether `event` is selected.
     pub fn matches(&self, event: &RecordedEvent) -> bool {
         match self {
-            Selector::ByStream(stream) => stream == ALL_STREAM || *stream == event.stream_id,
+            Selector::ByStream(stream) if stream == ALL_STREAM => true,
+            Selector::ByStream(stream) => match IndexedStream::parse(stream) {
+                Some(index) => index.matches(event),
+                None => *stream == event.stream_id,
+            },
             Selector::ByEventType(event_type) => *event_type == event.event_type,
             Selector::ByEventPayload(pattern) => {
                 json_of(&event.data).is_some_and(|data| contains(&data, pattern))
@@ -93,7 +99,8 @@ pub enum StartFrom {
     End,
     /// This global position (inclusive).
     Position(u64),
-    /// This event number of the stream a `ByStream` selector names (inclusive).
+    /// This event number of the stream a `ByStream` selector names (inclusive); not for
+    /// `$all` nor the index streams, whose events are found by position.
     EventNumber(u64),
 }
 

@@ -14,10 +14,11 @@ mod system;
 pub use config::{CommitSettings, Intensity, Limits, PoolSettings, StorageSettings, SystemConfig};
 pub use error::StartError;
 pub use exesdb_types::{
-    ALL_STREAM, AppendResult, ConsumerStrategy, Delivery, Direction, ExpectedVersion, Kind,
-    NackAction, NewEvent, ReadAllRequest, RecordedEvent, Selector, Snapshot, SnapshotVersion,
-    StartFrom, StoreError, Strategy, StreamInfo, SubscriptionDefinition, SubscriptionMessage,
-    TreeSnapshot, validate_stream_id,
+    ALL_STREAM, AppendResult, CATEGORY_STREAM_PREFIX, ConsumerStrategy, Delivery, Direction,
+    EVENT_TYPE_STREAM_PREFIX, ExpectedVersion, IndexedStream, Kind, NackAction, NewEvent,
+    ReadAllRequest, RecordedEvent, Selector, Snapshot, SnapshotVersion, StartFrom, StoreError,
+    Strategy, StreamInfo, SubscriptionDefinition, SubscriptionMessage, TreeSnapshot, category_of,
+    validate_stream_id,
 };
 #[cfg(feature = "fault-injection")]
 pub use storage::fault::{IoFault, StorageFault};

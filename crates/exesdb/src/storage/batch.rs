@@ -9,7 +9,7 @@ use fjall::{OwnedWriteBatch, PersistMode};
 use super::codec::{self, EventRecord, SnapshotRecord};
 use super::commit_guard::CommitMarker;
 use super::{
-    COMMIT_MARKER_KEY, Engine, StorageError, event_id_key, parked_key, snapshot_key,
+    COMMIT_MARKER_KEY, Engine, StorageError, event_id_key, indexes, parked_key, snapshot_key,
     stream_index_key,
 };
 
@@ -35,9 +35,9 @@ impl Engine {
 }
 
 impl WriteBatch {
-    /// Appends one event at `position`: its record in the log and its stream index entry, and,
-    /// when `index_event_id` (the client chose the id, so a retry may repeat it), its event-id
-    /// index entry.
+    /// Appends one event at `position`: its record in the log, its stream index entry, its
+    /// entries in the indexes by type and by category, and, when `index_event_id` (the client
+    /// chose the id, so a retry may repeat it), its event-id index entry.
     pub(crate) fn append_event(
         &mut self,
         position: u64,
@@ -52,6 +52,9 @@ impl WriteBatch {
             stream_index_key(record.stream_id, record.event_number),
             position.to_be_bytes(),
         );
+        for key in indexes::record_index_keys(record, position) {
+            self.batch.insert(&engine.indexes, key, []);
+        }
         if index_event_id {
             self.batch.insert(
                 &engine.event_ids,

@@ -9,6 +9,7 @@ pub(crate) mod codec;
 pub(crate) mod commit_guard;
 #[cfg(feature = "fault-injection")]
 pub(crate) mod fault;
+mod indexes;
 pub(crate) mod table_check;
 
 pub(crate) use batch::WriteBatch;
@@ -27,11 +28,14 @@ use crate::error::StartError;
 use codec::{CorruptRecord, SnapshotRecord, decode_event, decode_event_header};
 use commit_guard::CommitMarker;
 use exesdb_types::StoreError;
-use exesdb_types::{Direction, ReadAllRequest, RecordedEvent, StreamInfo};
+use exesdb_types::{Direction, IndexedStream, ReadAllRequest, RecordedEvent, StreamInfo};
 
 /// The on-disk format this build writes and reads. Bump it with every incompatible change and
 /// record the change in the format log of `docs/DURABILITY.md`.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The format a directory is upgraded from at start: 1 lacks the secondary indexes, which
+/// the upgrade builds from the log.
+const UPGRADABLE_FORMAT_VERSION: u32 = 1;
 const FORMAT_FILE: &str = "FORMAT";
 const FORMAT_PREFIX: &str = "exesdb-format ";
 const ENGINE_DIR: &str = "fjall";
@@ -120,6 +124,21 @@ pub(crate) struct Scan {
     pub bytes_max: Option<u64>,
 }
 
+/// What a scan reads: the whole log, or an index that holds just the events wanted.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Source<'a> {
+    /// Every event, in position order.
+    Log,
+    /// One stream's index, from event `first_number` on (a hint: entries before the scan's
+    /// `from` are skipped).
+    Stream {
+        stream_id: &'a str,
+        first_number: u64,
+    },
+    /// An index by event type or category.
+    Index(IndexedStream<'a>),
+}
+
 /// The events a scan accepted, and their bytes.
 struct Accepted {
     events: Vec<RecordedEvent>,
@@ -165,6 +184,9 @@ pub(crate) struct Engine {
     parked: Keyspace,
     /// `COMMIT_MARKER_KEY` → the last batch's commit marker (see [`commit_guard`]).
     commits: Keyspace,
+    /// index kind, name length (u16 BE), name, position (u64 BE) → nothing: the secondary
+    /// indexes by event type and category (see [`indexes`]).
+    indexes: Keyspace,
     #[cfg(feature = "fault-injection")]
     faults: fault::EngineFaults,
 }
@@ -183,7 +205,7 @@ impl Storage {
             move |source| StartError::Io { path, source }
         };
         fs::create_dir_all(dir).map_err(io(dir))?;
-        check_or_write_format(dir)?;
+        let format = check_or_write_format(dir)?;
         let storage = Storage {
             path: dir.to_path_buf(),
             settings: settings.clone(),
@@ -192,6 +214,9 @@ impl Storage {
             faults: Arc::default(),
         };
         let engine = storage.open_engine()?;
+        if format == FoundFormat::Upgradable {
+            upgrade(dir, &engine)?;
+        }
         *storage.slot() = Some(Arc::new(engine));
         Ok(storage)
     }
@@ -328,6 +353,7 @@ impl Engine {
             checkpoints: keyspace("checkpoints").map_err(storage_error)?,
             parked: keyspace("parked").map_err(storage_error)?,
             commits: keyspace("commits").map_err(storage_error)?,
+            indexes: keyspace("indexes").map_err(storage_error)?,
             db,
             #[cfg(feature = "fault-injection")]
             faults: fault::EngineFaults::default(),
@@ -399,6 +425,7 @@ impl Engine {
 
     /// Up to `count` events of a stream starting at `from` (inclusive); `None` starts at the
     /// first event (forward) or the last (backward). `Ok(None)` when the stream has no events.
+    /// An index stream (`$et-`, `$ce-`) is read from a position instead ([`Self::read_index`]).
     /// With `bytes_max`, stops once the events hold that many bytes (at least one event).
     pub(crate) fn read_stream(
         &self,
@@ -408,6 +435,9 @@ impl Engine {
         direction: Direction,
         bytes_max: Option<u64>,
     ) -> Result<Option<Vec<RecordedEvent>>, StorageError> {
+        if let Some(index) = IndexedStream::parse(stream_id) {
+            return self.read_index(index, from, count, direction, bytes_max);
+        }
         let view = self.view();
         if view
             .get(&self.stream_heads, stream_id.as_bytes())?
@@ -448,11 +478,15 @@ impl Engine {
         Ok(Some(events))
     }
 
-    /// Up to `count` events of `$all` that pass the request's filters.
+    /// Up to `count` events of `$all` that pass the request's filters: through the indexes
+    /// when it asks for event types or a category's prefix, else from the log.
     pub(crate) fn read_all(
         &self,
         request: &ReadAllRequest,
     ) -> Result<Vec<RecordedEvent>, StorageError> {
+        if let Some(read) = self.read_all_indexed(request) {
+            return read;
+        }
         let view = self.view();
         let records: Box<dyn Iterator<Item = fjall::Guard>> =
             match (request.direction, request.from_position) {
@@ -498,7 +532,7 @@ impl Engine {
 
     /// Scans the log over `scan` (`count_max` bounds the records looked at) and returns the
     /// events `matches` accepts with the position the next scan starts at.
-    pub(crate) fn scan_log(
+    fn scan_log(
         &self,
         scan: Scan,
         matches: impl Fn(&RecordedEvent) -> bool,
@@ -524,12 +558,31 @@ impl Engine {
         Ok((accepted.events, next))
     }
 
+    /// The events `matches` accepts over `scan`, read from `source`, with the position the
+    /// next scan starts at. `count_max` bounds the records looked at in the log, and the
+    /// events accepted from an index.
+    pub(crate) fn scan(
+        &self,
+        source: Source<'_>,
+        scan: Scan,
+        matches: impl Fn(&RecordedEvent) -> bool,
+    ) -> Result<(Vec<RecordedEvent>, u64), StorageError> {
+        match source {
+            Source::Log => self.scan_log(scan, matches),
+            Source::Stream {
+                stream_id,
+                first_number,
+            } => self.scan_stream(stream_id, first_number, scan, matches),
+            Source::Index(index) => self.scan_index(index, scan, matches),
+        }
+    }
+
     /// The events of one stream over `scan` (`count_max` bounds the events accepted), read
     /// through the stream's index: a subscription to one stream catches up in the stream's
     /// size, not the log's. The index is read from event `first_number` on (a hint: entries
     /// before `scan.from` are skipped). Returns the events `matches` accepts with the position
     /// the next scan starts at.
-    pub(crate) fn scan_stream(
+    fn scan_stream(
         &self,
         stream_id: &str,
         first_number: u64,
@@ -863,8 +916,17 @@ fn snapshot_key(source_uuid: &str, stream_uuid: &str, version: u64) -> Vec<u8> {
     key
 }
 
+/// What a directory's format marker says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FoundFormat {
+    /// This build's format (or a new directory, now marked with it).
+    Current,
+    /// The format before the secondary indexes: [`upgrade`] builds them.
+    Upgradable,
+}
+
 /// Reads the directory's format marker, or writes it (durably) into a new, empty directory.
-fn check_or_write_format(dir: &Path) -> Result<(), StartError> {
+fn check_or_write_format(dir: &Path) -> Result<FoundFormat, StartError> {
     let format_path = dir.join(FORMAT_FILE);
     let io = |source| StartError::Io {
         path: format_path.clone(),
@@ -876,14 +938,14 @@ fn check_or_write_format(dir: &Path) -> Result<(), StartError> {
             let version = found
                 .strip_prefix(FORMAT_PREFIX)
                 .and_then(|v| v.parse::<u32>().ok());
-            if version == Some(FORMAT_VERSION) {
-                Ok(())
-            } else {
-                Err(StartError::UnsupportedFormat {
+            match version {
+                Some(FORMAT_VERSION) => Ok(FoundFormat::Current),
+                Some(UPGRADABLE_FORMAT_VERSION) => Ok(FoundFormat::Upgradable),
+                _ => Err(StartError::UnsupportedFormat {
                     path: dir.to_path_buf(),
                     found,
                     supported: FORMAT_VERSION,
-                })
+                }),
             }
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -897,17 +959,56 @@ fn check_or_write_format(dir: &Path) -> Result<(), StartError> {
                     path: dir.to_path_buf(),
                 });
             }
-            // Written to a temporary name, synced, renamed and the directory synced, so a crash
-            // leaves either no marker (and an empty directory) or a complete one.
-            let mut file = fs::File::create(&temporary).map_err(io)?;
-            writeln!(file, "{FORMAT_PREFIX}{FORMAT_VERSION}").map_err(io)?;
-            file.sync_all().map_err(io)?;
-            fs::rename(&temporary, &format_path).map_err(io)?;
-            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-            Ok(())
+            write_format(dir)?;
+            Ok(FoundFormat::Current)
         }
         Err(error) => Err(io(error)),
     }
+}
+
+/// Writes this build's format marker, in place of any: to a temporary name, synced, renamed
+/// and the directory synced, so a crash leaves the old marker (or none, in a new and empty
+/// directory) or the complete new one.
+fn write_format(dir: &Path) -> Result<(), StartError> {
+    let format_path = dir.join(FORMAT_FILE);
+    let temporary = dir.join(format!("{FORMAT_FILE}.tmp"));
+    let io = |source| StartError::Io {
+        path: format_path.clone(),
+        source,
+    };
+    let mut file = fs::File::create(&temporary).map_err(io)?;
+    writeln!(file, "{FORMAT_PREFIX}{FORMAT_VERSION}").map_err(io)?;
+    file.sync_all().map_err(io)?;
+    fs::rename(&temporary, &format_path).map_err(io)?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    Ok(())
+}
+
+/// Brings a directory of the format before the secondary indexes up to this one: builds the
+/// indexes from the log (durably), then marks the directory. A crash before the mark leaves
+/// the old format, and the next start builds them again.
+fn upgrade(dir: &Path, engine: &Engine) -> Result<(), StartError> {
+    tracing::info!(
+        path = %dir.display(),
+        from = UPGRADABLE_FORMAT_VERSION,
+        to = FORMAT_VERSION,
+        "upgrading the data directory: building the indexes by event type and category"
+    );
+    let started = std::time::Instant::now();
+    let indexed = engine
+        .backfill_indexes()
+        .map_err(|error| StartError::Storage {
+            path: dir.join(ENGINE_DIR),
+            message: format!("building the secondary indexes failed: {error}"),
+        })?;
+    write_format(dir)?;
+    tracing::info!(
+        path = %dir.display(),
+        events = indexed,
+        seconds = started.elapsed().as_secs_f64(),
+        "data directory upgraded"
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -29,9 +29,9 @@ use crate::config::SystemConfig;
 use crate::storage::StoredSnapshot;
 use crate::supervision::pool::WorkerPool;
 use exesdb_types::{
-    ALL_STREAM, AppendResult, Direction, ExpectedVersion, NewEvent, ReadAllRequest, RecordedEvent,
-    Selector, Snapshot, SnapshotVersion, StartFrom, StoreError, StreamInfo, SubscriptionDefinition,
-    validate_stream_id,
+    ALL_STREAM, AppendResult, Direction, ExpectedVersion, IndexedStream, NewEvent, ReadAllRequest,
+    RecordedEvent, Selector, Snapshot, SnapshotVersion, StartFrom, StoreError, StreamInfo,
+    SubscriptionDefinition, validate_readable_stream_id, validate_stream_id,
 };
 
 fn snapshot_of(stored: StoredSnapshot) -> Snapshot {
@@ -122,6 +122,10 @@ impl StoreApi {
 
     /// Up to `count` events of a stream from event number `from` (`None`: the first event
     /// forward, the last backward). `stream_not_found` if the stream has no events.
+    ///
+    /// An index stream, `$et-<type>` or `$ce-<category>`, reads the events of that type or
+    /// category in global order, each with its own stream and number; for these `from` is a
+    /// position (inclusive), as for `$all`.
     pub async fn read_stream(
         &self,
         stream_id: &str,
@@ -154,7 +158,7 @@ impl StoreApi {
             };
             return self.read_all(request).await;
         }
-        validate_stream_id(stream_id, false)?;
+        validate_readable_stream_id(stream_id)?;
         self.check_read_count(count)?;
         self.count_read();
         let _permit = self.admit().await?;
@@ -198,6 +202,11 @@ impl StoreApi {
 
     /// The number of the stream's last event; -1 when it has none.
     pub async fn stream_version(&self, stream_id: &str) -> Result<i64, StoreError> {
+        if IndexedStream::parse(stream_id).is_some() {
+            return Err(StoreError::invalid(format!(
+                "{stream_id} is an index stream: it has positions, not a version of its own"
+            )));
+        }
         validate_stream_id(stream_id, false)?;
         let _permit = self.admit().await?;
         let (reply, answer) = oneshot::channel();
@@ -401,10 +410,10 @@ impl StoreApi {
                 "starting from an event number needs a by-stream subscription",
             ));
         };
-        if stream_id == ALL_STREAM {
-            return Err(StoreError::invalid(
-                "$all has positions, not event numbers: start from a position",
-            ));
+        if stream_id == ALL_STREAM || IndexedStream::parse(stream_id).is_some() {
+            return Err(StoreError::invalid(format!(
+                "{stream_id} has positions, not event numbers: start from a position"
+            )));
         }
         let committed = *self.context.committed.borrow();
         let engine = self.context.storage.engine()?;

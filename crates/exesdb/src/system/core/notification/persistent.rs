@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::subscription::scan_source;
 use crate::storage::Scan;
 use crate::system::context::StoreContext;
 use crate::system::core::store::state_machine::Command;
@@ -307,7 +308,9 @@ impl PersistentGroup {
                     count_max: scan_max,
                     bytes_max: None,
                 };
-                engine.scan_log(scan, |event| selector.matches(event))
+                engine.scan(scan_source(&selector, None), scan, |event| {
+                    selector.matches(event)
+                })
             })
             .await?;
             let mut state = self.lock();

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 
 use super::wakeups::{EmitterWakeups, Park, ParkedOn};
-use exesdb_types::{ALL_STREAM, RecordedEvent, Selector, SubscriptionMessage};
+use crate::storage::Source;
+use exesdb_types::{ALL_STREAM, IndexedStream, RecordedEvent, Selector, SubscriptionMessage};
 
 /// What an emitter puts in its subscriber's channel: the events of one step, or `CaughtUp`.
 /// A step's events go as one message, so a channel operation is paid per step, not per event.
@@ -146,13 +147,12 @@ impl SubscriptionState {
             .store(event_number + 1, Ordering::Release);
     }
 
-    /// The stream a by-stream subscription follows (not `$all`): its catch-up reads that
-    /// stream's index.
-    pub(crate) fn indexed_stream(&self) -> Option<&str> {
-        match &self.selector {
-            Selector::ByStream(stream_id) if stream_id != ALL_STREAM => Some(stream_id),
-            _ => None,
-        }
+    /// Where this subscription's catch-up reads (see [`scan_source`]).
+    pub(crate) fn scan_source(&self) -> Source<'_> {
+        scan_source(
+            &self.selector,
+            Some(self.stream_next_number.load(Ordering::Acquire)),
+        )
     }
 
     pub(crate) fn caught_up(&self) -> bool {
@@ -294,5 +294,27 @@ impl Subscription {
     /// Events waiting to be read (at most `subscriber_buffer_events_max`).
     pub fn receiver_len(&self) -> usize {
         usize::try_from(self.buffered.events()).unwrap_or(usize::MAX)
+    }
+}
+
+/// Where a scan for `selector` reads: the index that holds just its events when there is one,
+/// so that catching up costs the size of what is selected, not of the log. A stream's index is
+/// read from the event number given (without one, the log is read: the stream's index cannot
+/// be entered at a position).
+pub(crate) fn scan_source(selector: &Selector, stream_next_number: Option<u64>) -> Source<'_> {
+    match selector {
+        Selector::ByStream(stream_id) if stream_id == ALL_STREAM => Source::Log,
+        Selector::ByStream(stream_id) => {
+            match (IndexedStream::parse(stream_id), stream_next_number) {
+                (Some(index), _) => Source::Index(index),
+                (None, Some(first_number)) => Source::Stream {
+                    stream_id,
+                    first_number,
+                },
+                (None, None) => Source::Log,
+            }
+        }
+        Selector::ByEventType(event_type) => Source::Index(IndexedStream::EventType(event_type)),
+        Selector::ByEventPattern(_) | Selector::ByEventPayload(_) => Source::Log,
     }
 }

@@ -294,15 +294,7 @@ impl EmitterWork {
         crate::system::blocking(move || {
             let engine = context.storage.engine()?;
             let wants = |event: &RecordedEvent| scanning.wants(event);
-            let (events, next) = match scanning.indexed_stream() {
-                Some(stream_id) => engine.scan_stream(
-                    stream_id,
-                    scanning.stream_next_number.load(Ordering::Acquire),
-                    scan,
-                    wants,
-                )?,
-                None => engine.scan_log(scan, wants)?,
-            };
+            let (events, next) = engine.scan(scanning.scan_source(), scan, wants)?;
             Ok((events.into_iter().map(Arc::new).collect(), next))
         })
         .await
