@@ -1,6 +1,7 @@
 //! Streamed reads of large events: a page stops at `read_page_bytes_max` (so one read never
 //! holds `read_events_max` large events in memory), and a page cut short that way is not taken
-//! for the end: every read still returns exactly what it asked for, in order.
+//! for the end: every read still returns exactly what it asked for, in order, in streams paged
+//! by event number and in `$all` and the index streams, paged by position.
 
 use crate::common::{Server, metric};
 use exesdb_client::{Direction, ExpectedVersion, NewEvent, ReadFrom};
@@ -82,4 +83,33 @@ async fn reads_of_large_events_page_by_bytes_and_lose_nothing() {
         .collect::<Vec<_>>()
         .await;
     assert_eq!(big_only.len() as u64, BIG_EVENTS);
+
+    // An index stream and `$all` read as streams page by position, not by event number: the
+    // `Big` events hold positions that are not their numbers (a `Small` one follows every 10).
+    let big_positions: Vec<u64> = big_only.iter().map(|event| event.position).collect();
+    for direction in [Direction::Forward, Direction::Backward] {
+        let mut wanted = big_positions.clone();
+        if direction == Direction::Backward {
+            wanted.reverse();
+        }
+        let by_type: Vec<u64> = client
+            .read_stream("$et-Big", ReadFrom::Start, None, direction)
+            .map(|event| event.expect("readable").position)
+            .collect()
+            .await;
+        assert_eq!(by_type, wanted, "$et-Big {direction:?}");
+    }
+    let reads_before = metric(&server.address, "exesdb_reads_total{store=\"default\"}");
+    let whole: Vec<u64> = client
+        .read_stream("$all", ReadFrom::Start, None, Direction::Forward)
+        .map(|event| event.expect("readable").position)
+        .collect()
+        .await;
+    assert_eq!(
+        whole,
+        (0..total).collect::<Vec<_>>(),
+        "$all read as a stream"
+    );
+    let pages = metric(&server.address, "exesdb_reads_total{store=\"default\"}") - reads_before;
+    assert!(pages >= 8.0, "$all was paged by bytes ({pages} pages)");
 }

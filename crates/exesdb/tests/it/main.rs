@@ -11,6 +11,7 @@ mod crash;
 mod fault_injection;
 mod fuzz_decoding;
 mod gateway;
+mod indexes;
 mod persistent;
 mod pubsub;
 mod storage_damage;

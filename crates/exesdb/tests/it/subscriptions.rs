@@ -401,17 +401,28 @@ enum Kind {
     All,
     Stream(u8),
     Type(u8),
+    /// `$et-T<n>`: the event-type index read as a stream.
+    TypeStream(u8),
+    /// `$ce-c<n>`: the category index read as a stream.
+    Category(u8),
     Pattern(u8),
     Payload(u8),
+}
+
+/// The property's streams, `c0-s0`, `c1-s1`, `c0-s2`: three streams in two categories.
+fn stream(n: u8) -> String {
+    format!("c{}-s{n}", n % 2)
 }
 
 impl Kind {
     fn selector(&self) -> Selector {
         match self {
             Kind::All => Selector::ByStream("$all".into()),
-            Kind::Stream(n) => Selector::ByStream(format!("s{n}")),
+            Kind::Stream(n) => Selector::ByStream(stream(*n)),
             Kind::Type(n) => Selector::ByEventType(format!("T{n}")),
-            Kind::Pattern(n) => Selector::ByEventPattern(json!({"stream_id": format!("s{n}")})),
+            Kind::TypeStream(n) => Selector::ByStream(format!("$et-T{n}")),
+            Kind::Category(n) => Selector::ByStream(format!("$ce-c{n}")),
+            Kind::Pattern(n) => Selector::ByEventPattern(json!({"stream_id": stream(*n)})),
             Kind::Payload(n) => Selector::ByEventPayload(json!({"k": n})),
         }
     }
@@ -422,6 +433,8 @@ fn kinds() -> impl Strategy<Value = Kind> {
         Just(Kind::All),
         (0u8..3).prop_map(Kind::Stream),
         (0u8..3).prop_map(Kind::Type),
+        (0u8..3).prop_map(Kind::TypeStream),
+        (0u8..2).prop_map(Kind::Category),
         (0u8..3).prop_map(Kind::Pattern),
         (0u8..3).prop_map(Kind::Payload),
     ]
@@ -443,7 +456,7 @@ async fn run(subscribers: Vec<(Kind, u8)>, appenders: usize, appends: usize, tai
         writers.push(tokio::spawn(async move {
             for i in 0..appends {
                 let n = ((writer * 7 + i * 3) % 3) as u8;
-                let stream = format!("s{}", (writer + i) % 3);
+                let stream = stream(((writer + i) % 3) as u8);
                 let event =
                     NewEvent::json(format!("T{n}"), &json!({"k": (i % 3) as u8, "w": writer}));
                 store
@@ -471,7 +484,8 @@ async fn run(subscribers: Vec<(Kind, u8)>, appenders: usize, appends: usize, tai
     for writer in writers {
         writer.await.expect("writer");
     }
-    // One marker per n that every kind with that n selects (and $all selects them all):
+    // One marker per n that every kind with that n selects (a category selects the markers of
+    // its streams, and $all selects them all):
     // each subscription's last event is a marker, so getting exactly the matching events up to
     // it shows that no other event came, without waiting to see that none does.
     for n in 0..3u8 {
@@ -479,7 +493,7 @@ async fn run(subscribers: Vec<(Kind, u8)>, appenders: usize, appends: usize, tai
         store
             .system
             .api()
-            .append(&format!("s{n}"), ExpectedVersion::Any, vec![marker])
+            .append(&stream(n), ExpectedVersion::Any, vec![marker])
             .await
             .expect("append a marker");
     }
