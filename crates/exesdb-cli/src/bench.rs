@@ -65,7 +65,8 @@ pub(crate) enum BenchCommand {
     Subscribe(SubscribeLoad),
     /// Stream catch-up in a big store: writes a stream's events spread through a store of
     /// many others, then compares a by-stream subscription's time to `CaughtUp` with a plain
-    /// read of the stream.
+    /// read of the stream, and times the same events through the indexes (by type and by
+    /// category, subscribed to and read).
     CatchUp {
         /// Events written in all (the stream's included).
         #[arg(long, default_value_t = 1_000_000)]
@@ -945,7 +946,9 @@ async fn catch_up(
 ) -> Result<Report, String> {
     let client = connect(target).await?;
     let run_id = uuid::Uuid::now_v7().simple().to_string();
-    let stream = format!("bench-catchup-{run_id}");
+    // Its own category too: `$ce-catchup<id>` selects exactly the stream's events.
+    let category = format!("catchup{run_id}");
+    let stream = format!("{category}-stream");
     let fill_events = store_events.saturating_sub(stream_events);
     let chunks = fill_events.div_ceil(FILL_APPEND_EVENTS).max(1);
     let bar = progress(target, store_events, "written");
@@ -986,6 +989,8 @@ async fn catch_up(
     let mut reads = Vec::new();
     let mut catch_ups = Vec::new();
     let mut by_type = Vec::new();
+    let mut by_category = Vec::new();
+    let mut read_by_type = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
         let mut events = std::pin::pin!(client.read_stream(
@@ -1010,6 +1015,27 @@ async fn catch_up(
             time_catch_up(&client, Selector::ByEventType(our_type.clone())).await?;
         ok &= delivered == stream_events;
         by_type.push(seconds);
+        let (seconds, delivered) =
+            time_catch_up(&client, Selector::ByStream(format!("$ce-{category}"))).await?;
+        ok &= delivered == stream_events;
+        by_category.push(seconds);
+
+        let started = Instant::now();
+        let types = [our_type.clone()];
+        let mut events = std::pin::pin!(client.read_all(
+            ReadFrom::Start,
+            None,
+            Direction::Forward,
+            None,
+            &types
+        ));
+        let mut read = 0;
+        while let Some(event) = events.next().await {
+            ok &= event.is_ok_and(|event| event.event_number == read);
+            read += 1;
+        }
+        ok &= read == stream_events;
+        read_by_type.push(started.elapsed().as_secs_f64());
     }
     let median = |times: &mut Vec<f64>| {
         times.sort_by(f64::total_cmp);
@@ -1018,19 +1044,25 @@ async fn catch_up(
     let read_seconds = median(&mut reads);
     let catch_up_seconds = median(&mut catch_ups);
     let by_type_seconds = median(&mut by_type);
+    let by_category_seconds = median(&mut by_category);
+    let read_by_type_seconds = median(&mut read_by_type);
     let ratio = catch_up_seconds / read_seconds.max(1e-9);
     let text = format!(
         "stream of {stream_events} events among {store_events} in all; median of {runs} runs\n\
          read        {:.2} ms (the whole stream, forward)\n\
          catch-up    {:.2} ms (a by-stream subscription from the start to CaughtUp)\n\
          ratio       {ratio:.2}x the read\n\
-         by type     {:.2} ms (the same events by event type: a scan of the whole log)\n\
+         by type     {:.2} ms (the same events subscribed to by event type, to CaughtUp)\n\
+         category    {:.2} ms (the same events subscribed to as $ce-<its category>)\n\
+         read type   {:.2} ms (the same events read from $all filtered by their type)\n\
          self-check  {}\n",
         read_seconds * 1e3,
         catch_up_seconds * 1e3,
         by_type_seconds * 1e3,
+        by_category_seconds * 1e3,
+        read_by_type_seconds * 1e3,
         if ok {
-            "ok (both got the whole stream, in order)"
+            "ok (every read and catch-up got the whole stream, in order)"
         } else {
             "FAILED"
         },
@@ -1040,6 +1072,8 @@ async fn catch_up(
         "parameters": { "store_events": store_events, "stream_events": stream_events, "runs": runs, "server": target.server, "store": target.store },
         "read_ms": read_seconds * 1e3, "catch_up_ms": catch_up_seconds * 1e3, "ratio": ratio,
         "by_type_catch_up_ms": by_type_seconds * 1e3,
+        "by_category_catch_up_ms": by_category_seconds * 1e3,
+        "read_all_by_type_ms": read_by_type_seconds * 1e3,
         "self_check": { "ok": ok },
     });
     Ok(Report { ok, text, json })

@@ -146,6 +146,9 @@ fn every_bench_mode_runs_and_checks_itself() {
         ],
     );
     assert!(catch_up["ratio"].as_f64().is_some(), "{catch_up}");
+    for figure in ["by_category_catch_up_ms", "read_all_by_type_ms"] {
+        assert!(catch_up[figure].as_f64().is_some(), "{figure}: {catch_up}");
+    }
 }
 
 /// One stream per aggregate: a server whose pools together hold a few dozen workers takes
