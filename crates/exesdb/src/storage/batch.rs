@@ -18,6 +18,8 @@ use super::{
 pub(crate) struct WriteBatch {
     engine: Arc<Engine>,
     batch: OwnedWriteBatch,
+    /// The appended events' index entries, written at commit (one per index, not per event).
+    postings: indexes::Postings,
 }
 
 impl Engine {
@@ -30,6 +32,7 @@ impl Engine {
         WriteBatch {
             engine: self.clone(),
             batch,
+            postings: indexes::Postings::default(),
         }
     }
 }
@@ -52,9 +55,7 @@ impl WriteBatch {
             stream_index_key(record.stream_id, record.event_number),
             position.to_be_bytes(),
         );
-        for key in indexes::record_index_keys(record, position) {
-            self.batch.insert(&engine.indexes, key, []);
-        }
+        self.postings.add_record(record, position);
         if index_event_id {
             self.batch.insert(
                 &engine.event_ids,
@@ -148,9 +149,16 @@ impl WriteBatch {
     /// writes it with one fsync. An error leaves the engine refusing every later write, as
     /// fjall does: the committer must reopen the storage ([`super::Storage::reopen`]).
     pub(crate) fn commit(self, marker: CommitMarker) -> Result<(), StorageError> {
-        let WriteBatch { engine, mut batch } = self;
+        let WriteBatch {
+            engine,
+            mut batch,
+            postings,
+        } = self;
         if batch.is_empty() {
             return Ok(());
+        }
+        for (key, value) in postings.into_entries() {
+            batch.insert(&engine.indexes, key, value);
         }
         batch.insert(
             &engine.commits,

@@ -1,13 +1,21 @@
-//! The secondary indexes: every event by its type and by its stream's category, each entry
-//! keyed by the event's position so that an index reads in global order. The entries are
-//! written in the event's own batch ([`super::WriteBatch::append_event`]); reads go through
-//! the index to the log, and check that each record is one the index should hold.
+//! The secondary indexes: every event by its type and by its stream's category, in global
+//! position order. The entries are written in the events' own batch
+//! ([`super::WriteBatch::append_event`] collects them, its commit writes them); reads go
+//! through the index to the log, and check that each record is one the index should hold.
+//!
+//! One entry holds the positions of one index in one batch (a posting list), so a batch of
+//! `k` events of one type and category writes two entries, not `2k`: the inserts, not the
+//! bytes, are what an append pays for.
 //!
 //! Key: the index kind (`t` for type, `c` for category), the name's length (u16 BE), the name,
-//! the position (u64 BE). The length keeps one name from being a prefix of another's keys (an
-//! event type may hold any character). The value is empty: the log holds the event.
+//! the first position of the entry (u64 BE). The length keeps one name from being a prefix of
+//! another's keys (an event type may hold any character). Value: a CRC-32 (u32 BE) of the
+//! rest, then each further position as its distance from the one before (LEB128). Entries of
+//! one index never overlap: a batch's positions follow every earlier batch's.
 
-use fjall::{Guard, Keyspace, Readable, Snapshot};
+use std::collections::HashMap;
+
+use fjall::{Keyspace, Readable, Snapshot};
 
 use exesdb_types::{Direction, IndexedStream, ReadAllRequest, RecordedEvent, category_of};
 
@@ -22,17 +30,22 @@ const BACKFILL_BATCH_EVENTS: usize = 16_384;
 
 /// The keys of an index, up to (not including) the position.
 fn index_prefix(index: IndexedStream<'_>) -> Vec<u8> {
+    let mut prefix = Vec::new();
+    write_prefix(&mut prefix, index);
+    prefix
+}
+
+fn write_prefix(out: &mut Vec<u8>, index: IndexedStream<'_>) {
     let (kind, name) = match index {
         IndexedStream::EventType(name) => (EVENT_TYPE_KIND, name),
         IndexedStream::Category(name) => (CATEGORY_KIND, name),
     };
     // Event types are at most 256 bytes and stream ids 512: the length fits.
     let length = u16::try_from(name.len()).unwrap_or(u16::MAX);
-    let mut key = Vec::with_capacity(name.len() + 11);
-    key.push(kind);
-    key.extend_from_slice(&length.to_be_bytes());
-    key.extend_from_slice(name.as_bytes());
-    key
+    out.clear();
+    out.push(kind);
+    out.extend_from_slice(&length.to_be_bytes());
+    out.extend_from_slice(name.as_bytes());
 }
 
 fn index_key(prefix: &[u8], position: u64) -> Vec<u8> {
@@ -42,26 +55,99 @@ fn index_key(prefix: &[u8], position: u64) -> Vec<u8> {
     key
 }
 
-/// The index keys of the event at `position` of `stream_id`, of type `event_type`.
-pub(super) fn index_keys<'a>(
-    stream_id: &'a str,
-    event_type: &'a str,
-    position: u64,
-) -> impl Iterator<Item = Vec<u8>> + 'a {
-    let by_type = Some(IndexedStream::EventType(event_type));
-    let by_category = category_of(stream_id).map(IndexedStream::Category);
-    by_type
-        .into_iter()
-        .chain(by_category)
-        .map(move |index| index_key(&index_prefix(index), position))
+/// The index entries of one batch: for each index its events' positions, in order.
+#[derive(Default)]
+pub(super) struct Postings {
+    lists: HashMap<Vec<u8>, Vec<u64>>,
+    /// Where an index's prefix is built for the look-up (no allocation per event).
+    scratch: Vec<u8>,
 }
 
-/// The index keys of a record about to be written.
-pub(super) fn record_index_keys<'a>(
-    record: &'a EventRecord<'a>,
-    position: u64,
-) -> impl Iterator<Item = Vec<u8>> + 'a {
-    index_keys(record.stream_id, record.event_type, position)
+impl Postings {
+    /// Adds the event at `position` of `stream_id`, of type `event_type`, to its indexes.
+    pub(super) fn add(&mut self, stream_id: &str, event_type: &str, position: u64) {
+        let by_category = category_of(stream_id).map(IndexedStream::Category);
+        for index in std::iter::once(IndexedStream::EventType(event_type)).chain(by_category) {
+            write_prefix(&mut self.scratch, index);
+            match self.lists.get_mut(self.scratch.as_slice()) {
+                Some(list) => list.push(position),
+                None => {
+                    self.lists.insert(self.scratch.clone(), vec![position]);
+                }
+            }
+        }
+    }
+
+    /// Adds a record about to be written.
+    pub(super) fn add_record(&mut self, record: &EventRecord<'_>, position: u64) {
+        self.add(record.stream_id, record.event_type, position);
+    }
+
+    /// The entries to write: (key, value) per index.
+    pub(super) fn into_entries(self) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> {
+        self.lists
+            .into_iter()
+            .filter_map(|(prefix, mut positions)| {
+                positions.sort_unstable();
+                positions.dedup();
+                let first = *positions.first()?;
+                Some((index_key(&prefix, first), encode_posting(&positions)))
+            })
+    }
+}
+
+fn encode_posting(positions: &[u64]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(4 + positions.len());
+    value.extend_from_slice(&[0; 4]);
+    for pair in positions.windows(2) {
+        let mut distance = pair[1] - pair[0];
+        loop {
+            let low = (distance & 0x7f) as u8;
+            distance >>= 7;
+            if distance == 0 {
+                value.push(low);
+                break;
+            }
+            value.push(low | 0x80);
+        }
+    }
+    let crc = crc32fast::hash(&value[4..]);
+    value[..4].copy_from_slice(&crc.to_be_bytes());
+    value
+}
+
+/// The positions of an entry whose first position is `first`.
+fn decode_posting(first: u64, value: &[u8]) -> Result<Vec<u64>, StorageError> {
+    let bad = |detail: &str| StorageError::Corrupt {
+        keyspace: "indexes",
+        detail: format!("the entry at position {first}: {detail}"),
+    };
+    let (crc, distances) = value
+        .split_first_chunk::<4>()
+        .ok_or_else(|| bad("shorter than its checksum"))?;
+    if crc32fast::hash(distances) != u32::from_be_bytes(*crc) {
+        return Err(bad("fails its checksum"));
+    }
+    let mut positions = vec![first];
+    let (mut distance, mut shift, mut at) = (0u64, 0u32, first);
+    for byte in distances {
+        if shift > 63 {
+            return Err(bad("a distance is too long"));
+        }
+        distance |= u64::from(byte & 0x7f) << shift;
+        shift += 7;
+        if byte & 0x80 == 0 {
+            at = at
+                .checked_add(distance)
+                .ok_or_else(|| bad("a position is out of range"))?;
+            positions.push(at);
+            (distance, shift) = (0, 0);
+        }
+    }
+    if shift != 0 {
+        return Err(bad("it ends inside a distance"));
+    }
+    Ok(positions)
 }
 
 /// The indexes that answer a filtered `$all` read, if any does: one per event type asked
@@ -93,23 +179,51 @@ fn positions<'v>(
     let prefix = index_prefix(index);
     let start = index_key(&prefix, 0);
     let end = index_key(&prefix, u64::MAX);
-    let guards: Box<dyn Iterator<Item = Guard>> = match (direction, from) {
-        (Direction::Forward, from) => {
-            Box::new(view.range(keyspace, index_key(&prefix, from.unwrap_or(0))..=end))
-        }
-        (Direction::Backward, from) => Box::new(
-            view.range(
-                keyspace,
-                start..=index_key(&prefix, from.unwrap_or(u64::MAX)),
-            )
-            .rev(),
-        ),
-    };
     let name_end = prefix.len();
-    Box::new(guards.map(move |guard| {
-        let key = guard.key()?;
-        decode_u64(key.get(name_end..).unwrap_or_default(), "indexes")
-    }))
+    let entry = move |guard: fjall::Guard| -> Result<Vec<u64>, StorageError> {
+        let (key, value) = guard.into_inner()?;
+        let first = decode_u64(key.get(name_end..).unwrap_or_default(), "indexes")?;
+        decode_posting(first, &value)
+    };
+    let expand = |entry: Result<Vec<u64>, StorageError>| match entry {
+        Ok(positions) => positions.into_iter().map(Ok).collect::<Vec<_>>(),
+        Err(error) => vec![Err(error)],
+    };
+    match direction {
+        Direction::Forward => {
+            let from = from.unwrap_or(0);
+            // The entry that holds `from` starts at or before it.
+            let holding = view
+                .range(keyspace, start..=index_key(&prefix, from))
+                .next_back()
+                .map(|guard| guard.key().map(|key| key.to_vec()));
+            let first_key = match holding {
+                Some(Ok(key)) => key,
+                Some(Err(error)) => return Box::new(std::iter::once(Err(error.into()))),
+                None => index_key(&prefix, from),
+            };
+            Box::new(
+                view.range(keyspace, first_key..=end)
+                    .map(entry)
+                    .flat_map(expand)
+                    .filter(move |position| position.as_ref().map_or(true, |p| *p >= from)),
+            )
+        }
+        Direction::Backward => {
+            let from = from.unwrap_or(u64::MAX);
+            Box::new(
+                view.range(keyspace, start..=index_key(&prefix, from))
+                    .rev()
+                    .map(entry)
+                    .flat_map(move |entry| {
+                        let mut positions = expand(entry);
+                        positions.reverse();
+                        positions
+                    })
+                    .filter(move |position| position.as_ref().map_or(true, |p| *p <= from)),
+            )
+        }
+    }
 }
 
 /// Merges several indexes' positions into one order (indexes of distinct types never share a
@@ -281,11 +395,18 @@ impl Engine {
         if scan.from >= scan.until {
             return Ok((accepted.events, scan.from));
         }
-        let prefix = index_prefix(index);
-        let range = index_key(&prefix, scan.from)..index_key(&prefix, scan.until);
-        for guard in view.range(&self.indexes, range) {
-            let key = guard.key()?;
-            let position = decode_u64(key.get(prefix.len()..).unwrap_or_default(), "indexes")?;
+        let entries = positions(
+            &view,
+            &self.indexes,
+            index,
+            Some(scan.from),
+            Direction::Forward,
+        );
+        for position in entries {
+            let position = position?;
+            if position >= scan.until {
+                break;
+            }
             let event = self.indexed_record(&view, index, position)?;
             if matches(&event)
                 && (accepted.push(event) || accepted.events.len() as u64 >= scan.count_max)
@@ -305,7 +426,7 @@ impl Engine {
         let mut indexed = 0u64;
         loop {
             let view = self.view();
-            let mut batch = self.db.batch();
+            let mut postings = Postings::default();
             let mut read = 0usize;
             for guard in view
                 .range(&self.log, from.to_be_bytes()..)
@@ -315,14 +436,16 @@ impl Engine {
                 let position = decode_u64(&key, "log")?;
                 let (stream_id, _, event_type) =
                     decode_event_header(&value).map_err(corrupt("log"))?;
-                for key in index_keys(&stream_id, &event_type, position) {
-                    batch.insert(&self.indexes, key, []);
-                }
+                postings.add(&stream_id, &event_type, position);
                 from = position + 1;
                 read += 1;
             }
             if read == 0 {
                 break;
+            }
+            let mut batch = self.db.batch();
+            for (key, value) in postings.into_entries() {
+                batch.insert(&self.indexes, key, value);
             }
             batch.commit()?;
             indexed += read as u64;
@@ -369,10 +492,20 @@ mod tests {
         ("order-2", "Shipped"),
     ];
 
+    /// Writes `EVENTS` in batches of three, so an index has several entries, and a read from
+    /// a position inside one must find it.
     fn write_events(engine: &Arc<Engine>) {
         let mut numbers = std::collections::HashMap::new();
         let mut batch = engine.write_batch();
         for (position, (stream_id, event_type)) in EVENTS.iter().enumerate() {
+            if position > 0 && position % 3 == 0 {
+                let full = std::mem::replace(&mut batch, engine.write_batch());
+                full.commit(CommitMarker {
+                    sequence: position as u64,
+                    next_position: position as u64,
+                })
+                .expect("commits");
+            }
             let number = numbers.entry(*stream_id).or_insert(0u64);
             let record = EventRecord {
                 stream_id,
@@ -391,7 +524,7 @@ mod tests {
         }
         batch
             .commit(CommitMarker {
-                sequence: 1,
+                sequence: EVENTS.len() as u64,
                 next_position: EVENTS.len() as u64,
             })
             .expect("commits");
@@ -445,15 +578,16 @@ mod tests {
             assert_eq!(read(&engine, index, None, Direction::Forward), forward);
             let backward: Vec<u64> = forward.iter().rev().copied().collect();
             assert_eq!(read(&engine, index, None, Direction::Backward), backward);
-            // From a position between entries, both ways.
-            let from = 3;
-            let after: Vec<u64> = forward.iter().copied().filter(|p| *p >= from).collect();
-            assert_eq!(read(&engine, index, Some(from), Direction::Forward), after);
-            let before: Vec<u64> = backward.iter().copied().filter(|p| *p <= from).collect();
-            assert_eq!(
-                read(&engine, index, Some(from), Direction::Backward),
-                before
-            );
+            // From every position, inside an entry or between two, both ways.
+            for from in 0..=EVENTS.len() as u64 {
+                let after: Vec<u64> = forward.iter().copied().filter(|p| *p >= from).collect();
+                assert_eq!(read(&engine, index, Some(from), Direction::Forward), after);
+                let before: Vec<u64> = backward.iter().copied().filter(|p| *p <= from).collect();
+                assert_eq!(
+                    read(&engine, index, Some(from), Direction::Backward),
+                    before
+                );
+            }
         }
         assert!(
             engine
@@ -571,6 +705,20 @@ mod tests {
             .scan_index(index, scan(0, 7, 10), |event| event.event_type == "Shipped")
             .expect("scans");
         assert_eq!((positions(events), next), (vec![3, 6], 7));
+    }
+
+    #[test]
+    fn a_posting_list_decodes_to_its_positions_and_refuses_damage() {
+        let positions = [7, 8, 9, 200, 70_000, u64::from(u32::MAX) * 3, u64::MAX - 1];
+        let value = encode_posting(&positions);
+        assert_eq!(decode_posting(7, &value).expect("decodes"), positions);
+        assert_eq!(decode_posting(5, &encode_posting(&[5])).expect("one"), [5]);
+        for at in 0..value.len() {
+            let mut damaged = value.clone();
+            damaged[at] ^= 0x10;
+            assert!(decode_posting(7, &damaged).is_err(), "a flip at byte {at}");
+        }
+        assert!(decode_posting(7, &value[..3]).is_err(), "cut short");
     }
 
     #[test]
