@@ -95,10 +95,10 @@ pub(crate) enum ClientCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Read a stream.
+    /// Read a stream, or an index stream: `$et-<event type>`, `$ce-<category>`.
     Read {
         stream: String,
-        /// The first event number.
+        /// The first event number (for `$all` and the index streams, the first position).
         #[arg(long)]
         from: Option<u64>,
         /// At most this many events.
