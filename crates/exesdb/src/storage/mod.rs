@@ -184,8 +184,8 @@ pub(crate) struct Engine {
     parked: Keyspace,
     /// `COMMIT_MARKER_KEY` → the last batch's commit marker (see [`commit_guard`]).
     commits: Keyspace,
-    /// index kind, name length (u16 BE), name, position (u64 BE) → nothing: the secondary
-    /// indexes by event type and category (see [`indexes`]).
+    /// index kind, name length (u16 BE), name, first position (u64 BE) → the positions of one
+    /// batch's events in that index: the indexes by event type and category (see [`indexes`]).
     indexes: Keyspace,
     #[cfg(feature = "fault-injection")]
     faults: fault::EngineFaults,
