@@ -562,7 +562,9 @@ fn subscription_request(
         SubscribeKind::ByEventPattern => Selector::ByEventPattern(pattern(selector)?),
         SubscribeKind::ByEventPayload => Selector::ByEventPayload(pattern(selector)?),
     };
-    let one_stream = matches!(&selector, Selector::ByStream(s) if s != exesdb_client::ALL_STREAM);
+    // A number is an event number of one stream; of `$all` or an index stream, a position.
+    let one_stream =
+        matches!(&selector, Selector::ByStream(s) if !exesdb_client::reads_by_position(s));
     let start = match from {
         "start" | "beginning" => StartFrom::Beginning,
         "end" => StartFrom::End,

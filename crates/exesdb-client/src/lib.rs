@@ -33,7 +33,7 @@ pub use exesdb_types::{
     ALL_STREAM, AppendResult, CATEGORY_STREAM_PREFIX, ConsumerStrategy, Delivery, Direction,
     EVENT_TYPE_STREAM_PREFIX, ExpectedVersion, NackAction, NewEvent, RecordedEvent, Selector,
     Snapshot, SnapshotVersion, StartFrom, StoreError, StreamInfo, SubscriptionDefinition,
-    SubscriptionMessage, TreeSnapshot, category_of,
+    SubscriptionMessage, TreeSnapshot, category_of, reads_by_position,
 };
 
 /// Messages (batches of events) a streaming read buffers between the connection and the caller.

@@ -79,11 +79,11 @@ fn the_cli_prints_events_then_caught_up_then_live_events() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(dir.path());
     let exesdb = env!("CARGO_BIN_EXE_exesdb");
-    let append = |data: &str| {
+    let append_to = |stream: &str, data: &str| {
         let status = Command::new(exesdb)
             .args([
                 "append",
-                "orders",
+                stream,
                 "--type",
                 "Placed",
                 "--data",
@@ -96,6 +96,7 @@ fn the_cli_prints_events_then_caught_up_then_live_events() {
             .expect("append runs");
         assert!(status.success());
     };
+    let append = |data: &str| append_to("orders", data);
     append(r#"{"n":1}"#);
     append(r#"{"n":2}"#);
     let mut subscriber = Command::new(exesdb)
@@ -183,6 +184,31 @@ fn the_cli_prints_events_then_caught_up_then_live_events() {
         second[0]["position"], 3,
         "resumes after what the first consumer acknowledged"
     );
+
+    // A category's index stream: `--from` is a position there (an event number would be
+    // refused), and only the category's events come.
+    append_to("order-1", r#"{"n":4}"#);
+    append_to("customer-1", r#"{"n":5}"#);
+    append_to("order-2", r#"{"n":6}"#);
+    let mut subscriber = Command::new(exesdb)
+        .args(["subscribe", "$ce-order", "--from", "5", "--json"])
+        .args(["--server", &server.url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("subscribe runs");
+    let mut lines = BufReader::new(subscriber.stdout.take().expect("stdout")).lines();
+    let mut next = || -> Value {
+        serde_json::from_str(&lines.next().expect("a line").expect("readable")).expect("JSON")
+    };
+    let first = next();
+    assert_eq!(
+        (first["stream_id"].clone(), first["position"].clone()),
+        (json!("order-2"), json!(6))
+    );
+    assert_eq!(next(), json!({"caught_up": true}));
+    let _ = subscriber.kill();
+    let _ = subscriber.wait();
 }
 
 #[test]
