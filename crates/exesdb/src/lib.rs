@@ -27,7 +27,7 @@ pub use system::core::notification::persistent::PersistentConsumer;
 pub use system::core::notification::subscription::Subscription;
 pub use system::core::store::store_registry::NodeStores;
 pub use system::gateway::Gateway;
-pub use system::gateway::pubsub::{EventBus, ExternalBus};
+pub use system::gateway::pubsub::{BusError, EventBus, ExternalBus};
 pub use system::hops::{AppendHops, Hop};
 pub use system::{StoreApi, System};
 

@@ -9,8 +9,8 @@ use fjall::{OwnedWriteBatch, PersistMode};
 use super::codec::{self, EventRecord, SnapshotRecord};
 use super::commit_guard::CommitMarker;
 use super::{
-    COMMIT_MARKER_KEY, Engine, StorageError, event_id_key, indexes, parked_key, snapshot_key,
-    stream_index_key,
+    BUS_POSITION_KEY, COMMIT_MARKER_KEY, Engine, StorageError, event_id_key, indexes, parked_key,
+    snapshot_key, stream_index_key,
 };
 
 /// Changes to apply together: all of them reach the disk, or none. Only the Store's committer
@@ -117,6 +117,15 @@ impl WriteBatch {
                 .remove(&engine.parked, parked_key(name, position));
         }
         Ok(())
+    }
+
+    /// Records that PubSub handed every event before `position` to the external bus.
+    pub(crate) fn set_bus_position(&mut self, position: u64) {
+        self.batch.insert(
+            &self.engine.checkpoints,
+            BUS_POSITION_KEY,
+            position.to_be_bytes(),
+        );
     }
 
     /// Records that every event of a subscription before `position` is done.

@@ -44,6 +44,11 @@ const ENGINE_DIR: &str = "fjall";
 /// contain control characters, so the separator cannot occur inside a part.
 const SEPARATOR: u8 = 0;
 
+/// The key of the external bus's forwarding position in `checkpoints`: it starts with `0x00`,
+/// which no subscription name holds (names have no control characters), so it is no
+/// subscription's checkpoint.
+const BUS_POSITION_KEY: &[u8] = b"\0external-bus";
+
 /// The one key of the `commits` keyspace.
 const COMMIT_MARKER_KEY: &[u8] = b"last";
 
@@ -657,6 +662,16 @@ impl Engine {
             &self.view(),
             &self.checkpoints,
             name.as_bytes(),
+            "checkpoints",
+        )
+    }
+
+    /// The position up to which PubSub handed every event to the external bus, if stored.
+    pub(crate) fn bus_position(&self) -> Result<Option<u64>, StorageError> {
+        get_u64(
+            &self.view(),
+            &self.checkpoints,
+            BUS_POSITION_KEY,
             "checkpoints",
         )
     }

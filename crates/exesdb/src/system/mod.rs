@@ -76,18 +76,21 @@ impl System {
                 .map_err(|error| {
                     StartError::Tree(format!("opening storage panicked: {error}"))
                 })??;
-        let next_position = storage
+        let (next_position, bus_position) = storage
             .engine()
-            .and_then(|engine| engine.next_position())
+            .and_then(|engine| Ok((engine.next_position()?, engine.bus_position()?)))
             .map_err(|error| StartError::Corrupt(error.to_string()))?;
         let admission = Arc::new(Semaphore::new(config.commit.requests_in_flight_max));
         let context = Arc::new(StoreContext::new(config, Arc::new(storage), next_position));
         let subscriptions = Arc::new(SubscriptionRegistry::default());
+        // A bus forwards from where it was before the last stop or crash; a bus new to this
+        // store, from the events committed from now on.
         let pubsub = Arc::new(PubSubShared {
             api: std::sync::Mutex::new(None),
             bus: context.config.event_bus.clone(),
-            forwarded: std::sync::atomic::AtomicU64::new(next_position),
+            forwarded: std::sync::atomic::AtomicU64::new(bus_position.unwrap_or(next_position)),
             store_id: context.store_id().to_string(),
+            context: context.clone(),
         });
         let wiring = Wiring {
             context: context.clone(),
@@ -114,6 +117,15 @@ impl System {
             accepting: Arc::new(AtomicBool::new(true)),
         };
         *lock_ignoring_poison(&pubsub.api) = Some(api.clone());
+        // Before the first append can commit, so that a crash before PubSub's first store
+        // does not make the next start begin after events it never handed over.
+        if pubsub.bus.is_some() && bus_position.is_none() {
+            gateway::pubsub::store_position(&api.context, next_position)
+                .await
+                .map_err(|error| {
+                    StartError::Tree(format!("storing the event bus's position: {error}"))
+                })?;
+        }
         let pool_settings = &api.context.config.pools;
         let gateway = Gateway::new(
             api.clone(),

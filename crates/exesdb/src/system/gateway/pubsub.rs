@@ -5,23 +5,46 @@
 //! [`StoreApi::listen`](crate::StoreApi::listen), in order, none skipped. An application with
 //! its own bus implements [`EventBus`] and names it in the configuration
 //! ([`SystemConfig::event_bus`](crate::SystemConfig::event_bus)): the PubSub process then
-//! forwards every committed event to it under both topics, and a restarted PubSub resumes from
-//! the last event it handed over.
+//! forwards every committed event to it under both topics, at least once and in position
+//! order. The position it has handed over is stored through the committer (at most every
+//! [`POSITION_STORE_INTERVAL`], and only after `publish` returned for the events it covers),
+//! so a restarted PubSub, or the next start after a crash, resumes from it: what was handed
+//! over since the last store comes again, and nothing is skipped. A bus that refuses an event
+//! gets it again, after a backoff, before anything after it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::system::StoreApi;
+use crate::system::context::StoreContext;
+use crate::system::core::store::state_machine::Command;
 use exesdb_types::{ALL_STREAM, RecordedEvent};
-use exesdb_types::{Selector, StartFrom, SubscriptionMessage};
+use exesdb_types::{Selector, StartFrom, StoreError, SubscriptionMessage};
+
+/// How often, at most, the forwarding position is stored while it moves.
+pub(crate) const POSITION_STORE_INTERVAL: Duration = Duration::from_millis(100);
+/// The first wait before a refused event is offered again; it doubles up to the next.
+const RETRY_WAIT_FIRST: Duration = Duration::from_millis(10);
+const RETRY_WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// Why a bus did not take an event (it is down, say). PubSub offers the event again.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BusError(pub String);
 
 /// A bus the application provides; events are handed to it in position order.
+///
+/// `publish` runs off the async runtime's own threads, so it may block (on a socket, say).
 pub trait EventBus: Send + Sync + 'static {
-    /// Publishes one event under a topic (`<store>:$all` or `<store>:<event type>`).
-    fn publish(&self, topic: &str, event: &RecordedEvent);
+    /// Publishes one event under a topic (`<store>:$all` or `<store>:<event type>`). An error
+    /// means the bus did not take it: the same event and topic are offered again, after a
+    /// backoff (10 ms doubling to 5 s), and nothing after it is offered meanwhile.
+    fn publish(&self, topic: &str, event: &RecordedEvent) -> Result<(), BusError>;
 }
 
 /// An application's bus, as a configuration value.
@@ -48,9 +71,12 @@ pub(crate) struct PubSubShared {
     /// The store's API, handed over once the System is built.
     pub api: Mutex<Option<StoreApi>>,
     pub bus: Option<ExternalBus>,
-    /// The next position to forward to the external bus.
+    /// The next position to forward to the external bus (handed over up to here; stored up
+    /// to at most here).
     pub forwarded: AtomicU64,
     pub store_id: String,
+    /// The door to the committer, through which the position is stored.
+    pub context: Arc<StoreContext>,
 }
 
 impl PubSubShared {
@@ -135,15 +161,94 @@ async fn forward(api: StoreApi, bus: ExternalBus, shared: Arc<PubSubShared>) {
             return;
         }
     };
-    let all_topic = format!("{}:{ALL_STREAM}", shared.store_id);
-    while let Some(message) = subscription.next().await {
-        if let SubscriptionMessage::Event(event) = message {
-            bus.0.publish(&all_topic, &event);
-            bus.0
-                .publish(&format!("{}:{}", shared.store_id, event.event_type), &event);
-            shared
-                .forwarded
-                .store(event.position + 1, Ordering::Release);
+    let store = shared.store_id.clone();
+    let all_topic = format!("{store}:{ALL_STREAM}");
+    let mut stored = from;
+    // Set while the position has moved past what is stored: when to store it.
+    let mut store_at: Option<Instant> = None;
+    loop {
+        let message = match store_at {
+            None => subscription.next().await,
+            Some(at) => match tokio::time::timeout_at(at, subscription.next()).await {
+                Ok(message) => message,
+                Err(_) => {
+                    let position = shared.forwarded.load(Ordering::Acquire);
+                    store_at = match store_position(&shared.context, position).await {
+                        Ok(()) => {
+                            stored = position;
+                            None
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, position, "PubSub could not store its position; it tries again");
+                            Some(Instant::now() + POSITION_STORE_INTERVAL)
+                        }
+                    };
+                    continue;
+                }
+            },
+        };
+        let Some(message) = message else { break };
+        let SubscriptionMessage::Event(event) = message else {
+            continue;
+        };
+        let type_topic = format!("{store}:{}", event.event_type);
+        for topic in [&all_topic, &type_topic] {
+            publish_until_taken(&bus, topic, &event, &shared).await;
+        }
+        shared
+            .forwarded
+            .store(event.position + 1, Ordering::Release);
+        report_lag(&shared);
+        if store_at.is_none() && event.position + 1 > stored {
+            store_at = Some(Instant::now() + POSITION_STORE_INTERVAL);
         }
     }
+}
+
+/// Offers an event to the bus until it takes it, waiting longer after each refusal.
+async fn publish_until_taken(
+    bus: &ExternalBus,
+    topic: &str,
+    event: &Arc<RecordedEvent>,
+    shared: &PubSubShared,
+) {
+    let mut wait = RETRY_WAIT_FIRST;
+    for attempt in 1u64.. {
+        let (publisher, topic_owned, shared_event) =
+            (bus.0.clone(), topic.to_string(), event.clone());
+        let result =
+            crate::system::blocking(move || publisher.publish(&topic_owned, &shared_event)).await;
+        let Err(error) = result else { return };
+        metrics::counter!("exesdb_pubsub_publish_failures_total", "store" => shared.store_id.clone())
+            .increment(1);
+        report_lag(shared);
+        if attempt == 1 || attempt.is_power_of_two() {
+            tracing::warn!(%error, topic, position = event.position, attempt, "the event bus refused an event; PubSub offers it again");
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RETRY_WAIT_MAX);
+    }
+}
+
+/// Events committed and not yet handed to the bus, as the gauge `exesdb_pubsub_lag_events`.
+fn report_lag(shared: &PubSubShared) {
+    let committed = *shared.context.committed.borrow();
+    let forwarded = shared.forwarded.load(Ordering::Acquire);
+    metrics::gauge!("exesdb_pubsub_lag_events", "store" => shared.store_id.clone())
+        .set(committed.saturating_sub(forwarded) as f64);
+}
+
+/// Stores the forwarding position through the committer, durable when this returns.
+pub(crate) async fn store_position(
+    context: &StoreContext,
+    position: u64,
+) -> Result<(), StoreError> {
+    let (reply, answer) = oneshot::channel();
+    context
+        .submit(Command::BusForwarded { position }, reply)
+        .await;
+    answer
+        .await
+        .map_err(|_| StoreError::unavailable("the store stopped before answering"))?
+        .map(|_| ())
 }

@@ -40,6 +40,8 @@ pub(crate) enum Command {
     RemoveSubscription { name: String },
     /// Record that every event of a subscription before `position` is done.
     Checkpoint { name: String, position: u64 },
+    /// Record that PubSub handed every event before `position` to the external bus.
+    BusForwarded { position: u64 },
     /// Park an event of a subscription (or, with `parked` false, take it out of the park).
     Park {
         name: String,
@@ -100,7 +102,7 @@ pub(crate) enum Outcome {
     SnapshotRecorded,
     /// The snapshot is gone.
     SnapshotDeleted,
-    /// A subscription's definition, checkpoint or parked set changed.
+    /// A subscription's definition, checkpoint or parked set changed, or PubSub's position.
     SubscriptionChanged,
 }
 
@@ -190,6 +192,10 @@ impl Transaction<'_> {
             Command::Checkpoint { name, position } => {
                 validate_subscription_name(name)?;
                 self.batch.set_checkpoint(name, *position);
+                Ok(Outcome::SubscriptionChanged)
+            }
+            Command::BusForwarded { position } => {
+                self.batch.set_bus_position(*position);
                 Ok(Outcome::SubscriptionChanged)
             }
             Command::Park {
