@@ -216,8 +216,14 @@ async fn publish_until_taken(
     for attempt in 1u64.. {
         let (publisher, topic_owned, shared_event) =
             (bus.0.clone(), topic.to_string(), event.clone());
-        let result =
-            crate::system::blocking(move || publisher.publish(&topic_owned, &shared_event)).await;
+        // A panicking bus is a bus that did not take the event: it is offered again.
+        let result = crate::system::blocking(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                publisher.publish(&topic_owned, &shared_event)
+            }))
+            .unwrap_or_else(|_| Err(BusError("the event bus panicked".into())))
+        })
+        .await;
         let Err(error) = result else { return };
         metrics::counter!("exesdb_pubsub_publish_failures_total", "store" => shared.store_id.clone())
             .increment(1);
