@@ -589,30 +589,18 @@ mod tests {
                 );
             }
         }
-        assert!(
+        let holds_nothing = |index| {
             engine
-                .read_index(
-                    IndexedStream::Category("nocategory"),
-                    None,
-                    10,
-                    Direction::Forward,
-                    None
-                )
+                .read_index(index, None, 10, Direction::Forward, None)
                 .expect("reads")
-                .is_none(),
+                .is_none()
+        };
+        assert!(
+            holds_nothing(IndexedStream::Category("nocategory")),
             "a stream with no '-' has no category"
         );
         assert!(
-            engine
-                .read_index(
-                    IndexedStream::EventType("Place"),
-                    None,
-                    10,
-                    Direction::Forward,
-                    None
-                )
-                .expect("reads")
-                .is_none(),
+            holds_nothing(IndexedStream::EventType("Place")),
             "an event type is not matched by its prefix"
         );
     }
