@@ -226,6 +226,16 @@ fn positions<'v>(
     }
 }
 
+/// Where a read through the indexes goes: from a position (inclusive; `None`: the first, or
+/// the last backward), in a direction, stopping at `count` events or `bytes_max` bytes.
+#[derive(Clone, Copy)]
+struct Read {
+    from: Option<u64>,
+    count: u64,
+    direction: Direction,
+    bytes_max: Option<u64>,
+}
+
 /// Merges several indexes' positions into one order (indexes of distinct types never share a
 /// position, so nothing is repeated).
 struct Merged<'v> {
@@ -259,23 +269,23 @@ impl Iterator for Merged<'_> {
 }
 
 impl Engine {
-    /// The event at an index entry's position, checked to be one the index holds.
+    /// The event at an index entry's position, checked to be one of `indexes` holds.
     fn indexed_record(
         &self,
         view: &Snapshot,
-        index: IndexedStream<'_>,
+        indexes: &[IndexedStream<'_>],
         position: u64,
     ) -> Result<RecordedEvent, StorageError> {
         let missing = || StorageError::Corrupt {
             keyspace: "indexes",
-            detail: format!("{index:?} points at missing position {position}"),
+            detail: format!("{indexes:?} point at missing position {position}"),
         };
         let event = event_at(view, &self.log, position)?.ok_or_else(missing)?;
-        if !index.matches(&event) {
+        if !indexes.iter().any(|index| index.matches(&event)) {
             return Err(StorageError::Corrupt {
                 keyspace: "indexes",
                 detail: format!(
-                    "{index:?} points at position {position}, which holds event {} of \
+                    "{indexes:?} point at position {position}, which holds event {} of \
                      stream {} (type {})",
                     event.event_number, event.stream_id, event.event_type
                 ),
@@ -303,18 +313,13 @@ impl Engine {
         {
             return Ok(None);
         }
-        let mut events = Vec::new();
-        let mut bytes = 0u64;
-        let count = usize::try_from(count).unwrap_or(usize::MAX);
-        for position in positions(&view, &self.indexes, index, from, direction).take(count) {
-            if bytes_max.is_some_and(|max| bytes >= max) {
-                break;
-            }
-            let event = self.indexed_record(&view, index, position?)?;
-            bytes += event.size_bytes();
-            events.push(event);
-        }
-        Ok(Some(events))
+        let read = Read {
+            from,
+            count,
+            direction,
+            bytes_max,
+        };
+        self.read_through(&view, &[index], read, |_| true).map(Some)
     }
 
     /// A filtered `$all` read through the indexes when one answers it (see [`indexes_for`]);
@@ -324,56 +329,46 @@ impl Engine {
         request: &ReadAllRequest,
     ) -> Option<Result<Vec<RecordedEvent>, StorageError>> {
         let indexes = indexes_for(request)?;
-        Some(self.read_merged(&indexes, request))
+        let read = Read {
+            from: request.from_position,
+            count: request.count,
+            direction: request.direction,
+            bytes_max: request.bytes_max,
+        };
+        let in_prefix = |event: &RecordedEvent| {
+            request
+                .stream_prefix
+                .as_ref()
+                .is_none_or(|prefix| event.stream_id.starts_with(prefix.as_str()))
+        };
+        Some(self.read_through(&self.view(), &indexes, read, in_prefix))
     }
 
-    fn read_merged(
+    /// The events `keep` accepts among those of `indexes`, merged into one order.
+    fn read_through(
         &self,
+        view: &Snapshot,
         indexes: &[IndexedStream<'_>],
-        request: &ReadAllRequest,
+        read: Read,
+        keep: impl Fn(&RecordedEvent) -> bool,
     ) -> Result<Vec<RecordedEvent>, StorageError> {
-        let view = self.view();
         let merged = Merged {
             sources: indexes
                 .iter()
                 .map(|index| {
-                    positions(
-                        &view,
-                        &self.indexes,
-                        *index,
-                        request.from_position,
-                        request.direction,
-                    )
-                    .peekable()
+                    positions(view, &self.indexes, *index, read.from, read.direction).peekable()
                 })
                 .collect(),
-            direction: request.direction,
+            direction: read.direction,
         };
         let mut events = Vec::new();
         let mut bytes = 0u64;
         for position in merged {
-            if events.len() as u64 >= request.count
-                || request.bytes_max.is_some_and(|max| bytes >= max)
-            {
+            if events.len() as u64 >= read.count || read.bytes_max.is_some_and(|max| bytes >= max) {
                 break;
             }
-            let position = position?;
-            let event =
-                event_at(&view, &self.log, position)?.ok_or_else(|| StorageError::Corrupt {
-                    keyspace: "indexes",
-                    detail: format!("an index points at missing position {position}"),
-                })?;
-            if !indexes.iter().any(|index| index.matches(&event)) {
-                return Err(StorageError::Corrupt {
-                    keyspace: "indexes",
-                    detail: format!("position {position} is in an index it does not match"),
-                });
-            }
-            let stream_ok = request
-                .stream_prefix
-                .as_ref()
-                .is_none_or(|prefix| event.stream_id.starts_with(prefix.as_str()));
-            if stream_ok {
+            let event = self.indexed_record(view, indexes, position?)?;
+            if keep(&event) {
                 bytes += event.size_bytes();
                 events.push(event);
             }
@@ -407,7 +402,7 @@ impl Engine {
             if position >= scan.until {
                 break;
             }
-            let event = self.indexed_record(&view, index, position)?;
+            let event = self.indexed_record(&view, &[index], position)?;
             if matches(&event)
                 && (accepted.push(event) || accepted.events.len() as u64 >= scan.count_max)
             {

@@ -163,7 +163,6 @@ async fn forward(api: StoreApi, bus: ExternalBus, shared: Arc<PubSubShared>) {
     };
     let store = shared.store_id.clone();
     let all_topic = format!("{store}:{ALL_STREAM}");
-    let mut stored = from;
     // Set while the position has moved past what is stored: when to store it.
     let mut store_at: Option<Instant> = None;
     loop {
@@ -174,10 +173,7 @@ async fn forward(api: StoreApi, bus: ExternalBus, shared: Arc<PubSubShared>) {
                 Err(_) => {
                     let position = shared.forwarded.load(Ordering::Acquire);
                     store_at = match store_position(&shared.context, position).await {
-                        Ok(()) => {
-                            stored = position;
-                            None
-                        }
+                        Ok(()) => None,
                         Err(error) => {
                             tracing::warn!(%error, position, "PubSub could not store its position; it tries again");
                             Some(Instant::now() + POSITION_STORE_INTERVAL)
@@ -199,7 +195,7 @@ async fn forward(api: StoreApi, bus: ExternalBus, shared: Arc<PubSubShared>) {
             .forwarded
             .store(event.position + 1, Ordering::Release);
         report_lag(&shared);
-        if store_at.is_none() && event.position + 1 > stored {
+        if store_at.is_none() {
             store_at = Some(Instant::now() + POSITION_STORE_INTERVAL);
         }
     }
