@@ -36,7 +36,8 @@ pub use system::{StoreApi, System};
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::storage::codec::{
-        EventRecord, SnapshotRecord, decode_event, decode_event_header, open_blob, seal_blob,
+        Chunk, ChunkWriter, EventRecord, SnapshotRecord, decode_event, decode_event_header,
+        open_blob, seal_blob,
     };
     pub use crate::storage::table_check::find_damaged_table;
     pub use crate::system::core::store::state_machine::{

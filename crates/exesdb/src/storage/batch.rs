@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use fjall::{OwnedWriteBatch, PersistMode};
 
-use super::codec::{self, EventRecord, SnapshotRecord};
+use super::codec::{self, ChunkWriter, EventRecord, SnapshotRecord};
 use super::commit_guard::CommitMarker;
 use super::{
     BUS_POSITION_KEY, COMMIT_MARKER_KEY, Engine, StorageError, event_id_key, indexes, parked_key,
@@ -20,6 +20,9 @@ pub(crate) struct WriteBatch {
     batch: OwnedWriteBatch,
     /// The appended events' index entries, written at commit (one per index, not per event).
     postings: indexes::Postings,
+    /// The log chunk being filled, and the position of its first record.
+    chunk: ChunkWriter,
+    chunk_first: u64,
 }
 
 impl Engine {
@@ -33,6 +36,8 @@ impl Engine {
             engine: self.clone(),
             batch,
             postings: indexes::Postings::default(),
+            chunk: ChunkWriter::default(),
+            chunk_first: 0,
         }
     }
 }
@@ -47,9 +52,16 @@ impl WriteBatch {
         record: &EventRecord<'_>,
         index_event_id: bool,
     ) {
+        if !self.chunk.is_empty()
+            && (self.chunk.is_full() || position != self.chunk_first + self.chunk.len() as u64)
+        {
+            self.close_chunk();
+        }
+        if self.chunk.is_empty() {
+            self.chunk_first = position;
+        }
+        self.chunk.push(record);
         let engine = &self.engine;
-        self.batch
-            .insert(&engine.log, position.to_be_bytes(), record.encode());
         self.batch.insert(
             &engine.stream_index,
             stream_index_key(record.stream_id, record.event_number),
@@ -61,6 +73,17 @@ impl WriteBatch {
                 &engine.event_ids,
                 event_id_key(record.stream_id, record.event_id),
                 record.event_number.to_be_bytes(),
+            );
+        }
+    }
+
+    /// Puts the chunk being filled into the batch.
+    fn close_chunk(&mut self) {
+        if !self.chunk.is_empty() {
+            self.batch.insert(
+                &self.engine.log,
+                self.chunk_first.to_be_bytes(),
+                self.chunk.finish(),
             );
         }
     }
@@ -151,17 +174,19 @@ impl WriteBatch {
 
     /// Whether nothing was added (committing would write nothing and not fsync).
     pub(crate) fn is_empty(&self) -> bool {
-        self.batch.is_empty()
+        self.batch.is_empty() && self.chunk.is_empty()
     }
 
     /// Ends the batch with its commit marker (its last item, see [`super::commit_guard`]) and
     /// writes it with one fsync. An error leaves the engine refusing every later write, as
     /// fjall does: the committer must reopen the storage ([`super::Storage::reopen`]).
-    pub(crate) fn commit(self, marker: CommitMarker) -> Result<(), StorageError> {
+    pub(crate) fn commit(mut self, marker: CommitMarker) -> Result<(), StorageError> {
+        self.close_chunk();
         let WriteBatch {
             engine,
             mut batch,
             postings,
+            ..
         } = self;
         if batch.is_empty() {
             return Ok(());
@@ -178,6 +203,15 @@ impl WriteBatch {
         engine.faults.before_commit()?;
         batch.commit()?;
         Ok(())
+    }
+
+    /// Test-only: the log record of one event as a lone value, as format 2 and earlier wrote
+    /// it, with its stream index entry.
+    #[cfg(test)]
+    pub(super) fn lone_record_for_test(&mut self, position: u64, record: &EventRecord<'_>) {
+        self.batch
+            .insert(&self.engine.log, position.to_be_bytes(), record.encode());
+        self.index_entry_for_test(record.stream_id, record.event_number, position);
     }
 
     /// Test-only: a stream index entry that points wherever the test says, to show that reads

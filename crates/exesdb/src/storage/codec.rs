@@ -1,5 +1,11 @@
 //! Binary encoding of stored records. Each record starts with a format byte and a CRC-32 of
 //! everything after it, checked on every decode, so a flipped bit is an error, never an event.
+//!
+//! The log keeps the records of consecutive positions together in a [chunk](ChunkWriter),
+//! under the first one's position: a scan of the log then pays the storage engine's cost per
+//! key once per chunk, not once per event (a key costs about 0.5 µs to iterate here, more
+//! than the rest of an event's read). A value holding a lone event record, as format 2 and
+//! earlier wrote, reads as a chunk of one.
 
 use uuid::Uuid;
 
@@ -42,7 +48,13 @@ pub struct EventRecord<'a> {
 impl EventRecord<'_> {
     /// The stored bytes: format byte, checksum, fields.
     pub fn encode(&self) -> Vec<u8> {
-        let size = HEADER_BYTES
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut out);
+        out
+    }
+
+    fn encoded_len(&self) -> usize {
+        HEADER_BYTES
             + 2 * 4
             + 4 * 2
             + 8
@@ -53,21 +65,184 @@ impl EventRecord<'_> {
             + self.data_content_type.len()
             + self.metadata_content_type.len()
             + self.data.len()
-            + self.metadata.len();
-        let mut out = Vec::with_capacity(size);
+            + self.metadata.len()
+    }
+
+    /// Appends the stored bytes to `out`.
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.reserve(self.encoded_len());
         out.push(EVENT_RECORD_FORMAT);
         out.extend_from_slice(&[0; 4]);
-        put_short(&mut out, self.stream_id.as_bytes());
+        put_short(out, self.stream_id.as_bytes());
         out.extend_from_slice(&self.event_number.to_be_bytes());
         out.extend_from_slice(self.event_id.as_bytes());
         out.extend_from_slice(&self.created_micros.to_be_bytes());
-        put_short(&mut out, self.event_type.as_bytes());
-        put_short(&mut out, self.data_content_type.as_bytes());
-        put_short(&mut out, self.metadata_content_type.as_bytes());
-        put_long(&mut out, self.data);
-        put_long(&mut out, self.metadata);
-        seal(&mut out);
+        put_short(out, self.event_type.as_bytes());
+        put_short(out, self.data_content_type.as_bytes());
+        put_short(out, self.metadata_content_type.as_bytes());
+        put_long(out, self.data);
+        put_long(out, self.metadata);
+        seal(&mut out[start..]);
+    }
+}
+
+/// Format byte of a log chunk.
+const CHUNK_FORMAT: u8 = 2;
+/// A chunk closes at this many events...
+const CHUNK_EVENTS_MAX: usize = 64;
+/// ...or once its records hold this many bytes (one larger event makes a chunk of its own).
+/// Small enough that a read of one event through an index copies little besides it.
+const CHUNK_BYTES_MAX: usize = 32 * 1024;
+
+/// Builds a log chunk: a header (format byte, CRC-32 of the rest of the header, the record
+/// count and each record's end offset, u32 BE) and the event records, each with its own
+/// checksum. The header's checksum guards the framing, so a damaged offset is an error, not
+/// a record cut in the wrong place.
+#[derive(Debug, Default)]
+pub struct ChunkWriter {
+    ends: Vec<u32>,
+    body: Vec<u8>,
+}
+
+impl ChunkWriter {
+    /// Adds the record of the next position.
+    pub fn push(&mut self, record: &EventRecord<'_>) {
+        record.encode_into(&mut self.body);
+        // Bodies stay far below 4 GiB: a chunk closes at CHUNK_BYTES_MAX, and one event is
+        // bounded by the append limits.
+        self.ends
+            .push(u32::try_from(self.body.len()).unwrap_or(u32::MAX));
+    }
+
+    /// How many records it holds.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether it holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Whether it takes no more records.
+    pub fn is_full(&self) -> bool {
+        self.ends.len() >= CHUNK_EVENTS_MAX || self.body.len() >= CHUNK_BYTES_MAX
+    }
+
+    /// The stored bytes; the writer is empty again after.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let header = HEADER_BYTES + 4 + 4 * self.ends.len();
+        let mut out = Vec::with_capacity(header + self.body.len());
+        out.push(CHUNK_FORMAT);
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&(self.ends.len() as u32).to_be_bytes());
+        for end in &self.ends {
+            out.extend_from_slice(&end.to_be_bytes());
+        }
+        let crc = crc32fast::hash(&out[HEADER_BYTES..header]);
+        out[1..HEADER_BYTES].copy_from_slice(&crc.to_be_bytes());
+        out.extend_from_slice(&self.body);
+        self.ends.clear();
+        self.body.clear();
         out
+    }
+}
+
+/// A log value opened for reading: the records of consecutive positions, the first at the
+/// value's key. Each record is checked when it is decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    /// Each record's end offset in `body` (u32 BE); empty for a lone record.
+    ends: &'a [u8],
+    body: &'a [u8],
+}
+
+impl<'a> Chunk<'a> {
+    /// Opens a log value: a chunk, whose header is checked, or a lone event record.
+    pub fn open(bytes: &'a [u8]) -> Result<Chunk<'a>, CorruptRecord> {
+        match bytes.first() {
+            Some(&EVENT_RECORD_FORMAT) => Ok(Chunk {
+                ends: &[],
+                body: bytes,
+            }),
+            Some(&CHUNK_FORMAT) => {
+                let truncated = || CorruptRecord("log chunk truncated".into());
+                let count_bytes = bytes
+                    .get(HEADER_BYTES..HEADER_BYTES + 4)
+                    .ok_or_else(truncated)?;
+                let count = u32::from_be_bytes([
+                    count_bytes[0],
+                    count_bytes[1],
+                    count_bytes[2],
+                    count_bytes[3],
+                ]) as usize;
+                let header = count
+                    .checked_mul(4)
+                    .and_then(|n| n.checked_add(HEADER_BYTES + 4))
+                    .filter(|&n| n <= bytes.len())
+                    .ok_or_else(truncated)?;
+                let stored = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+                if crc32fast::hash(&bytes[HEADER_BYTES..header]) != stored {
+                    return Err(CorruptRecord("log chunk header checksum mismatch".into()));
+                }
+                let chunk = Chunk {
+                    ends: &bytes[HEADER_BYTES + 4..header],
+                    body: &bytes[header..],
+                };
+                if count == 0 || chunk.end(count - 1) != chunk.body.len() {
+                    return Err(CorruptRecord(
+                        "log chunk records do not fill its body".into(),
+                    ));
+                }
+                Ok(chunk)
+            }
+            Some(other) => Err(CorruptRecord(format!(
+                "log value has format {other} (this build reads {EVENT_RECORD_FORMAT} and \
+                 {CHUNK_FORMAT})"
+            ))),
+            None => Err(CorruptRecord("log value is empty".into())),
+        }
+    }
+
+    /// How many records it holds (at least one).
+    pub fn len(&self) -> usize {
+        if self.ends.is_empty() {
+            1
+        } else {
+            self.ends.len() / 4
+        }
+    }
+
+    /// Never: a chunk holds at least one record.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    fn end(&self, index: usize) -> usize {
+        let at = index * 4;
+        u32::from_be_bytes([
+            self.ends[at],
+            self.ends[at + 1],
+            self.ends[at + 2],
+            self.ends[at + 3],
+        ]) as usize
+    }
+
+    /// The bytes of record `index` (0 is the key's position); `None` past the last.
+    pub fn record(&self, index: usize) -> Result<Option<&'a [u8]>, CorruptRecord> {
+        if self.ends.is_empty() {
+            return Ok((index == 0).then_some(self.body));
+        }
+        if index >= self.len() {
+            return Ok(None);
+        }
+        let start = if index == 0 { 0 } else { self.end(index - 1) };
+        let end = self.end(index);
+        self.body
+            .get(start..end)
+            .map(Some)
+            .ok_or_else(|| CorruptRecord("log chunk offsets out of order".into()))
     }
 }
 

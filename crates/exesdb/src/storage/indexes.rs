@@ -14,13 +14,14 @@
 //! one index never overlap: a batch's positions follow every earlier batch's.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use fjall::{Keyspace, Readable, Snapshot};
 
 use exesdb_types::{Direction, IndexedStream, ReadAllRequest, RecordedEvent, category_of};
 
 use super::codec::{EventRecord, decode_event_header};
-use super::{Accepted, Engine, Scan, StorageError, corrupt, decode_u64, event_at};
+use super::{Accepted, Engine, LogReader, Scan, StorageError, corrupt, decode_u64, walk_log};
 
 const EVENT_TYPE_KIND: u8 = b't';
 const CATEGORY_KIND: u8 = b'c';
@@ -271,8 +272,7 @@ impl Iterator for Merged<'_> {
 impl Engine {
     /// The event at an index entry's position, checked to be one of `indexes` holds.
     fn indexed_record(
-        &self,
-        view: &Snapshot,
+        log: &mut LogReader<'_>,
         indexes: &[IndexedStream<'_>],
         position: u64,
     ) -> Result<RecordedEvent, StorageError> {
@@ -280,7 +280,7 @@ impl Engine {
             keyspace: "indexes",
             detail: format!("{indexes:?} point at missing position {position}"),
         };
-        let event = event_at(view, &self.log, position)?.ok_or_else(missing)?;
+        let event = log.event(position)?.ok_or_else(missing)?;
         if !indexes.iter().any(|index| index.matches(&event)) {
             return Err(StorageError::Corrupt {
                 keyspace: "indexes",
@@ -361,13 +361,14 @@ impl Engine {
                 .collect(),
             direction: read.direction,
         };
+        let mut log = LogReader::new(view, &self.log);
         let mut events = Vec::new();
         let mut bytes = 0u64;
         for position in merged {
             if events.len() as u64 >= read.count || read.bytes_max.is_some_and(|max| bytes >= max) {
                 break;
             }
-            let event = self.indexed_record(view, indexes, position?)?;
+            let event = Self::indexed_record(&mut log, indexes, position?)?;
             if keep(&event) {
                 bytes += event.size_bytes();
                 events.push(event);
@@ -397,12 +398,13 @@ impl Engine {
             Some(scan.from),
             Direction::Forward,
         );
+        let mut log = LogReader::new(&view, &self.log);
         for position in entries {
             let position = position?;
             if position >= scan.until {
                 break;
             }
-            let event = self.indexed_record(&view, &[index], position)?;
+            let event = Self::indexed_record(&mut log, &[index], position)?;
             if matches(&event)
                 && (accepted.push(event) || accepted.events.len() as u64 >= scan.count_max)
             {
@@ -423,18 +425,23 @@ impl Engine {
             let view = self.view();
             let mut postings = Postings::default();
             let mut read = 0usize;
-            for guard in view
-                .range(&self.log, from.to_be_bytes()..)
-                .take(BACKFILL_BATCH_EVENTS)
-            {
-                let (key, value) = guard.into_inner()?;
-                let position = decode_u64(&key, "log")?;
-                let (stream_id, _, event_type) =
-                    decode_event_header(&value).map_err(corrupt("log"))?;
-                postings.add(&stream_id, &event_type, position);
-                from = position + 1;
-                read += 1;
-            }
+            walk_log(
+                &view,
+                &self.log,
+                Some(from),
+                Direction::Forward,
+                |position, record| {
+                    if read >= BACKFILL_BATCH_EVENTS {
+                        return Ok(ControlFlow::Break(()));
+                    }
+                    let (stream_id, _, event_type) =
+                        decode_event_header(record).map_err(corrupt("log"))?;
+                    postings.add(&stream_id, &event_type, position);
+                    from = position + 1;
+                    read += 1;
+                    Ok(ControlFlow::Continue(()))
+                },
+            )?;
             if read == 0 {
                 break;
             }
@@ -734,7 +741,10 @@ mod tests {
                 );
             }
             let marker = fs::read_to_string(&format).expect("marker");
-            assert_eq!(marker.trim(), "exesdb-format 2");
+            assert_eq!(
+                marker.trim(),
+                format!("exesdb-format {}", super::super::FORMAT_VERSION)
+            );
         }
     }
 }

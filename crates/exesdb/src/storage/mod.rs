@@ -16,7 +16,7 @@ pub(crate) use batch::WriteBatch;
 
 use std::fs;
 use std::io::Write;
-use std::ops::Bound;
+use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -25,17 +25,19 @@ use uuid::Uuid;
 
 use crate::config::StorageSettings;
 use crate::error::StartError;
-use codec::{CorruptRecord, SnapshotRecord, decode_event, decode_event_header};
+use codec::{Chunk, CorruptRecord, SnapshotRecord, decode_event, decode_event_header};
 use commit_guard::CommitMarker;
 use exesdb_types::StoreError;
 use exesdb_types::{Direction, IndexedStream, ReadAllRequest, RecordedEvent, StreamInfo};
 
 /// The on-disk format this build writes and reads. Bump it with every incompatible change and
 /// record the change in the format log of `docs/DURABILITY.md`.
-pub(crate) const FORMAT_VERSION: u32 = 2;
-/// The format a directory is upgraded from at start: 1 lacks the secondary indexes, which
-/// the upgrade builds from the log.
-const UPGRADABLE_FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 3;
+/// Format 1 lacks the secondary indexes, which the upgrade builds from the log.
+const FORMAT_WITHOUT_INDEXES: u32 = 1;
+/// Format 2 stores each event as a lone log value; this build reads those as chunks of one,
+/// so its upgrade only marks the directory.
+const FORMAT_WITHOUT_CHUNKS: u32 = 2;
 const FORMAT_FILE: &str = "FORMAT";
 const FORMAT_PREFIX: &str = "exesdb-format ";
 const ENGINE_DIR: &str = "fjall";
@@ -219,8 +221,8 @@ impl Storage {
             faults: Arc::default(),
         };
         let engine = storage.open_engine()?;
-        if format == FoundFormat::Upgradable {
-            upgrade(dir, &engine)?;
+        if let FoundFormat::Upgradable(from) = format {
+            upgrade(dir, &engine, from)?;
         }
         *storage.slot() = Some(Arc::new(engine));
         Ok(storage)
@@ -408,8 +410,9 @@ impl Engine {
         match self.view().last_key_value(&self.log) {
             None => Ok(0),
             Some(guard) => {
-                let key = guard.key()?;
-                Ok(decode_u64(&key, "log")? + 1)
+                let (key, value) = guard.into_inner()?;
+                let chunk = Chunk::open(&value).map_err(corrupt("log"))?;
+                Ok(decode_u64(&key, "log")? + chunk.len() as u64)
             }
         }
     }
@@ -468,6 +471,7 @@ impl Engine {
                 Box::new(view.range(&self.stream_index, first..=last).rev())
             }
         };
+        let mut log = LogReader::new(&view, &self.log);
         let mut events = Vec::new();
         let mut bytes = 0u64;
         for guard in entries.take(usize::try_from(count).unwrap_or(usize::MAX)) {
@@ -476,7 +480,7 @@ impl Engine {
             }
             let (key, value) = guard.into_inner()?;
             let position = decode_u64(&value, "stream_index")?;
-            let event = self.indexed_event(&view, stream_id, &key, position)?;
+            let event = Self::indexed_event(&mut log, stream_id, &key, position)?;
             bytes += event.size_bytes();
             events.push(event);
         }
@@ -493,45 +497,39 @@ impl Engine {
             return read;
         }
         let view = self.view();
-        let records: Box<dyn Iterator<Item = fjall::Guard>> =
-            match (request.direction, request.from_position) {
-                (Direction::Forward, Some(from)) => {
-                    Box::new(view.range(&self.log, from.to_be_bytes()..))
-                }
-                (Direction::Forward, None) => Box::new(view.iter(&self.log)),
-                (Direction::Backward, Some(from)) => {
-                    Box::new(view.range(&self.log, ..=from.to_be_bytes()).rev())
-                }
-                (Direction::Backward, None) => Box::new(view.iter(&self.log).rev()),
-            };
         let filtered = request.stream_prefix.is_some() || !request.event_types.is_empty();
         let mut events = Vec::new();
         let mut bytes = 0u64;
-        for guard in records {
-            if events.len() as u64 >= request.count
-                || request.bytes_max.is_some_and(|max| bytes >= max)
-            {
-                break;
-            }
-            let (key, value) = guard.into_inner()?;
-            if filtered {
-                let (stream_id, _, event_type) =
-                    decode_event_header(&value).map_err(corrupt("log"))?;
-                let stream_ok = request
-                    .stream_prefix
-                    .as_ref()
-                    .is_none_or(|prefix| stream_id.starts_with(prefix.as_str()));
-                let type_ok =
-                    request.event_types.is_empty() || request.event_types.contains(&event_type);
-                if !(stream_ok && type_ok) {
-                    continue;
+        walk_log(
+            &view,
+            &self.log,
+            request.from_position,
+            request.direction,
+            |position, record| {
+                if events.len() as u64 >= request.count
+                    || request.bytes_max.is_some_and(|max| bytes >= max)
+                {
+                    return Ok(ControlFlow::Break(()));
                 }
-            }
-            let position = decode_u64(&key, "log")?;
-            let event = decode_event(position, &value).map_err(corrupt("log"))?;
-            bytes += event.size_bytes();
-            events.push(event);
-        }
+                if filtered {
+                    let (stream_id, _, event_type) =
+                        decode_event_header(record).map_err(corrupt("log"))?;
+                    let stream_ok = request
+                        .stream_prefix
+                        .as_ref()
+                        .is_none_or(|prefix| stream_id.starts_with(prefix.as_str()));
+                    let type_ok =
+                        request.event_types.is_empty() || request.event_types.contains(&event_type);
+                    if !(stream_ok && type_ok) {
+                        return Ok(ControlFlow::Continue(()));
+                    }
+                }
+                let event = decode_event(position, record).map_err(corrupt("log"))?;
+                bytes += event.size_bytes();
+                events.push(event);
+                Ok(ControlFlow::Continue(()))
+            },
+        )?;
         Ok(events)
     }
 
@@ -548,18 +546,26 @@ impl Engine {
         if scan.from >= scan.until {
             return Ok((accepted.events, next));
         }
-        for guard in view
-            .range(&self.log, scan.from.to_be_bytes()..scan.until.to_be_bytes())
-            .take(usize::try_from(scan.count_max).unwrap_or(usize::MAX))
-        {
-            let (key, value) = guard.into_inner()?;
-            let position = decode_u64(&key, "log")?;
-            let event = decode_event(position, &value).map_err(corrupt("log"))?;
-            next = position + 1;
-            if matches(&event) && accepted.push(event) {
-                break;
-            }
-        }
+        let mut looked_at = 0u64;
+        walk_log(
+            &view,
+            &self.log,
+            Some(scan.from),
+            Direction::Forward,
+            |position, record| {
+                if position >= scan.until || looked_at >= scan.count_max {
+                    return Ok(ControlFlow::Break(()));
+                }
+                looked_at += 1;
+                let event = decode_event(position, record).map_err(corrupt("log"))?;
+                next = position + 1;
+                Ok(if matches(&event) && accepted.push(event) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
+            },
+        )?;
         Ok((accepted.events, next))
     }
 
@@ -601,6 +607,7 @@ impl Engine {
         }
         let first = stream_index_key(stream_id, first_number);
         let last = stream_index_key(stream_id, u64::MAX);
+        let mut log = LogReader::new(&view, &self.log);
         for guard in view.range(&self.stream_index, first..=last) {
             let (key, value) = guard.into_inner()?;
             let position = decode_u64(&value, "stream_index")?;
@@ -610,7 +617,7 @@ impl Engine {
             if position >= scan.until {
                 break;
             }
-            let event = self.indexed_event(&view, stream_id, &key, position)?;
+            let event = Self::indexed_event(&mut log, stream_id, &key, position)?;
             if matches(&event)
                 && (accepted.push(event) || accepted.events.len() as u64 >= scan.count_max)
             {
@@ -624,15 +631,14 @@ impl Engine {
     /// The event a stream index entry (its key, and the `position` it holds) points at,
     /// checked to be that stream's event of that number.
     fn indexed_event(
-        &self,
-        view: &Snapshot,
+        log: &mut LogReader<'_>,
         stream_id: &str,
         key: &[u8],
         position: u64,
     ) -> Result<RecordedEvent, StorageError> {
         let number_bytes = key.get(stream_id.len() + 1..).unwrap_or_default();
         let event_number = decode_u64(number_bytes, "stream_index")?;
-        let event = event_at(view, &self.log, position)?.ok_or_else(|| StorageError::Corrupt {
+        let event = log.event(position)?.ok_or_else(|| StorageError::Corrupt {
             keyspace: "stream_index",
             detail: format!("{stream_id} points at missing position {position}"),
         })?;
@@ -839,12 +845,126 @@ fn event_at(
     log: &Keyspace,
     position: u64,
 ) -> Result<Option<RecordedEvent>, StorageError> {
-    match view.get(log, position.to_be_bytes())? {
+    LogReader::new(view, log).event(position)
+}
+
+/// The log value whose records start at or before `position`: its first position and bytes.
+fn chunk_at(
+    view: &Snapshot,
+    log: &Keyspace,
+    position: u64,
+) -> Result<Option<(u64, fjall::Slice)>, StorageError> {
+    match view.range(log, ..=position.to_be_bytes()).next_back() {
         None => Ok(None),
-        Some(bytes) => Ok(Some(
-            decode_event(position, &bytes).map_err(corrupt("log"))?,
-        )),
+        Some(guard) => {
+            let (key, value) = guard.into_inner()?;
+            Ok(Some((decode_u64(&key, "log")?, value)))
+        }
     }
+}
+
+/// Point reads of the log through one view. It keeps the last chunk it read, because the
+/// events an index leads to one after another are often neighbours in one chunk (the events
+/// of one append always are).
+pub(crate) struct LogReader<'v> {
+    view: &'v Snapshot,
+    log: &'v Keyspace,
+    /// The last chunk read: its first position, its record count and its bytes.
+    chunk: Option<(u64, u64, fjall::Slice)>,
+}
+
+impl<'v> LogReader<'v> {
+    fn new(view: &'v Snapshot, log: &'v Keyspace) -> Self {
+        LogReader {
+            view,
+            log,
+            chunk: None,
+        }
+    }
+
+    /// The event at `position`, or `None` when the log has none there.
+    fn event(&mut self, position: u64) -> Result<Option<RecordedEvent>, StorageError> {
+        let cached = self
+            .chunk
+            .as_ref()
+            .is_some_and(|(first, count, _)| position >= *first && position - first < *count);
+        if !cached {
+            self.chunk = match chunk_at(self.view, self.log, position)? {
+                None => None,
+                Some((first, bytes)) => {
+                    let count = Chunk::open(&bytes).map_err(corrupt("log"))?.len() as u64;
+                    Some((first, count, bytes))
+                }
+            };
+        }
+        let Some((first, _, bytes)) = &self.chunk else {
+            return Ok(None);
+        };
+        let chunk = Chunk::open(bytes).map_err(corrupt("log"))?;
+        let Some(index) = position
+            .checked_sub(*first)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
+            return Ok(None);
+        };
+        match chunk.record(index).map_err(corrupt("log"))? {
+            None => Ok(None),
+            Some(record) => Ok(Some(
+                decode_event(position, record).map_err(corrupt("log"))?,
+            )),
+        }
+    }
+}
+
+/// Walks the log's records one by one from `from` (inclusive; `None` is the start, or the
+/// end backward) in `direction`, handing `visit` each position and record until it breaks.
+fn walk_log(
+    view: &Snapshot,
+    log: &Keyspace,
+    from: Option<u64>,
+    direction: Direction,
+    mut visit: impl FnMut(u64, &[u8]) -> Result<ControlFlow<()>, StorageError>,
+) -> Result<(), StorageError> {
+    let values: Box<dyn Iterator<Item = fjall::Guard>> = match (direction, from) {
+        (Direction::Forward, Some(from)) => {
+            // Start at the chunk that holds `from`, wherever inside it `from` is.
+            let start = match chunk_at(view, log, from)? {
+                Some((first, _)) => first,
+                None => from,
+            };
+            Box::new(view.range(log, start.to_be_bytes()..))
+        }
+        (Direction::Forward, None) => Box::new(view.iter(log)),
+        (Direction::Backward, Some(from)) => Box::new(view.range(log, ..=from.to_be_bytes()).rev()),
+        (Direction::Backward, None) => Box::new(view.iter(log).rev()),
+    };
+    for guard in values {
+        let (key, value) = guard.into_inner()?;
+        let first = decode_u64(&key, "log")?;
+        let chunk = Chunk::open(&value).map_err(corrupt("log"))?;
+        let count = chunk.len();
+        for step in 0..count {
+            let index = match direction {
+                Direction::Forward => step,
+                Direction::Backward => count - 1 - step,
+            };
+            let position = first + index as u64;
+            let outside = match (direction, from) {
+                (Direction::Forward, Some(from)) => position < from,
+                (Direction::Backward, Some(from)) => position > from,
+                (_, None) => false,
+            };
+            if outside {
+                continue;
+            }
+            if let Some(record) = chunk.record(index).map_err(corrupt("log"))?
+                && visit(position, record)?.is_break()
+            {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The record an index entry led to must be the event the entry names: the record's checksum
@@ -936,8 +1056,8 @@ fn snapshot_key(source_uuid: &str, stream_uuid: &str, version: u64) -> Vec<u8> {
 enum FoundFormat {
     /// This build's format (or a new directory, now marked with it).
     Current,
-    /// The format before the secondary indexes: [`upgrade`] builds them.
-    Upgradable,
+    /// An earlier format that [`upgrade`] brings up to this one.
+    Upgradable(u32),
 }
 
 /// Reads the directory's format marker, or writes it (durably) into a new, empty directory.
@@ -955,7 +1075,9 @@ fn check_or_write_format(dir: &Path) -> Result<FoundFormat, StartError> {
                 .and_then(|v| v.parse::<u32>().ok());
             match version {
                 Some(FORMAT_VERSION) => Ok(FoundFormat::Current),
-                Some(UPGRADABLE_FORMAT_VERSION) => Ok(FoundFormat::Upgradable),
+                Some(old @ (FORMAT_WITHOUT_INDEXES | FORMAT_WITHOUT_CHUNKS)) => {
+                    Ok(FoundFormat::Upgradable(old))
+                }
                 _ => Err(StartError::UnsupportedFormat {
                     path: dir.to_path_buf(),
                     found,
@@ -999,27 +1121,32 @@ fn write_format(dir: &Path) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Brings a directory of the format before the secondary indexes up to this one: builds the
-/// indexes from the log (durably), then marks the directory. A crash before the mark leaves
-/// the old format, and the next start builds them again.
-fn upgrade(dir: &Path, engine: &Engine) -> Result<(), StartError> {
+/// Brings a directory of an earlier format up to this one, then marks it. From format 1 it
+/// builds the indexes from the log (durably) first. A crash before the mark leaves the old
+/// format, and the next start does it again.
+fn upgrade(dir: &Path, engine: &Engine, from: u32) -> Result<(), StartError> {
     tracing::info!(
         path = %dir.display(),
-        from = UPGRADABLE_FORMAT_VERSION,
+        from,
         to = FORMAT_VERSION,
-        "upgrading the data directory: building the indexes by event type and category"
+        "upgrading the data directory"
     );
     let started = std::time::Instant::now();
-    let indexed = engine
-        .backfill_indexes()
-        .map_err(|error| StartError::Storage {
-            path: dir.join(ENGINE_DIR),
-            message: format!("building the secondary indexes failed: {error}"),
-        })?;
+    if from == FORMAT_WITHOUT_INDEXES {
+        let indexed = engine
+            .backfill_indexes()
+            .map_err(|error| StartError::Storage {
+                path: dir.join(ENGINE_DIR),
+                message: format!("building the secondary indexes failed: {error}"),
+            })?;
+        tracing::info!(
+            events = indexed,
+            "built the indexes by event type and category"
+        );
+    }
     write_format(dir)?;
     tracing::info!(
         path = %dir.display(),
-        events = indexed,
         seconds = started.elapsed().as_secs_f64(),
         "data directory upgraded"
     );
@@ -1095,6 +1222,207 @@ mod tests {
                 .is_err()
         );
         assert_eq!(read("b").expect("reads").expect("exists").len(), 1);
+    }
+
+    /// A log as format 2 left it (lone records at 0..3), then chunks written by this build:
+    /// a batch of 150 small events (three chunks by count), and a batch whose 40 KiB events
+    /// close a chunk by size. Streams "s0".."s2" take the events in turn.
+    fn mixed_log(engine: &Arc<Engine>) -> Vec<(String, u64)> {
+        let mut written = Vec::new();
+        let mut numbers = [0u64; 3];
+        let mut next = |written: &mut Vec<(String, u64)>| {
+            let stream = written.len() % 3;
+            let number = numbers[stream];
+            numbers[stream] += 1;
+            written.push((format!("s{stream}"), number));
+            written.len() as u64 - 1
+        };
+        let big = vec![7u8; 40 * 1024];
+        let mut batch = engine.write_batch();
+        for _ in 0..3 {
+            let position = next(&mut written);
+            let (stream, number) = &written[position as usize];
+            batch.lone_record_for_test(position, &record(stream, *number));
+        }
+        batch.commit(marker(1, 3)).expect("commits");
+        let mut batch = engine.write_batch();
+        for _ in 0..150 {
+            let position = next(&mut written);
+            let (stream, number) = &written[position as usize];
+            batch.append_event(position, &record(stream, *number), false);
+        }
+        batch.commit(marker(2, 153)).expect("commits");
+        let mut batch = engine.write_batch();
+        for _ in 0..3 {
+            let position = next(&mut written);
+            let (stream, number) = &written[position as usize];
+            let mut event = record(stream, *number);
+            event.data = &big;
+            batch.append_event(position, &event, false);
+        }
+        for (stream, number) in numbers.iter().enumerate() {
+            batch.set_stream_head(&format!("s{stream}"), number - 1);
+        }
+        batch.commit(marker(3, 156)).expect("commits");
+        written
+    }
+
+    #[test]
+    fn the_log_reads_alike_through_lone_records_and_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path(), &StorageSettings::default()).expect("opens");
+        let engine = storage.engine().expect("engine");
+        let written = mixed_log(&engine);
+        let total = written.len() as u64;
+        assert_eq!(engine.next_position().expect("reads"), total);
+        let read_all = |from, direction, count| {
+            engine
+                .read_all(&ReadAllRequest {
+                    from_position: from,
+                    count,
+                    direction,
+                    ..ReadAllRequest::default()
+                })
+                .expect("reads")
+                .iter()
+                .map(|event| (event.position, event.stream_id.clone(), event.event_number))
+                .collect::<Vec<_>>()
+        };
+        let expected = |positions: Vec<u64>| {
+            positions
+                .into_iter()
+                .map(|p| {
+                    let (stream, number) = &written[p as usize];
+                    (p, stream.clone(), *number)
+                })
+                .collect::<Vec<_>>()
+        };
+        // From every position, both ways, across every chunk boundary.
+        for from in 0..total {
+            assert_eq!(
+                read_all(Some(from), Direction::Forward, 70),
+                expected((from..total.min(from + 70)).collect()),
+                "forward from {from}"
+            );
+            assert_eq!(
+                read_all(Some(from), Direction::Backward, 70),
+                expected((from.saturating_sub(69)..=from).rev().collect()),
+                "backward from {from}"
+            );
+            let event = engine.event_at(from).expect("reads").expect("exists");
+            assert_eq!(
+                (event.stream_id.as_str(), event.event_number),
+                (written[from as usize].0.as_str(), written[from as usize].1)
+            );
+        }
+        assert!(engine.event_at(total).expect("reads").is_none());
+        assert_eq!(
+            read_all(None, Direction::Backward, 2),
+            expected(vec![155, 154])
+        );
+        assert_eq!(
+            read_all(Some(total), Direction::Forward, 5),
+            expected(vec![])
+        );
+        // Each stream's events, through its index, both ways.
+        for stream in ["s0", "s1", "s2"] {
+            let numbers: Vec<u64> = engine
+                .read_stream(stream, None, 1_000, Direction::Forward, None)
+                .expect("reads")
+                .expect("exists")
+                .iter()
+                .map(|event| event.event_number)
+                .collect();
+            assert_eq!(numbers, (0..52).collect::<Vec<_>>(), "{stream}");
+            let backward = engine
+                .read_stream(stream, Some(30), 5, Direction::Backward, None)
+                .expect("reads")
+                .expect("exists");
+            let numbers: Vec<u64> = backward.iter().map(|event| event.event_number).collect();
+            assert_eq!(numbers, vec![30, 29, 28, 27, 26], "{stream}");
+        }
+        // A scan stops at its bound inside a chunk and says where to go on.
+        let (events, next) = engine
+            .scan(
+                Source::Log,
+                Scan {
+                    from: 2,
+                    until: 100,
+                    count_max: 10,
+                    bytes_max: None,
+                },
+                |event| event.stream_id == "s1",
+            )
+            .expect("scans");
+        let positions: Vec<u64> = events.iter().map(|event| event.position).collect();
+        assert_eq!((positions, next), (vec![4, 7, 10], 12));
+    }
+
+    #[test]
+    fn a_damaged_chunk_header_is_an_error_not_events() {
+        let mut writer = codec::ChunkWriter::default();
+        for number in 0..5 {
+            writer.push(&record("a", number));
+        }
+        let bytes = writer.finish();
+        let header = 5 + 4 + 5 * 4;
+        let chunk = codec::Chunk::open(&bytes).expect("opens");
+        assert_eq!(chunk.len(), 5);
+        for index in 0..5 {
+            let event = decode_event(
+                index as u64,
+                chunk.record(index).expect("frames").expect("is there"),
+            )
+            .expect("decodes");
+            assert_eq!(event.event_number, index as u64);
+        }
+        assert!(chunk.record(5).expect("frames").is_none());
+        for at in 0..header {
+            for bit in 0..8 {
+                let mut damaged = bytes.clone();
+                damaged[at] ^= 1 << bit;
+                assert!(
+                    codec::Chunk::open(&damaged).is_err(),
+                    "bit {bit} of byte {at}"
+                );
+            }
+        }
+        assert!(
+            codec::Chunk::open(&bytes[..bytes.len() - 1]).is_err(),
+            "cut short"
+        );
+        assert!(
+            codec::Chunk::open(&bytes[..header - 2]).is_err(),
+            "header cut short"
+        );
+    }
+
+    #[test]
+    fn a_directory_of_format_2_is_marked_and_reads_as_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let written = {
+            let storage = Storage::open(dir.path(), &StorageSettings::default()).expect("opens");
+            let engine = storage.engine().expect("engine");
+            mixed_log(&engine)
+        };
+        fs::write(dir.path().join(FORMAT_FILE), "exesdb-format 2\n").expect("write");
+        let storage = Storage::open(dir.path(), &StorageSettings::default()).expect("upgrades");
+        let marker = fs::read_to_string(dir.path().join(FORMAT_FILE)).expect("marker");
+        assert_eq!(marker.trim(), format!("exesdb-format {FORMAT_VERSION}"));
+        let engine = storage.engine().expect("engine");
+        let events = engine
+            .read_all(&ReadAllRequest {
+                count: 1_000,
+                ..ReadAllRequest::default()
+            })
+            .expect("reads");
+        assert_eq!(events.len(), written.len());
+        assert!(
+            events
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.position == i as u64)
+        );
     }
 
     #[test]
