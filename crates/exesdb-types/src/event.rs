@@ -107,6 +107,61 @@ impl RecordedEvent {
     }
 }
 
+/// A recorded event borrowed from where it was read, as a page of a read yields it: the
+/// same fields as [`RecordedEvent`], copied only if the reader asks
+/// ([`EventRef::to_event`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    /// The stream it belongs to.
+    pub stream_id: &'a str,
+    /// Its 0-based version within the stream.
+    pub event_number: u64,
+    /// Its 0-based, gapless place in the store's global order.
+    pub position: u64,
+    /// Its id.
+    pub event_id: Uuid,
+    /// What happened.
+    pub event_type: &'a str,
+    /// The payload.
+    pub data: &'a [u8],
+    /// The writer's metadata.
+    pub metadata: &'a [u8],
+    /// How `data` is encoded.
+    pub data_content_type: &'a str,
+    /// How `metadata` is encoded.
+    pub metadata_content_type: &'a str,
+    /// When the store accepted it: microseconds since the Unix epoch, UTC.
+    pub created_micros: i64,
+}
+
+impl EventRef<'_> {
+    /// An owned copy.
+    pub fn to_event(&self) -> RecordedEvent {
+        RecordedEvent {
+            stream_id: self.stream_id.to_string(),
+            event_number: self.event_number,
+            position: self.position,
+            event_id: self.event_id,
+            event_type: self.event_type.to_string(),
+            data: self.data.to_vec(),
+            metadata: self.metadata.to_vec(),
+            data_content_type: self.data_content_type.to_string(),
+            metadata_content_type: self.metadata_content_type.to_string(),
+            created_micros: self.created_micros,
+        }
+    }
+
+    /// Its variable-size bytes, counted as [`RecordedEvent::size_bytes`] counts them.
+    pub fn size_bytes(&self) -> u64 {
+        (self.data.len()
+            + self.metadata.len()
+            + self.event_type.len()
+            + self.data_content_type.len()
+            + self.metadata_content_type.len()
+            + self.stream_id.len()) as u64
+    }
+}
+
 /// What version a stream must be at for an append to go ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpectedVersion {

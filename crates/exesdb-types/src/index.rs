@@ -5,7 +5,7 @@
 //! event number of its own.
 
 use crate::error::StoreError;
-use crate::event::{ALL_STREAM, RecordedEvent, validate_stream_id};
+use crate::event::{ALL_STREAM, validate_stream_id};
 
 /// The prefix of the stream that reads the event-type index: `$et-OrderPlaced`.
 pub const EVENT_TYPE_STREAM_PREFIX: &str = "$et-";
@@ -45,11 +45,11 @@ impl<'a> IndexedStream<'a> {
         }
     }
 
-    /// Whether the index holds `event`.
-    pub fn matches(&self, event: &RecordedEvent) -> bool {
+    /// Whether the index holds an event of `stream_id` and `event_type`.
+    pub fn matches(&self, stream_id: &str, event_type: &str) -> bool {
         match self {
-            IndexedStream::EventType(event_type) => event.event_type == *event_type,
-            IndexedStream::Category(category) => category_of(&event.stream_id) == Some(category),
+            IndexedStream::EventType(indexed_type) => event_type == *indexed_type,
+            IndexedStream::Category(category) => category_of(stream_id) == Some(category),
         }
     }
 

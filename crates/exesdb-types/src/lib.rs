@@ -15,7 +15,7 @@ mod tree;
 
 pub use error::StoreError;
 pub use event::{
-    ALL_STREAM, AppendResult, DEFAULT_CONTENT_TYPE, Direction, EVENT_TYPE_BYTES_MAX,
+    ALL_STREAM, AppendResult, DEFAULT_CONTENT_TYPE, Direction, EVENT_TYPE_BYTES_MAX, EventRef,
     ExpectedVersion, NewEvent, ReadAllRequest, RecordedEvent, STREAM_ID_BYTES_MAX, StreamInfo,
     validate_stream_id,
 };

@@ -50,7 +50,7 @@ impl Selector {
         match self {
             Selector::ByStream(stream) if stream == ALL_STREAM => true,
             Selector::ByStream(stream) => match IndexedStream::parse(stream) {
-                Some(index) => index.matches(event),
+                Some(index) => index.matches(&event.stream_id, &event.event_type),
                 None => *stream == event.stream_id,
             },
             Selector::ByEventType(event_type) => *event_type == event.event_type,

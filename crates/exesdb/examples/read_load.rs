@@ -2,8 +2,9 @@
 //! in pages, as a catching-up reader does, several times; prints each read's events/s and the
 //! median, and checks its own work (every position once, in order).
 //!
-//! `cargo run --release -p exesdb --example read_load -- [events] [event bytes] [page events] [reads]`
-//! Defaults: 1,000,000 events of 256 bytes, pages of 10,000, 5 reads. It runs on mimalloc, as
+//! `cargo run --release -p exesdb --example read_load -- [events] [event bytes] [page events] [reads] [page|owned]`
+//! Defaults: 1,000,000 events of 256 bytes, pages of 10,000, 5 reads, through `read_all_page`
+//! (events lent by the page); `owned` reads through `read_all` (an owned copy of each event). It runs on mimalloc, as
 //! the `exesdb` and `exesdb-compare` binaries do: allocation is a large part of a read's cost.
 
 use std::time::Instant;
@@ -15,10 +16,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse())
-        .collect::<Result<_, _>>()?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let owned = args.last().is_some_and(|a| a == "owned" || a == "page") && {
+        let last = args.pop();
+        last.as_deref() == Some("owned")
+    };
+    let args: Vec<u64> = args.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
     let arg = |i: usize, default: u64| args.get(i).copied().unwrap_or(default);
     let (events, size, page, reads) = (arg(0, 1_000_000), arg(1, 256), arg(2, 10_000), arg(3, 5));
     let base = std::env::var_os("EXESDB_BENCH_DIR")
@@ -50,25 +53,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let started = Instant::now();
         let mut next = 0u64;
         loop {
-            let got = system
-                .api()
-                .read_all(ReadAllRequest {
-                    from_position: Some(next),
-                    count: page,
-                    direction: Direction::Forward,
-                    ..ReadAllRequest::default()
-                })
-                .await?;
-            let Some(last) = got.last() else { break };
-            ok &= got
-                .iter()
-                .enumerate()
-                .all(|(i, event)| event.position == next + i as u64);
-            next = last.position + 1;
+            let request = ReadAllRequest {
+                from_position: Some(next),
+                count: page,
+                direction: Direction::Forward,
+                ..ReadAllRequest::default()
+            };
+            // Each event is looked at once, as a reader would: its position, type and payload.
+            let mut expected = next;
+            let mut look = |position: u64, event_type: &str, data: &[u8]| {
+                ok &= position == expected && event_type == "Bench" && data.len() == size as usize;
+                expected += 1;
+            };
+            if owned {
+                for event in system.api().read_all(request).await? {
+                    look(event.position, &event.event_type, &event.data);
+                }
+            } else {
+                for event in system.api().read_all_page(request).await?.iter() {
+                    look(event.position, event.event_type, event.data);
+                }
+            }
+            if expected == next {
+                break;
+            }
+            next = expected;
         }
         ok &= next == events;
         let rate = events as f64 / started.elapsed().as_secs_f64();
-        println!("read $all: {events} events in pages of {page}: {rate:.0} events/s");
+        let how = if owned { "read_all" } else { "read_all_page" };
+        println!("{how} $all: {events} events in pages of {page}: {rate:.0} events/s");
         rates.push(rate);
     }
     rates.sort_by(f64::total_cmp);

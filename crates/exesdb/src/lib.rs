@@ -15,11 +15,12 @@ pub use config::{CommitSettings, Intensity, Limits, PoolSettings, StorageSetting
 pub use error::StartError;
 pub use exesdb_types::{
     ALL_STREAM, AppendResult, CATEGORY_STREAM_PREFIX, ConsumerStrategy, Delivery, Direction,
-    EVENT_TYPE_STREAM_PREFIX, ExpectedVersion, IndexedStream, Kind, NackAction, NewEvent,
+    EVENT_TYPE_STREAM_PREFIX, EventRef, ExpectedVersion, IndexedStream, Kind, NackAction, NewEvent,
     ReadAllRequest, RecordedEvent, Selector, Snapshot, SnapshotVersion, StartFrom, StoreError,
     Strategy, StreamInfo, SubscriptionDefinition, SubscriptionMessage, TreeSnapshot, category_of,
     validate_stream_id,
 };
+pub use storage::EventPage;
 #[cfg(feature = "fault-injection")]
 pub use storage::fault::{IoFault, StorageFault};
 pub use system::context::CommitStats;

@@ -18,10 +18,14 @@ use std::ops::ControlFlow;
 
 use fjall::{Keyspace, Readable, Snapshot};
 
-use exesdb_types::{Direction, IndexedStream, ReadAllRequest, RecordedEvent, category_of};
+use exesdb_types::{
+    Direction, EventRef, IndexedStream, ReadAllRequest, RecordedEvent, category_of,
+};
 
 use super::codec::{EventRecord, decode_event_header};
-use super::{Accepted, Engine, LogReader, Scan, StorageError, corrupt, decode_u64, walk_log};
+use super::{
+    Accepted, Engine, EventPage, LogReader, Scan, StorageError, corrupt, decode_u64, walk_log,
+};
 
 const EVENT_TYPE_KIND: u8 = b't';
 const CATEGORY_KIND: u8 = b'c';
@@ -271,17 +275,21 @@ impl Iterator for Merged<'_> {
 
 impl Engine {
     /// The event at an index entry's position, checked to be one of `indexes` holds.
-    fn indexed_record(
-        log: &mut LogReader<'_>,
+    /// Returns it borrowed from its log value, with the value.
+    fn indexed_record<'r>(
+        log: &'r mut LogReader<'_>,
         indexes: &[IndexedStream<'_>],
         position: u64,
-    ) -> Result<RecordedEvent, StorageError> {
+    ) -> Result<(&'r fjall::Slice, EventRef<'r>), StorageError> {
         let missing = || StorageError::Corrupt {
             keyspace: "indexes",
             detail: format!("{indexes:?} point at missing position {position}"),
         };
-        let event = log.event(position)?.ok_or_else(missing)?;
-        if !indexes.iter().any(|index| index.matches(&event)) {
+        let (value, event) = log.event_ref(position)?.ok_or_else(missing)?;
+        if !indexes
+            .iter()
+            .any(|index| index.matches(event.stream_id, event.event_type))
+        {
             return Err(StorageError::Corrupt {
                 keyspace: "indexes",
                 detail: format!(
@@ -291,7 +299,7 @@ impl Engine {
                 ),
             });
         }
-        Ok(event)
+        Ok((value, event))
     }
 
     /// Up to `count` events of an index from position `from` (inclusive; `None` starts at the
@@ -319,7 +327,8 @@ impl Engine {
             direction,
             bytes_max,
         };
-        self.read_through(&view, &[index], read, |_| true).map(Some)
+        self.read_through(&view, &[index], read, |_| true)
+            .map(|page| Some(page.to_events()))
     }
 
     /// A filtered `$all` read through the indexes when one answers it (see [`indexes_for`]);
@@ -327,7 +336,7 @@ impl Engine {
     pub(super) fn read_all_indexed(
         &self,
         request: &ReadAllRequest,
-    ) -> Option<Result<Vec<RecordedEvent>, StorageError>> {
+    ) -> Option<Result<EventPage, StorageError>> {
         let indexes = indexes_for(request)?;
         let read = Read {
             from: request.from_position,
@@ -335,7 +344,7 @@ impl Engine {
             direction: request.direction,
             bytes_max: request.bytes_max,
         };
-        let in_prefix = |event: &RecordedEvent| {
+        let in_prefix = |event: &EventRef<'_>| {
             request
                 .stream_prefix
                 .as_ref()
@@ -350,8 +359,8 @@ impl Engine {
         view: &Snapshot,
         indexes: &[IndexedStream<'_>],
         read: Read,
-        keep: impl Fn(&RecordedEvent) -> bool,
-    ) -> Result<Vec<RecordedEvent>, StorageError> {
+        keep: impl Fn(&EventRef<'_>) -> bool,
+    ) -> Result<EventPage, StorageError> {
         let merged = Merged {
             sources: indexes
                 .iter()
@@ -362,19 +371,19 @@ impl Engine {
             direction: read.direction,
         };
         let mut log = LogReader::new(view, &self.log);
-        let mut events = Vec::new();
+        let mut page = EventPage::with_capacity(read.count);
         let mut bytes = 0u64;
         for position in merged {
-            if events.len() as u64 >= read.count || read.bytes_max.is_some_and(|max| bytes >= max) {
+            if page.len() as u64 >= read.count || read.bytes_max.is_some_and(|max| bytes >= max) {
                 break;
             }
-            let event = Self::indexed_record(&mut log, indexes, position?)?;
+            let (value, event) = Self::indexed_record(&mut log, indexes, position?)?;
             if keep(&event) {
                 bytes += event.size_bytes();
-                events.push(event);
+                page.push(value, &event);
             }
         }
-        Ok(events)
+        Ok(page)
     }
 
     /// The events of an index over `scan` (`count_max` bounds the events accepted): a
@@ -404,7 +413,9 @@ impl Engine {
             if position >= scan.until {
                 break;
             }
-            let event = Self::indexed_record(&mut log, &[index], position)?;
+            let event = Self::indexed_record(&mut log, &[index], position)?
+                .1
+                .to_event();
             if matches(&event)
                 && (accepted.push(event) || accepted.events.len() as u64 >= scan.count_max)
             {
@@ -425,23 +436,17 @@ impl Engine {
             let view = self.view();
             let mut postings = Postings::default();
             let mut read = 0usize;
-            walk_log(
-                &view,
-                &self.log,
-                Some(from),
-                Direction::Forward,
-                |position, record| {
-                    if read >= BACKFILL_BATCH_EVENTS {
-                        return Ok(ControlFlow::Break(()));
-                    }
-                    let (stream_id, _, event_type) =
-                        decode_event_header(record).map_err(corrupt("log"))?;
-                    postings.add(&stream_id, &event_type, position);
-                    from = position + 1;
-                    read += 1;
-                    Ok(ControlFlow::Continue(()))
-                },
-            )?;
+            walk_log(&view, &self.log, Some(from), Direction::Forward, |record| {
+                if read >= BACKFILL_BATCH_EVENTS {
+                    return Ok(ControlFlow::Break(()));
+                }
+                let (stream_id, _, event_type) =
+                    decode_event_header(record.bytes).map_err(corrupt("log"))?;
+                postings.add(stream_id, event_type, record.position);
+                from = record.position + 1;
+                read += 1;
+                Ok(ControlFlow::Continue(()))
+            })?;
             if read == 0 {
                 break;
             }

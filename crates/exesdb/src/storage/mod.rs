@@ -10,6 +10,7 @@ pub(crate) mod commit_guard;
 #[cfg(feature = "fault-injection")]
 pub(crate) mod fault;
 mod indexes;
+mod page;
 pub(crate) mod table_check;
 
 pub(crate) use batch::WriteBatch;
@@ -25,10 +26,11 @@ use uuid::Uuid;
 
 use crate::config::StorageSettings;
 use crate::error::StartError;
-use codec::{Chunk, CorruptRecord, SnapshotRecord, decode_event, decode_event_header};
+use codec::{Chunk, CorruptRecord, SnapshotRecord, decode_event_header, read_event};
 use commit_guard::CommitMarker;
 use exesdb_types::StoreError;
-use exesdb_types::{Direction, IndexedStream, ReadAllRequest, RecordedEvent, StreamInfo};
+use exesdb_types::{Direction, EventRef, IndexedStream, ReadAllRequest, RecordedEvent, StreamInfo};
+pub use page::EventPage;
 
 /// The on-disk format this build writes and reads. Bump it with every incompatible change and
 /// record the change in the format log of `docs/DURABILITY.md`.
@@ -489,48 +491,48 @@ impl Engine {
 
     /// Up to `count` events of `$all` that pass the request's filters: through the indexes
     /// when it asks for event types or a category's prefix, else from the log.
-    pub(crate) fn read_all(
-        &self,
-        request: &ReadAllRequest,
-    ) -> Result<Vec<RecordedEvent>, StorageError> {
+    pub(crate) fn read_all(&self, request: &ReadAllRequest) -> Result<EventPage, StorageError> {
         if let Some(read) = self.read_all_indexed(request) {
             return read;
         }
         let view = self.view();
         let filtered = request.stream_prefix.is_some() || !request.event_types.is_empty();
-        let mut events = Vec::new();
+        let mut page = EventPage::with_capacity(request.count);
         let mut bytes = 0u64;
         walk_log(
             &view,
             &self.log,
             request.from_position,
             request.direction,
-            |position, record| {
-                if events.len() as u64 >= request.count
+            |record| {
+                if page.len() as u64 >= request.count
                     || request.bytes_max.is_some_and(|max| bytes >= max)
                 {
                     return Ok(ControlFlow::Break(()));
                 }
                 if filtered {
                     let (stream_id, _, event_type) =
-                        decode_event_header(record).map_err(corrupt("log"))?;
+                        decode_event_header(record.bytes).map_err(corrupt("log"))?;
                     let stream_ok = request
                         .stream_prefix
                         .as_ref()
                         .is_none_or(|prefix| stream_id.starts_with(prefix.as_str()));
-                    let type_ok =
-                        request.event_types.is_empty() || request.event_types.contains(&event_type);
+                    let type_ok = request.event_types.is_empty()
+                        || request
+                            .event_types
+                            .iter()
+                            .any(|wanted| wanted == event_type);
                     if !(stream_ok && type_ok) {
                         return Ok(ControlFlow::Continue(()));
                     }
                 }
-                let event = decode_event(position, record).map_err(corrupt("log"))?;
+                let event = record.event()?;
                 bytes += event.size_bytes();
-                events.push(event);
+                page.push(record.value, &event);
                 Ok(ControlFlow::Continue(()))
             },
         )?;
-        Ok(events)
+        Ok(page)
     }
 
     /// Scans the log over `scan` (`count_max` bounds the records looked at) and returns the
@@ -552,13 +554,13 @@ impl Engine {
             &self.log,
             Some(scan.from),
             Direction::Forward,
-            |position, record| {
-                if position >= scan.until || looked_at >= scan.count_max {
+            |record| {
+                if record.position >= scan.until || looked_at >= scan.count_max {
                     return Ok(ControlFlow::Break(()));
                 }
                 looked_at += 1;
-                let event = decode_event(position, record).map_err(corrupt("log"))?;
-                next = position + 1;
+                let event = record.event()?.to_event();
+                next = record.position + 1;
                 Ok(if matches(&event) && accepted.push(event) {
                     ControlFlow::Break(())
                 } else {
@@ -884,6 +886,14 @@ impl<'v> LogReader<'v> {
 
     /// The event at `position`, or `None` when the log has none there.
     fn event(&mut self, position: u64) -> Result<Option<RecordedEvent>, StorageError> {
+        Ok(self.event_ref(position)?.map(|(_, event)| event.to_event()))
+    }
+
+    /// The event at `position` borrowed from its log value, with the value.
+    fn event_ref(
+        &mut self,
+        position: u64,
+    ) -> Result<Option<(&fjall::Slice, EventRef<'_>)>, StorageError> {
         let cached = self
             .chunk
             .as_ref()
@@ -909,21 +919,36 @@ impl<'v> LogReader<'v> {
         };
         match chunk.record(index).map_err(corrupt("log"))? {
             None => Ok(None),
-            Some(record) => Ok(Some(
-                decode_event(position, record).map_err(corrupt("log"))?,
-            )),
+            Some(record) => {
+                let event = read_event(position, record).map_err(corrupt("log"))?;
+                Ok(Some((bytes, event)))
+            }
         }
     }
 }
 
+/// One record met by [`walk_log`]: its position, its bytes, and the log value holding them.
+struct LogRecord<'a> {
+    position: u64,
+    bytes: &'a [u8],
+    value: &'a fjall::Slice,
+}
+
+impl<'a> LogRecord<'a> {
+    /// The record, checked, as its event.
+    fn event(&self) -> Result<EventRef<'a>, StorageError> {
+        read_event(self.position, self.bytes).map_err(corrupt("log"))
+    }
+}
+
 /// Walks the log's records one by one from `from` (inclusive; `None` is the start, or the
-/// end backward) in `direction`, handing `visit` each position and record until it breaks.
+/// end backward) in `direction`, handing `visit` each record until it breaks.
 fn walk_log(
     view: &Snapshot,
     log: &Keyspace,
     from: Option<u64>,
     direction: Direction,
-    mut visit: impl FnMut(u64, &[u8]) -> Result<ControlFlow<()>, StorageError>,
+    mut visit: impl FnMut(LogRecord<'_>) -> Result<ControlFlow<()>, StorageError>,
 ) -> Result<(), StorageError> {
     let values: Box<dyn Iterator<Item = fjall::Guard>> = match (direction, from) {
         (Direction::Forward, Some(from)) => {
@@ -957,8 +982,13 @@ fn walk_log(
             if outside {
                 continue;
             }
-            if let Some(record) = chunk.record(index).map_err(corrupt("log"))?
-                && visit(position, record)?.is_break()
+            if let Some(bytes) = chunk.record(index).map_err(corrupt("log"))?
+                && visit(LogRecord {
+                    position,
+                    bytes,
+                    value: &value,
+                })?
+                .is_break()
             {
                 return Ok(());
             }
@@ -1285,7 +1315,13 @@ mod tests {
                 })
                 .expect("reads")
                 .iter()
-                .map(|event| (event.position, event.stream_id.clone(), event.event_number))
+                .map(|event| {
+                    (
+                        event.position,
+                        event.stream_id.to_string(),
+                        event.event_number,
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         let expected = |positions: Vec<u64>| {
@@ -1369,7 +1405,7 @@ mod tests {
         let chunk = codec::Chunk::open(&bytes).expect("opens");
         assert_eq!(chunk.len(), 5);
         for index in 0..5 {
-            let event = decode_event(
+            let event = codec::decode_event(
                 index as u64,
                 chunk.record(index).expect("frames").expect("is there"),
             )

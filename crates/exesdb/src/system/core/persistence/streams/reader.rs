@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
+use crate::storage::EventPage;
 use crate::supervision::pool::KeyedWork;
 use crate::system::context::StoreContext;
 use exesdb_types::StoreError;
@@ -24,7 +25,7 @@ pub(crate) enum ReadRequest {
     },
     All {
         request: ReadAllRequest,
-        reply: oneshot::Sender<Result<Vec<RecordedEvent>, StoreError>>,
+        reply: oneshot::Sender<Result<EventPage, StoreError>>,
     },
     Version {
         reply: oneshot::Sender<Result<Option<u64>, StoreError>>,
