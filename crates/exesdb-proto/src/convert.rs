@@ -3,8 +3,8 @@
 //! the edge of both.
 
 use exesdb_types::{
-    AppendResult, ConsumerStrategy, DEFAULT_CONTENT_TYPE, Direction, ExpectedVersion, Kind,
-    NackAction, NewEvent, RecordedEvent, Selector, Snapshot, SnapshotVersion, StartFrom,
+    AppendResult, ConsumerStrategy, DEFAULT_CONTENT_TYPE, Direction, EventRef, ExpectedVersion,
+    Kind, NackAction, NewEvent, RecordedEvent, Selector, Snapshot, SnapshotVersion, StartFrom,
     StoreError, Strategy, StreamInfo, SubscriptionDefinition, TreeSnapshot,
 };
 use prost::Message;
@@ -168,6 +168,23 @@ pub fn recorded_event(event: RecordedEvent) -> wire::RecordedEvent {
         metadata: event.metadata,
         data_content_type: event.data_content_type,
         metadata_content_type: event.metadata_content_type,
+        created_micros: event.created_micros,
+    }
+}
+
+/// An event lent by a read's page, for the wire: its fields copied into the message once,
+/// where an owned event would have been copied out of the page first.
+pub fn lent_event(event: EventRef<'_>) -> wire::RecordedEvent {
+    wire::RecordedEvent {
+        stream_id: event.stream_id.to_string(),
+        event_number: event.event_number,
+        position: event.position,
+        event_id: event.event_id.to_string(),
+        event_type: event.event_type.to_string(),
+        data: event.data.to_vec(),
+        metadata: event.metadata.to_vec(),
+        data_content_type: event.data_content_type.to_string(),
+        metadata_content_type: event.metadata_content_type.to_string(),
         created_micros: event.created_micros,
     }
 }

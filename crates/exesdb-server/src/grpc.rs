@@ -130,7 +130,10 @@ impl EventStore for GrpcServices {
                         .await?;
                     let next = events
                         .last()
-                        .filter(|_| page_may_continue(&events, count, page_bytes_max))
+                        .filter(|_| {
+                            let bytes = events.iter().map(RecordedEvent::size_bytes).sum();
+                            page_may_continue(events.len() as u64, bytes, count, page_bytes_max)
+                        })
                         .and_then(|last| {
                             let at = match by_position {
                                 true => last.position,
@@ -182,23 +185,22 @@ impl EventStore for GrpcServices {
                     bytes_max: Some(page_bytes_max),
                 };
                 async move {
-                    let events: Vec<RecordedEvent> = gateway
-                        .call(
-                            ALL_STREAM,
-                            move |api| async move { api.read_all(read).await },
-                        )
+                    let page = gateway
+                        .call(ALL_STREAM, move |api| async move {
+                            api.read_all_page(read).await
+                        })
                         .await?;
-                    let next = events
+                    let bytes = page.iter().map(|event| event.size_bytes()).sum();
+                    let next = page
                         .last()
-                        .filter(|_| page_may_continue(&events, count, page_bytes_max))
+                        .filter(|_| {
+                            page_may_continue(page.len() as u64, bytes, count, page_bytes_max)
+                        })
                         .and_then(|last| match direction {
                             Direction::Forward => last.position.checked_add(1),
                             Direction::Backward => last.position.checked_sub(1),
                         });
-                    Ok((
-                        events.into_iter().map(convert::recorded_event).collect(),
-                        next,
-                    ))
+                    Ok((page.iter().map(convert::lent_event).collect(), next))
                 }
             },
         );
@@ -658,9 +660,8 @@ fn stream_batches(streams: Vec<wire::StreamInfo>) -> Vec<wire::ListStreamsRespon
 
 /// Whether a page of events may be followed by more: it is full, or it stopped at the byte
 /// limit (then it is short without being the end).
-fn page_may_continue(events: &[RecordedEvent], asked: u64, bytes_max: u64) -> bool {
-    events.len() as u64 == asked
-        || events.iter().map(RecordedEvent::size_bytes).sum::<u64>() >= bytes_max
+fn page_may_continue(events: u64, bytes: u64, asked: u64, bytes_max: u64) -> bool {
+    events == asked || bytes >= bytes_max
 }
 
 /// Streams up to `total` items (0: all) by asking `read_page(cursor, count)` for pages of at

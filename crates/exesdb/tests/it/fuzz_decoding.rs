@@ -4,7 +4,7 @@
 //! `crates/exesdb-proto/tests/decoding.rs`; the `cargo fuzz` targets in `fuzz/` do both for long
 //! manual runs.)
 
-use exesdb::fuzzing::{SnapshotRecord, decode_event, open_blob};
+use exesdb::fuzzing::{Chunk, SnapshotRecord, decode_event, open_blob};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 
@@ -16,6 +16,38 @@ proptest! {
         let _ = decode_event(0, &bytes);
         let _ = SnapshotRecord::decode(&bytes);
         let _ = open_blob(&bytes);
+        if let Ok(chunk) = Chunk::open(&bytes) {
+            for index in 0..=chunk.len() {
+                if let Ok(Some(record)) = chunk.record(index) {
+                    let _ = decode_event(index as u64, record);
+                }
+            }
+        }
+    }
+
+    // Random bytes after a chunk's well-formed header: the framing is checked, so offsets
+    // that do not fit the body are errors, never a panic or a record out of bounds.
+    #[test]
+    fn random_chunk_bodies_open_or_fail_cleanly(
+        ends in proptest::collection::vec(any::<u32>(), 1..8),
+        body in proptest::collection::vec(any::<u8>(), 0..256),
+    ) {
+        let mut bytes = vec![2u8, 0, 0, 0, 0];
+        bytes.extend_from_slice(&(ends.len() as u32).to_be_bytes());
+        for end in &ends {
+            bytes.extend_from_slice(&(end % 300).to_be_bytes());
+        }
+        let crc = crc32fast::hash(&bytes[5..]);
+        bytes[1..5].copy_from_slice(&crc.to_be_bytes());
+        bytes.extend_from_slice(&body);
+        if let Ok(chunk) = Chunk::open(&bytes) {
+            for index in 0..=chunk.len() {
+                if let Ok(Some(record)) = chunk.record(index) {
+                    prop_assert!(record.len() <= body.len());
+                    let _ = decode_event(index as u64, record);
+                }
+            }
+        }
     }
 }
 
