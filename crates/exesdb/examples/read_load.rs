@@ -3,8 +3,9 @@
 //! median, and checks its own work (every position once, in order).
 //!
 //! `cargo run --release -p exesdb --example read_load -- [events] [event bytes] [page events] [reads] [page|owned]`
-//! Defaults: 1,000,000 events of 256 bytes, pages of 10,000, 5 reads, through `read_all_page`
-//! (events lent by the page); `owned` reads through `read_all` (an owned copy of each event). It runs on mimalloc, as
+//! Defaults: 1,000,000 events of 256 bytes, pages of 10,000, 5 reads, through `read_all_pages`
+//! (events lent by each page, the next page read ahead); `owned` reads page by page through
+//! `read_all` (an owned copy of each event). It runs on mimalloc, as
 //! the `exesdb` and `exesdb-compare` binaries do: allocation is a large part of a read's cost.
 
 use std::time::Instant;
@@ -52,36 +53,42 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..reads {
         let started = Instant::now();
         let mut next = 0u64;
-        loop {
-            let request = ReadAllRequest {
-                from_position: Some(next),
-                count: page,
-                direction: Direction::Forward,
-                ..ReadAllRequest::default()
-            };
-            // Each event is looked at once, as a reader would: its position, type and payload.
-            let mut expected = next;
-            let mut look = |position: u64, event_type: &str, data: &[u8]| {
-                ok &= position == expected && event_type == "Bench" && data.len() == size as usize;
-                expected += 1;
-            };
-            if owned {
-                for event in system.api().read_all(request).await? {
+        // Each event is looked at once, as a reader would: its position, type and payload.
+        let mut look = |position: u64, event_type: &str, data: &[u8]| {
+            ok &= position == next && event_type == "Bench" && data.len() == size as usize;
+            next += 1;
+        };
+        let request = ReadAllRequest {
+            from_position: Some(0),
+            count: page,
+            direction: Direction::Forward,
+            ..ReadAllRequest::default()
+        };
+        if owned {
+            let mut from = 0;
+            loop {
+                let request = ReadAllRequest {
+                    from_position: Some(from),
+                    ..request.clone()
+                };
+                let got = system.api().read_all(request).await?;
+                let Some(last) = got.last() else { break };
+                from = last.position + 1;
+                for event in &got {
                     look(event.position, &event.event_type, &event.data);
                 }
-            } else {
-                for event in system.api().read_all_page(request).await?.iter() {
+            }
+        } else {
+            let mut pages = system.api().read_all_pages(request).await;
+            while let Some(got) = pages.next().await {
+                for event in got?.iter() {
                     look(event.position, event.event_type, event.data);
                 }
             }
-            if expected == next {
-                break;
-            }
-            next = expected;
         }
         ok &= next == events;
         let rate = events as f64 / started.elapsed().as_secs_f64();
-        let how = if owned { "read_all" } else { "read_all_page" };
+        let how = if owned { "read_all" } else { "read_all_pages" };
         println!("{how} $all: {events} events in pages of {page}: {rate:.0} events/s");
         rates.push(rate);
     }

@@ -30,7 +30,7 @@ pub use system::core::store::store_registry::NodeStores;
 pub use system::gateway::Gateway;
 pub use system::gateway::pubsub::{BusError, EventBus, ExternalBus};
 pub use system::hops::{AppendHops, Hop};
-pub use system::{StoreApi, System};
+pub use system::{AllPages, StoreApi, System};
 
 /// What the fuzz targets and the storage-damage tests reach inside: the record codecs, the
 /// table check and the append validation. Not part of the supported API.

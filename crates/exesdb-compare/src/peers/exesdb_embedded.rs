@@ -102,26 +102,24 @@ impl AsyncFsyncCounter for CommitBatches {
     }
 }
 
-/// Reads `$all` from the start in pages, as a catching-up reader does, with the events lent
-/// by each page (`read_all_page`), the fast way an embedding program reads.
+/// Reads `$all` from the start in pages, as a catching-up reader does, the fast way an
+/// embedding program reads: `read_all_pages`, whose pages lend their events, the next page
+/// read while this one is checked.
 async fn read_all(system: &System, page_events: u64) -> Result<load::ReadResult> {
     let mut check = ReadCheck::start();
-    let mut from = 0;
-    loop {
-        let page = system
-            .api()
-            .read_all_page(ReadAllRequest {
-                from_position: Some(from),
-                count: page_events,
-                direction: Direction::Forward,
-                stream_prefix: None,
-                event_types: Vec::new(),
-                bytes_max: None,
-            })
-            .await?;
-        let Some(last) = page.last() else { break };
-        from = last.position + 1;
-        for event in page.iter() {
+    let mut pages = system
+        .api()
+        .read_all_pages(ReadAllRequest {
+            from_position: Some(0),
+            count: page_events,
+            direction: Direction::Forward,
+            stream_prefix: None,
+            event_types: Vec::new(),
+            bytes_max: None,
+        })
+        .await;
+    while let Some(page) = pages.next().await {
+        for event in page?.iter() {
             check.event(event.position, event.stream_id, Some(event.event_number));
         }
     }

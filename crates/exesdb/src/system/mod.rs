@@ -34,7 +34,7 @@ use gateway::Gateway;
 use gateway::pubsub::PubSubShared;
 use hops::Hop;
 use store_api::Pools;
-pub use store_api::StoreApi;
+pub use store_api::{AllPages, StoreApi};
 use wiring::Wiring;
 
 /// The name of the root of the tree.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::context::{CommitStats, StoreContext};
 use super::core::notification::emitter::{EmitterRequest, EmitterWork, persistent_key};
@@ -55,6 +55,25 @@ pub(super) struct Pools {
     pub(super) snapshots_readers: WorkerPool<SnapshotsReaderWork>,
     /// Turns of the reads that belong to no stream, spread over the stream readers.
     pub(super) read_turn: AtomicU64,
+}
+
+/// The pages of [`StoreApi::read_all_pages`], in order. Dropping it stops the read.
+pub struct AllPages {
+    pages: mpsc::Receiver<Result<EventPage, StoreError>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl AllPages {
+    /// The next page; `None` after the last one, or after an error.
+    pub async fn next(&mut self) -> Option<Result<EventPage, StoreError>> {
+        self.pages.recv().await
+    }
+}
+
+impl Drop for AllPages {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 /// The store's API: [`System::api`](super::System::api) gives it. Cheap to clone: the
@@ -206,6 +225,45 @@ impl StoreApi {
             .dispatch(&self.spread_key(), ReadRequest::All { request, reply })
             .await?;
         await_reply(answer).await
+    }
+
+    /// `$all` from `request.from_position` on, in pages of up to `request.count` events (and
+    /// `request.bytes_max`), until the end of what is committed when the last page is read.
+    /// Each page is read while the caller handles the one before: a reader catching up uses
+    /// both of the storage's and its own time at once. At most one page waits, read ahead.
+    pub async fn read_all_pages(&self, request: ReadAllRequest) -> AllPages {
+        let (sender, pages) = mpsc::channel(1);
+        let api = self.clone();
+        let reader = tokio::spawn(async move {
+            let mut request = request;
+            loop {
+                let page = match api.read_all_page(request.clone()).await {
+                    Ok(page) => page,
+                    Err(error) => {
+                        let _ = sender.send(Err(error)).await;
+                        return;
+                    }
+                };
+                let bytes: u64 = page.iter().map(|event| event.size_bytes()).sum();
+                let full = page.len() as u64 == request.count
+                    || request.bytes_max.is_some_and(|max| bytes >= max);
+                let next = page
+                    .last()
+                    .filter(|_| full)
+                    .and_then(|last| match request.direction {
+                        Direction::Forward => last.position.checked_add(1),
+                        Direction::Backward => last.position.checked_sub(1),
+                    });
+                if sender.send(Ok(page)).await.is_err() {
+                    return; // the reader went away
+                }
+                match next {
+                    Some(from) => request.from_position = Some(from),
+                    None => return,
+                }
+            }
+        });
+        AllPages { pages, reader }
     }
 
     /// The number of the stream's last event; -1 when it has none.

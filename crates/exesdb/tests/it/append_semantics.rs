@@ -613,3 +613,95 @@ async fn acknowledged_appends_survive_a_restart() {
     assert_eq!(next.first_position, 50);
     store.system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paged_reads_of_all_cover_the_store_once_either_way_and_stop_at_an_error() {
+    let store = start().await;
+    let s = &store.system;
+    // 250 events in appends of 1 to 20, across 7 streams, so that log chunks, pages and
+    // appends all end in different places.
+    let mut written = 0u64;
+    let mut size = 1;
+    while written < 250 {
+        let count = size.min(250 - written);
+        let events = (0..count)
+            .map(|i| event("Paged", &format!("{}", written + i)))
+            .collect();
+        s.api()
+            .append(
+                &format!("paged-{}", written % 7),
+                ExpectedVersion::Any,
+                events,
+            )
+            .await
+            .expect("append");
+        written += count;
+        size = size % 20 + 1;
+    }
+    let positions = |request: ReadAllRequest| async move {
+        let mut pages = s.api().read_all_pages(request).await;
+        let mut positions = Vec::new();
+        let mut page_sizes = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.expect("page");
+            page_sizes.push(page.len());
+            for event in page.iter() {
+                // The payload is the event's own position, written above.
+                assert_eq!(event.data, event.position.to_string().as_bytes());
+                positions.push(event.position);
+            }
+        }
+        (positions, page_sizes)
+    };
+    let (forward, sizes) = positions(ReadAllRequest {
+        from_position: Some(3),
+        count: 40,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(forward, (3..250).collect::<Vec<_>>());
+    assert!(sizes.iter().all(|&n| n <= 40), "{sizes:?}");
+    let (backward, _) = positions(ReadAllRequest {
+        from_position: Some(200),
+        count: 33,
+        direction: Direction::Backward,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(backward, (0..=200).rev().collect::<Vec<_>>());
+    // A byte bound ends a page early, and the next page goes on from there.
+    let (bounded, sizes) = positions(ReadAllRequest {
+        count: 50,
+        bytes_max: Some(200),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(bounded, (0..250).collect::<Vec<_>>());
+    assert!(sizes.iter().all(|&n| n < 50), "{sizes:?}");
+    // A request the store refuses ends the pages with its error.
+    let mut pages = s
+        .api()
+        .read_all_pages(ReadAllRequest {
+            count: 0,
+            ..Default::default()
+        })
+        .await;
+    let error = pages
+        .next()
+        .await
+        .expect("one answer")
+        .expect_err("refused");
+    assert_eq!(error.code(), "invalid_argument");
+    assert!(pages.next().await.is_none());
+    // A reader that stops early just drops the pages.
+    let mut pages = s
+        .api()
+        .read_all_pages(ReadAllRequest {
+            count: 10,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(pages.next().await.expect("a page").expect("ok").len(), 10);
+    drop(pages);
+    store.system.stop().await;
+}
