@@ -383,7 +383,7 @@ impl Engine {
                 page.push(value, &event);
             }
         }
-        Ok(page)
+        Ok(page.finish())
     }
 
     /// The events of an index over `scan` (`count_max` bounds the events accepted): a

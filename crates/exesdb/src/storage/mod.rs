@@ -414,7 +414,12 @@ impl Engine {
             Some(guard) => {
                 let (key, value) = guard.into_inner()?;
                 let chunk = Chunk::open(&value).map_err(corrupt("log"))?;
-                Ok(decode_u64(&key, "log")? + chunk.len() as u64)
+                decode_u64(&key, "log")?
+                    .checked_add(chunk.len() as u64)
+                    .ok_or_else(|| StorageError::Corrupt {
+                        keyspace: "log",
+                        detail: "the last chunk runs past the last position".into(),
+                    })
             }
         }
     }
@@ -532,7 +537,7 @@ impl Engine {
                 Ok(ControlFlow::Continue(()))
             },
         )?;
-        Ok(page)
+        Ok(page.finish())
     }
 
     /// Scans the log over `scan` (`count_max` bounds the records looked at) and returns the
@@ -973,7 +978,7 @@ fn walk_log(
                 Direction::Forward => step,
                 Direction::Backward => count - 1 - step,
             };
-            let position = first + index as u64;
+            let position = first.saturating_add(index as u64);
             let outside = match (direction, from) {
                 (Direction::Forward, Some(from)) => position < from,
                 (Direction::Backward, Some(from)) => position > from,

@@ -14,6 +14,9 @@ use exesdb_types::{EventRef, RecordedEvent};
 pub struct EventPage {
     values: Vec<fjall::Slice>,
     entries: Vec<Entry>,
+    /// The first entry of the last value, and the bytes its entries' records use of it.
+    last_value_entries: usize,
+    last_value_used: usize,
 }
 
 /// One event: which value holds it, its fixed-size fields, and its other fields' places.
@@ -67,8 +70,9 @@ impl Span {
     fn text(self, value: &[u8]) -> &str {
         let bytes = self.bytes(value);
         // SAFETY: the span was made by `Span::of` from a `&str` (valid UTF-8) that lies
-        // inside `value`, and `value` is a `fjall::Slice`, whose bytes never change: so these
-        // are exactly that string's bytes. An empty span is the empty string.
+        // inside `value`, and `value` is a `fjall::Slice`, whose bytes never change (or the
+        // compact copy of it that `seal_last_value` made, the span moved with its bytes): so
+        // these are exactly that string's bytes. An empty span is the empty string.
         unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 }
@@ -80,6 +84,8 @@ impl EventPage {
         EventPage {
             values: Vec::new(),
             entries: Vec::with_capacity(events.min(PREALLOCATED_EVENTS_MAX) as usize),
+            last_value_entries: 0,
+            last_value_used: 0,
         }
     }
 
@@ -147,10 +153,13 @@ impl EventPage {
             .last()
             .is_some_and(|last| last.as_ptr() == value.as_ptr() && last.len() == value.len());
         if !same_value {
+            self.seal_last_value();
             self.values.push(value.clone());
+            self.last_value_entries = self.entries.len();
+            self.last_value_used = 0;
         }
         let bytes: &[u8] = value;
-        self.entries.push(Entry {
+        let entry = Entry {
             value: (self.values.len() - 1) as u32,
             position: event.position,
             event_number: event.event_number,
@@ -162,7 +171,79 @@ impl EventPage {
             metadata: Span::of(bytes, event.metadata),
             data_content_type: Span::of(bytes, event.data_content_type.as_bytes()),
             metadata_content_type: Span::of(bytes, event.metadata_content_type.as_bytes()),
-        });
+        };
+        self.last_value_used += entry.covered().len();
+        self.entries.push(entry);
+    }
+
+    /// Ends the page: see [`Self::seal_last_value`].
+    pub(crate) fn finish(mut self) -> Self {
+        self.seal_last_value();
+        self
+    }
+
+    /// Keeps the last value only if its events use a good part of it; otherwise puts a copy
+    /// of just their fields in its place. A read that takes one event in many chunks (a
+    /// filter, an index) so holds about its events' bytes, not a chunk for each.
+    fn seal_last_value(&mut self) {
+        const PINNED_PER_USED_MAX: usize = 4;
+        let Some(last) = self.values.last() else {
+            return;
+        };
+        if last.len() <= self.last_value_used.saturating_mul(PINNED_PER_USED_MAX) {
+            return;
+        }
+        let mut compact = Vec::with_capacity(self.last_value_used);
+        for entry in &mut self.entries[self.last_value_entries..] {
+            let covered = entry.covered();
+            let moved_to = compact.len();
+            compact.extend_from_slice(
+                Span {
+                    start: covered.start as u32,
+                    end: covered.end as u32,
+                }
+                .bytes(last),
+            );
+            entry.move_fields(covered.start, moved_to);
+        }
+        if let Some(slot) = self.values.last_mut() {
+            *slot = fjall::Slice::from(compact);
+        }
+    }
+}
+
+impl Entry {
+    fn spans(&self) -> [Span; 6] {
+        [
+            self.stream_id,
+            self.event_type,
+            self.data,
+            self.metadata,
+            self.data_content_type,
+            self.metadata_content_type,
+        ]
+    }
+
+    /// The bytes of its value from its first field to its last: inside its record.
+    fn covered(&self) -> std::ops::Range<usize> {
+        let spans = self.spans();
+        let start = spans.iter().map(|span| span.start).min().unwrap_or(0);
+        let end = spans.iter().map(|span| span.end).max().unwrap_or(0);
+        start as usize..end.max(start) as usize
+    }
+
+    /// Moves every field by the same distance: the bytes at `from` are now at `to`.
+    fn move_fields(&mut self, from: usize, to: usize) {
+        let shift = |span: &mut Span| {
+            span.start = (span.start as usize - from + to) as u32;
+            span.end = (span.end as usize - from + to) as u32;
+        };
+        shift(&mut self.stream_id);
+        shift(&mut self.event_type);
+        shift(&mut self.data);
+        shift(&mut self.metadata);
+        shift(&mut self.data_content_type);
+        shift(&mut self.metadata_content_type);
     }
 }
 
@@ -237,5 +318,35 @@ mod tests {
             [17, 16, 15, 14, 13, 12, 11, 10]
         );
         assert_eq!(page.get(8), None);
+    }
+
+    #[test]
+    fn a_page_of_one_event_in_each_of_many_chunks_keeps_copies_not_the_chunks() {
+        let payload = [0x5Au8; 200];
+        let mut page = EventPage::with_capacity(100);
+        let mut owned = Vec::new();
+        let mut chunk_bytes = 0;
+        for first in (0..100u64).map(|n| n * 64) {
+            let mut writer = ChunkWriter::default();
+            for number in 0..64 {
+                writer.push(&record("ünïcode-7", first + number, &payload));
+            }
+            let value = fjall::Slice::from(writer.finish());
+            chunk_bytes += value.len();
+            // One event of each chunk, as a filter or an index would take it.
+            let chunk = Chunk::open(&value).expect("opens");
+            let index = (first / 64 % 64) as usize;
+            let bytes = chunk.record(index).expect("frames").expect("there");
+            let position = first + index as u64;
+            page.push(&value, &read_event(position, bytes).expect("reads"));
+            owned.push(decode_event(position, bytes).expect("decodes"));
+        }
+        let page = page.finish();
+        let held: usize = page.values.iter().map(|value| value.len()).sum();
+        assert!(
+            held * 20 < chunk_bytes,
+            "the page holds {held} bytes of {chunk_bytes} read"
+        );
+        assert_eq!(page.to_events(), owned);
     }
 }
