@@ -4,8 +4,7 @@
 //! refused), commit and load through cqrs-es's stores, and an upcasted event.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{
@@ -118,27 +117,7 @@ impl Server {
             .filter(|path| path.exists())
             .expect("the exesdb binary beside this test's directory: run `cargo build -p exesdb-cli` (or test the workspace)");
         let data = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(binary)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data.path())
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("exesdb starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let address = loop {
-            let line = lines
-                .next()
-                .expect("the server logs its address before exiting")
-                .expect("readable log");
-            if let Some(rest) = line.split("listen=").nth(1) {
-                break rest.split_whitespace().next().expect("address").to_string();
-            }
-        };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        let (child, address) = exesdb_test_support::spawn_server(&binary, data.path(), &[]);
         Server {
             child,
             url: format!("http://{address}"),

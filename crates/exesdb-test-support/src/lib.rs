@@ -43,3 +43,45 @@ where
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
+
+/// Starts `binary serve` on a free loopback port with its data in `data_dir` (and `extra`
+/// arguments), and returns the process with the address it listens on, read from its log.
+/// The rest of its log is drained on a thread (so the server never blocks on a full pipe) and
+/// shown when `EXESDB_TEST_SERVER_LOG` is set.
+pub fn spawn_server(
+    binary: &std::path::Path,
+    data_dir: &std::path::Path,
+    extra: &[&str],
+) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(binary)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("exesdb starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let address = loop {
+        let line = lines
+            .next()
+            .expect("the server logs its address before exiting")
+            .expect("readable log");
+        if let Some(rest) = line.split("listen=").nth(1) {
+            break rest.split_whitespace().next().expect("address").to_string();
+        }
+    };
+    let show = std::env::var_os("EXESDB_TEST_SERVER_LOG").is_some();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if show {
+                eprintln!("[server] {line}");
+            }
+        }
+    });
+    (child, address)
+}

@@ -98,12 +98,23 @@ impl RecordedEvent {
     /// Its variable-size bytes: data, metadata, type, content types and stream id. What read
     /// byte limits count.
     pub fn size_bytes(&self) -> u64 {
-        (self.data.len()
-            + self.metadata.len()
-            + self.event_type.len()
-            + self.data_content_type.len()
-            + self.metadata_content_type.len()
-            + self.stream_id.len()) as u64
+        self.as_event_ref().size_bytes()
+    }
+
+    /// The event lent, as a read's page lends one.
+    pub fn as_event_ref(&self) -> EventRef<'_> {
+        EventRef {
+            stream_id: &self.stream_id,
+            event_number: self.event_number,
+            position: self.position,
+            event_id: self.event_id,
+            event_type: &self.event_type,
+            data: &self.data,
+            metadata: &self.metadata,
+            data_content_type: &self.data_content_type,
+            metadata_content_type: &self.metadata_content_type,
+            created_micros: self.created_micros,
+        }
     }
 }
 
@@ -151,7 +162,8 @@ impl EventRef<'_> {
         }
     }
 
-    /// Its variable-size bytes, counted as [`RecordedEvent::size_bytes`] counts them.
+    /// Its variable-size bytes: data, metadata, type, content types and stream id. What read
+    /// byte limits count.
     pub fn size_bytes(&self) -> u64 {
         (self.data.len()
             + self.metadata.len()

@@ -23,35 +23,11 @@ impl Server {
     }
 
     pub(crate) fn start_with(data_dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_exesdb"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("exesdb starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let address = loop {
-            let line = lines
-                .next()
-                .expect("the server logs its address before exiting")
-                .expect("readable log");
-            if let Some(rest) = line.split("listen=").nth(1) {
-                break rest.split_whitespace().next().expect("address").to_string();
-            }
-        };
-        // Keep draining the server's log so it never blocks on a full pipe; show it on request.
-        let show = std::env::var_os("EXESDB_TEST_SERVER_LOG").is_some();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                if show {
-                    eprintln!("[server] {line}");
-                }
-            }
-        });
+        let (child, address) = exesdb_test_support::spawn_server(
+            Path::new(env!("CARGO_BIN_EXE_exesdb")),
+            data_dir,
+            extra,
+        );
         Server {
             child,
             address,
