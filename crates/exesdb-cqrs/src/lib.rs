@@ -235,6 +235,15 @@ impl Backend {
         Ok(())
     }
 
+    /// The number of the stream's last event; -1 when it has none.
+    async fn stream_version(&self, stream_id: &str) -> Result<i64, StoreFailure> {
+        Ok(match self {
+            Backend::Client(client) => client.stream_version(stream_id).await?,
+            #[cfg(feature = "embedded")]
+            Backend::Embedded(api) => api.stream_version(stream_id).await?,
+        })
+    }
+
     /// The stream's events from event number `from` on (empty for a stream with none).
     async fn read_from(
         &self,
@@ -480,7 +489,11 @@ impl PersistedEventRepository for ExesdbEventRepository {
             let current_sequence = match current_sequence {
                 Some(sequence) => sequence,
                 // A snapshot with no new events reflects what the stream holds.
-                None => self.get_events::<A>(&aggregate_id).await?.len(),
+                None => {
+                    let stream = stream_id(aggregate_type, &aggregate_id);
+                    let version = self.backend.stream_version(&stream).await?;
+                    usize::try_from(version + 1).unwrap_or(0)
+                }
             };
             let data = serde_json::to_vec(&json!({
                 "aggregate": aggregate,

@@ -231,6 +231,20 @@ async fn event_repository_cases(repo: &ExesdbEventRepository) {
     assert_eq!(stream_id(Account::TYPE, "a-1"), "account-a-1");
 }
 
+/// The aggregate's latest snapshot: its state, the sequence it covers, and its version.
+async fn latest_snapshot(repo: &ExesdbEventRepository, id: &str) -> (Value, usize, usize) {
+    let snapshot = repo
+        .get_snapshot::<Account>(id)
+        .await
+        .expect("reads")
+        .expect("a snapshot");
+    (
+        snapshot.aggregate,
+        snapshot.current_sequence,
+        snapshot.current_snapshot,
+    )
+}
+
 async fn snapshot_repository_cases(repo: &ExesdbEventRepository) {
     assert!(
         repo.get_snapshot::<Account>("s-1")
@@ -245,19 +259,7 @@ async fn snapshot_repository_cases(repo: &ExesdbEventRepository) {
     )
     .await
     .expect("persists with a snapshot");
-    let snapshot = repo
-        .get_snapshot::<Account>("s-1")
-        .await
-        .expect("reads")
-        .expect("one");
-    assert_eq!(
-        (
-            snapshot.aggregate,
-            snapshot.current_sequence,
-            snapshot.current_snapshot
-        ),
-        (state, 1, 1)
-    );
+    assert_eq!(latest_snapshot(repo, "s-1").await, (state, 1, 1));
     let newer = json!({"opened": true, "balance": 7});
     repo.persist::<Account>(
         &[event("s-1", 2, AccountEvent::Deposited { amount: 7 })],
@@ -283,19 +285,7 @@ async fn snapshot_repository_cases(repo: &ExesdbEventRepository) {
             .len(),
         2
     );
-    let snapshot = repo
-        .get_snapshot::<Account>("s-1")
-        .await
-        .expect("reads")
-        .expect("one");
-    assert_eq!(
-        (
-            snapshot.aggregate,
-            snapshot.current_sequence,
-            snapshot.current_snapshot
-        ),
-        (newer, 2, 2)
-    );
+    assert_eq!(latest_snapshot(repo, "s-1").await, (newer, 2, 2));
 }
 
 async fn commit_and_load_cases(repo: ExesdbEventRepository) {
