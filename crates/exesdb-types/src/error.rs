@@ -3,7 +3,7 @@
 
 /// What went wrong with one request. Operating errors only: programmer errors are assertions
 /// that crash the process handling the request, and its supervisor decides what restarts.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The stream's version is not the one the append expected.

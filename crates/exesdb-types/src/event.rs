@@ -175,7 +175,7 @@ impl EventRef<'_> {
 }
 
 /// What version a stream must be at for an append to go ahead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ExpectedVersion {
     /// No check.
     Any,
@@ -199,7 +199,7 @@ impl fmt::Display for ExpectedVersion {
 }
 
 /// Where an append landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AppendResult {
     /// Event number of the first event written.
     pub first_event_number: u64,

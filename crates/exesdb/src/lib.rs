@@ -7,6 +7,7 @@
 
 mod config;
 mod error;
+mod raft;
 mod storage;
 mod supervision;
 mod system;

@@ -173,6 +173,15 @@ impl WriteBatch {
     }
 
     /// Whether nothing was added (committing would write nothing and not fsync).
+    /// Records the Raft applied state (cluster mode) in this batch, with the data it describes.
+    pub(crate) fn set_raft_applied(&mut self, applied: &[u8]) {
+        self.batch.insert(
+            &self.engine.commits,
+            super::cluster::RAFT_APPLIED_KEY,
+            super::cluster::seal(applied),
+        );
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.batch.is_empty() && self.chunk.is_empty()
     }

@@ -5,6 +5,7 @@
 //! analysis.
 
 mod batch;
+pub(crate) mod cluster;
 pub(crate) mod codec;
 pub(crate) mod commit_guard;
 #[cfg(feature = "fault-injection")]
@@ -71,6 +72,9 @@ pub enum StorageError {
     /// The engine is closed while it is reopened after a failed write.
     #[error("storage is being reopened after a failed write; retry shortly")]
     Closed,
+    /// A snapshot file could not be written or read.
+    #[error("snapshot file error: {0}")]
+    Snapshot(String),
     /// Reopening the engine after a failed write did not succeed.
     #[error("the storage engine failed a write and could not be reopened: {0}")]
     Reopen(String),
@@ -191,8 +195,13 @@ pub(crate) struct Engine {
     checkpoints: Keyspace,
     /// subscription name, 0, position (u64 BE) → nothing: the subscription's parked events.
     parked: Keyspace,
-    /// `COMMIT_MARKER_KEY` → the last batch's commit marker (see [`commit_guard`]).
+    /// `COMMIT_MARKER_KEY` → the last batch's commit marker (see [`commit_guard`]); in cluster
+    /// mode also `RAFT_APPLIED_KEY` → the applied state, written with the data it describes.
     commits: Keyspace,
+    /// Cluster mode: Raft log index (u64 BE) → checksummed entry (see [`cluster`]).
+    raft_log: Keyspace,
+    /// Cluster mode: the vote, the committed and the last purged log ids, checksummed.
+    raft_meta: Keyspace,
     /// index kind, name length (u16 BE), name, first position (u64 BE) → the positions of one
     /// batch's events in that index: the indexes by event type and category (see [`indexes`]).
     indexes: Keyspace,
@@ -363,6 +372,8 @@ impl Engine {
             parked: keyspace("parked").map_err(storage_error)?,
             commits: keyspace("commits").map_err(storage_error)?,
             indexes: keyspace("indexes").map_err(storage_error)?,
+            raft_log: keyspace("raft_log").map_err(storage_error)?,
+            raft_meta: keyspace("raft_meta").map_err(storage_error)?,
             db,
             #[cfg(feature = "fault-injection")]
             faults: fault::EngineFaults::default(),

@@ -22,7 +22,7 @@ use exesdb_types::{EVENT_TYPE_BYTES_MAX, STREAM_ID_BYTES_MAX};
 const CONTENT_TYPE_BYTES_MAX: usize = 256;
 
 /// A change to the store, ready to be applied. Ids and timestamps are already assigned.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Command {
     /// Append events to a stream.
     Append(AppendCommand),
@@ -51,7 +51,7 @@ pub(crate) enum Command {
 }
 
 /// An append, with every event's id and the time of acceptance fixed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AppendCommand {
     /// The stream appended to.
     pub stream_id: String,
@@ -64,7 +64,7 @@ pub struct AppendCommand {
 }
 
 /// An event whose id is fixed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PreparedEvent {
     /// The event's id, the client's or generated.
     pub event_id: Uuid,
@@ -83,7 +83,7 @@ pub struct PreparedEvent {
 }
 
 /// A snapshot to record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SnapshotCommand {
     pub source_uuid: String,
     pub stream_uuid: String,
@@ -94,7 +94,7 @@ pub(crate) struct SnapshotCommand {
 }
 
 /// What applying a command did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Outcome {
     /// Events were appended, or a retry found them already there (nothing written).
     Appended(AppendResult),
@@ -222,6 +222,11 @@ impl Transaction<'_> {
                 Ok(Outcome::SnapshotDeleted)
             }
         }
+    }
+
+    /// Records the Raft applied state (cluster mode) in this batch, with the data it describes.
+    pub(crate) fn set_raft_applied(&mut self, applied: &[u8]) {
+        self.batch.set_raft_applied(applied);
     }
 
     /// Writes the batch durably (fsync) and, on success, folds its effects into the machine.
