@@ -21,6 +21,7 @@ pub use exesdb_types::{
     Strategy, StreamInfo, SubscriptionDefinition, SubscriptionMessage, TreeSnapshot, category_of,
     validate_stream_id,
 };
+pub use raft::{PeerCall, PeerCallError, PeerCallFuture, PeerCallKind, PeerTransport};
 pub use storage::EventPage;
 #[cfg(feature = "fault-injection")]
 pub use storage::fault::{IoFault, StorageFault};

@@ -14,7 +14,11 @@
 //! through Raft) is the next step, so outside tests its items are not used.
 #![cfg_attr(not(test), allow(dead_code))]
 
+mod group;
+#[cfg(test)]
+mod group_tests;
 mod log_store;
+mod network;
 mod state_machine;
 #[cfg(test)]
 mod tests;
@@ -26,6 +30,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::system::core::store::state_machine::{Command, Outcome};
 use exesdb_types::StoreError;
+
+pub use network::{PeerCall, PeerCallError, PeerCallFuture, PeerCallKind, PeerTransport};
 
 /// A node's addresses, as the membership records them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

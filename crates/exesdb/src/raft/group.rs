@@ -1,0 +1,362 @@
+//! One store's Raft group on this node: starts openraft over the store's storage, proposes
+//! commands and answers with their outcomes, and serves the peer calls of other nodes.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Config, Raft, SnapshotPolicy};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::log_store::LogStore;
+use super::network::{Answer, Network, PeerCallKind, PeerTransport, SnapshotChunk};
+use super::state_machine::{ReplicatedStateMachine, SnapshotFile};
+use super::{ApplyReply, PeerNode, TypeConfig, decode, encode};
+use crate::config::Limits;
+use crate::storage::Storage;
+use crate::storage::cluster::read_snapshot_header;
+use crate::system::core::store::state_machine::{Command, Outcome};
+use exesdb_types::StoreError;
+
+type StoreRaft = Raft<TypeConfig, ReplicatedStateMachine>;
+
+/// How a group elects and how long a write may wait.
+#[derive(Debug, Clone)]
+pub(crate) struct RaftSettings {
+    pub cluster_name: String,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    /// A proposal not applied within this is answered `unavailable`, outcome unknown.
+    pub write_timeout_ms: u64,
+    /// A snapshot is built after this many log entries since the last; the log keeps this
+    /// many entries behind a snapshot too, so a follower that was briefly away catches up
+    /// from the log.
+    pub snapshot_every_entries: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            cluster_name: "exesdb".into(),
+            election_timeout_min_ms: 1_000,
+            election_timeout_max_ms: 2_000,
+            heartbeat_interval_ms: 250,
+            write_timeout_ms: 10_000,
+            snapshot_every_entries: 100_000,
+        }
+    }
+}
+
+/// A snapshot being received from the leader.
+struct Receiving {
+    transfer: u64,
+    next_offset: u64,
+    file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+/// A store's Raft group on this node (a handle: clones share it).
+#[derive(Clone)]
+pub(crate) struct RaftGroup {
+    raft: StoreRaft,
+    machine: ReplicatedStateMachine,
+    settings: RaftSettings,
+    receiving: Arc<Mutex<Option<Receiving>>>,
+}
+
+/// What a store's group is started over.
+pub(crate) struct GroupStorage {
+    pub storage: Arc<Storage>,
+    pub snapshot_dir: std::path::PathBuf,
+    pub limits: Limits,
+    pub head_cache_entries_max: usize,
+    /// The "committed up to" mark the store's subscribers wait on.
+    pub committed: watch::Sender<u64>,
+}
+
+impl RaftGroup {
+    /// Starts the group of `store_id` as node `node_id`.
+    pub(crate) async fn start(
+        node_id: u64,
+        store_id: &str,
+        settings: RaftSettings,
+        storage: GroupStorage,
+        transport: Arc<dyn PeerTransport>,
+    ) -> io::Result<RaftGroup> {
+        let config = Config {
+            cluster_name: settings.cluster_name.clone(),
+            election_timeout_min: settings.election_timeout_min_ms,
+            election_timeout_max: settings.election_timeout_max_ms,
+            heartbeat_interval: settings.heartbeat_interval_ms,
+            enable_pre_vote: Some(true),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: settings.snapshot_every_entries,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?;
+        let machine = ReplicatedStateMachine::open(
+            storage.storage.clone(),
+            storage.snapshot_dir,
+            storage.limits,
+            storage.head_cache_entries_max,
+            storage.committed,
+        )?;
+        let network = Network {
+            store_id: store_id.to_string(),
+            transport,
+        };
+        let raft = Raft::new(
+            node_id,
+            Arc::new(config),
+            network,
+            LogStore::new(storage.storage),
+            machine.clone(),
+        )
+        .await
+        .map_err(io::Error::other)?;
+        Ok(RaftGroup {
+            raft,
+            machine,
+            settings,
+            receiving: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// Forms the group with these members. Done once, by one node, on a cluster that has
+    /// never been formed (StoreCoordinator decides who and when).
+    pub(crate) async fn initialize(&self, members: BTreeMap<u64, PeerNode>) -> io::Result<()> {
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|error| io::Error::other(error.to_string()))
+    }
+
+    /// Proposes a command; answers once it is committed by a majority and applied here.
+    pub(crate) async fn propose(&self, command: Command) -> Result<Outcome, StoreError> {
+        let timeout = Duration::from_millis(self.settings.write_timeout_ms);
+        let written =
+            tokio::time::timeout(timeout, self.raft.client_write(super::Replicated(command))).await;
+        let unknown = |why: String| {
+            StoreError::unavailable(format!(
+                "{why}; the write's outcome is unknown: retry it with the same event ids, \
+                 which makes the retry safe"
+            ))
+        };
+        match written {
+            Err(_) => Err(unknown(format!(
+                "the write was not committed within {} ms",
+                self.settings.write_timeout_ms
+            ))),
+            Ok(Ok(response)) => match response.data {
+                ApplyReply::Command(outcome) => outcome,
+                ApplyReply::Internal => Err(StoreError::unavailable(
+                    "the write was answered as an internal entry",
+                )),
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => Err(
+                StoreError::unavailable(match (forward.leader_id, forward.leader_node) {
+                    (Some(id), Some(node)) => format!(
+                        "not the leader: the leader is node {id}, clients reach it at {}",
+                        node.client_addr
+                    ),
+                    _ => "not the leader, and no leader is known yet: retry shortly".to_string(),
+                }),
+            ),
+            Ok(Err(error)) => Err(unknown(format!("the Raft group failed ({error})"))),
+        }
+    }
+
+    /// This node's view of the group.
+    pub(crate) fn metrics(&self) -> openraft::RaftMetrics<TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// Waits until the group's metrics satisfy `condition`, up to `timeout`.
+    pub(crate) async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        condition: impl Fn(&openraft::RaftMetrics<TypeConfig>) -> bool + Send,
+    ) -> io::Result<openraft::RaftMetrics<TypeConfig>> {
+        self.raft
+            .wait(Some(timeout))
+            .metrics(condition, what)
+            .await
+            .map_err(|error| io::Error::new(io::ErrorKind::TimedOut, error.to_string()))
+    }
+
+    /// Adds a node as a learner, and waits until it has caught up.
+    pub(crate) async fn add_learner(&self, node_id: u64, node: PeerNode) -> Result<(), StoreError> {
+        self.raft
+            .add_learner(node_id, node, true)
+            .await
+            .map(|_| ())
+            .map_err(|error| StoreError::unavailable(format!("cannot add node {node_id}: {error}")))
+    }
+
+    /// Builds a snapshot now and drops the log it covers (tests, and operators' compaction).
+    pub(crate) async fn snapshot_and_purge(&self) -> io::Result<()> {
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(io::Error::other)?;
+        let metrics = self
+            .wait_for(Duration::from_secs(30), "a snapshot", |metrics| {
+                metrics.snapshot.is_some() && metrics.snapshot == metrics.last_applied
+            })
+            .await?;
+        if let Some(snapshot) = metrics.snapshot {
+            self.raft
+                .trigger()
+                .purge_log(snapshot.index)
+                .await
+                .map_err(io::Error::other)?;
+            // The purge waits for replication that still reads the log.
+            self.wait_for(Duration::from_secs(30), "the log purged", |metrics| {
+                metrics
+                    .purged
+                    .is_some_and(|purged| purged.index >= snapshot.index)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Stops the group (what a node's stop or crash does to it).
+    pub(crate) async fn shutdown(&self) {
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "the Raft group did not stop cleanly");
+        }
+    }
+
+    /// Serves one call from a peer; the answer is encoded for the wire.
+    pub(crate) async fn handle(&self, kind: PeerCallKind, body: &[u8]) -> Vec<u8> {
+        match kind {
+            PeerCallKind::AppendEntries => match decode(body, "AppendEntries") {
+                Ok(request) => answer(self.raft.append_entries(request).await),
+                Err(error) => refuse::<()>(error),
+            },
+            PeerCallKind::Vote => match decode(body, "vote request") {
+                Ok(request) => answer(self.raft.vote(request).await),
+                Err(error) => refuse::<()>(error),
+            },
+            PeerCallKind::PreVote => match decode(body, "pre-vote request") {
+                Ok(request) => answer(self.raft.pre_vote(request).await),
+                Err(error) => refuse::<()>(error),
+            },
+            PeerCallKind::TransferLeader => match decode(body, "transfer request") {
+                Ok(request) => answer(self.raft.handle_transfer_leader(request).await),
+                Err(error) => refuse::<()>(error),
+            },
+            PeerCallKind::SnapshotChunk => match decode::<SnapshotChunk>(body, "snapshot piece") {
+                Ok(chunk) => match self.receive_chunk(chunk).await {
+                    Ok(response) => encode_answer(&Answer::Ok(response)),
+                    Err(error) => refuse::<()>(error),
+                },
+                Err(error) => refuse::<()>(error),
+            },
+        }
+    }
+
+    /// Writes a snapshot piece; the last one installs the snapshot and answers.
+    async fn receive_chunk(
+        &self,
+        chunk: SnapshotChunk,
+    ) -> io::Result<Option<openraft::raft::SnapshotResponse<TypeConfig>>> {
+        let receiving = self.receiving.clone();
+        let path = self.machine.receiving_path(&chunk.transfer.to_string());
+        let done = chunk.done;
+        let last = done.is_some();
+        let (transfer, offset, data) = (chunk.transfer, chunk.offset, chunk.data);
+        let finished = tokio::task::spawn_blocking(move || -> io::Result<Option<SnapshotFile>> {
+            let mut slot = receiving
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if offset == 0 {
+                if let Some(old) = slot.take() {
+                    let _ = std::fs::remove_file(&old.path);
+                }
+                let file = std::fs::File::create(&path)?;
+                *slot = Some(Receiving {
+                    transfer,
+                    next_offset: 0,
+                    file,
+                    path: path.clone(),
+                });
+            }
+            let current = match slot.as_mut() {
+                Some(current) if current.transfer == transfer && current.next_offset == offset => {
+                    current
+                }
+                _ => {
+                    return Err(io::Error::other(
+                        "a snapshot piece out of order; the leader starts the transfer again",
+                    ));
+                }
+            };
+            current.file.write_all(&data)?;
+            current.next_offset += data.len() as u64;
+            if !last {
+                return Ok(None);
+            }
+            let Some(received) = slot.take() else {
+                return Ok(None);
+            };
+            received.file.sync_all()?;
+            drop(received.file);
+            let mut file = std::fs::File::open(&received.path)?;
+            // A damaged transfer is refused here, where the leader can send it again; an
+            // install that fails stops the group.
+            if let Err(error) = read_snapshot_header(&mut file, &received.path) {
+                let _ = std::fs::remove_file(&received.path);
+                return Err(io::Error::other(error));
+            }
+            Ok(Some(SnapshotFile {
+                file,
+                path: received.path,
+            }))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let (Some(file), Some((vote, meta))) = (finished, done) else {
+            return Ok(None);
+        };
+        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotFile> {
+            meta,
+            snapshot: file,
+        };
+        let response = self
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(io::Error::other)?;
+        Ok(Some(response))
+    }
+}
+
+fn encode_answer<T: Serialize>(answer: &Answer<T>) -> Vec<u8> {
+    match encode(answer) {
+        Ok(bytes) => bytes,
+        // Encoding our own values fails only on a bug; answer with a refusal the caller can
+        // decode rather than nothing.
+        Err(error) => encode(&Answer::<()>::Err(format!(
+            "cannot encode the answer: {error}"
+        )))
+        .unwrap_or_default(),
+    }
+}
+
+fn answer<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Vec<u8> {
+    encode_answer(&result.map_err(|error| error.to_string()))
+}
+
+fn refuse<T: Serialize>(error: io::Error) -> Vec<u8> {
+    encode_answer::<T>(&Err(error.to_string()))
+}

@@ -1,0 +1,315 @@
+//! Raft's RPCs between nodes, as bytes through a [`PeerTransport`] that the server provides
+//! over the peer port (the engine opens no socket). Every call carries a deadline from
+//! openraft's `RPCOption`: a call with none once froze openraft's core (openraft #1810).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Seek, SeekFrom};
+
+use super::state_machine::SnapshotFile;
+use super::{PeerNode, SnapshotMeta, TypeConfig, Vote, decode, encode};
+
+/// What a peer call asks of the store's Raft group on the other node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerCallKind {
+    /// Raft's AppendEntries (also the leader's heartbeat).
+    AppendEntries,
+    /// Raft's RequestVote.
+    Vote,
+    /// A pre-vote: would the peer vote for this candidate? Nothing is stored.
+    PreVote,
+    /// A piece of a snapshot; the last piece installs it.
+    SnapshotChunk,
+    /// The leader hands its leadership to the peer.
+    TransferLeader,
+}
+
+impl PeerCallKind {
+    /// The kind's number on the wire.
+    pub fn code(self) -> u32 {
+        match self {
+            PeerCallKind::AppendEntries => 1,
+            PeerCallKind::Vote => 2,
+            PeerCallKind::PreVote => 3,
+            PeerCallKind::SnapshotChunk => 4,
+            PeerCallKind::TransferLeader => 5,
+        }
+    }
+
+    /// The kind with that number, if any.
+    pub fn from_code(code: u32) -> Option<Self> {
+        Some(match code {
+            1 => PeerCallKind::AppendEntries,
+            2 => PeerCallKind::Vote,
+            3 => PeerCallKind::PreVote,
+            4 => PeerCallKind::SnapshotChunk,
+            5 => PeerCallKind::TransferLeader,
+            _ => return None,
+        })
+    }
+}
+
+/// One call to a peer: which store's group, what kind, and the encoded request.
+#[derive(Debug, Clone)]
+pub struct PeerCall {
+    /// The store whose Raft group is called.
+    pub store_id: String,
+    /// What is asked.
+    pub kind: PeerCallKind,
+    /// The request, encoded by the caller's group; the peer's group decodes it.
+    pub body: Vec<u8>,
+}
+
+/// Why a peer call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerCallError {
+    /// The peer could not be reached (no connection, refused, reset).
+    #[error("peer {0} is unreachable")]
+    Unreachable(String),
+    /// The call's deadline passed.
+    #[error("the call to peer {0} timed out")]
+    Timeout(String),
+    /// The peer answered with a refusal (a wrong cluster secret, an unknown store).
+    #[error("peer refused the call: {0}")]
+    Refused(String),
+}
+
+/// A call in flight.
+pub type PeerCallFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, PeerCallError>> + Send>>;
+
+/// How a node's Raft groups reach other nodes. The server implements it over the peer port;
+/// tests implement it in memory.
+pub trait PeerTransport: Send + Sync + 'static {
+    /// Sends `call` to the node whose peer address is `peer_addr` and returns its answer;
+    /// fails with [`PeerCallError::Timeout`] once `deadline` has passed.
+    fn call(&self, peer_addr: &str, call: PeerCall, deadline: Duration) -> PeerCallFuture;
+}
+
+/// What the receiving group answers: the response, or its refusal in words.
+pub(super) type Answer<T> = Result<T, String>;
+
+/// A piece of a snapshot on its way to a follower. The file is sent in order; `done` marks
+/// the last piece, which carries the snapshot's metadata and the leader's vote.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct SnapshotChunk {
+    /// Names one transfer; a new one replaces an unfinished one.
+    pub transfer: u64,
+    pub offset: u64,
+    pub data: Vec<u8>,
+    /// On the last piece.
+    pub done: Option<(Vote, SnapshotMeta)>,
+}
+
+/// The bytes of one snapshot piece.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Makes one [`PeerClient`] per peer for a store's group.
+pub(super) struct Network {
+    pub store_id: String,
+    pub transport: Arc<dyn PeerTransport>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &PeerNode) -> PeerClient {
+        PeerClient {
+            target,
+            peer_addr: node.peer_addr.clone(),
+            store_id: self.store_id.clone(),
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+/// Calls one peer's group.
+pub(super) struct PeerClient {
+    target: u64,
+    peer_addr: String,
+    store_id: String,
+    transport: Arc<dyn PeerTransport>,
+}
+
+fn unreachable(error: &(impl std::error::Error + 'static)) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::new(error))
+}
+
+impl PeerClient {
+    async fn call<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
+        &self,
+        kind: PeerCallKind,
+        request: &Req,
+        deadline: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let body = encode(request).map_err(|error| RPCError::Network(NetworkError::new(&error)))?;
+        let call = PeerCall {
+            store_id: self.store_id.clone(),
+            kind,
+            body,
+        };
+        let answered = tokio::time::timeout(
+            deadline,
+            self.transport.call(&self.peer_addr, call, deadline),
+        )
+        .await
+        .unwrap_or_else(|_| Err(PeerCallError::Timeout(self.peer_addr.clone())));
+        let bytes = match answered {
+            Ok(bytes) => bytes,
+            Err(error @ PeerCallError::Timeout(_)) => {
+                return Err(RPCError::Network(NetworkError::new(&error)));
+            }
+            Err(error) => return Err(unreachable(&error)),
+        };
+        let answer: Answer<Resp> = decode(&bytes, "peer answer")
+            .map_err(|error| RPCError::Network(NetworkError::new(&error)))?;
+        answer.map_err(|refusal| {
+            unreachable(&io::Error::other(format!(
+                "node {} refused: {refusal}",
+                self.target
+            )))
+        })
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(PeerCallKind::AppendEntries, &rpc, option.soft_ttl())
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(PeerCallKind::Vote, &rpc, option.soft_ttl()).await
+    }
+
+    /// Asks the peer: openraft's default grants every pre-vote, which would make pre-vote
+    /// useless against a node that was cut off and comes back with a high term.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(PeerCallKind::PreVote, &rpc, option.soft_ttl())
+            .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let transfer = rand_transfer_id(&snapshot.meta);
+        let file = snapshot
+            .snapshot
+            .file
+            .try_clone()
+            .map_err(|error| StreamingError::Unreachable(Unreachable::new(&error)))?;
+        let mut file = Some(file);
+        let meta = snapshot.meta;
+        let send = async {
+            let mut offset = 0u64;
+            let mut buffer = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+            loop {
+                // File reads block: they run off the runtime's threads.
+                let Some(mut reading) = file.take() else {
+                    return Err(StreamingError::Unreachable(Unreachable::new(
+                        &io::Error::other("the snapshot file was lost while sending it"),
+                    )));
+                };
+                let (read_back, read_buffer, filled) = tokio::task::spawn_blocking(move || {
+                    // The handle is shared with whoever read the header: read at the offset.
+                    let filled = reading
+                        .seek(SeekFrom::Start(offset))
+                        .and_then(|_| fill(&mut reading, &mut buffer));
+                    (reading, buffer, filled)
+                })
+                .await
+                .map_err(|error| StreamingError::Unreachable(Unreachable::new(&error)))?;
+                file = Some(read_back);
+                buffer = read_buffer;
+                let filled = filled
+                    .map_err(|error| StreamingError::Unreachable(Unreachable::new(&error)))?;
+                let last = filled < buffer.len();
+                let chunk = SnapshotChunk {
+                    transfer,
+                    offset,
+                    data: buffer[..filled].to_vec(),
+                    done: last.then(|| (vote, meta.clone())),
+                };
+                let answer: Option<SnapshotResponse<TypeConfig>> = self
+                    .call(PeerCallKind::SnapshotChunk, &chunk, option.soft_ttl())
+                    .await
+                    .map_err(StreamingError::from)?;
+                offset += filled as u64;
+                if let Some(response) = answer {
+                    return Ok(response);
+                }
+                if last {
+                    return Err(StreamingError::Unreachable(Unreachable::new(
+                        &io::Error::other(
+                            "the peer did not install the snapshot after its last piece",
+                        ),
+                    )));
+                }
+            }
+        };
+        tokio::select! {
+            sent = send => sent,
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        request: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(PeerCallKind::TransferLeader, &request, option.soft_ttl())
+            .await
+    }
+}
+
+/// Reads until `buffer` is full or the file ends; returns how much was read.
+fn fill(file: &mut std::fs::File, buffer: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let read = file.read(&mut buffer[filled..])?;
+        if read == 0 {
+            break;
+        }
+        filled += read;
+    }
+    Ok(filled)
+}
+
+/// A transfer id: the snapshot's last log index mixed with the clock, so that two transfers
+/// of the same snapshot are told apart.
+fn rand_transfer_id(meta: &SnapshotMeta) -> u64 {
+    let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+    index.rotate_left(32) ^ nanos
+}
