@@ -180,9 +180,36 @@ pub(crate) struct ServeArgs {
     /// Address for gRPC and HTTP together [default: 127.0.0.1:2113].
     #[arg(long, env = "EXESDB_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// `single` (one node) or `cluster` (not available yet) [default: single].
+    /// `single` (one node) or `cluster` (a Raft group per store across nodes) [default: single].
     #[arg(long, env = "EXESDB_MODE", value_enum)]
     pub mode: Option<Mode>,
+    /// Cluster mode: nodes join only a cluster of this name [default: exesdb].
+    #[arg(long, env = "EXESDB_CLUSTER_NAME", help_heading = "Cluster mode")]
+    pub cluster_name: Option<String>,
+    /// Cluster mode: how many nodes form a new cluster; used only to bootstrap [default: 3].
+    #[arg(long, env = "EXESDB_CLUSTER_SIZE", help_heading = "Cluster mode")]
+    pub cluster_size: Option<usize>,
+    /// Cluster mode: peer addresses (--peer-listen) of other nodes, comma-separated.
+    #[arg(
+        long,
+        env = "EXESDB_SEEDS",
+        value_delimiter = ',',
+        help_heading = "Cluster mode"
+    )]
+    pub seeds: Vec<String>,
+    /// Cluster mode: address of the peer port, for the other nodes [default: 127.0.0.1:2114].
+    #[arg(long, env = "EXESDB_PEER_LISTEN", help_heading = "Cluster mode")]
+    pub peer_listen: Option<SocketAddr>,
+    /// Cluster mode: the peer address the other nodes are told [default: the bound --peer-listen].
+    #[arg(long, env = "EXESDB_PEER_ADVERTISE", help_heading = "Cluster mode")]
+    pub peer_advertise: Option<String>,
+    /// Cluster mode: a file holding the secret every peer call must carry [default: none].
+    #[arg(
+        long,
+        env = "EXESDB_CLUSTER_SECRET_FILE",
+        help_heading = "Cluster mode"
+    )]
+    pub cluster_secret_file: Option<PathBuf>,
     /// Log lines on stderr as text or JSON (filter with RUST_LOG) [default: text].
     #[arg(long, env = "EXESDB_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -193,11 +220,7 @@ pub(crate) struct ServeArgs {
 /// The config file: the server keys and every tunable.
 #[derive(Debug, Default)]
 struct ConfigFile {
-    data_dir: Option<PathBuf>,
-    stores: Option<Vec<String>>,
-    listen: Option<SocketAddr>,
-    mode: Option<Mode>,
-    log_format: Option<LogFormat>,
+    server: ServerKeys,
     tunables: FileTunables,
 }
 
@@ -209,9 +232,38 @@ struct ServerKeys {
     listen: Option<SocketAddr>,
     mode: Option<Mode>,
     log_format: Option<LogFormat>,
+    cluster_name: Option<String>,
+    cluster_size: Option<usize>,
+    seeds: Option<Vec<String>>,
+    peer_listen: Option<SocketAddr>,
+    peer_advertise: Option<String>,
+    cluster_secret_file: Option<PathBuf>,
 }
 
-const SERVER_KEYS: [&str; 5] = ["data_dir", "stores", "listen", "mode", "log_format"];
+const SERVER_KEYS: [&str; 11] = [
+    "data_dir",
+    "stores",
+    "listen",
+    "mode",
+    "log_format",
+    "cluster_name",
+    "cluster_size",
+    "seeds",
+    "peer_listen",
+    "peer_advertise",
+    "cluster_secret_file",
+];
+
+/// Cluster mode's settings, after precedence is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClusterSettings {
+    pub cluster_name: String,
+    pub cluster_size: usize,
+    pub seeds: Vec<String>,
+    pub peer_listen: SocketAddr,
+    pub peer_advertise: Option<String>,
+    pub cluster_secret_file: Option<PathBuf>,
+}
 
 /// Everything `serve` runs with, after precedence is applied.
 #[derive(Debug)]
@@ -222,6 +274,7 @@ pub(crate) struct Settings {
     pub stores: Vec<String>,
     pub template: SystemConfig,
     pub network: NetworkSettings,
+    pub cluster: ClusterSettings,
 }
 
 impl ServeArgs {
@@ -231,10 +284,11 @@ impl ServeArgs {
             Some(path) => read_config_file(path)?,
             None => ConfigFile::default(),
         };
+        let server = &file.server;
         let data_dir = self
             .data_dir
             .clone()
-            .or(file.data_dir)
+            .or(server.data_dir.clone())
             .unwrap_or_else(|| PathBuf::from("./data"));
         let mut template = SystemConfig::new(data_dir, "default");
         let mut network = NetworkSettings::default();
@@ -244,19 +298,51 @@ impl ServeArgs {
         let stores = if !self.stores.is_empty() {
             self.stores.clone()
         } else {
-            file.stores.unwrap_or_else(|| vec!["default".to_string()])
+            server
+                .stores
+                .clone()
+                .unwrap_or_else(|| vec!["default".to_string()])
         };
         let default_listen = SocketAddr::from(([127, 0, 0, 1], 2113));
+        let cluster = ClusterSettings {
+            cluster_name: self
+                .cluster_name
+                .clone()
+                .or(server.cluster_name.clone())
+                .unwrap_or_else(|| "exesdb".to_string()),
+            cluster_size: self.cluster_size.or(server.cluster_size).unwrap_or(3),
+            seeds: if self.seeds.is_empty() {
+                server.seeds.clone().unwrap_or_default()
+            } else {
+                self.seeds.clone()
+            },
+            peer_listen: self
+                .peer_listen
+                .or(server.peer_listen)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 2114))),
+            peer_advertise: self
+                .peer_advertise
+                .clone()
+                .or(server.peer_advertise.clone()),
+            cluster_secret_file: self
+                .cluster_secret_file
+                .clone()
+                .or(server.cluster_secret_file.clone()),
+        };
+        if cluster.cluster_size == 0 {
+            return Err("cluster_size must be at least 1".into());
+        }
         Ok(Settings {
-            listen: self.listen.or(file.listen).unwrap_or(default_listen),
-            mode: self.mode.or(file.mode).unwrap_or(Mode::Single),
+            listen: self.listen.or(server.listen).unwrap_or(default_listen),
+            mode: self.mode.or(server.mode).unwrap_or(Mode::Single),
             log_format: self
                 .log_format
-                .or(file.log_format)
+                .or(server.log_format)
                 .unwrap_or(LogFormat::Text),
             stores,
             template,
             network,
+            cluster,
         })
     }
 }
@@ -276,42 +362,133 @@ fn read_config_file(path: &Path) -> Result<ConfigFile, String> {
     }
     let server: ServerKeys = server.try_into().map_err(error)?;
     let tunables: FileTunables = table.try_into().map_err(error)?;
-    Ok(ConfigFile {
-        data_dir: server.data_dir,
-        stores: server.stores,
-        listen: server.listen,
-        mode: server.mode,
-        log_format: server.log_format,
-        tunables,
-    })
+    Ok(ConfigFile { server, tunables })
 }
 
 pub(crate) async fn serve(settings: Settings) -> Result<(), String> {
-    if settings.mode == Mode::Cluster {
-        return Err("cluster mode is not available yet; run with --mode single".into());
-    }
     let metrics = install_metrics()?;
     let data_dir = settings.template.data_dir.clone();
-    let node = Node::start(settings.template, &settings.stores)
-        .await
-        .map_err(|error| error.to_string())?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", settings.listen))?;
     let local = listener
         .local_addr()
         .map_err(|error| format!("cannot read the listen address: {error}"))?;
+    let mut template = settings.template;
+    // Cluster mode: the peer port comes up before the stores, so that their Raft groups can
+    // reach each other while they start; it stops after them.
+    let (peers, peers_stop) = tokio::sync::oneshot::channel::<()>();
+    let mut peer_server = None;
+    if settings.mode == Mode::Cluster {
+        let (cluster, service, serving) = start_peer_port(
+            &settings.cluster,
+            &data_dir,
+            local,
+            &settings.network,
+            peers_stop,
+        )
+        .await?;
+        template.cluster = Some(cluster);
+        peer_server = Some((service, serving));
+    }
+    let node = Arc::new(
+        Node::start(template, &settings.stores)
+            .await
+            .map_err(|error| error.to_string())?,
+    );
+    if let Some((service, _)) = &peer_server {
+        service.attach(node.clone());
+    }
     // Tests and scripts read the bound port from this line (`listen=`).
-    tracing::info!(listen = %local, data_dir = %data_dir.display(), stores = ?settings.stores, "exesdb serving");
-    exesdb_server::serve(
-        Arc::new(node),
+    tracing::info!(listen = %local, data_dir = %data_dir.display(), stores = ?settings.stores, mode = ?settings.mode, "exesdb serving");
+    let served = exesdb_server::serve(
+        node,
         listener,
         settings.network,
         Some(metrics),
         shutdown_signal(),
     )
     .await
-    .map_err(|error| error.to_string())
+    .map_err(|error| error.to_string());
+    let _ = peers.send(());
+    if let Some((_, serving)) = peer_server {
+        let _ = serving.await;
+    }
+    served
+}
+
+/// Binds the peer port, reads the cluster secret and the node's id, and starts serving peer
+/// calls (answered `unavailable` until the node is attached).
+async fn start_peer_port(
+    settings: &ClusterSettings,
+    data_dir: &Path,
+    client_addr: SocketAddr,
+    network: &NetworkSettings,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> Result<
+    (
+        exesdb::ClusterConfig,
+        exesdb_server::PeerService,
+        tokio::task::JoinHandle<()>,
+    ),
+    String,
+> {
+    let secret = match &settings.cluster_secret_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                format!(
+                    "cannot read the cluster secret file {}: {error}",
+                    path.display()
+                )
+            })?;
+            let secret = text.trim().to_string();
+            if secret.is_empty() {
+                return Err(format!(
+                    "the cluster secret file {} is empty",
+                    path.display()
+                ));
+            }
+            Some(secret)
+        }
+        None => None,
+    };
+    let peer_listener = tokio::net::TcpListener::bind(settings.peer_listen)
+        .await
+        .map_err(|error| {
+            format!(
+                "cannot listen for peers on {}: {error}",
+                settings.peer_listen
+            )
+        })?;
+    let peer_local = peer_listener
+        .local_addr()
+        .map_err(|error| format!("cannot read the peer listen address: {error}"))?;
+    let node_id = exesdb::node_id(data_dir).map_err(|error| error.to_string())?;
+    let transport = Arc::new(exesdb_server::GrpcPeerTransport::new(secret.clone()));
+    let service = exesdb_server::PeerService::new(secret);
+    let serving = tokio::spawn(exesdb_server::serve_peers(
+        service.clone(),
+        peer_listener,
+        network.clone(),
+        async move {
+            let _ = stop.await;
+        },
+    ));
+    let peer_advertise = settings
+        .peer_advertise
+        .clone()
+        .unwrap_or_else(|| peer_local.to_string());
+    tracing::info!(peer_listen = %peer_local, node_id, cluster = settings.cluster_name, "peer port open");
+    let mut cluster = exesdb::ClusterConfig::new(
+        node_id,
+        settings.cluster_name.clone(),
+        settings.cluster_size,
+        peer_advertise,
+        client_addr.to_string(),
+        transport,
+    );
+    cluster.seeds = settings.seeds.clone();
+    Ok((cluster, service, serving))
 }
 
 fn install_metrics() -> Result<MetricsRenderer, String> {

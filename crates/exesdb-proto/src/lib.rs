@@ -11,6 +11,12 @@ pub mod v1 {
     tonic::include_proto!("exesdb.v1");
 }
 
+/// Package `exesdb.peer.v1`, the peer port between the nodes of a cluster, as generated.
+#[allow(clippy::all, missing_docs, unreachable_pub)]
+pub mod peer {
+    tonic::include_proto!("exesdb.peer.v1");
+}
+
 /// The encoded file descriptor set, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/exesdb_descriptor.bin"));

@@ -10,8 +10,10 @@ mod connections;
 mod grpc;
 mod node;
 mod oversized;
+mod peer;
 mod server;
 
 pub use connections::NetworkSettings;
 pub use node::{MetricsRenderer, Node, NodeHealth, StoreHealth};
+pub use peer::{GrpcPeerTransport, PeerService, serve_peers};
 pub use server::{ServeError, serve};

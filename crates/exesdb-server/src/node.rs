@@ -47,6 +47,8 @@ pub struct StoreHealth {
     pub accepts_writes: bool,
     /// Whether this node leads it.
     pub leader: bool,
+    /// Cluster mode: the leader this node knows of, and where clients reach it.
+    pub cluster_leader: Option<(u64, String)>,
 }
 
 impl Node {
@@ -84,6 +86,14 @@ impl Node {
             .ok_or_else(|| StoreError::StoreNotFound(store_id.to_string()))
     }
 
+    /// The cluster status of every store (cluster mode; empty in single mode).
+    pub fn cluster_status(&self) -> Vec<(String, exesdb::ClusterStatus)> {
+        self.systems
+            .iter()
+            .filter_map(|(store_id, system)| Some((store_id.clone(), system.cluster_status()?)))
+            .collect()
+    }
+
     /// The hosted store ids, sorted.
     pub fn store_ids(&self) -> Vec<String> {
         self.systems.keys().cloned().collect()
@@ -94,15 +104,33 @@ impl Node {
         let stores: Vec<StoreHealth> = self
             .systems
             .values()
-            .map(|system| StoreHealth {
-                store_id: system.api().store_id().to_string(),
-                accepts_writes: system.accepts_writes(),
-                leader: system.api().is_leader(),
+            .map(|system| match system.cluster_status() {
+                // In cluster mode a follower takes writes too (it forwards them), once the
+                // store has a leader and this node is one of its members.
+                Some(status) => StoreHealth {
+                    store_id: system.api().store_id().to_string(),
+                    accepts_writes: status.leader.is_some()
+                        && status.members.iter().any(|m| m.node_id == status.node_id),
+                    leader: status.leader == Some(status.node_id),
+                    cluster_leader: status
+                        .leader
+                        .map(|id| (id, status.leader_client_addr.clone().unwrap_or_default())),
+                },
+                None => StoreHealth {
+                    store_id: system.api().store_id().to_string(),
+                    accepts_writes: system.accepts_writes(),
+                    leader: system.api().is_leader(),
+                    cluster_leader: None,
+                },
             })
             .collect();
+        let cluster = self
+            .systems
+            .values()
+            .any(|system| system.api().config().cluster.is_some());
         NodeHealth {
             healthy: !stores.is_empty() && stores.iter().all(|s| s.accepts_writes),
-            mode: "single",
+            mode: if cluster { "cluster" } else { "single" },
             version: env!("CARGO_PKG_VERSION"),
             stores,
         }
@@ -234,11 +262,16 @@ async fn health(State(state): State<HttpState>) -> (StatusCode, axum::Json<serde
         .stores
         .iter()
         .map(|store| {
-            serde_json::json!({
+            let mut entry = serde_json::json!({
                 "store": store.store_id,
                 "accepts_writes": store.accepts_writes,
                 "leader": store.leader,
-            })
+            });
+            if let Some((node_id, client_addr)) = &store.cluster_leader {
+                entry["leader_node"] = serde_json::json!(node_id);
+                entry["leader_client_addr"] = serde_json::json!(client_addr);
+            }
+            entry
         })
         .collect();
     let status = if health.healthy {

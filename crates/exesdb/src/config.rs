@@ -212,6 +212,118 @@ impl Default for StorageSettings {
     }
 }
 
+/// Cluster mode: who this node is, how it finds its peers, how its Raft groups elect, and the
+/// transport their calls go over (the server's peer port).
+#[derive(Clone)]
+pub struct ClusterConfig {
+    /// This node's id: generated once and kept in the data directory ([`node_id`]).
+    pub node_id: u64,
+    /// Nodes join only a cluster of this name.
+    pub cluster_name: String,
+    /// How many nodes form a new cluster; used only to bootstrap one.
+    pub cluster_size: usize,
+    /// Peer addresses of other nodes (`--seeds`).
+    pub seeds: Vec<String>,
+    /// The address peers reach this node at (`--peer-advertise`).
+    pub peer_advertise: String,
+    /// The address clients reach this node at (`--listen`, as advertised).
+    pub client_advertise: String,
+    /// A follower that hears nothing from a leader for a random time in this range stands.
+    pub election_timeout_min_ms: u64,
+    /// See `election_timeout_min_ms`.
+    pub election_timeout_max_ms: u64,
+    /// How often a leader reminds its followers.
+    pub heartbeat_interval_ms: u64,
+    /// A write not committed within this is answered `unavailable`, outcome unknown.
+    pub write_timeout_ms: u64,
+    /// How often discovery asks the seeds who they are, until the cluster is formed.
+    pub discovery_interval_ms: u64,
+    /// How the store's Raft group reaches other nodes.
+    pub transport: std::sync::Arc<dyn crate::PeerTransport>,
+}
+
+impl ClusterConfig {
+    /// Defaults for everything but identity, addresses and transport.
+    pub fn new(
+        node_id: u64,
+        cluster_name: impl Into<String>,
+        cluster_size: usize,
+        peer_advertise: impl Into<String>,
+        client_advertise: impl Into<String>,
+        transport: std::sync::Arc<dyn crate::PeerTransport>,
+    ) -> Self {
+        ClusterConfig {
+            node_id,
+            cluster_name: cluster_name.into(),
+            cluster_size,
+            seeds: Vec::new(),
+            peer_advertise: peer_advertise.into(),
+            client_advertise: client_advertise.into(),
+            election_timeout_min_ms: 1_000,
+            election_timeout_max_ms: 2_000,
+            heartbeat_interval_ms: 250,
+            write_timeout_ms: 10_000,
+            discovery_interval_ms: 250,
+            transport,
+        }
+    }
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("node_id", &self.node_id)
+            .field("cluster_name", &self.cluster_name)
+            .field("cluster_size", &self.cluster_size)
+            .field("seeds", &self.seeds)
+            .field("peer_advertise", &self.peer_advertise)
+            .field("client_advertise", &self.client_advertise)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The file in a data directory that holds the node's id.
+const NODE_ID_FILE: &str = "NODE_ID";
+
+/// This node's id, generated the first time and kept in `data_dir`, so it is never given by an
+/// operator and never reused: openraft cannot detect the split brain a reused id causes.
+pub fn node_id(data_dir: &std::path::Path) -> Result<u64, StartError> {
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| StartError::Io { path, source }
+    };
+    let path = data_dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| StartError::CorruptFile {
+                path: path.clone(),
+                detail: format!(
+                    "it should hold this node's id, a number, and holds {:?}; restore it from a \
+                 backup, or wipe the directory and add the node to the cluster again",
+                    text.trim()
+                ),
+            }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+            // The low 62 bits of a v7 UUID are random; 0 is never an id.
+            let id = (uuid::Uuid::now_v7().as_u128() as u64 & ((1 << 62) - 1)).max(1);
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, format!("{id}\n")).map_err(io(&tmp))?;
+            std::fs::File::open(&tmp)
+                .and_then(|file| file.sync_all())
+                .map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+            std::fs::File::open(data_dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(io(data_dir))?;
+            Ok(id)
+        }
+        Err(error) => Err(io(&path)(error)),
+    }
+}
+
 /// Everything needed to start one store's System.
 #[derive(Debug, Clone)]
 pub struct SystemConfig {
@@ -235,6 +347,9 @@ pub struct SystemConfig {
     pub node_stores: NodeStores,
     /// An application's bus to which `ExESDB.PubSub` forwards every event (none by default).
     pub event_bus: Option<ExternalBus>,
+    /// Cluster mode: the store is one Raft group across the cluster's nodes (none: single
+    /// mode).
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl SystemConfig {
@@ -251,6 +366,7 @@ impl SystemConfig {
             shutdown_timeout_ms: 10_000,
             node_stores: NodeStores::default(),
             event_bus: None,
+            cluster: None,
         }
     }
 

@@ -66,4 +66,13 @@ pub enum StartError {
     /// A process of the supervision tree failed to start.
     #[error("the supervision tree failed to start: {0}")]
     Tree(String),
+    /// The store's data belongs to the other mode (single-mode data in cluster mode, or a
+    /// cluster's data in single mode), or to another cluster.
+    #[error("{path}: {detail}")]
+    WrongMode {
+        /// The store's directory.
+        path: PathBuf,
+        /// What the data is, and what to do.
+        detail: String,
+    },
 }

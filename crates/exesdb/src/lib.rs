@@ -12,7 +12,10 @@ mod storage;
 mod supervision;
 mod system;
 
-pub use config::{CommitSettings, Intensity, Limits, PoolSettings, StorageSettings, SystemConfig};
+pub use config::{
+    ClusterConfig, CommitSettings, Intensity, Limits, PoolSettings, StorageSettings, SystemConfig,
+    node_id,
+};
 pub use error::StartError;
 pub use exesdb_types::{
     ALL_STREAM, AppendResult, CATEGORY_STREAM_PREFIX, ConsumerStrategy, Delivery, Direction,
@@ -32,7 +35,7 @@ pub use system::core::store::store_registry::NodeStores;
 pub use system::gateway::Gateway;
 pub use system::gateway::pubsub::{BusError, EventBus, ExternalBus};
 pub use system::hops::{AppendHops, Hop};
-pub use system::{AllPages, StoreApi, System};
+pub use system::{AllPages, ClusterMember, ClusterStatus, StoreApi, System};
 
 /// What the fuzz targets and the storage-damage tests reach inside: the record codecs, the
 /// table check and the append validation. Not part of the supported API.

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::async_runtime::WatchReceiver;
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, Raft, SnapshotPolicy};
 use serde::Serialize;
@@ -67,6 +67,9 @@ pub(crate) struct RaftGroup {
     machine: ReplicatedStateMachine,
     settings: RaftSettings,
     receiving: Arc<Mutex<Option<Receiving>>>,
+    node_id: u64,
+    store_id: String,
+    transport: Arc<dyn PeerTransport>,
 }
 
 /// What a store's group is started over.
@@ -109,7 +112,7 @@ impl RaftGroup {
         )?;
         let network = Network {
             store_id: store_id.to_string(),
-            transport,
+            transport: transport.clone(),
         };
         let raft = Raft::new(
             node_id,
@@ -125,6 +128,9 @@ impl RaftGroup {
             machine,
             settings,
             receiving: Arc::new(Mutex::new(None)),
+            node_id,
+            store_id: store_id.to_string(),
+            transport,
         })
     }
 
@@ -137,39 +143,105 @@ impl RaftGroup {
             .map_err(|error| io::Error::other(error.to_string()))
     }
 
-    /// Proposes a command; answers once it is committed by a majority and applied here.
+    /// Proposes a command; answers once it is committed by a majority and applied on the
+    /// leader. On a follower the command goes to the leader over the peer port, once.
     pub(crate) async fn propose(&self, command: Command) -> Result<Outcome, StoreError> {
+        match self.propose_here(command.clone()).await {
+            Err(Proposal::Elsewhere(leader_id, leader)) => {
+                self.forward(leader_id, &leader, command).await
+            }
+            Err(Proposal::Refused(error)) => Err(error),
+            Ok(outcome) => outcome,
+        }
+    }
+
+    /// Proposes on this node only: a follower answers `unavailable`, naming the leader.
+    pub(crate) async fn propose_on_leader(&self, command: Command) -> Result<Outcome, StoreError> {
+        match self.propose_here(command).await {
+            Err(Proposal::Elsewhere(leader_id, leader)) => Err(StoreError::unavailable(format!(
+                "not the leader: the leader is node {leader_id}, clients reach it at {}",
+                leader.client_addr
+            ))),
+            Err(Proposal::Refused(error)) => Err(error),
+            Ok(outcome) => outcome,
+        }
+    }
+
+    async fn propose_here(
+        &self,
+        command: Command,
+    ) -> Result<Result<Outcome, StoreError>, Proposal> {
         let timeout = Duration::from_millis(self.settings.write_timeout_ms);
         let written =
             tokio::time::timeout(timeout, self.raft.client_write(super::Replicated(command))).await;
-        let unknown = |why: String| {
-            StoreError::unavailable(format!(
-                "{why}; the write's outcome is unknown: retry it with the same event ids, \
-                 which makes the retry safe"
-            ))
-        };
         match written {
-            Err(_) => Err(unknown(format!(
+            Err(_) => Err(Proposal::Refused(outcome_unknown(format!(
                 "the write was not committed within {} ms",
                 self.settings.write_timeout_ms
-            ))),
-            Ok(Ok(response)) => match response.data {
+            )))),
+            Ok(Ok(response)) => Ok(match response.data {
                 ApplyReply::Command(outcome) => outcome,
                 ApplyReply::Internal => Err(StoreError::unavailable(
                     "the write was answered as an internal entry",
                 )),
-            },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => Err(
-                StoreError::unavailable(match (forward.leader_id, forward.leader_node) {
-                    (Some(id), Some(node)) => format!(
-                        "not the leader: the leader is node {id}, clients reach it at {}",
-                        node.client_addr
-                    ),
-                    _ => "not the leader, and no leader is known yet: retry shortly".to_string(),
-                }),
-            ),
-            Ok(Err(error)) => Err(unknown(format!("the Raft group failed ({error})"))),
+            }),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                match (forward.leader_id, forward.leader_node) {
+                    (Some(id), Some(node)) if id != self.node_id => {
+                        Err(Proposal::Elsewhere(id, node))
+                    }
+                    _ => Err(Proposal::Refused(StoreError::unavailable(
+                        "not the leader, and no leader is known yet: retry shortly",
+                    ))),
+                }
+            }
+            Ok(Err(error)) => Err(Proposal::Refused(outcome_unknown(format!(
+                "the Raft group failed ({error})"
+            )))),
         }
+    }
+
+    /// Hands a command to the leader, which proposes it there.
+    async fn forward(
+        &self,
+        leader_id: u64,
+        leader: &PeerNode,
+        command: Command,
+    ) -> Result<Outcome, StoreError> {
+        let body = encode(&command).map_err(|error| StoreError::unavailable(error.to_string()))?;
+        let call = super::network::PeerCall {
+            store_id: self.store_id.clone(),
+            kind: PeerCallKind::Propose,
+            body,
+        };
+        let deadline = Duration::from_millis(self.settings.write_timeout_ms);
+        let answered = tokio::time::timeout(
+            deadline,
+            self.transport.call(&leader.peer_addr, call, deadline),
+        )
+        .await;
+        let bytes = match answered {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(error)) => {
+                return Err(outcome_unknown(format!(
+                    "forwarding the write to the leader, node {leader_id}, failed ({error})"
+                )));
+            }
+            Err(_) => {
+                return Err(outcome_unknown(format!(
+                    "the leader, node {leader_id}, did not answer within {} ms",
+                    self.settings.write_timeout_ms
+                )));
+            }
+        };
+        let answer: Answer<Result<Outcome, StoreError>> =
+            decode(&bytes, "forwarded write's answer")
+                .map_err(|error| outcome_unknown(error.to_string()))?;
+        answer.map_err(|refusal| {
+            outcome_unknown(format!(
+                "the leader, node {leader_id}, refused the write ({refusal})"
+            ))
+        })?
     }
 
     /// This node's view of the group.
@@ -177,6 +249,7 @@ impl RaftGroup {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    #[cfg(test)]
     /// Waits until the group's metrics satisfy `condition`, up to `timeout`.
     pub(crate) async fn wait_for(
         &self,
@@ -191,6 +264,7 @@ impl RaftGroup {
             .map_err(|error| io::Error::new(io::ErrorKind::TimedOut, error.to_string()))
     }
 
+    #[cfg(test)]
     /// Adds a node as a learner, and waits until it has caught up.
     pub(crate) async fn add_learner(&self, node_id: u64, node: PeerNode) -> Result<(), StoreError> {
         self.raft
@@ -200,6 +274,7 @@ impl RaftGroup {
             .map_err(|error| StoreError::unavailable(format!("cannot add node {node_id}: {error}")))
     }
 
+    #[cfg(test)]
     /// Builds a snapshot now and drops the log it covers (tests, and operators' compaction).
     pub(crate) async fn snapshot_and_purge(&self) -> io::Result<()> {
         self.raft
@@ -229,6 +304,37 @@ impl RaftGroup {
         Ok(())
     }
 
+    /// The last log index this node knows is committed.
+    pub(crate) fn committed_index(&self) -> Option<u64> {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .local_committed
+            .map(|log_id| log_id.index)
+    }
+
+    /// Whether the group was ever formed (initialized here or joined).
+    pub(crate) async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    /// Calls `each` with the leader this node knows of, now and after every change, until
+    /// the group stops.
+    pub(crate) async fn follow_leader(&self, mut each: impl FnMut(Option<u64>) + Send) {
+        let mut metrics = self.raft.metrics();
+        let mut last = None;
+        loop {
+            let leader = metrics.borrow_watched().current_leader;
+            if last != Some(leader) {
+                each(leader);
+                last = Some(leader);
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Stops the group (what a node's stop or crash does to it).
     pub(crate) async fn shutdown(&self) {
         if let Err(error) = self.raft.shutdown().await {
@@ -255,6 +361,14 @@ impl RaftGroup {
                 Ok(request) => answer(self.raft.handle_transfer_leader(request).await),
                 Err(error) => refuse::<()>(error),
             },
+            PeerCallKind::Propose => match decode::<Command>(body, "forwarded write") {
+                // Forwarded once: a node that is not the leader either says so.
+                Ok(command) => encode_answer(&Answer::Ok(self.propose_on_leader(command).await)),
+                Err(error) => refuse::<()>(error),
+            },
+            PeerCallKind::Hello => refuse::<()>(io::Error::other(
+                "a hello is answered by the node, not by a store's group",
+            )),
             PeerCallKind::SnapshotChunk => match decode::<SnapshotChunk>(body, "snapshot piece") {
                 Ok(chunk) => match self.receive_chunk(chunk).await {
                     Ok(response) => encode_answer(&Answer::Ok(response)),
@@ -339,6 +453,20 @@ impl RaftGroup {
             .map_err(io::Error::other)?;
         Ok(Some(response))
     }
+}
+
+/// Where a proposal went, when this node could not decide it.
+enum Proposal {
+    /// Another node leads: its id and addresses.
+    Elsewhere(u64, PeerNode),
+    Refused(StoreError),
+}
+
+fn outcome_unknown(why: String) -> StoreError {
+    StoreError::unavailable(format!(
+        "{why}; the write's outcome is unknown: retry it with the same event ids, which makes \
+         the retry safe"
+    ))
 }
 
 fn encode_answer<T: Serialize>(answer: &Answer<T>) -> Vec<u8> {

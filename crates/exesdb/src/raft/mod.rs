@@ -9,10 +9,6 @@
 //! atomic batch as the data it describes, and whole-store snapshot files
 //! ([`ReplicatedStateMachine`]). The bytes on disk are written by `storage::cluster`.
 //!
-//! Status: the storage half of issue 13, tested against openraft's suite and our own cases.
-//! Nothing runs it yet: the cluster tree (peer RPC, StoreCoordinator, the Store proposing
-//! through Raft) is the next step, so outside tests its items are not used.
-#![cfg_attr(not(test), allow(dead_code))]
 
 mod group;
 #[cfg(test)]
@@ -31,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::system::core::store::state_machine::{Command, Outcome};
 use exesdb_types::StoreError;
 
+pub(crate) use group::{GroupStorage, RaftGroup, RaftSettings};
 pub use network::{PeerCall, PeerCallError, PeerCallFuture, PeerCallKind, PeerTransport};
 
 /// A node's addresses, as the membership records them.
@@ -101,13 +98,13 @@ type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 /// `tests.rs` fails first).
 const ENCODING_VERSION: u8 = 1;
 
-fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     let mut bytes = vec![ENCODING_VERSION];
     postcard::to_io(value, &mut bytes).map_err(io::Error::other)?;
     Ok(bytes)
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> io::Result<T> {
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> io::Result<T> {
     let invalid = |detail: String| io::Error::new(io::ErrorKind::InvalidData, detail);
     match bytes.split_first() {
         Some((&ENCODING_VERSION, body)) => postcard::from_bytes(body)
@@ -117,6 +114,11 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> io::Result<
         ))),
         None => Err(invalid(format!("the stored {what} is empty"))),
     }
+}
+
+/// The answer to a peer call that this node cannot serve.
+pub(crate) fn refusal(why: &str) -> Vec<u8> {
+    encode(&Err::<(), String>(why.to_string())).unwrap_or_default()
 }
 
 fn storage_io(error: crate::storage::StorageError) -> io::Error {

@@ -33,6 +33,10 @@ pub enum PeerCallKind {
     SnapshotChunk,
     /// The leader hands its leadership to the peer.
     TransferLeader,
+    /// Who are you? (discovery: the node's id, addresses, cluster and leader)
+    Hello,
+    /// A follower hands a client's write to the leader, which proposes it.
+    Propose,
 }
 
 impl PeerCallKind {
@@ -44,6 +48,8 @@ impl PeerCallKind {
             PeerCallKind::PreVote => 3,
             PeerCallKind::SnapshotChunk => 4,
             PeerCallKind::TransferLeader => 5,
+            PeerCallKind::Hello => 6,
+            PeerCallKind::Propose => 7,
         }
     }
 
@@ -55,6 +61,8 @@ impl PeerCallKind {
             3 => PeerCallKind::PreVote,
             4 => PeerCallKind::SnapshotChunk,
             5 => PeerCallKind::TransferLeader,
+            6 => PeerCallKind::Hello,
+            7 => PeerCallKind::Propose,
             _ => return None,
         })
     }

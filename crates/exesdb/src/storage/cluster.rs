@@ -8,9 +8,6 @@
 //! Durability: every write of the log and the vote is synced (`SyncData`) before it returns;
 //! openraft's callbacks fire only after that. A state machine batch carries the applied state
 //! in the same atomic batch as its data ([`super::WriteBatch::set_raft_applied`]).
-//!
-//! Only `crate::raft` calls these, and nothing runs that outside tests yet (issue 13).
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};

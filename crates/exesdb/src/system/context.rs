@@ -10,7 +10,9 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::SystemConfig;
+use crate::raft::RaftGroup;
 use crate::storage::Storage;
+use crate::system::cluster::ClusterView;
 use crate::system::core::notification::persistent::PersistentRegistry;
 use crate::system::core::notification::tail::CommitTail;
 use crate::system::core::persistence::subscriptions::SubscriptionsProcesses;
@@ -83,6 +85,12 @@ pub(crate) struct StoreContext {
     pub persistent: PersistentRegistry,
     /// `SubscriptionsWriter` and `SubscriptionsReader`, while they run.
     pub subscription_processes: SubscriptionsProcesses,
+    /// Cluster mode: the store's Raft group, while the Store runs it.
+    raft: RwLock<Option<RaftGroup>>,
+    /// Cluster mode: the other nodes, as discovery last heard them.
+    pub cluster_view: Arc<ClusterView>,
+    /// Cluster mode: the cluster the store's data belongs to, once it belongs to one.
+    cluster_id: RwLock<Option<String>>,
 }
 
 impl StoreContext {
@@ -103,6 +111,9 @@ impl StoreContext {
             leader: AtomicBool::new(false),
             persistent: PersistentRegistry::default(),
             subscription_processes: SubscriptionsProcesses::default(),
+            raft: RwLock::new(None),
+            cluster_view: Arc::new(ClusterView::default()),
+            cluster_id: RwLock::new(None),
         }
     }
 
@@ -163,5 +174,35 @@ impl StoreContext {
 
     pub(crate) fn is_leader(&self) -> bool {
         self.leader.load(Ordering::Acquire)
+    }
+
+    /// The store's Raft group, while it runs (cluster mode).
+    pub(crate) fn raft_group(&self) -> Option<RaftGroup> {
+        self.raft
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_raft_group(&self, group: Option<RaftGroup>) {
+        *self
+            .raft
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = group;
+    }
+
+    /// The cluster the store's data belongs to (cluster mode, once formed or joined).
+    pub(crate) fn cluster_id(&self) -> Option<String> {
+        self.cluster_id
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_cluster_id(&self, cluster_id: Option<String>) {
+        *self
+            .cluster_id
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = cluster_id;
     }
 }

@@ -6,6 +6,7 @@
 //! data is `crates/exesdb/tests/data/supervision-tree-single.txt`); the API is
 //! [`StoreApi`], in `store_api.rs`.
 
+pub(crate) mod cluster;
 pub(crate) mod context;
 pub(crate) mod core;
 pub(crate) mod gateway;
@@ -28,6 +29,7 @@ use crate::error::StartError;
 use crate::storage::Storage;
 use crate::supervision::supervisor::{Supervisor, SupervisorArgs};
 use crate::supervision::{ChildSpec, SupervisorSettings, TreeNode};
+pub use cluster::{ClusterMember, ClusterStatus};
 use context::StoreContext;
 use core::notification::subscription::SubscriptionRegistry;
 use gateway::Gateway;
@@ -80,8 +82,10 @@ impl System {
             .engine()
             .and_then(|engine| Ok((engine.next_position()?, engine.bus_position()?)))
             .map_err(|error| StartError::Corrupt(error.to_string()))?;
+        let cluster_id = check_mode(&config, &storage, next_position)?;
         let admission = Arc::new(Semaphore::new(config.commit.requests_in_flight_max));
         let context = Arc::new(StoreContext::new(config, Arc::new(storage), next_position));
+        context.set_cluster_id(cluster_id);
         let subscriptions = Arc::new(SubscriptionRegistry::default());
         // A bus forwards from where it was before the last stop or crash; a bus new to this
         // store, from the events committed from now on.
@@ -139,6 +143,24 @@ impl System {
             root,
             root_node,
         })
+    }
+
+    /// Serves a call another node's Raft group (or discovery) made to this store, and returns
+    /// the encoded answer. The server's peer port calls this.
+    pub async fn handle_peer_call(&self, kind: crate::PeerCallKind, body: &[u8]) -> Vec<u8> {
+        let context = &self.api.context;
+        match kind {
+            crate::PeerCallKind::Hello => cluster::answer_hello(context, body),
+            _ => match context.raft_group() {
+                Some(group) => group.handle(kind, body).await,
+                None => crate::raft::refusal("the store's Raft group is not running on this node"),
+            },
+        }
+    }
+
+    /// The store's place in its cluster as this node sees it; `None` in single mode.
+    pub fn cluster_status(&self) -> Option<ClusterStatus> {
+        cluster::status(&self.api.context)
     }
 
     /// Whether the tree is up and this node accepts writes for the store.
@@ -279,7 +301,46 @@ fn supervisor_settings(context: &StoreContext) -> SupervisorSettings {
     }
 }
 
-/// Builds the single-mode tree of the spec, node for node.
+/// Refuses data of the other mode, and returns the cluster the data belongs to, if any:
+/// cluster mode does not take over a single-mode store (its events were never in a Raft log,
+/// so no other node could ever hold them), and single mode does not open a cluster's store
+/// (its writes would never reach the other nodes).
+fn check_mode(
+    config: &SystemConfig,
+    storage: &Storage,
+    next_position: u64,
+) -> Result<Option<String>, StartError> {
+    let store_dir = config.store_dir();
+    let io = |source| StartError::Io {
+        path: store_dir.join(cluster::CLUSTER_ID_FILE),
+        source,
+    };
+    let cluster_id = cluster::read_cluster_id(&store_dir).map_err(io)?;
+    let voted = storage
+        .engine()
+        .and_then(|engine| engine.raft_meta("vote"))
+        .map_err(|error| StartError::Corrupt(error.to_string()))?
+        .is_some();
+    let wrong = |detail: String| StartError::WrongMode {
+        path: store_dir.clone(),
+        detail,
+    };
+    match (&config.cluster, &cluster_id) {
+        (Some(_), None) if !voted && next_position > 0 => Err(wrong(format!(
+            "this store holds single-mode data ({next_position} events) and no cluster state; \
+             cluster mode does not take it over. Start it with --mode single, or give cluster \
+             mode another data directory"
+        ))),
+        (None, Some(cluster_id)) => Err(wrong(format!(
+            "this store belongs to cluster {cluster_id}; start it with --mode cluster"
+        ))),
+        (None, None) if voted => Err(wrong(
+            "this store holds a cluster's Raft state; start it with --mode cluster".to_string(),
+        )),
+        _ => Ok(cluster_id),
+    }
+}
+
 fn lock_ignoring_poison<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -291,8 +352,17 @@ fn build_tree(wiring: &Wiring) -> (Pools, Arc<TreeNode>, Vec<ChildSpec>) {
     let (persistence, emitters, core) = core::core_system(wiring);
     let (gateway_workers, gateway) = gateway::gateway_system(wiring);
     let root = TreeNode::new(ROOT_NAME, Kind::Supervisor, Some(STRATEGY));
-    root.add_child(core.node.clone());
-    root.add_child(gateway.node.clone());
+    // Cluster mode: LibCluster and ClusterSystem start after the core, before the gateway.
+    let cluster_layer = match wiring.context.config.cluster {
+        Some(_) => cluster::cluster_layer(wiring),
+        None => Vec::new(),
+    };
+    let mut children = vec![core];
+    children.extend(cluster_layer);
+    children.push(gateway);
+    for child in &children {
+        root.add_child(child.node.clone());
+    }
     let pools = Pools {
         gateway_workers,
         emitters,
@@ -302,7 +372,7 @@ fn build_tree(wiring: &Wiring) -> (Pools, Arc<TreeNode>, Vec<ChildSpec>) {
         snapshots_readers: persistence.snapshots_readers,
         read_turn: std::sync::atomic::AtomicU64::new(0),
     };
-    (pools, root, vec![core, gateway])
+    (pools, root, children)
 }
 
 /// Runs storage work that may wait for the disk without holding up the runtime's other tasks:

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use crate::common::{PATIENCE, event, holds_throughout, start, start_with, wait_for, wait_until};
+use crate::common::{
+    PATIENCE, event, holds_throughout, start, start_in, start_with, wait_for, wait_until,
+};
 use exesdb::{
     Direction, ExpectedVersion, Kind, Selector, StartFrom, Strategy, System, TreeSnapshot,
 };
@@ -211,8 +213,8 @@ async fn the_live_tree_matches_the_spec_diagram() {
     store.system.stop().await;
 }
 
-/// Cluster mode is not built yet, so no live tree is compared with the cluster diagram; this
-/// holds the data to what the spec says of it, for the test that will.
+/// The cluster diagram, as data, says what the spec says of it: the single tree with the
+/// cluster layer before the gateway.
 #[test]
 fn the_cluster_tree_is_the_single_tree_with_the_cluster_layer_before_the_gateway() {
     let single = spec_tree("single");
@@ -244,6 +246,115 @@ fn the_cluster_tree_is_the_single_tree_with_the_cluster_layer_before_the_gateway
         .chain(single[gateway..].iter().cloned())
         .collect();
     assert_eq!(cluster, expected);
+}
+
+/// A transport to no one: a cluster of one node never calls a peer.
+struct NoPeers;
+
+impl exesdb::PeerTransport for NoPeers {
+    fn call(
+        &self,
+        peer_addr: &str,
+        _call: exesdb::PeerCall,
+        _deadline: Duration,
+    ) -> exesdb::PeerCallFuture {
+        let peer = peer_addr.to_string();
+        Box::pin(async move { Err(exesdb::PeerCallError::Unreachable(peer)) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_cluster_tree_matches_the_spec_diagram_and_a_one_node_cluster_forms_and_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = start_with(dir, |config| {
+        config.cluster = Some(exesdb::ClusterConfig::new(
+            7,
+            "test",
+            1,
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            std::sync::Arc::new(NoPeers),
+        ));
+    })
+    .await;
+    let expected = as_run_with_native_pubsub(&spec_tree("cluster"));
+    assert_eq!(
+        as_in_the_diagram(&store.system.tree()).render(),
+        draw(&expected)
+    );
+    // The coordinator forms the group of one, which then leads and takes writes.
+    let status = wait_for(PATIENCE, || {
+        let status = store.system.cluster_status();
+        std::future::ready(match &status {
+            Some(status) if status.leader == Some(7) && status.cluster_id.is_some() => {
+                Ok(status.clone())
+            }
+            _ => Err(format!("a formed group of one: {status:?}")),
+        })
+    })
+    .await;
+    assert_eq!(status.members.len(), 1);
+    assert_eq!(status.members[0].state, "leader");
+    let result = store
+        .system
+        .api()
+        .append(
+            "order-1",
+            ExpectedVersion::NoStream,
+            vec![event("Placed", "{}")],
+        )
+        .await
+        .expect("the leader appends");
+    assert_eq!(result.first_position, 0);
+    let cluster_id = status.cluster_id.clone().expect("formed");
+    let data = store.dir.path().join("default");
+    store.system.stop().await;
+    assert_eq!(
+        std::fs::read_to_string(data.join("CLUSTER_ID"))
+            .expect("the cluster id is kept")
+            .trim(),
+        cluster_id
+    );
+    // The same data in single mode is refused: its writes would never reach the cluster.
+    let refused = System::start(exesdb::SystemConfig::new(store.dir.path(), "default"))
+        .await
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_default();
+    assert!(refused.contains(&cluster_id), "{refused}");
+    assert!(refused.contains("--mode cluster"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_mode_store_is_refused_in_cluster_mode() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = start_in(dir).await;
+    store
+        .system
+        .api()
+        .append(
+            "order-1",
+            ExpectedVersion::NoStream,
+            vec![event("Placed", "{}")],
+        )
+        .await
+        .expect("appends");
+    store.system.stop().await;
+    let mut config = exesdb::SystemConfig::new(store.dir.path(), "default");
+    config.cluster = Some(exesdb::ClusterConfig::new(
+        7,
+        "test",
+        1,
+        "127.0.0.1:1",
+        "127.0.0.1:2",
+        std::sync::Arc::new(NoPeers),
+    ));
+    let refused = System::start(config)
+        .await
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_default();
+    assert!(refused.contains("single-mode data (1 events)"), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::state_machine::{Command, Outcome, StateMachine};
+use crate::raft::{GroupStorage, RaftGroup, RaftSettings};
 use crate::storage::StorageError;
 use crate::system::context::{CommitMsg, CommitRequest, StoreContext};
 use crate::system::hops::Hop;
@@ -31,10 +32,31 @@ pub(crate) enum StoreMsg {
 }
 
 /// The Store's state: a guard that tells the committer to stop when the Store goes away,
-/// however it goes (a graceful stop, a failure, or a kill, which drops the state).
+/// however it goes (a graceful stop, a failure, or a kill, which drops the state). In cluster
+/// mode the Raft group takes the committer's place.
 pub(crate) struct StoreState {
-    committer: CommitterGuard,
+    committer: Option<CommitterGuard>,
+    replicated: Option<Replicated>,
     stopping: bool,
+}
+
+/// Cluster mode: the store's Raft group, and the tasks that feed it commands and follow its
+/// leadership. Dropping it (a kill) ends the tasks; a graceful stop also shuts the group down.
+struct Replicated {
+    context: Arc<StoreContext>,
+    group: RaftGroup,
+    proposer: tokio::task::AbortHandle,
+    leadership: tokio::task::AbortHandle,
+}
+
+impl Drop for Replicated {
+    fn drop(&mut self) {
+        self.context.set_committer(None);
+        self.proposer.abort();
+        self.leadership.abort();
+        self.context.set_raft_group(None);
+        self.context.leader.store(false, Ordering::Release);
+    }
 }
 
 struct CommitterGuard {
@@ -63,6 +85,14 @@ impl Actor for Store {
         myself: ActorRef<StoreMsg>,
         context: Arc<StoreContext>,
     ) -> Result<StoreState, ActorProcessingErr> {
+        if let Some(cluster) = context.config.cluster.clone() {
+            let replicated = start_replicated(context, &cluster).await?;
+            return Ok(StoreState {
+                committer: None,
+                replicated: Some(replicated),
+                stopping: false,
+            });
+        }
         let settings = &context.config.commit;
         let (queue, receiver) = mpsc::channel(settings.commit_queue_commands_max);
         let stop = Arc::new(AtomicBool::new(false));
@@ -95,7 +125,8 @@ impl Actor for Store {
             let _ = myself.send_message(StoreMsg::CommitterExited);
         });
         Ok(StoreState {
-            committer: guard,
+            committer: Some(guard),
+            replicated: None,
             stopping: false,
         })
     }
@@ -120,7 +151,15 @@ impl Actor for Store {
         state: &mut StoreState,
     ) -> Result<(), ActorProcessingErr> {
         state.stopping = true;
-        let guard = &state.committer;
+        if let Some(replicated) = state.replicated.take() {
+            replicated.context.set_committer(None);
+            replicated.proposer.abort();
+            replicated.group.shutdown().await;
+            return Ok(());
+        }
+        let Some(guard) = &state.committer else {
+            return Ok(());
+        };
         guard.context.set_committer(None);
         guard.stop.store(true, Ordering::Release);
         let _ = guard.queue.send(CommitMsg::Stop).await;
@@ -134,6 +173,75 @@ impl Actor for Store {
         }
         Ok(())
     }
+}
+
+/// Starts the store's Raft group, and the proposer that takes the commit queue's commands to
+/// it: each is proposed (on a follower, forwarded to the leader) and answered with its outcome
+/// once applied. The queue is bounded as in single mode, and the admission semaphore bounds
+/// the proposals in flight.
+async fn start_replicated(
+    context: Arc<StoreContext>,
+    cluster: &crate::config::ClusterConfig,
+) -> Result<Replicated, ActorProcessingErr> {
+    let settings = RaftSettings {
+        cluster_name: cluster.cluster_name.clone(),
+        election_timeout_min_ms: cluster.election_timeout_min_ms,
+        election_timeout_max_ms: cluster.election_timeout_max_ms,
+        heartbeat_interval_ms: cluster.heartbeat_interval_ms,
+        write_timeout_ms: cluster.write_timeout_ms,
+        ..RaftSettings::default()
+    };
+    let storage = GroupStorage {
+        storage: context.storage.clone(),
+        snapshot_dir: context.config.store_dir().join("raft-snapshots"),
+        limits: context.config.limits.clone(),
+        head_cache_entries_max: context.config.commit.stream_head_cache_entries_max,
+        committed: context.committed.clone(),
+    };
+    let group = RaftGroup::start(
+        cluster.node_id,
+        context.store_id(),
+        settings,
+        storage,
+        cluster.transport.clone(),
+    )
+    .await
+    .map_err(|error| format!("cannot start the store's Raft group: {error}"))?;
+    context.set_raft_group(Some(group.clone()));
+    let (queue, mut receiver) = mpsc::channel(context.config.commit.commit_queue_commands_max);
+    let proposing = group.clone();
+    let proposer = tokio::spawn(async move {
+        while let Some(message) = receiver.recv().await {
+            let CommitMsg::Command(request) = message else {
+                break;
+            };
+            let group = proposing.clone();
+            tokio::spawn(async move {
+                let outcome = group.propose(request.command).await;
+                let _ = request.reply.send(outcome);
+            });
+        }
+    });
+    // LeaderTracker's flag follows Raft: this node leads when Raft says it does.
+    let node_id = cluster.node_id;
+    let leading = context.clone();
+    let following = group.clone();
+    let leadership = tokio::spawn(async move {
+        following
+            .follow_leader(|leader| {
+                leading
+                    .leader
+                    .store(leader == Some(node_id), Ordering::Release);
+            })
+            .await;
+    });
+    context.set_committer(Some(queue));
+    Ok(Replicated {
+        context,
+        group,
+        proposer: proposer.abort_handle(),
+        leadership: leadership.abort_handle(),
+    })
 }
 
 /// Marks the committer's end when dropped, including by a panic unwinding the thread.

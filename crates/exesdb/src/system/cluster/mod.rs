@@ -1,0 +1,241 @@
+//! Cluster mode's layer of the tree, started between `CoreSystem` and `GatewaySystem`:
+//! `LibCluster` [S] finds the other nodes, and `ExESDB.ClusterSystem` [S] (:one_for_one) holds
+//! `StoreCoordinator` [GS], which forms the store's Raft group exactly once, and `NodeMonitor`
+//! [GS], which reports each peer's health and never changes membership (only the Raft
+//! majority does). one_for_one: the coordinator and the monitor do not depend on each other.
+//!
+//! Discovery is static seeds plus a hello over the peer port: each node asks the seeds who
+//! they are (id, addresses, cluster name and id, whether they are formed, their leader), and
+//! learns from every hello it answers.
+
+mod coordinator;
+mod monitor;
+mod view;
+
+use std::sync::{Arc, Mutex};
+
+use exesdb_types::{Kind, Strategy};
+use tokio::task::AbortHandle;
+
+use crate::supervision::ChildSpec;
+use crate::supervision::TreeNode;
+use crate::supervision::service::{Service, ServiceActor, ServiceArgs};
+use crate::system::context::StoreContext;
+use crate::system::wiring::Wiring;
+pub(crate) use coordinator::{CLUSTER_ID_FILE, StoreCoordinator, read_cluster_id};
+pub(crate) use view::{ClusterView, Hello};
+
+/// The coordinator and the monitor are independent.
+const STRATEGY: Strategy = Strategy::OneForOne;
+
+/// `LibCluster` and `ExESDB.ClusterSystem`, in start order.
+pub(crate) fn cluster_layer(wiring: &Wiring) -> Vec<ChildSpec> {
+    let context = wiring.context.clone();
+    let discovery = Arc::new(Discovery {
+        context: wiring.context.clone(),
+        task: Task::default(),
+    });
+    // The spec draws LibCluster as an external supervisor with no strategy and no children
+    // shown: it supervises its own discovery task.
+    let lib_cluster = ChildSpec::actor(
+        TreeNode::new("LibCluster", Kind::Supervisor, None),
+        move || {
+            (
+                ServiceActor,
+                ServiceArgs {
+                    service: discovery.clone(),
+                    context: context.clone(),
+                },
+            )
+        },
+    );
+    let cluster_system = wiring.supervisor(
+        "ExESDB.ClusterSystem",
+        STRATEGY,
+        vec![
+            wiring.service(
+                "ExESDB.StoreCoordinator",
+                Arc::new(StoreCoordinator::new(wiring.context.clone())),
+            ),
+            wiring.service(
+                "ExESDB.NodeMonitor",
+                Arc::new(monitor::NodeMonitor::new(wiring.context.clone())),
+            ),
+        ],
+    );
+    vec![lib_cluster, cluster_system]
+}
+
+/// A task a process runs while it runs; replaced at a restart, ended at a stop.
+#[derive(Default)]
+pub(crate) struct Task(Mutex<Option<AbortHandle>>);
+
+impl Task {
+    pub(crate) fn replace(&self, task: Option<AbortHandle>) {
+        let old = std::mem::replace(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            task,
+        );
+        if let Some(old) = old {
+            old.abort();
+        }
+    }
+}
+
+/// LibCluster's work: ask every seed who it is, every `discovery_interval_ms`, so that the
+/// coordinator sees the nodes that are up and the monitor sees when each was last heard.
+struct Discovery {
+    context: Arc<StoreContext>,
+    task: Task,
+}
+
+impl Service for Discovery {
+    fn start(&self, _context: &StoreContext) -> Result<(), String> {
+        let context = self.context.clone();
+        let Some(cluster) = context.config.cluster.clone() else {
+            return Err("LibCluster runs only in cluster mode".into());
+        };
+        let task = tokio::spawn(async move {
+            let interval = std::time::Duration::from_millis(cluster.discovery_interval_ms);
+            loop {
+                let hello = own_hello(&context);
+                for seed in &cluster.seeds {
+                    if *seed == cluster.peer_advertise {
+                        continue;
+                    }
+                    if let Some(answer) =
+                        view::ask(&cluster, context.store_id(), seed, &hello).await
+                    {
+                        context.cluster_view.record(answer);
+                    }
+                }
+                tokio::time::sleep(interval).await;
+            }
+        });
+        self.task.replace(Some(task.abort_handle()));
+        Ok(())
+    }
+
+    fn stop(&self, _context: &StoreContext) {
+        self.task.replace(None);
+    }
+}
+
+/// This node's hello for the store: who it is, and what its Raft group knows.
+pub(crate) fn own_hello(context: &StoreContext) -> Hello {
+    let cluster = context.config.cluster.as_ref();
+    let metrics = context.raft_group().map(|group| group.metrics());
+    Hello {
+        node_id: cluster.map_or(0, |cluster| cluster.node_id),
+        cluster_name: cluster.map_or_else(String::new, |cluster| cluster.cluster_name.clone()),
+        cluster_id: context.cluster_id(),
+        peer_addr: cluster.map_or_else(String::new, |cluster| cluster.peer_advertise.clone()),
+        client_addr: cluster.map_or_else(String::new, |cluster| cluster.client_advertise.clone()),
+        formed: metrics.as_ref().is_some_and(|metrics| {
+            metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .next()
+                .is_some()
+        }),
+        leader: metrics.and_then(|metrics| metrics.current_leader),
+    }
+}
+
+/// Answers another node's hello for this store, and remembers who asked.
+pub(crate) fn answer_hello(context: &StoreContext, body: &[u8]) -> Vec<u8> {
+    let Some(cluster) = context.config.cluster.as_ref() else {
+        return crate::raft::refusal("this node runs in single mode");
+    };
+    let asker: Hello = match crate::raft::decode(body, "hello") {
+        Ok(asker) => asker,
+        Err(error) => return crate::raft::refusal(&error.to_string()),
+    };
+    if asker.cluster_name != cluster.cluster_name {
+        return crate::raft::refusal(&format!(
+            "this node belongs to cluster name {}, not {}",
+            cluster.cluster_name, asker.cluster_name
+        ));
+    }
+    if asker.node_id != cluster.node_id {
+        context.cluster_view.record(asker);
+    }
+    crate::raft::encode(&Ok::<Hello, String>(own_hello(context))).unwrap_or_default()
+}
+
+/// A member of a store's Raft group.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ClusterMember {
+    /// The node's id.
+    pub node_id: u64,
+    /// Where peers reach it.
+    pub peer_addr: String,
+    /// Where clients reach it.
+    pub client_addr: String,
+    /// `leader`, `follower` or `learner`, as this node sees it.
+    pub state: String,
+}
+
+/// A store's place in its cluster, as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ClusterStatus {
+    /// This node's id.
+    pub node_id: u64,
+    /// The cluster the store belongs to, once formed or joined.
+    pub cluster_id: Option<String>,
+    /// The leader this node knows of.
+    pub leader: Option<u64>,
+    /// Where clients reach the leader.
+    pub leader_client_addr: Option<String>,
+    /// The Raft term.
+    pub term: u64,
+    /// The last log index this node knows is committed.
+    pub commit_index: Option<u64>,
+    /// The last log index applied here.
+    pub applied_index: Option<u64>,
+    /// The members, voters first.
+    pub members: Vec<ClusterMember>,
+}
+
+/// The status of the store's group; `None` in single mode or while the group is not running.
+pub(crate) fn status(context: &StoreContext) -> Option<ClusterStatus> {
+    let cluster = context.config.cluster.as_ref()?;
+    let group = context.raft_group()?;
+    let metrics = group.metrics();
+    let membership = metrics.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let members = membership
+        .nodes()
+        .map(|(node_id, node)| ClusterMember {
+            node_id: *node_id,
+            peer_addr: node.peer_addr.clone(),
+            client_addr: node.client_addr.clone(),
+            state: if Some(*node_id) == metrics.current_leader {
+                "leader"
+            } else if voters.contains(node_id) {
+                "follower"
+            } else {
+                "learner"
+            }
+            .to_string(),
+        })
+        .collect();
+    let leader_client_addr = metrics
+        .current_leader
+        .and_then(|leader| membership.get_node(&leader))
+        .map(|node| node.client_addr.clone());
+    Some(ClusterStatus {
+        node_id: cluster.node_id,
+        cluster_id: context.cluster_id(),
+        leader: metrics.current_leader,
+        leader_client_addr,
+        term: metrics.current_term,
+        commit_index: group.committed_index(),
+        applied_index: metrics.last_applied.map(|log_id| log_id.index),
+        members,
+    })
+}
