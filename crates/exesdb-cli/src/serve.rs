@@ -478,7 +478,8 @@ async fn start_peer_port(
         .peer_advertise
         .clone()
         .unwrap_or_else(|| peer_local.to_string());
-    tracing::info!(peer_listen = %peer_local, node_id, cluster = settings.cluster_name, "peer port open");
+    // Not `listen=`: scripts read the client port from the line that says that.
+    tracing::info!(peer = %peer_local, node_id, cluster = settings.cluster_name, "peer port open");
     let mut cluster = exesdb::ClusterConfig::new(
         node_id,
         settings.cluster_name.clone(),

@@ -53,6 +53,17 @@ pub fn spawn_server(
     data_dir: &std::path::Path,
     extra: &[&str],
 ) -> (std::process::Child, String) {
+    try_spawn_server(binary, data_dir, extra).unwrap_or_else(|log| {
+        panic!("the server exited before logging its address; its log:\n{log}")
+    })
+}
+
+/// [`spawn_server`], or the log of a server that exited before it logged its address.
+pub fn try_spawn_server(
+    binary: &std::path::Path,
+    data_dir: &std::path::Path,
+    extra: &[&str],
+) -> Result<(std::process::Child, String), String> {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new(binary)
@@ -66,12 +77,15 @@ pub fn spawn_server(
         .expect("exesdb starts");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
+    let mut before = Vec::new();
     let address = loop {
-        let line = lines
-            .next()
-            .expect("the server logs its address before exiting")
-            .expect("readable log");
-        if let Some(rest) = line.split("listen=").nth(1) {
+        let Some(line) = lines.next() else {
+            let _ = child.wait();
+            return Err(before.join("\n"));
+        };
+        let line = line.expect("readable log");
+        before.push(line.clone());
+        if let Some(rest) = line.split(" listen=").nth(1) {
             break rest.split_whitespace().next().expect("address").to_string();
         }
     };
@@ -83,5 +97,5 @@ pub fn spawn_server(
             }
         }
     });
-    (child, address)
+    Ok((child, address))
 }

@@ -8,6 +8,7 @@ mod common;
 mod bench_smoke;
 mod cli;
 mod client_api;
+mod cluster;
 mod flood;
 mod large_reads;
 mod persistent;

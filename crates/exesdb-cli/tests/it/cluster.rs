@@ -1,0 +1,379 @@
+//! Cluster mode with real processes: three `exesdb serve --mode cluster` nodes on loopback
+//! ports form a cluster, take appends through every node, keep identical `$all` logs, lose
+//! their leader to SIGKILL under load without losing an acknowledged event, and take the lost
+//! node back, which catches up from the log. A wrong cluster secret is refused.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use exesdb_client::{Client, Direction, ExpectedVersion, NewEvent, ReadFrom, RecordedEvent};
+use tokio_stream::StreamExt;
+use uuid::Uuid;
+
+use crate::common::{PATIENCE, Server, http_get, wait_for};
+
+/// A loopback port free now (the test's own nodes take them a moment later).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+struct Cluster {
+    dirs: Vec<tempfile::TempDir>,
+    peers: Vec<String>,
+    nodes: Vec<Option<Server>>,
+    extra: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `size` nodes. A peer port is chosen free, then bound by the node a moment
+    /// later; if another process took it meanwhile, the whole cluster starts again on new
+    /// ports.
+    fn new(size: usize, extra: &[&str]) -> Cluster {
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let mut cluster = Cluster {
+                dirs: (0..size)
+                    .map(|_| tempfile::tempdir().expect("tempdir"))
+                    .collect(),
+                peers: (0..size)
+                    .map(|_| format!("127.0.0.1:{}", free_port()))
+                    .collect(),
+                nodes: (0..size).map(|_| None).collect(),
+                extra: extra.iter().map(|arg| arg.to_string()).collect(),
+            };
+            match (0..size).try_for_each(|index| cluster.try_start(index)) {
+                Ok(()) => return cluster,
+                Err(log) if log.contains("Address already in use") => last_log = log,
+                Err(log) => panic!("a node did not start; its log:\n{log}"),
+            }
+        }
+        panic!("no free peer ports after three tries; the last node's log:\n{last_log}");
+    }
+
+    fn start(&mut self, index: usize) {
+        if let Err(log) = self.try_start(index) {
+            panic!("node {index} did not start; its log:\n{log}");
+        }
+    }
+
+    fn try_start(&mut self, index: usize) -> Result<(), String> {
+        let size = self.peers.len().to_string();
+        let seeds = self.peers.join(",");
+        let mut args = vec![
+            "--mode",
+            "cluster",
+            "--cluster-name",
+            "test",
+            "--cluster-size",
+            &size,
+            "--peer-listen",
+            &self.peers[index],
+            "--seeds",
+            &seeds,
+        ];
+        args.extend(self.extra.iter().map(String::as_str));
+        let (child, address) = exesdb_test_support::try_spawn_server(
+            Path::new(env!("CARGO_BIN_EXE_exesdb")),
+            self.dirs[index].path(),
+            &args,
+        )?;
+        self.nodes[index] = Some(Server {
+            child,
+            address,
+            data_dir: self.dirs[index].path().to_path_buf(),
+        });
+        Ok(())
+    }
+
+    fn node(&self, index: usize) -> &Server {
+        self.nodes[index].as_ref().expect("the node runs")
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|index| self.nodes[*index].is_some())
+            .collect()
+    }
+
+    /// SIGKILL: the node gets no chance to hand anything over.
+    fn kill(&mut self, index: usize) {
+        if let Some(mut server) = self.nodes[index].take() {
+            let _ = server.child.kill();
+            let _ = server.child.wait();
+        }
+    }
+
+    /// Waits until every running node reports the same leader, a running one; returns its index.
+    async fn leader(&self) -> usize {
+        wait_for(PATIENCE, || {
+            let seen: Vec<(usize, Option<u64>, bool, String)> = self
+                .running()
+                .into_iter()
+                .map(|index| {
+                    let (status, body) = http_get(&self.node(index).address, "/health");
+                    let health: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    let store = &health["stores"][0];
+                    (
+                        index,
+                        store["leader_node"].as_u64().filter(|_| status == 200),
+                        store["leader"].as_bool().unwrap_or(false),
+                        body,
+                    )
+                })
+                .collect();
+            let leaders: Vec<usize> = seen
+                .iter()
+                .filter(|(_, _, leads, _)| *leads)
+                .map(|(index, _, _, _)| *index)
+                .collect();
+            let agreed = seen.iter().all(|(_, leader, _, _)| leader.is_some())
+                && seen.windows(2).all(|pair| pair[0].1 == pair[1].1);
+            std::future::ready(match (agreed, leaders.as_slice()) {
+                (true, [leader]) => Ok(*leader),
+                _ => Err(format!("one leader every node agrees on: {seen:?}")),
+            })
+        })
+        .await
+    }
+
+    async fn client(&self, index: usize) -> Client {
+        self.node(index).client().await
+    }
+}
+
+async fn all_events(client: &Client) -> Vec<RecordedEvent> {
+    client
+        .read_all(ReadFrom::Start, None, Direction::Forward, None, &[])
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .expect("reads $all")
+}
+
+/// Waits until the node's `$all` holds `count` events, and returns them.
+async fn events_once_there(server: &Server, count: usize) -> Vec<RecordedEvent> {
+    let client = server.client().await;
+    wait_for(PATIENCE, || {
+        let client = client.clone();
+        async move {
+            let events = all_events(&client).await;
+            if events.len() >= count {
+                Ok(events)
+            } else {
+                Err(format!("{count} events, {} so far", events.len()))
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_form_a_cluster_and_take_appends_through_every_node() {
+    let cluster = Cluster::new(3, &[]);
+    cluster.leader().await;
+    let mut acknowledged = Vec::new();
+    for index in 0..3 {
+        let client = cluster.client(index).await;
+        for n in 0..5 {
+            let result = client
+                .append(
+                    &format!("order-{index}"),
+                    ExpectedVersion::Any,
+                    vec![NewEvent::new("Placed", format!("{{\"n\":{n}}}"))],
+                )
+                .await
+                .unwrap_or_else(|error| panic!("node {index} takes the append: {error}"));
+            acknowledged.push(result.first_position);
+        }
+    }
+    assert_eq!(acknowledged, (0..15).collect::<Vec<_>>());
+    let reference = events_once_there(cluster.node(0), 15).await;
+    for index in 1..3 {
+        assert_eq!(events_once_there(cluster.node(index), 15).await, reference);
+    }
+    // Optimistic concurrency holds across nodes: the version check is the leader's.
+    let follower = (cluster.leader().await + 1) % 3;
+    let client = cluster.client(follower).await;
+    let refused = client
+        .append(
+            "order-0",
+            ExpectedVersion::Exact(1),
+            vec![NewEvent::new("Placed", "{}")],
+        )
+        .await
+        .expect_err("order-0 is at version 4");
+    assert_eq!(refused.code(), "wrong_expected_version", "{refused}");
+}
+
+/// One writer's events: each keeps its id through every retry, so a retry after a lost answer
+/// is recognised instead of written twice.
+async fn write_through_failures(
+    clients: Vec<(usize, Client)>,
+    writer: usize,
+    count: usize,
+) -> Vec<(Uuid, u64)> {
+    let mut acknowledged = Vec::new();
+    let mut turn = writer;
+    for n in 0..count {
+        let id = Uuid::now_v7();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (_, client) = &clients[turn % clients.len()];
+            let event = NewEvent::new("Written", format!("{{\"n\":{n}}}")).with_id(id);
+            match client
+                .append(
+                    &format!("writer-{writer}"),
+                    ExpectedVersion::Any,
+                    vec![event],
+                )
+                .await
+            {
+                Ok(result) => {
+                    acknowledged.push((id, result.first_position));
+                    break;
+                }
+                Err(error) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "writer {writer} could not write event {n}: {error}"
+                    );
+                    // Another node, after a pause as short as a retry should be.
+                    turn += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    acknowledged
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_under_load_loses_no_acknowledged_event_and_comes_back_from_the_log() {
+    let mut cluster = Cluster::new(3, &[]);
+    let leader = cluster.leader().await;
+    let mut clients = Vec::new();
+    for index in 0..3 {
+        clients.push((index, cluster.client(index).await));
+    }
+    let writers: Vec<_> = (0..4)
+        .map(|writer| tokio::spawn(write_through_failures(clients.clone(), writer, 60)))
+        .collect();
+    // Kill the leader once the load is under way.
+    let before = clients[(leader + 1) % 3].1.clone();
+    wait_for(PATIENCE, || {
+        let client = before.clone();
+        async move {
+            let stored = all_events(&client).await.len();
+            if stored >= 40 {
+                Ok(())
+            } else {
+                Err(format!("40 events before the kill, {stored} so far"))
+            }
+        }
+    })
+    .await;
+    cluster.kill(leader);
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    let mut acknowledged: HashMap<Uuid, u64> = HashMap::new();
+    for writer in writers {
+        for (id, position) in writer.await.expect("the writer finishes") {
+            assert!(
+                acknowledged.insert(id, position).is_none(),
+                "one answer per event"
+            );
+        }
+    }
+    assert_eq!(acknowledged.len(), 240);
+    let survivors = cluster.running();
+    let reference = events_once_there(cluster.node(survivors[0]), 240).await;
+    assert_eq!(
+        events_once_there(cluster.node(survivors[1]), 240).await,
+        reference
+    );
+    // Every acknowledged event is stored once, where its acknowledgement said, and nothing
+    // else is (each writer's events were each acknowledged).
+    let stored: BTreeMap<u64, Uuid> = reference
+        .iter()
+        .map(|event| (event.position, event.event_id))
+        .collect();
+    assert_eq!(stored.len(), reference.len(), "positions are unique");
+    for (id, position) in &acknowledged {
+        assert_eq!(
+            stored.get(position),
+            Some(id),
+            "the event acknowledged at {position}"
+        );
+    }
+    let written: Vec<&RecordedEvent> = reference
+        .iter()
+        .filter(|event| event.stream_id.starts_with("writer-"))
+        .collect();
+    assert_eq!(written.len(), 240, "no event twice: {}", written.len());
+
+    // The killed node comes back from its directory and catches up from the log.
+    cluster.start(leader);
+    assert_eq!(
+        events_once_there(cluster.node(leader), 240).await,
+        reference
+    );
+    let (status, _) = http_get(&cluster.node(leader).address, "/health");
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_wrong_cluster_secret_is_refused() {
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let right = secrets.path().join("right");
+    let wrong = secrets.path().join("wrong");
+    std::fs::write(&right, "the-right-secret\n").expect("write");
+    std::fs::write(&wrong, "not-the-secret\n").expect("write");
+    let secret_file = |path: &Path| path.to_str().expect("utf-8").to_string();
+    let right_arg = secret_file(&right);
+    // Two nodes with the secret form a cluster of two; a third with the wrong one is refused
+    // by both, and counted as refused, not taken for a peer that is down.
+    let mut cluster = Cluster::new(2, &["--cluster-secret-file", &right_arg]);
+    cluster.leader().await;
+    let intruder_dir = tempfile::tempdir().expect("tempdir");
+    let intruder_peer = format!("127.0.0.1:{}", free_port());
+    let seeds = cluster.peers.join(",");
+    let wrong_arg = secret_file(&wrong);
+    let intruder = Server::start_with(
+        intruder_dir.path(),
+        &[
+            "--mode",
+            "cluster",
+            "--cluster-name",
+            "test",
+            "--cluster-size",
+            "2",
+            "--peer-listen",
+            &intruder_peer,
+            "--seeds",
+            &seeds,
+            "--cluster-secret-file",
+            &wrong_arg,
+        ],
+    );
+    let first = cluster.node(0).address.clone();
+    wait_for(PATIENCE, || {
+        let refused = crate::common::metric(
+            &first,
+            "exesdb_peer_refused_total{reason=\"cluster_secret\"}",
+        );
+        std::future::ready(if refused >= 1.0 {
+            Ok(())
+        } else {
+            Err("a refused peer call counted".to_string())
+        })
+    })
+    .await;
+    // The intruder never forms or joins anything.
+    let (status, _) = http_get(&intruder.address, "/health");
+    assert_eq!(status, 503);
+    cluster.kill(0);
+    drop(intruder);
+}
