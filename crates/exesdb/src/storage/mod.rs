@@ -35,12 +35,15 @@ pub use page::EventPage;
 
 /// The on-disk format this build writes and reads. Bump it with every incompatible change and
 /// record the change in the format log of `docs/DURABILITY.md`.
-pub(crate) const FORMAT_VERSION: u32 = 3;
+pub(crate) const FORMAT_VERSION: u32 = 4;
 /// Format 1 lacks the secondary indexes, which the upgrade builds from the log.
 const FORMAT_WITHOUT_INDEXES: u32 = 1;
 /// Format 2 stores each event as a lone log value; this build reads those as chunks of one,
 /// so its upgrade only marks the directory.
 const FORMAT_WITHOUT_CHUNKS: u32 = 2;
+/// Format 3 has no cluster state; this build reads it unchanged, so its upgrade only marks the
+/// directory (and so a build of format 3, which knows nothing of Raft, refuses it from then on).
+const FORMAT_WITHOUT_RAFT: u32 = 3;
 const FORMAT_FILE: &str = "FORMAT";
 const FORMAT_PREFIX: &str = "exesdb-format ";
 const ENGINE_DIR: &str = "fjall";
@@ -1122,9 +1125,9 @@ fn check_or_write_format(dir: &Path) -> Result<FoundFormat, StartError> {
                 .and_then(|v| v.parse::<u32>().ok());
             match version {
                 Some(FORMAT_VERSION) => Ok(FoundFormat::Current),
-                Some(old @ (FORMAT_WITHOUT_INDEXES | FORMAT_WITHOUT_CHUNKS)) => {
-                    Ok(FoundFormat::Upgradable(old))
-                }
+                Some(
+                    old @ (FORMAT_WITHOUT_INDEXES | FORMAT_WITHOUT_CHUNKS | FORMAT_WITHOUT_RAFT),
+                ) => Ok(FoundFormat::Upgradable(old)),
                 _ => Err(StartError::UnsupportedFormat {
                     path: dir.to_path_buf(),
                     found,

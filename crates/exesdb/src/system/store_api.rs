@@ -559,6 +559,19 @@ impl StoreApi {
 
     /// Joins a persistent subscription's consumer group.
     pub async fn connect_subscription(&self, name: &str) -> Result<PersistentConsumer, StoreError> {
+        // Cluster mode: one node delivers a group, the leader, so two nodes never hand out
+        // the same events at once.
+        if self.context.config.cluster.is_some() && !self.context.is_leader() {
+            let leader = super::cluster::status(&self.context)
+                .and_then(|status| status.leader_client_addr)
+                .map_or_else(
+                    || "no leader is known yet; retry shortly".to_string(),
+                    |addr| format!("connect to the leader, at {addr}"),
+                );
+            return Err(StoreError::unavailable(format!(
+                "persistent subscriptions are delivered by the store's leader: {leader}"
+            )));
+        }
         let group = self.context.persistent.get(name).ok_or_else(|| {
             StoreError::SubscriptionNotFound(format!("no persistent subscription named {name:?}"))
         })?;

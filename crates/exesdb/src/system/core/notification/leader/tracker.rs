@@ -1,17 +1,20 @@
 //! `ExESDB.LeaderTracker` [GS]: knows whether this node leads the store. In single mode it
-//! always does; cluster mode will follow Raft leadership here.
+//! always does. In cluster mode it starts as a follower, and the flag follows Raft's view of
+//! the leader from then on (the Store's Raft group sets it, `core/store/store.rs`).
 
 use std::sync::atomic::Ordering;
 
 use crate::supervision::service::Service;
 use crate::system::context::StoreContext;
 
-/// Single-mode leadership: leader from start to stop.
+/// Leadership: from start to stop in single mode; as Raft says in cluster mode.
 pub(crate) struct LeaderTracker;
 
 impl Service for LeaderTracker {
     fn start(&self, context: &StoreContext) -> Result<(), String> {
-        context.leader.store(true, Ordering::Release);
+        context
+            .leader
+            .store(context.config.cluster.is_none(), Ordering::Release);
         Ok(())
     }
 
