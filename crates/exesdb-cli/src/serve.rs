@@ -210,6 +210,28 @@ pub(crate) struct ServeArgs {
         help_heading = "Cluster mode"
     )]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Cluster mode: a follower that hears no leader for a random time between this and
+    /// --election-timeout-max-ms stands for election, ms [default: 500].
+    #[arg(
+        long,
+        env = "EXESDB_ELECTION_TIMEOUT_MIN_MS",
+        help_heading = "Cluster mode"
+    )]
+    pub election_timeout_min_ms: Option<u64>,
+    /// Cluster mode: see --election-timeout-min-ms, ms [default: 1000].
+    #[arg(
+        long,
+        env = "EXESDB_ELECTION_TIMEOUT_MAX_MS",
+        help_heading = "Cluster mode"
+    )]
+    pub election_timeout_max_ms: Option<u64>,
+    /// Cluster mode: how often a leader reminds its followers, ms [default: 100].
+    #[arg(
+        long,
+        env = "EXESDB_HEARTBEAT_INTERVAL_MS",
+        help_heading = "Cluster mode"
+    )]
+    pub heartbeat_interval_ms: Option<u64>,
     /// Log lines on stderr as text or JSON (filter with RUST_LOG) [default: text].
     #[arg(long, env = "EXESDB_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -238,9 +260,12 @@ struct ServerKeys {
     peer_listen: Option<SocketAddr>,
     peer_advertise: Option<String>,
     cluster_secret_file: Option<PathBuf>,
+    election_timeout_min_ms: Option<u64>,
+    election_timeout_max_ms: Option<u64>,
+    heartbeat_interval_ms: Option<u64>,
 }
 
-const SERVER_KEYS: [&str; 11] = [
+const SERVER_KEYS: [&str; 14] = [
     "data_dir",
     "stores",
     "listen",
@@ -252,6 +277,9 @@ const SERVER_KEYS: [&str; 11] = [
     "peer_listen",
     "peer_advertise",
     "cluster_secret_file",
+    "election_timeout_min_ms",
+    "election_timeout_max_ms",
+    "heartbeat_interval_ms",
 ];
 
 /// Cluster mode's settings, after precedence is applied.
@@ -263,6 +291,9 @@ pub(crate) struct ClusterSettings {
     pub peer_listen: SocketAddr,
     pub peer_advertise: Option<String>,
     pub cluster_secret_file: Option<PathBuf>,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub heartbeat_interval_ms: u64,
 }
 
 /// Everything `serve` runs with, after precedence is applied.
@@ -328,9 +359,33 @@ impl ServeArgs {
                 .cluster_secret_file
                 .clone()
                 .or(server.cluster_secret_file.clone()),
+            election_timeout_min_ms: self
+                .election_timeout_min_ms
+                .or(server.election_timeout_min_ms)
+                .unwrap_or(500),
+            election_timeout_max_ms: self
+                .election_timeout_max_ms
+                .or(server.election_timeout_max_ms)
+                .unwrap_or(1_000),
+            heartbeat_interval_ms: self
+                .heartbeat_interval_ms
+                .or(server.heartbeat_interval_ms)
+                .unwrap_or(100),
         };
         if cluster.cluster_size == 0 {
             return Err("cluster_size must be at least 1".into());
+        }
+        if cluster.heartbeat_interval_ms == 0
+            || cluster.election_timeout_min_ms <= cluster.heartbeat_interval_ms
+            || cluster.election_timeout_max_ms <= cluster.election_timeout_min_ms
+        {
+            return Err(format!(
+                "cluster timeouts must be heartbeat_interval_ms < election_timeout_min_ms < \
+                 election_timeout_max_ms; they are {} < {} < {}",
+                cluster.heartbeat_interval_ms,
+                cluster.election_timeout_min_ms,
+                cluster.election_timeout_max_ms
+            ));
         }
         Ok(Settings {
             listen: self.listen.or(server.listen).unwrap_or(default_listen),
@@ -489,6 +544,9 @@ async fn start_peer_port(
         transport,
     );
     cluster.seeds = settings.seeds.clone();
+    cluster.election_timeout_min_ms = settings.election_timeout_min_ms;
+    cluster.election_timeout_max_ms = settings.election_timeout_max_ms;
+    cluster.heartbeat_interval_ms = settings.heartbeat_interval_ms;
     Ok((cluster, service, serving))
 }
 

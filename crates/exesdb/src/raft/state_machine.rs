@@ -139,7 +139,9 @@ fn apply_entries(
     let mut state = shared.lock();
     let MachineState { machine, applied } = &mut *state;
     let mut next_applied = applied.clone();
-    let mut transaction = machine.begin(&shared.storage).map_err(storage_io)?;
+    let mut transaction = machine
+        .begin_replicated(&shared.storage)
+        .map_err(storage_io)?;
     let mut replies = Vec::with_capacity(entries.len());
     for entry in entries {
         let log_id = entry.log_id;

@@ -29,9 +29,21 @@ impl Engine {
     /// A batch that fsyncs its journal (`SyncData`) when committed. Crate-private, so that
     /// only the committer (through `StateMachine::begin`) can write.
     pub(crate) fn write_batch(self: &Arc<Self>) -> WriteBatch {
+        self.write_batch_with(Some(PersistMode::SyncData))
+    }
+
+    /// A batch written to the journal without an fsync of its own: cluster mode's apply, whose
+    /// entries are already synced in the Raft log. The journal is one sequential file, so the
+    /// next synced write (the next log append) makes it durable too; a crash before that loses
+    /// only what the log still holds, and openraft applies it again.
+    pub(crate) fn unsynced_write_batch(self: &Arc<Self>) -> WriteBatch {
+        self.write_batch_with(None)
+    }
+
+    fn write_batch_with(self: &Arc<Self>, durability: Option<PersistMode>) -> WriteBatch {
         // `durability` consumes the batch and returns a new one: dropping the returned value
         // would silently lose the mode.
-        let batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let batch = self.db.batch().durability(durability);
         WriteBatch {
             engine: self.clone(),
             batch,

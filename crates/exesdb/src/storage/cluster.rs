@@ -221,6 +221,9 @@ impl Engine {
         path: &Path,
         header: impl FnOnce(Option<Vec<u8>>) -> Result<Vec<u8>, String>,
     ) -> Result<u64, StorageError> {
+        // Applies are not synced one by one: sync them before the view, so that no snapshot
+        // (after which the log may be purged) covers state this node could lose in a crash.
+        self.db.persist(PersistMode::SyncData)?;
         let view = self.view();
         let applied = view
             .get(&self.commits, RAFT_APPLIED_KEY)?

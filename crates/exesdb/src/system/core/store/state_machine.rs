@@ -143,12 +143,36 @@ impl StateMachine {
         &'a mut self,
         storage: &Storage,
     ) -> Result<Transaction<'a>, StorageError> {
+        self.begin_with(storage, true)
+    }
+
+    /// [`Self::begin`] for cluster mode's apply: the batch is not synced on its own, since the
+    /// Raft log already holds its commands durably ([`Engine::unsynced_write_batch`]).
+    ///
+    /// [`Engine::unsynced_write_batch`]: crate::storage::Engine
+    pub(crate) fn begin_replicated<'a>(
+        &'a mut self,
+        storage: &Storage,
+    ) -> Result<Transaction<'a>, StorageError> {
+        self.begin_with(storage, false)
+    }
+
+    fn begin_with<'a>(
+        &'a mut self,
+        storage: &Storage,
+        synced: bool,
+    ) -> Result<Transaction<'a>, StorageError> {
         let engine = storage.engine()?;
+        let batch = if synced {
+            engine.write_batch()
+        } else {
+            engine.unsynced_write_batch()
+        };
         Ok(Transaction {
             next_position: self.next_position,
             machine: self,
             view: engine.point_view(),
-            batch: engine.write_batch(),
+            batch,
             heads: HashMap::new(),
             appended: HashMap::new(),
             event_ids: HashMap::new(),

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Three nodes on this machine against one, in the same run: `exesdb bench write` (64 clients
+x 1 event of 256 B, 1,000 streams) on a single-mode node, then on a 3-node cluster through its
+leader and through a follower (which forwards to the leader), ROUNDS times alternating. Prints
+events/s, p50 and p99 of each, and the cluster's rate as a share of the single node's.
+
+    bench/cluster_write.py [EXESDB_BINARY] [ROUNDS] [REQUESTS_PER_CLIENT]
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/release/exesdb"
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+REQUESTS = sys.argv[3] if len(sys.argv) > 3 else "500"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def health(client):
+    try:
+        with urllib.request.urlopen(f"http://{client}/health", timeout=1) as reply:
+            return json.load(reply)
+    except Exception:
+        return None
+
+
+def wait(condition, what, seconds=60):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise SystemExit(f"not reached within {seconds} s: {what}")
+
+
+def bench(client):
+    result = subprocess.run(
+        [BINARY, "bench", "write", "--server", f"http://{client}", "--json", "--clients", "64",
+         "--requests", REQUESTS, "--streams", "1000", "--size", "256"],
+        capture_output=True, text=True)
+    # The bench exits non-zero when its self-check fails; its JSON still says what it saw.
+    report = json.loads(result.stdout)
+    if not report["self_check"]["ok"]:
+        raise SystemExit(f"the bench's self-check failed: {report['self_check']}")
+    return report
+
+
+def figures(report):
+    latency = report["latency"]
+    return (round(report["events_per_second"]), latency["p50_us"], latency["p99_us"],
+            report["errors"])
+
+
+def single(root):
+    client = f"127.0.0.1:{free_port()}"
+    data = os.path.join(root, "single")
+    process = subprocess.Popen([BINARY, "serve", "--data-dir", data, "--listen", client],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait(lambda: health(client), "the single node")
+        return figures(bench(client))
+    finally:
+        process.kill()
+        process.wait()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def cluster(root):
+    peers = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    clients = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    processes = [subprocess.Popen(
+        [BINARY, "serve", "--mode", "cluster", "--cluster-size", "3",
+         "--data-dir", os.path.join(root, f"node{i}"), "--listen", clients[i],
+         "--peer-listen", peers[i], "--seeds", ",".join(peers)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(3)]
+    try:
+        def formed():
+            seen = [health(client) for client in clients]
+            if all(h and h["status"] == "ok" for h in seen):
+                return seen
+            return None
+        seen = wait(formed, "the cluster formed")
+        leader = next(c for c, h in zip(clients, seen) if h["stores"][0]["leader"])
+        follower = next(c for c in clients if c != leader)
+        return figures(bench(leader)), figures(bench(follower))
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+        for i in range(3):
+            shutil.rmtree(os.path.join(root, f"node{i}"), ignore_errors=True)
+
+
+def main():
+    root = tempfile.mkdtemp(prefix="exesdb-cluster-bench-")
+    print("| round | single node | cluster via leader | cluster via follower | leader / single |")
+    print("|---|---:|---:|---:|---:|")
+    for round_number in range(1, ROUNDS + 1):
+        one = single(root)
+        via_leader, via_follower = cluster(root)
+        cell = lambda f: f"{f[0]:,}/s (p50 {f[1]} µs, p99 {f[2]} µs, {f[3]} errors)"
+        print(f"| {round_number} | {cell(one)} | {cell(via_leader)} | {cell(via_follower)} | "
+              f"{via_leader[0] / one[0]:.0%} |", flush=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
