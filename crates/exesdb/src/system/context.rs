@@ -87,6 +87,9 @@ pub(crate) struct StoreContext {
     pub subscription_processes: SubscriptionsProcesses,
     /// Cluster mode: the store's Raft group, while the Store runs it.
     raft: RwLock<Option<RaftGroup>>,
+    /// Cluster mode: the shutdown of the group of a Store that was killed, which the restarted
+    /// Store waits for.
+    pub raft_stopping: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Cluster mode: the other nodes, as discovery last heard them.
     pub cluster_view: Arc<ClusterView>,
     /// Cluster mode: the cluster the store's data belongs to, once it belongs to one.
@@ -112,6 +115,7 @@ impl StoreContext {
             persistent: PersistentRegistry::default(),
             subscription_processes: SubscriptionsProcesses::default(),
             raft: RwLock::new(None),
+            raft_stopping: Mutex::new(None),
             cluster_view: Arc::new(ClusterView::default()),
             cluster_id: RwLock::new(None),
         }

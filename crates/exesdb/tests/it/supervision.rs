@@ -306,6 +306,31 @@ async fn the_live_cluster_tree_matches_the_spec_diagram_and_a_one_node_cluster_f
         .await
         .expect("the leader appends");
     assert_eq!(result.first_position, 0);
+    // A killed Store restarts its Raft group over the same log: still in the cluster, its
+    // data kept, and it takes writes again (CoreSystem is one_for_all: all of it restarts).
+    store
+        .system
+        .inject_fault("ExESDB.Store")
+        .expect("the Store runs");
+    let api = store.system.api().clone();
+    let second = wait_for(PATIENCE, || {
+        let api = api.clone();
+        async move {
+            api.append(
+                "order-1",
+                ExpectedVersion::Exact(0),
+                vec![event("Shipped", "{}")],
+            )
+            .await
+            .map_err(|error| format!("an append after the Store's restart: {error}"))
+        }
+    })
+    .await;
+    assert_eq!((second.first_event_number, second.first_position), (1, 1));
+    drop(api);
+    let after = store.system.cluster_status().expect("cluster mode");
+    assert_eq!(after.cluster_id, status.cluster_id);
+    assert_eq!(after.members.len(), 1);
     let cluster_id = status.cluster_id.clone().expect("formed");
     let data = store.dir.path().join("default");
     store.system.stop().await;

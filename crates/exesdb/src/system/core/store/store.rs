@@ -56,6 +56,18 @@ impl Drop for Replicated {
         self.leadership.abort();
         self.context.set_raft_group(None);
         self.context.leader.store(false, Ordering::Release);
+        // A kill drops the state without `post_stop`: the group is shut down in the
+        // background, and the restarted Store waits for that before it starts another one
+        // over the same log (two Raft instances on one log would each vote and append).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let group = self.group.clone();
+            let stopping = runtime.spawn(async move { group.shutdown().await });
+            *self
+                .context
+                .raft_stopping
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(stopping);
+        }
     }
 }
 
@@ -183,6 +195,14 @@ async fn start_replicated(
     context: Arc<StoreContext>,
     cluster: &crate::config::ClusterConfig,
 ) -> Result<Replicated, ActorProcessingErr> {
+    let previous = context
+        .raft_stopping
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
+    if let Some(previous) = previous {
+        let _ = previous.await;
+    }
     let settings = RaftSettings {
         cluster_name: cluster.cluster_name.clone(),
         election_timeout_min_ms: cluster.election_timeout_min_ms,
