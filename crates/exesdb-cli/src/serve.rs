@@ -19,6 +19,13 @@ pub(crate) enum Mode {
 
 #[derive(Clone, Copy, Debug, ValueEnum, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
+pub(crate) enum ReadConsistency {
+    Linearizable,
+    Stale,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum LogFormat {
     Text,
     Json,
@@ -232,6 +239,15 @@ pub(crate) struct ServeArgs {
         help_heading = "Cluster mode"
     )]
     pub heartbeat_interval_ms: Option<u64>,
+    /// Cluster mode: `linearizable` (a read sees every write acknowledged before it began, on
+    /// any node) or `stale` (what this node has applied) [default: linearizable].
+    #[arg(
+        long,
+        env = "EXESDB_READ_CONSISTENCY",
+        value_enum,
+        help_heading = "Cluster mode"
+    )]
+    pub read_consistency: Option<ReadConsistency>,
     /// Log lines on stderr as text or JSON (filter with RUST_LOG) [default: text].
     #[arg(long, env = "EXESDB_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -263,9 +279,10 @@ struct ServerKeys {
     election_timeout_min_ms: Option<u64>,
     election_timeout_max_ms: Option<u64>,
     heartbeat_interval_ms: Option<u64>,
+    read_consistency: Option<ReadConsistency>,
 }
 
-const SERVER_KEYS: [&str; 14] = [
+const SERVER_KEYS: [&str; 15] = [
     "data_dir",
     "stores",
     "listen",
@@ -280,6 +297,7 @@ const SERVER_KEYS: [&str; 14] = [
     "election_timeout_min_ms",
     "election_timeout_max_ms",
     "heartbeat_interval_ms",
+    "read_consistency",
 ];
 
 /// Cluster mode's settings, after precedence is applied.
@@ -294,6 +312,7 @@ pub(crate) struct ClusterSettings {
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     pub heartbeat_interval_ms: u64,
+    pub read_consistency: ReadConsistency,
 }
 
 /// Everything `serve` runs with, after precedence is applied.
@@ -371,6 +390,10 @@ impl ServeArgs {
                 .heartbeat_interval_ms
                 .or(server.heartbeat_interval_ms)
                 .unwrap_or(100),
+            read_consistency: self
+                .read_consistency
+                .or(server.read_consistency)
+                .unwrap_or(ReadConsistency::Linearizable),
         };
         if cluster.cluster_size == 0 {
             return Err("cluster_size must be at least 1".into());
@@ -547,6 +570,10 @@ async fn start_peer_port(
     cluster.election_timeout_min_ms = settings.election_timeout_min_ms;
     cluster.election_timeout_max_ms = settings.election_timeout_max_ms;
     cluster.heartbeat_interval_ms = settings.heartbeat_interval_ms;
+    cluster.read_consistency = match settings.read_consistency {
+        ReadConsistency::Linearizable => exesdb::ReadConsistency::Linearizable,
+        ReadConsistency::Stale => exesdb::ReadConsistency::Stale,
+    };
     Ok((cluster, service, serving))
 }
 

@@ -238,6 +238,9 @@ pub struct ClusterConfig {
     pub write_timeout_ms: u64,
     /// How often discovery asks the seeds who they are, until the cluster is formed.
     pub discovery_interval_ms: u64,
+    /// Whether a read must see every write acknowledged before it began (the default), or
+    /// may be served from what this node has applied.
+    pub read_consistency: ReadConsistency,
     /// How the store's Raft group reaches other nodes.
     pub transport: std::sync::Arc<dyn crate::PeerTransport>,
 }
@@ -264,9 +267,22 @@ impl ClusterConfig {
             heartbeat_interval_ms: 100,
             write_timeout_ms: 10_000,
             discovery_interval_ms: 250,
+            read_consistency: ReadConsistency::Linearizable,
             transport,
         }
     }
+}
+
+/// What a read in cluster mode waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadConsistency {
+    /// A read sees every write acknowledged before it began, on any node: the node learns the
+    /// leader's commit index (confirmed by a quorum) and waits until it has applied that far.
+    #[default]
+    Linearizable,
+    /// A read is served from what this node has applied: no round trip, and on a follower it
+    /// may miss the newest writes.
+    Stale,
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -278,6 +294,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("seeds", &self.seeds)
             .field("peer_advertise", &self.peer_advertise)
             .field("client_advertise", &self.client_advertise)
+            .field("read_consistency", &self.read_consistency)
             .finish_non_exhaustive()
     }
 }

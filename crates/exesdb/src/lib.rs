@@ -13,8 +13,8 @@ mod supervision;
 mod system;
 
 pub use config::{
-    ClusterConfig, CommitSettings, Intensity, Limits, PoolSettings, StorageSettings, SystemConfig,
-    node_id,
+    ClusterConfig, CommitSettings, Intensity, Limits, PoolSettings, ReadConsistency,
+    StorageSettings, SystemConfig, node_id,
 };
 pub use error::StartError;
 pub use exesdb_types::{

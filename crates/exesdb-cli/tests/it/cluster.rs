@@ -175,10 +175,13 @@ async fn three_nodes_form_a_cluster_and_take_appends_through_every_node() {
     let cluster = Cluster::new(3, &[]);
     cluster.leader().await;
     let mut acknowledged = Vec::new();
+    let mut clients = Vec::new();
     for index in 0..3 {
-        let client = cluster.client(index).await;
+        clients.push(cluster.client(index).await);
+    }
+    for index in 0..3 {
         for n in 0..5 {
-            let result = client
+            let result = clients[index]
                 .append(
                     &format!("order-{index}"),
                     ExpectedVersion::Any,
@@ -187,6 +190,16 @@ async fn three_nodes_form_a_cluster_and_take_appends_through_every_node() {
                 .await
                 .unwrap_or_else(|error| panic!("node {index} takes the append: {error}"));
             acknowledged.push(result.first_position);
+            // Reads are linearizable: a read on another node, begun after the append was
+            // acknowledged, sees it at once (no waiting here).
+            let other = (index + 1 + n % 2) % 3;
+            let seen = all_events(&clients[other]).await;
+            assert!(
+                seen.iter()
+                    .any(|event| event.position == result.first_position),
+                "node {other} does not show position {} acknowledged by node {index}",
+                result.first_position
+            );
         }
     }
     assert_eq!(acknowledged, (0..15).collect::<Vec<_>>());

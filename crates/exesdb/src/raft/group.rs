@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::{Config, Raft, SnapshotPolicy};
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{Config, Raft, ReadPolicy, SnapshotPolicy};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -201,6 +201,88 @@ impl RaftGroup {
         }
     }
 
+    /// Waits until this node has applied every write acknowledged before the call: the
+    /// leader's read index (its commit index, once a quorum confirms it still leads), asked of
+    /// the leader over the peer port on a follower.
+    pub(crate) async fn read_barrier(&self) -> Result<(), StoreError> {
+        let timeout = Duration::from_millis(self.settings.write_timeout_ms);
+        let index = match self.read_index_here().await {
+            Ok(index) => index,
+            Err(Proposal::Refused(error)) => return Err(error),
+            Err(Proposal::Elsewhere(leader_id, leader)) => {
+                let call = super::network::PeerCall {
+                    store_id: self.store_id.clone(),
+                    kind: PeerCallKind::ReadIndex,
+                    body: encode(&())
+                        .map_err(|error| StoreError::unavailable(error.to_string()))?,
+                };
+                let asked = tokio::time::timeout(
+                    timeout,
+                    self.transport.call(&leader.peer_addr, call, timeout),
+                )
+                .await;
+                let bytes = match asked {
+                    Ok(Ok(bytes)) => bytes,
+                    Ok(Err(error)) => {
+                        return Err(StoreError::unavailable(format!(
+                            "a linearizable read needs the leader, node {leader_id}, which \
+                             cannot be reached ({error}); retry shortly"
+                        )));
+                    }
+                    Err(_) => {
+                        return Err(StoreError::unavailable(format!(
+                            "the leader, node {leader_id}, did not give a read index within {} ms",
+                            self.settings.write_timeout_ms
+                        )));
+                    }
+                };
+                let answer: Answer<Result<u64, StoreError>> = decode(&bytes, "read index")
+                    .map_err(|error| StoreError::unavailable(error.to_string()))?;
+                answer.map_err(|refusal| {
+                    StoreError::unavailable(format!(
+                        "the leader, node {leader_id}, gave no read index ({refusal})"
+                    ))
+                })??
+            }
+        };
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "the read index applied")
+            .await
+            .map(|_| ())
+            .map_err(|error| {
+                StoreError::unavailable(format!(
+                    "this node did not apply up to the read index {index} in time ({error})"
+                ))
+            })
+    }
+
+    /// The read index, when this node leads.
+    async fn read_index_here(&self) -> Result<u64, Proposal> {
+        let timeout = Duration::from_millis(self.settings.write_timeout_ms);
+        let asked =
+            tokio::time::timeout(timeout, self.raft.get_read_log_id(ReadPolicy::ReadIndex)).await;
+        match asked {
+            Err(_) => Err(Proposal::Refused(StoreError::unavailable(
+                "no read index within the write timeout: is a quorum up?",
+            ))),
+            Ok(Ok((read_log_id, _))) => Ok(read_log_id.log_id().index),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)))) => {
+                match (forward.leader_id, forward.leader_node) {
+                    (Some(id), Some(node)) if id != self.node_id => {
+                        Err(Proposal::Elsewhere(id, node))
+                    }
+                    _ => Err(Proposal::Refused(StoreError::unavailable(
+                        "a linearizable read needs a leader, and none is known yet: retry shortly",
+                    ))),
+                }
+            }
+            Ok(Err(error)) => Err(Proposal::Refused(StoreError::unavailable(format!(
+                "no read index: {error}"
+            )))),
+        }
+    }
+
     /// Hands a command to the leader, which proposes it there.
     async fn forward(
         &self,
@@ -366,6 +448,19 @@ impl RaftGroup {
                 Ok(command) => encode_answer(&Answer::Ok(self.propose_on_leader(command).await)),
                 Err(error) => refuse::<()>(error),
             },
+            // Asked of this node as the leader: a follower asking again would loop.
+            PeerCallKind::ReadIndex => {
+                encode_answer(&Answer::Ok(match self.read_index_here().await {
+                    Ok(index) => Ok(index),
+                    Err(Proposal::Refused(error)) => Err(error),
+                    Err(Proposal::Elsewhere(leader_id, leader)) => {
+                        Err(StoreError::unavailable(format!(
+                            "not the leader: the leader is node {leader_id}, clients reach it at {}",
+                            leader.client_addr
+                        )))
+                    }
+                }))
+            }
             PeerCallKind::Hello => refuse::<()>(io::Error::other(
                 "a hello is answered by the node, not by a store's group",
             )),

@@ -37,6 +37,8 @@ pub enum PeerCallKind {
     Hello,
     /// A follower hands a client's write to the leader, which proposes it.
     Propose,
+    /// A follower asks the leader for a read index: its commit index, confirmed by a quorum.
+    ReadIndex,
 }
 
 impl PeerCallKind {
@@ -50,6 +52,7 @@ impl PeerCallKind {
             PeerCallKind::TransferLeader => 5,
             PeerCallKind::Hello => 6,
             PeerCallKind::Propose => 7,
+            PeerCallKind::ReadIndex => 8,
         }
     }
 
@@ -63,6 +66,7 @@ impl PeerCallKind {
             5 => PeerCallKind::TransferLeader,
             6 => PeerCallKind::Hello,
             7 => PeerCallKind::Propose,
+            8 => PeerCallKind::ReadIndex,
             _ => return None,
         })
     }

@@ -182,6 +182,7 @@ impl StoreApi {
         self.check_read_count(count)?;
         self.count_read();
         let _permit = self.admit().await?;
+        self.linearize().await?;
         let (reply, answer) = oneshot::channel();
         let request = ReadRequest::Stream {
             from,
@@ -219,6 +220,7 @@ impl StoreApi {
             ));
         }
         let _permit = self.admit().await?;
+        self.linearize().await?;
         let (reply, answer) = oneshot::channel();
         self.pools
             .streams_readers
@@ -275,6 +277,7 @@ impl StoreApi {
         }
         validate_stream_id(stream_id, false)?;
         let _permit = self.admit().await?;
+        self.linearize().await?;
         let (reply, answer) = oneshot::channel();
         self.pools
             .streams_readers
@@ -292,6 +295,7 @@ impl StoreApi {
     ) -> Result<Vec<StreamInfo>, StoreError> {
         self.check_read_count(count)?;
         let _permit = self.admit().await?;
+        self.linearize().await?;
         let (reply, answer) = oneshot::channel();
         let request = ReadRequest::ListStreams {
             after: after.map(str::to_string),
@@ -353,6 +357,7 @@ impl StoreApi {
             SnapshotVersion::Latest => (u64::MAX, false),
         };
         let _permit = self.admit().await?;
+        self.linearize().await?;
         let (reply, answer) = oneshot::channel();
         let request = SnapshotRead::Read {
             source_uuid: source_uuid.to_string(),
@@ -379,6 +384,7 @@ impl StoreApi {
     ) -> Result<Vec<Snapshot>, StoreError> {
         self.check_read_count(count)?;
         let _permit = self.admit().await?;
+        self.linearize().await?;
         let (reply, answer) = oneshot::channel();
         let request = SnapshotRead::List {
             source_uuid: source_uuid.map(str::to_string),
@@ -555,6 +561,22 @@ impl StoreApi {
     /// until the first checkpoint is stored).
     pub fn subscription_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
         Ok(self.context.storage.engine()?.checkpoint(name)?)
+    }
+
+    /// Cluster mode, linearizable reads (the default): waits until this node has applied
+    /// every write acknowledged before the read began. Nothing to wait for in single mode.
+    async fn linearize(&self) -> Result<(), StoreError> {
+        match &self.context.config.cluster {
+            Some(cluster) if cluster.read_consistency == crate::ReadConsistency::Linearizable => {
+                match self.context.raft_group() {
+                    Some(group) => group.read_barrier().await,
+                    None => Err(StoreError::unavailable(
+                        "the store's Raft group is not running on this node",
+                    )),
+                }
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Joins a persistent subscription's consumer group.
