@@ -179,6 +179,21 @@ pub(crate) enum ClientCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Cluster mode: the members and each store's leader, term and indexes, as the node asked
+    /// sees them.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `exesdb cluster ...`.
+#[derive(Subcommand, Debug, Clone)]
+pub(crate) enum ClusterCommand {
+    /// Members (id, addresses, state) and, per store, leader, term, commit and applied index.
+    Status,
 }
 
 /// The `--kind` values of `spec/cli.md` (`by-stream`, ...), named as the spec names them.
@@ -228,7 +243,8 @@ impl ClientCommand {
             | ClientCommand::Stores { client }
             | ClientCommand::Snapshot { client, .. }
             | ClientCommand::Subscribe { client, .. }
-            | ClientCommand::Tree { client } => client,
+            | ClientCommand::Tree { client }
+            | ClientCommand::Cluster { client, .. } => client,
         }
     }
 }
@@ -384,6 +400,18 @@ async fn execute(client: &Client, command: ClientCommand, json: bool) -> Result<
                         println!("-- caught up: following new events --")
                     }
                 }
+            }
+        }
+        ClientCommand::Cluster {
+            command: ClusterCommand::Status,
+            ..
+        } => {
+            let stores = client.cluster_status().await?;
+            let report = output::cluster_status(&stores);
+            if json {
+                print_json(&report);
+            } else {
+                print!("{}", output::cluster_status_text(&stores));
             }
         }
         ClientCommand::Tree { .. } => {

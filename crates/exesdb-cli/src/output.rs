@@ -151,3 +151,76 @@ mod tests {
         assert_eq!(payload(b"", "application/json"), Value::Null);
     }
 }
+
+/// `cluster status --json`: one object, the members as the first store's group has them (the
+/// stores of a node share its members), and each store's leader, term and indexes. A node has
+/// no name but its peer address, which `name` repeats.
+pub(crate) fn cluster_status(stores: &[exesdb_client::ClusterStatus]) -> Value {
+    let first = stores.first();
+    let members: Vec<Value> = first
+        .map(|status| {
+            status
+                .members
+                .iter()
+                .map(|member| {
+                    json!({
+                        "node_id": member.node_id,
+                        "name": member.peer_addr,
+                        "peer_addr": member.peer_addr,
+                        "client_addr": member.client_addr,
+                        "state": member.state,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "cluster_id": first.and_then(|status| status.cluster_id.clone()),
+        "node_id": first.map(|status| status.node_id),
+        "members": members,
+        "stores": stores
+            .iter()
+            .map(|status| {
+                json!({
+                    "store": status.store_id,
+                    "leader": status.leader,
+                    "term": status.term,
+                    "commit_index": status.commit_index,
+                    "applied_index": status.applied_index,
+                })
+            })
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// `cluster status` for a person: the members, then a line per store.
+pub(crate) fn cluster_status_text(stores: &[exesdb_client::ClusterStatus]) -> String {
+    let mut out = String::new();
+    let Some(first) = stores.first() else {
+        return out;
+    };
+    out += &format!(
+        "cluster {}  (asked node {})\n",
+        first.cluster_id.as_deref().unwrap_or("not formed yet"),
+        first.node_id
+    );
+    out += &format!("  {:<20}  {:<9}  {:<22}  {}\n", "NODE", "STATE", "PEER", "CLIENT");
+    for member in &first.members {
+        out += &format!(
+            "  {:<20}  {:<9}  {:<22}  {}\n",
+            member.node_id, member.state, member.peer_addr, member.client_addr
+        );
+    }
+    for status in stores {
+        let shown = |value: Option<u64>| value.map_or_else(|| "-".to_string(), |v| v.to_string());
+        out += &format!(
+            "store {}: leader {}  term {}  commit {}  applied {}\n",
+            status.store_id,
+            shown(status.leader),
+            status.term,
+            shown(status.commit_index),
+            shown(status.applied_index)
+        );
+    }
+    out
+}

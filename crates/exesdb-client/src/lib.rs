@@ -30,10 +30,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 pub use exesdb_types::{
-    ALL_STREAM, AppendResult, CATEGORY_STREAM_PREFIX, ConsumerStrategy, Delivery, Direction,
-    EVENT_TYPE_STREAM_PREFIX, ExpectedVersion, NackAction, NewEvent, RecordedEvent, Selector,
-    Snapshot, SnapshotVersion, StartFrom, StoreError, StreamInfo, SubscriptionDefinition,
-    SubscriptionMessage, TreeSnapshot, category_of, reads_by_position,
+    ALL_STREAM, AppendResult, CATEGORY_STREAM_PREFIX, ClusterMember, ClusterStatus,
+    ConsumerStrategy, Delivery, Direction, EVENT_TYPE_STREAM_PREFIX, ExpectedVersion, NackAction,
+    NewEvent, RecordedEvent, Selector, Snapshot, SnapshotVersion, StartFrom, StoreError,
+    StreamInfo, SubscriptionDefinition, SubscriptionMessage, TreeSnapshot, category_of,
+    reads_by_position,
 };
 
 /// Messages (batches of events) a streaming read buffers between the connection and the caller.
@@ -803,6 +804,22 @@ impl Client {
         };
         let response = self.system.clone().get_tree(self.request(request)).await?;
         Ok(convert::tree_from_wire(response.into_inner())?)
+    }
+
+    /// Cluster mode: each store's place in its cluster, as the server's node sees it;
+    /// `invalid_argument` from a node in single mode.
+    pub async fn cluster_status(&self) -> Result<Vec<ClusterStatus>, ClientError> {
+        let response = self
+            .system
+            .clone()
+            .cluster_status(self.request(wire::ClusterStatusRequest {}))
+            .await?;
+        Ok(response
+            .into_inner()
+            .stores
+            .into_iter()
+            .map(convert::cluster_status_from_wire)
+            .collect())
     }
 
     /// Whether the server's stores accept writes.

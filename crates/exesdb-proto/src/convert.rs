@@ -3,9 +3,10 @@
 //! the edge of both.
 
 use exesdb_types::{
-    AppendResult, ConsumerStrategy, DEFAULT_CONTENT_TYPE, Direction, EventRef, ExpectedVersion,
-    Kind, NackAction, NewEvent, RecordedEvent, Selector, Snapshot, SnapshotVersion, StartFrom,
-    StoreError, Strategy, StreamInfo, SubscriptionDefinition, TreeSnapshot,
+    AppendResult, ClusterMember, ClusterStatus, ConsumerStrategy, DEFAULT_CONTENT_TYPE, Direction,
+    EventRef, ExpectedVersion, Kind, NackAction, NewEvent, RecordedEvent, Selector, Snapshot,
+    SnapshotVersion, StartFrom, StoreError, Strategy, StreamInfo, SubscriptionDefinition,
+    TreeSnapshot,
 };
 use prost::Message;
 use tonic::{Code, Status};
@@ -463,5 +464,53 @@ pub fn nack_action_to_wire(action: NackAction) -> i32 {
         NackAction::Retry => wire::NackAction::Retry as i32,
         NackAction::Park => wire::NackAction::Park as i32,
         NackAction::Skip => wire::NackAction::Skip as i32,
+    }
+}
+
+/// A store's cluster status for the wire.
+pub fn cluster_status(status: ClusterStatus) -> wire::StoreClusterStatus {
+    wire::StoreClusterStatus {
+        store_id: status.store_id,
+        node_id: status.node_id,
+        cluster_id: status.cluster_id,
+        leader: status.leader,
+        leader_client_addr: status.leader_client_addr,
+        term: status.term,
+        commit_index: status.commit_index,
+        applied_index: status.applied_index,
+        members: status
+            .members
+            .into_iter()
+            .map(|member| wire::ClusterMember {
+                node_id: member.node_id,
+                peer_addr: member.peer_addr,
+                client_addr: member.client_addr,
+                state: member.state,
+            })
+            .collect(),
+    }
+}
+
+/// A store's cluster status from the wire.
+pub fn cluster_status_from_wire(status: wire::StoreClusterStatus) -> ClusterStatus {
+    ClusterStatus {
+        store_id: status.store_id,
+        node_id: status.node_id,
+        cluster_id: status.cluster_id,
+        leader: status.leader,
+        leader_client_addr: status.leader_client_addr,
+        term: status.term,
+        commit_index: status.commit_index,
+        applied_index: status.applied_index,
+        members: status
+            .members
+            .into_iter()
+            .map(|member| ClusterMember {
+                node_id: member.node_id,
+                peer_addr: member.peer_addr,
+                client_addr: member.client_addr,
+                state: member.state,
+            })
+            .collect(),
     }
 }

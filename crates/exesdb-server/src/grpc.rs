@@ -495,6 +495,24 @@ impl SystemService for GrpcServices {
         }))
     }
 
+    async fn cluster_status(
+        &self,
+        _request: Request<wire::ClusterStatusRequest>,
+    ) -> Result<Response<wire::ClusterStatusResponse>, Status> {
+        let stores = self.node.cluster_status();
+        if stores.is_empty() {
+            return Err(convert::status(&StoreError::invalid(
+                "this node runs in single mode: it has no cluster",
+            )));
+        }
+        Ok(Response::new(wire::ClusterStatusResponse {
+            stores: stores
+                .into_iter()
+                .map(|(_, status)| convert::cluster_status(status))
+                .collect(),
+        }))
+    }
+
     async fn get_tree(
         &self,
         request: Request<wire::GetTreeRequest>,

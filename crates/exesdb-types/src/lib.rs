@@ -6,6 +6,7 @@
 //! speak these types; none of them depends on the others to do so. This crate knows nothing
 //! of storage, processes or the network.
 
+mod cluster;
 mod error;
 mod event;
 mod index;
@@ -13,6 +14,7 @@ mod snapshot;
 mod subscription;
 mod tree;
 
+pub use cluster::{ClusterMember, ClusterStatus};
 pub use error::StoreError;
 pub use event::{
     ALL_STREAM, AppendResult, DEFAULT_CONTENT_TYPE, Direction, EVENT_TYPE_BYTES_MAX, EventRef,

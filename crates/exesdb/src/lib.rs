@@ -18,11 +18,11 @@ pub use config::{
 };
 pub use error::StartError;
 pub use exesdb_types::{
-    ALL_STREAM, AppendResult, CATEGORY_STREAM_PREFIX, ConsumerStrategy, Delivery, Direction,
-    EVENT_TYPE_STREAM_PREFIX, EventRef, ExpectedVersion, IndexedStream, Kind, NackAction, NewEvent,
-    ReadAllRequest, RecordedEvent, Selector, Snapshot, SnapshotVersion, StartFrom, StoreError,
-    Strategy, StreamInfo, SubscriptionDefinition, SubscriptionMessage, TreeSnapshot, category_of,
-    validate_stream_id,
+    ALL_STREAM, AppendResult, CATEGORY_STREAM_PREFIX, ClusterMember, ClusterStatus,
+    ConsumerStrategy, Delivery, Direction, EVENT_TYPE_STREAM_PREFIX, EventRef, ExpectedVersion,
+    IndexedStream, Kind, NackAction, NewEvent, ReadAllRequest, RecordedEvent, Selector, Snapshot,
+    SnapshotVersion, StartFrom, StoreError, Strategy, StreamInfo, SubscriptionDefinition,
+    SubscriptionMessage, TreeSnapshot, category_of, validate_stream_id,
 };
 pub use raft::{PeerCall, PeerCallError, PeerCallFuture, PeerCallKind, PeerTransport};
 pub use storage::EventPage;
@@ -35,7 +35,7 @@ pub use system::core::store::store_registry::NodeStores;
 pub use system::gateway::Gateway;
 pub use system::gateway::pubsub::{BusError, EventBus, ExternalBus};
 pub use system::hops::{AppendHops, Hop};
-pub use system::{AllPages, ClusterMember, ClusterStatus, StoreApi, System};
+pub use system::{AllPages, StoreApi, System};
 
 /// What the fuzz targets and the storage-damage tests reach inside: the record codecs, the
 /// table check and the append validation. Not part of the supported API.

@@ -219,6 +219,41 @@ async fn three_nodes_form_a_cluster_and_take_appends_through_every_node() {
         .await
         .expect_err("order-0 is at version 4");
     assert_eq!(refused.code(), "wrong_expected_version", "{refused}");
+
+    // `exesdb cluster status --json` on any node: the spec's shape, the same leader.
+    let leader = cluster.leader().await;
+    let status = exesdb_cli(&[
+        "cluster",
+        "status",
+        "--json",
+        "--server",
+        &cluster.node(follower).url(),
+    ]);
+    assert_eq!(status.status.code(), Some(0), "{status:?}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&status.stdout).expect("one JSON object");
+    let members = report["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3);
+    let leading: Vec<&serde_json::Value> = members
+        .iter()
+        .filter(|member| member["state"] == "leader")
+        .collect();
+    assert_eq!(leading.len(), 1, "{report}");
+    assert_eq!(
+        leading[0]["client_addr"].as_str(),
+        Some(cluster.node(leader).address.as_str())
+    );
+    assert_eq!(report["stores"][0]["store"], "default");
+    assert_eq!(report["stores"][0]["leader"], leading[0]["node_id"]);
+    assert!(report["stores"][0]["applied_index"].as_u64() >= Some(15));
+    assert!(report["cluster_id"].is_string(), "{report}");
+}
+
+fn exesdb_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_exesdb"))
+        .args(args)
+        .output()
+        .expect("exesdb runs")
 }
 
 /// One writer's events: each keeps its id through every retry, so a retry after a lost answer
@@ -389,4 +424,21 @@ async fn a_node_with_the_wrong_cluster_secret_is_refused() {
     assert_eq!(status, 503);
     cluster.kill(0);
     drop(intruder);
+}
+
+#[test]
+fn cluster_status_on_a_single_node_says_it_has_no_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let status = exesdb_cli(&["cluster", "status", "--json", "--server", &server.url()]);
+    assert_eq!(status.status.code(), Some(1), "{status:?}");
+    let answer: serde_json::Value =
+        serde_json::from_slice(&status.stdout).expect("a JSON error");
+    assert_eq!(answer["error"]["code"], "invalid_argument", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("single mode")),
+        "{answer}"
+    );
 }

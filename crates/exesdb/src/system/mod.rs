@@ -29,7 +29,6 @@ use crate::error::StartError;
 use crate::storage::Storage;
 use crate::supervision::supervisor::{Supervisor, SupervisorArgs};
 use crate::supervision::{ChildSpec, SupervisorSettings, TreeNode};
-pub use cluster::{ClusterMember, ClusterStatus};
 use context::StoreContext;
 use core::notification::subscription::SubscriptionRegistry;
 use gateway::Gateway;
@@ -159,7 +158,7 @@ impl System {
     }
 
     /// The store's place in its cluster as this node sees it; `None` in single mode.
-    pub fn cluster_status(&self) -> Option<ClusterStatus> {
+    pub fn cluster_status(&self) -> Option<exesdb_types::ClusterStatus> {
         cluster::status(&self.api.context)
     }
 

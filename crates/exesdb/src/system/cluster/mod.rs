@@ -23,6 +23,7 @@ use crate::supervision::service::{Service, ServiceActor, ServiceArgs};
 use crate::system::context::StoreContext;
 use crate::system::wiring::Wiring;
 pub(crate) use coordinator::{CLUSTER_ID_FILE, StoreCoordinator, read_cluster_id};
+use exesdb_types::{ClusterMember, ClusterStatus};
 pub(crate) use view::{ClusterView, Hello};
 
 /// The coordinator and the monitor are independent.
@@ -167,39 +168,8 @@ pub(crate) fn answer_hello(context: &StoreContext, body: &[u8]) -> Vec<u8> {
     crate::raft::encode(&Ok::<Hello, String>(own_hello(context))).unwrap_or_default()
 }
 
-/// A member of a store's Raft group.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ClusterMember {
-    /// The node's id.
-    pub node_id: u64,
-    /// Where peers reach it.
-    pub peer_addr: String,
-    /// Where clients reach it.
-    pub client_addr: String,
-    /// `leader`, `follower` or `learner`, as this node sees it.
-    pub state: String,
-}
-
-/// A store's place in its cluster, as this node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ClusterStatus {
-    /// This node's id.
-    pub node_id: u64,
-    /// The cluster the store belongs to, once formed or joined.
-    pub cluster_id: Option<String>,
-    /// The leader this node knows of.
-    pub leader: Option<u64>,
-    /// Where clients reach the leader.
-    pub leader_client_addr: Option<String>,
-    /// The Raft term.
-    pub term: u64,
-    /// The last log index this node knows is committed.
-    pub commit_index: Option<u64>,
-    /// The last log index applied here.
-    pub applied_index: Option<u64>,
-    /// The members, voters first.
-    pub members: Vec<ClusterMember>,
-}
+/// A member not heard from for this long is reported `down` (advisory: only Raft decides).
+const DOWN_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The status of the store's group; `None` in single mode or while the group is not running.
 pub(crate) fn status(context: &StoreContext) -> Option<ClusterStatus> {
@@ -208,20 +178,29 @@ pub(crate) fn status(context: &StoreContext) -> Option<ClusterStatus> {
     let metrics = group.metrics();
     let membership = metrics.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let heard = context.cluster_view.peers();
     let members = membership
         .nodes()
-        .map(|(node_id, node)| ClusterMember {
-            node_id: *node_id,
-            peer_addr: node.peer_addr.clone(),
-            client_addr: node.client_addr.clone(),
-            state: if Some(*node_id) == metrics.current_leader {
-                "leader"
-            } else if voters.contains(node_id) {
-                "follower"
-            } else {
-                "learner"
+        .map(|(node_id, node)| {
+            let silent = *node_id != cluster.node_id
+                && heard
+                    .get(node_id)
+                    .is_none_or(|seen| seen.at.elapsed() > DOWN_AFTER);
+            ClusterMember {
+                node_id: *node_id,
+                peer_addr: node.peer_addr.clone(),
+                client_addr: node.client_addr.clone(),
+                state: if silent {
+                    "down"
+                } else if Some(*node_id) == metrics.current_leader {
+                    "leader"
+                } else if voters.contains(node_id) {
+                    "follower"
+                } else {
+                    "learner"
+                }
+                .to_string(),
             }
-            .to_string(),
         })
         .collect();
     let leader_client_addr = metrics
@@ -229,6 +208,7 @@ pub(crate) fn status(context: &StoreContext) -> Option<ClusterStatus> {
         .and_then(|leader| membership.get_node(&leader))
         .map(|node| node.client_addr.clone());
     Some(ClusterStatus {
+        store_id: context.store_id().to_string(),
         node_id: cluster.node_id,
         cluster_id: context.cluster_id(),
         leader: metrics.current_leader,
