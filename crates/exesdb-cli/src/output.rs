@@ -118,40 +118,6 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_are_rfc3339_with_microseconds() {
-        assert_eq!(timestamp(0), "1970-01-01T00:00:00.000000Z");
-        // 2026-11-27T10:00:00.123456Z
-        assert_eq!(
-            timestamp(1_795_773_600_123_456),
-            "2026-11-27T10:00:00.123456Z"
-        );
-        assert_eq!(
-            timestamp(951_782_400_000_001),
-            "2000-02-29T00:00:00.000001Z"
-        );
-        assert_eq!(timestamp(-1), "1969-12-31T23:59:59.999999Z");
-    }
-
-    #[test]
-    fn payloads_are_json_or_base64() {
-        assert_eq!(payload(b"{\"a\":1}", "application/json"), json!({"a": 1}));
-        assert_eq!(
-            payload(b"{\"a\":1}", "application/octet-stream"),
-            json!({"base64": "eyJhIjoxfQ=="})
-        );
-        assert_eq!(
-            payload(b"not json", "application/json"),
-            json!({"base64": "bm90IGpzb24="})
-        );
-        assert_eq!(payload(b"", "application/json"), Value::Null);
-    }
-}
-
 /// `cluster status --json`: one object, the members as the first store's group has them (the
 /// stores of a node share its members), and each store's leader, term and indexes. A node has
 /// no name but its peer address, which `name` repeats.
@@ -204,7 +170,10 @@ pub(crate) fn cluster_status_text(stores: &[exesdb_client::ClusterStatus]) -> St
         first.cluster_id.as_deref().unwrap_or("not formed yet"),
         first.node_id
     );
-    out += &format!("  {:<20}  {:<9}  {:<22}  {}\n", "NODE", "STATE", "PEER", "CLIENT");
+    out += &format!(
+        "  {:<20}  {:<9}  {:<22}  {}\n",
+        "NODE", "STATE", "PEER", "CLIENT"
+    );
     for member in &first.members {
         out += &format!(
             "  {:<20}  {:<9}  {:<22}  {}\n",
@@ -223,4 +192,38 @@ pub(crate) fn cluster_status_text(stores: &[exesdb_client::ClusterStatus]) -> St
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_with_microseconds() {
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00.000000Z");
+        // 2026-11-27T10:00:00.123456Z
+        assert_eq!(
+            timestamp(1_795_773_600_123_456),
+            "2026-11-27T10:00:00.123456Z"
+        );
+        assert_eq!(
+            timestamp(951_782_400_000_001),
+            "2000-02-29T00:00:00.000001Z"
+        );
+        assert_eq!(timestamp(-1), "1969-12-31T23:59:59.999999Z");
+    }
+
+    #[test]
+    fn payloads_are_json_or_base64() {
+        assert_eq!(payload(b"{\"a\":1}", "application/json"), json!({"a": 1}));
+        assert_eq!(
+            payload(b"{\"a\":1}", "application/octet-stream"),
+            json!({"base64": "eyJhIjoxfQ=="})
+        );
+        assert_eq!(
+            payload(b"not json", "application/json"),
+            json!({"base64": "bm90IGpzb24="})
+        );
+        assert_eq!(payload(b"", "application/json"), Value::Null);
+    }
 }

@@ -432,8 +432,7 @@ fn cluster_status_on_a_single_node_says_it_has_no_cluster() {
     let server = Server::start(dir.path());
     let status = exesdb_cli(&["cluster", "status", "--json", "--server", &server.url()]);
     assert_eq!(status.status.code(), Some(1), "{status:?}");
-    let answer: serde_json::Value =
-        serde_json::from_slice(&status.stdout).expect("a JSON error");
+    let answer: serde_json::Value = serde_json::from_slice(&status.stdout).expect("a JSON error");
     assert_eq!(answer["error"]["code"], "invalid_argument", "{answer}");
     assert!(
         answer["error"]["message"]
