@@ -4,7 +4,10 @@
 
 use anyhow::{Context, Result};
 use exesdb_proto::v1::system_service_server::{SystemService, SystemServiceServer};
-use exesdb_proto::v1::{GetTreeRequest, HealthRequest, HealthResponse, TreeNode};
+use exesdb_proto::v1::{
+    ClusterStatusRequest, ClusterStatusResponse, GetTreeRequest, HealthRequest, HealthResponse,
+    TreeNode,
+};
 use tonic::{Request, Response, Status};
 
 struct Noop;
@@ -20,6 +23,13 @@ impl SystemService for Noop {
 
     async fn get_tree(&self, _: Request<GetTreeRequest>) -> Result<Response<TreeNode>, Status> {
         Ok(Response::new(TreeNode::default()))
+    }
+
+    async fn cluster_status(
+        &self,
+        _: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        Ok(Response::new(ClusterStatusResponse::default()))
     }
 }
 
