@@ -569,7 +569,10 @@ impl StoreApi {
         match &self.context.config.cluster {
             Some(cluster) if cluster.read_consistency == crate::ReadConsistency::Linearizable => {
                 match self.context.raft_group() {
-                    Some(group) => group.read_barrier().await,
+                    // Boxed: the barrier's future is deep, and every read's future would
+                    // carry it inline (a crate embedding the store hit the compiler's layout
+                    // depth limit).
+                    Some(group) => Box::pin(group.read_barrier()).await,
                     None => Err(StoreError::unavailable(
                         "the store's Raft group is not running on this node",
                     )),
