@@ -18,7 +18,7 @@ use super::network::{PeerCall, PeerCallError, PeerCallFuture, PeerTransport};
 use crate::config::{Limits, StorageSettings};
 use crate::storage::Storage;
 use crate::system::core::store::state_machine::{AppendCommand, Command, Outcome, PreparedEvent};
-use exesdb_types::{ExpectedVersion, ReadAllRequest, RecordedEvent, StoreError};
+use exesdb_types::{ExpectedVersion, RecordedEvent, StoreError};
 
 const STORE: &str = "default";
 const WAIT: Duration = Duration::from_secs(30);
@@ -215,14 +215,7 @@ fn append(stream_id: &str, expected: ExpectedVersion) -> Command {
 }
 
 fn all_events(node: &TestNode) -> io::Result<Vec<RecordedEvent>> {
-    let engine = node.storage.engine().map_err(io::Error::other)?;
-    let page = engine
-        .read_all(&ReadAllRequest {
-            count: u64::MAX,
-            ..ReadAllRequest::default()
-        })
-        .map_err(io::Error::other)?;
-    Ok(page.to_events())
+    super::tests::all_events_of(&node.storage)
 }
 
 /// Waits until every node has applied the first `events` events.

@@ -77,15 +77,20 @@ impl Node {
     }
 
     fn all_events(&self) -> io::Result<Vec<exesdb_types::RecordedEvent>> {
-        let engine = self.storage.engine().map_err(io::Error::other)?;
-        let page = engine
-            .read_all(&ReadAllRequest {
-                count: u64::MAX,
-                ..ReadAllRequest::default()
-            })
-            .map_err(io::Error::other)?;
-        Ok(page.to_events())
+        all_events_of(&self.storage)
     }
+}
+
+/// Every event of the store, read straight from its storage.
+pub(super) fn all_events_of(storage: &Storage) -> io::Result<Vec<exesdb_types::RecordedEvent>> {
+    let engine = storage.engine().map_err(io::Error::other)?;
+    let page = engine
+        .read_all(&ReadAllRequest {
+            count: u64::MAX,
+            ..ReadAllRequest::default()
+        })
+        .map_err(io::Error::other)?;
+    Ok(page.to_events())
 }
 
 struct Builder;

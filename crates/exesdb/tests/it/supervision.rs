@@ -263,20 +263,22 @@ impl exesdb::PeerTransport for NoPeers {
     }
 }
 
+/// Cluster mode with a cluster of one: node 7, which forms the group alone.
+fn one_node_cluster() -> exesdb::ClusterConfig {
+    exesdb::ClusterConfig::new(
+        7,
+        "test",
+        1,
+        "127.0.0.1:1",
+        "127.0.0.1:2",
+        std::sync::Arc::new(NoPeers),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_cluster_tree_matches_the_spec_diagram_and_a_one_node_cluster_forms_and_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = start_with(dir, |config| {
-        config.cluster = Some(exesdb::ClusterConfig::new(
-            7,
-            "test",
-            1,
-            "127.0.0.1:1",
-            "127.0.0.1:2",
-            std::sync::Arc::new(NoPeers),
-        ));
-    })
-    .await;
+    let store = start_with(dir, |config| config.cluster = Some(one_node_cluster())).await;
     let expected = as_run_with_native_pubsub(&spec_tree("cluster"));
     assert_eq!(
         as_in_the_diagram(&store.system.tree()).render(),
@@ -366,14 +368,7 @@ async fn a_single_mode_store_is_refused_in_cluster_mode() {
         .expect("appends");
     store.system.stop().await;
     let mut config = exesdb::SystemConfig::new(store.dir.path(), "default");
-    config.cluster = Some(exesdb::ClusterConfig::new(
-        7,
-        "test",
-        1,
-        "127.0.0.1:1",
-        "127.0.0.1:2",
-        std::sync::Arc::new(NoPeers),
-    ));
+    config.cluster = Some(one_node_cluster());
     let refused = System::start(config)
         .await
         .err()
