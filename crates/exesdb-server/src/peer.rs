@@ -72,6 +72,7 @@ impl PeerTransport for GrpcPeerTransport {
                 store_id: call.store_id,
                 kind: call.kind.code(),
                 body: call.body,
+                cluster_id: call.cluster_id,
             });
             request.set_timeout(deadline);
             if let Some(secret) = secret {
@@ -169,7 +170,13 @@ impl Peer for PeerService {
         let system = node.system(&request.store_id).map_err(|_| {
             Status::not_found(format!("store {} is not hosted here", request.store_id))
         })?;
-        let body = system.handle_peer_call(kind, &request.body).await;
+        let call = PeerCall {
+            store_id: request.store_id,
+            kind,
+            body: request.body,
+            cluster_id: request.cluster_id,
+        };
+        let body = system.handle_peer_call(&call).await;
         Ok(Response::new(PeerReply { body }))
     }
 }

@@ -441,3 +441,57 @@ fn cluster_status_on_a_single_node_says_it_has_no_cluster() {
         "{answer}"
     );
 }
+
+#[test]
+fn a_node_of_another_cluster_is_refused_and_counted() {
+    // Two clusters of one node each, formed apart; then the second is pointed at the first.
+    let first = Cluster::new(1, &[]);
+    let mut second = Cluster::new(1, &[]);
+    let formed = |server: &Server| {
+        let server_url = server.url();
+        move || {
+            let output = exesdb_cli(&["cluster", "status", "--json", "--server", &server_url]);
+            let report: serde_json::Value =
+                serde_json::from_slice(&output.stdout).unwrap_or_default();
+            report["cluster_id"].as_str().map(str::to_string)
+        }
+    };
+    let wait_formed = |check: &dyn Fn() -> Option<String>| {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(id) = check() {
+                return id;
+            }
+            assert!(Instant::now() < deadline, "a cluster of one forms");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let first_id = wait_formed(&formed(first.node(0)));
+    let second_id = wait_formed(&formed(second.node(0)));
+    assert_ne!(first_id, second_id);
+    second.kill(0);
+    second.peers = vec![second.peers[0].clone(), first.peers[0].clone()];
+    second.start(0);
+    let address = first.node(0).address.clone();
+    let deadline = Instant::now() + PATIENCE;
+    while crate::common::metric(&address, "exesdb_peer_refused_total{reason=\"cluster_id\"}") < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first cluster refuses and counts the other cluster's calls"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Neither takes the other in: each still has its own cluster id and one member.
+    assert_eq!(wait_formed(&formed(second.node(0))), second_id);
+    let output = exesdb_cli(&[
+        "cluster",
+        "status",
+        "--json",
+        "--server",
+        &first.node(0).url(),
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(report["members"].as_array().map(Vec::len), Some(1));
+    assert_eq!(report["cluster_id"], first_id.as_str());
+}

@@ -13,7 +13,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::log_store::LogStore;
-use super::network::{Answer, Network, PeerCallKind, PeerTransport, SnapshotChunk};
+use super::network::{
+    Answer, Network, PeerCallKind, PeerTransport, SharedClusterId, SnapshotChunk, read_cluster_id,
+};
 use super::state_machine::{ReplicatedStateMachine, SnapshotFile};
 use super::{ApplyReply, PeerNode, TypeConfig, decode, encode};
 use crate::config::Limits;
@@ -70,6 +72,7 @@ pub(crate) struct RaftGroup {
     node_id: u64,
     store_id: String,
     transport: Arc<dyn PeerTransport>,
+    cluster_id: SharedClusterId,
 }
 
 /// What a store's group is started over.
@@ -80,6 +83,8 @@ pub(crate) struct GroupStorage {
     pub head_cache_entries_max: usize,
     /// The "committed up to" mark the store's subscribers wait on.
     pub committed: watch::Sender<u64>,
+    /// The store's cluster id, sent with every call.
+    pub cluster_id: SharedClusterId,
 }
 
 impl RaftGroup {
@@ -110,9 +115,11 @@ impl RaftGroup {
             storage.head_cache_entries_max,
             storage.committed,
         )?;
+        let cluster_id = storage.cluster_id.clone();
         let network = Network {
             store_id: store_id.to_string(),
             transport: transport.clone(),
+            cluster_id: cluster_id.clone(),
         };
         let raft = Raft::new(
             node_id,
@@ -131,6 +138,7 @@ impl RaftGroup {
             node_id,
             store_id: store_id.to_string(),
             transport,
+            cluster_id,
         })
     }
 
@@ -215,6 +223,7 @@ impl RaftGroup {
                     kind: PeerCallKind::ReadIndex,
                     body: encode(&())
                         .map_err(|error| StoreError::unavailable(error.to_string()))?,
+                    cluster_id: read_cluster_id(&self.cluster_id),
                 };
                 let asked = tokio::time::timeout(
                     timeout,
@@ -295,6 +304,7 @@ impl RaftGroup {
             store_id: self.store_id.clone(),
             kind: PeerCallKind::Propose,
             body,
+            cluster_id: read_cluster_id(&self.cluster_id),
         };
         let deadline = Duration::from_millis(self.settings.write_timeout_ms);
         let answered = tokio::time::timeout(

@@ -95,6 +95,7 @@ async fn start_node(
             limits: Limits::default(),
             head_cache_entries_max: 1_000,
             committed,
+            cluster_id: Default::default(),
         },
         transport.clone(),
     )

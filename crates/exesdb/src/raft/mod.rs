@@ -28,6 +28,7 @@ use crate::system::core::store::state_machine::{Command, Outcome};
 use exesdb_types::StoreError;
 
 pub(crate) use group::{GroupStorage, RaftGroup, RaftSettings};
+pub(crate) use network::SharedClusterId;
 pub use network::{PeerCall, PeerCallError, PeerCallFuture, PeerCallKind, PeerTransport};
 
 /// A node's addresses, as the membership records them.

@@ -81,6 +81,9 @@ pub struct PeerCall {
     pub kind: PeerCallKind,
     /// The request, encoded by the caller's group; the peer's group decodes it.
     pub body: Vec<u8>,
+    /// The cluster the caller's store belongs to, once it belongs to one: a node refuses calls
+    /// from another cluster, so that it never takes another cluster's log.
+    pub cluster_id: Option<String>,
 }
 
 /// Why a peer call failed.
@@ -130,6 +133,18 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 pub(super) struct Network {
     pub store_id: String,
     pub transport: Arc<dyn PeerTransport>,
+    pub cluster_id: SharedClusterId,
+}
+
+/// The store's cluster id, shared by the store and its group: set once the store belongs to a
+/// cluster, and sent with every call.
+pub(crate) type SharedClusterId = Arc<std::sync::RwLock<Option<String>>>;
+
+pub(crate) fn read_cluster_id(shared: &SharedClusterId) -> Option<String> {
+    shared
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -141,6 +156,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             peer_addr: node.peer_addr.clone(),
             store_id: self.store_id.clone(),
             transport: self.transport.clone(),
+            cluster_id: self.cluster_id.clone(),
         }
     }
 }
@@ -151,6 +167,7 @@ pub(super) struct PeerClient {
     peer_addr: String,
     store_id: String,
     transport: Arc<dyn PeerTransport>,
+    cluster_id: SharedClusterId,
 }
 
 fn unreachable(error: &(impl std::error::Error + 'static)) -> RPCError<TypeConfig> {
@@ -169,6 +186,7 @@ impl PeerClient {
             store_id: self.store_id.clone(),
             kind,
             body,
+            cluster_id: read_cluster_id(&self.cluster_id),
         };
         let answered = tokio::time::timeout(
             deadline,

@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::SystemConfig;
-use crate::raft::RaftGroup;
+use crate::raft::{RaftGroup, SharedClusterId};
 use crate::storage::Storage;
 use crate::system::cluster::ClusterView;
 use crate::system::core::notification::persistent::PersistentRegistry;
@@ -93,7 +93,7 @@ pub(crate) struct StoreContext {
     /// Cluster mode: the other nodes, as discovery last heard them.
     pub cluster_view: Arc<ClusterView>,
     /// Cluster mode: the cluster the store's data belongs to, once it belongs to one.
-    cluster_id: RwLock<Option<String>>,
+    cluster_id: SharedClusterId,
 }
 
 impl StoreContext {
@@ -117,7 +117,7 @@ impl StoreContext {
             raft: RwLock::new(None),
             raft_stopping: Mutex::new(None),
             cluster_view: Arc::new(ClusterView::default()),
-            cluster_id: RwLock::new(None),
+            cluster_id: SharedClusterId::default(),
         }
     }
 
@@ -201,6 +201,11 @@ impl StoreContext {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// The cluster id as the Raft group shares it.
+    pub(crate) fn shared_cluster_id(&self) -> SharedClusterId {
+        self.cluster_id.clone()
     }
 
     pub(crate) fn set_cluster_id(&self, cluster_id: Option<String>) {

@@ -146,8 +146,12 @@ impl System {
 
     /// Serves a call another node's Raft group (or discovery) made to this store, and returns
     /// the encoded answer. The server's peer port calls this.
-    pub async fn handle_peer_call(&self, kind: crate::PeerCallKind, body: &[u8]) -> Vec<u8> {
+    pub async fn handle_peer_call(&self, call: &crate::PeerCall) -> Vec<u8> {
         let context = &self.api.context;
+        if let Some(refusal) = cluster::foreign_cluster(context, call) {
+            return refusal;
+        }
+        let (kind, body) = (call.kind, call.body.as_slice());
         match kind {
             crate::PeerCallKind::Hello => cluster::answer_hello(context, body),
             _ => match context.raft_group() {

@@ -147,6 +147,32 @@ pub(crate) fn own_hello(context: &StoreContext) -> Hello {
     }
 }
 
+/// The refusal of a call from a node of another cluster: when both stores belong to a cluster
+/// and the two differ, the call is refused with both ids, counted and logged. A node that
+/// holds a cluster's data never takes another cluster's log (KurrentDB #2436: a wrong DNS
+/// entry merged two clusters, and most of their nodes truncated their data).
+pub(crate) fn foreign_cluster(context: &StoreContext, call: &crate::PeerCall) -> Option<Vec<u8>> {
+    let (Some(ours), Some(theirs)) = (context.cluster_id(), call.cluster_id.as_deref()) else {
+        return None;
+    };
+    if ours == theirs {
+        return None;
+    }
+    metrics::counter!("exesdb_peer_refused_total", "reason" => "cluster_id").increment(1);
+    tracing::error!(
+        store = context.store_id(),
+        ours,
+        theirs,
+        kind = ?call.kind,
+        "refused a call from a node of another cluster"
+    );
+    Some(crate::raft::refusal(&format!(
+        "this node's store {} belongs to cluster {ours}, the caller's to cluster {theirs}: a \
+         node never joins another cluster",
+        context.store_id()
+    )))
+}
+
 /// Answers another node's hello for this store, and remembers who asked.
 pub(crate) fn answer_hello(context: &StoreContext, body: &[u8]) -> Vec<u8> {
     let Some(cluster) = context.config.cluster.as_ref() else {

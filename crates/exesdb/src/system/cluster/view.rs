@@ -103,6 +103,7 @@ pub(crate) async fn ask(
         store_id: store_id.to_string(),
         kind: PeerCallKind::Hello,
         body,
+        cluster_id: hello.cluster_id.clone(),
     };
     let answer = tokio::time::timeout(
         HELLO_DEADLINE,

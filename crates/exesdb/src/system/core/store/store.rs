@@ -217,6 +217,7 @@ async fn start_replicated(
         limits: context.config.limits.clone(),
         head_cache_entries_max: context.config.commit.stream_head_cache_entries_max,
         committed: context.committed.clone(),
+        cluster_id: context.shared_cluster_id(),
     };
     let group = RaftGroup::start(
         cluster.node_id,
