@@ -10,40 +10,15 @@ events/s, p50 and p99 of each, and the cluster's rate as a share of the single n
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
+
+from cluster_common import free_port, health, start_cluster, stop, wait
 
 BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/release/exesdb"
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 2
 REQUESTS = sys.argv[3] if len(sys.argv) > 3 else "500"
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def health(client):
-    try:
-        with urllib.request.urlopen(f"http://{client}/health", timeout=1) as reply:
-            return json.load(reply)
-    except Exception:
-        return None
-
-
-def wait(condition, what, seconds=60):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise SystemExit(f"not reached within {seconds} s: {what}")
 
 
 def bench(client):
@@ -79,27 +54,12 @@ def single(root):
 
 
 def cluster(root):
-    peers = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    clients = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    processes = [subprocess.Popen(
-        [BINARY, "serve", "--mode", "cluster", "--cluster-size", "3",
-         "--data-dir", os.path.join(root, f"node{i}"), "--listen", clients[i],
-         "--peer-listen", peers[i], "--seeds", ",".join(peers)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(3)]
+    processes, clients, leader = start_cluster(BINARY, root)
     try:
-        def formed():
-            seen = [health(client) for client in clients]
-            if all(h and h["status"] == "ok" for h in seen):
-                return seen
-            return None
-        seen = wait(formed, "the cluster formed")
-        leader = next(c for c, h in zip(clients, seen) if h["stores"][0]["leader"])
         follower = next(c for c in clients if c != leader)
         return figures(bench(leader)), figures(bench(follower))
     finally:
-        for process in processes:
-            process.kill()
-            process.wait()
+        stop(processes)
         for i in range(3):
             shutil.rmtree(os.path.join(root, f"node{i}"), ignore_errors=True)
 

@@ -11,23 +11,17 @@ At the end every acknowledged event must be stored once on every node.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
+
+from cluster_common import free_port, health
 
 BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/release/exesdb"
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Node:
@@ -50,11 +44,7 @@ class Node:
         self.process.wait()
 
     def health(self):
-        try:
-            with urllib.request.urlopen(f"http://{self.client}/health", timeout=1) as reply:
-                return json.load(reply)
-        except Exception:
-            return None
+        return health(self.client)
 
 
 def wait_until(condition, what, seconds=60):
