@@ -315,16 +315,16 @@ async fn the_live_cluster_tree_matches_the_spec_diagram_and_a_one_node_cluster_f
         .inject_fault("ExESDB.Store")
         .expect("the Store runs");
     let api = store.system.api().clone();
+    // One event id through every retry: an attempt answered `unavailable` (outcome unknown)
+    // may have been committed, and its retry must then be recognised, not refused.
+    let shipped = event("Shipped", "{}").with_id(uuid::Uuid::now_v7());
     let second = wait_for(PATIENCE, || {
         let api = api.clone();
+        let shipped = shipped.clone();
         async move {
-            api.append(
-                "order-1",
-                ExpectedVersion::Exact(0),
-                vec![event("Shipped", "{}")],
-            )
-            .await
-            .map_err(|error| format!("an append after the Store's restart: {error}"))
+            api.append("order-1", ExpectedVersion::Exact(0), vec![shipped])
+                .await
+                .map_err(|error| format!("an append after the Store's restart: {error}"))
         }
     })
     .await;
