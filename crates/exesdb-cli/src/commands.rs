@@ -194,6 +194,23 @@ pub(crate) enum ClientCommand {
 pub(crate) enum ClusterCommand {
     /// Members (id, addresses, state) and, per store, leader, term, commit and applied index.
     Status,
+    /// Add the node at this peer address (its --peer-advertise): it joins every store's group
+    /// as a learner and, once caught up, as a voter.
+    Add {
+        /// The new node's peer address.
+        peer_addr: String,
+    },
+    /// Remove the node with this id from every store's group.
+    Remove {
+        /// The node's id, as `exesdb cluster status` shows it.
+        node_id: u64,
+    },
+    /// Hand one store's leadership to another voter.
+    TransferLeader {
+        /// The voter that should lead.
+        #[arg(long = "to")]
+        to: u64,
+    },
 }
 
 /// The `--kind` values of `spec/cli.md` (`by-stream`, ...), named as the spec names them.
@@ -402,16 +419,27 @@ async fn execute(client: &Client, command: ClientCommand, json: bool) -> Result<
                 }
             }
         }
-        ClientCommand::Cluster {
-            command: ClusterCommand::Status,
-            ..
-        } => {
-            let stores = client.cluster_status().await?;
-            let report = output::cluster_status(&stores);
+        ClientCommand::Cluster { command, .. } => {
+            let outcomes = match command {
+                ClusterCommand::Status => {
+                    let stores = client.cluster_status().await?;
+                    if json {
+                        print_json(&output::cluster_status(&stores));
+                    } else {
+                        print!("{}", output::cluster_status_text(&stores));
+                    }
+                    return Ok(());
+                }
+                ClusterCommand::Add { peer_addr } => client.cluster_add(&peer_addr).await?,
+                ClusterCommand::Remove { node_id } => client.cluster_remove(node_id).await?,
+                ClusterCommand::TransferLeader { to } => client.cluster_transfer_leader(to).await?,
+            };
             if json {
-                print_json(&report);
+                print_json(&output::membership_outcomes(&outcomes));
             } else {
-                print!("{}", output::cluster_status_text(&stores));
+                for (store_id, outcome) in &outcomes {
+                    println!("{store_id}: {outcome}");
+                }
             }
         }
         ClientCommand::Tree { .. } => {

@@ -160,6 +160,16 @@ pub(crate) fn cluster_status(stores: &[exesdb_client::ClusterStatus]) -> Value {
 }
 
 /// `cluster status` for a person: the members, then a line per store.
+/// What a membership change did, per store: `{"stores":[{"store":..,"outcome":..}]}`.
+pub(crate) fn membership_outcomes(outcomes: &[(String, String)]) -> Value {
+    json!({
+        "stores": outcomes
+            .iter()
+            .map(|(store, outcome)| json!({"store": store, "outcome": outcome}))
+            .collect::<Vec<_>>()
+    })
+}
+
 pub(crate) fn cluster_status_text(stores: &[exesdb_client::ClusterStatus]) -> String {
     let mut out = String::new();
     let Some(first) = stores.first() else {

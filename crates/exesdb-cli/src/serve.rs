@@ -248,6 +248,15 @@ pub(crate) struct ServeArgs {
         help_heading = "Cluster mode"
     )]
     pub read_consistency: Option<ReadConsistency>,
+    /// Cluster mode: a store's Raft group snapshots the whole store after this many log
+    /// entries, and keeps as many behind the snapshot, so that a follower that was away
+    /// briefly catches up from the log [default: 100000].
+    #[arg(
+        long,
+        env = "EXESDB_RAFT_SNAPSHOT_ENTRIES",
+        help_heading = "Cluster mode"
+    )]
+    pub raft_snapshot_entries: Option<u64>,
     /// Log lines on stderr as text or JSON (filter with RUST_LOG) [default: text].
     #[arg(long, env = "EXESDB_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -280,9 +289,10 @@ struct ServerKeys {
     election_timeout_max_ms: Option<u64>,
     heartbeat_interval_ms: Option<u64>,
     read_consistency: Option<ReadConsistency>,
+    raft_snapshot_entries: Option<u64>,
 }
 
-const SERVER_KEYS: [&str; 15] = [
+const SERVER_KEYS: [&str; 16] = [
     "data_dir",
     "stores",
     "listen",
@@ -298,6 +308,7 @@ const SERVER_KEYS: [&str; 15] = [
     "election_timeout_max_ms",
     "heartbeat_interval_ms",
     "read_consistency",
+    "raft_snapshot_entries",
 ];
 
 /// Cluster mode's settings, after precedence is applied.
@@ -313,6 +324,7 @@ pub(crate) struct ClusterSettings {
     pub election_timeout_max_ms: u64,
     pub heartbeat_interval_ms: u64,
     pub read_consistency: ReadConsistency,
+    pub raft_snapshot_entries: u64,
 }
 
 /// Everything `serve` runs with, after precedence is applied.
@@ -394,7 +406,14 @@ impl ServeArgs {
                 .read_consistency
                 .or(server.read_consistency)
                 .unwrap_or(ReadConsistency::Linearizable),
+            raft_snapshot_entries: self
+                .raft_snapshot_entries
+                .or(server.raft_snapshot_entries)
+                .unwrap_or(100_000),
         };
+        if cluster.raft_snapshot_entries == 0 {
+            return Err("raft_snapshot_entries must be at least 1".into());
+        }
         if cluster.cluster_size == 0 {
             return Err("cluster_size must be at least 1".into());
         }
@@ -570,6 +589,7 @@ async fn start_peer_port(
     cluster.election_timeout_min_ms = settings.election_timeout_min_ms;
     cluster.election_timeout_max_ms = settings.election_timeout_max_ms;
     cluster.heartbeat_interval_ms = settings.heartbeat_interval_ms;
+    cluster.snapshot_every_entries = settings.raft_snapshot_entries;
     cluster.read_consistency = match settings.read_consistency {
         ReadConsistency::Linearizable => exesdb::ReadConsistency::Linearizable,
         ReadConsistency::Stale => exesdb::ReadConsistency::Stale,

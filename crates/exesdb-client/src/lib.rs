@@ -822,6 +822,55 @@ impl Client {
             .collect())
     }
 
+    /// Cluster mode: adds the node whose peer address is `peer_addr` to every store's group,
+    /// as a learner and, once it has caught up, as a voter. Answers what was done, per store.
+    pub async fn cluster_add(&self, peer_addr: &str) -> Result<Vec<(String, String)>, ClientError> {
+        self.change_membership(wire::change_membership_request::Change::AddPeerAddr(
+            peer_addr.to_string(),
+        ))
+        .await
+    }
+
+    /// Cluster mode: removes node `node_id` from every store's group.
+    pub async fn cluster_remove(&self, node_id: u64) -> Result<Vec<(String, String)>, ClientError> {
+        self.change_membership(wire::change_membership_request::Change::RemoveNodeId(
+            node_id,
+        ))
+        .await
+    }
+
+    /// Cluster mode: hands this client's store's leadership to node `to`.
+    pub async fn cluster_transfer_leader(
+        &self,
+        to: u64,
+    ) -> Result<Vec<(String, String)>, ClientError> {
+        self.change_membership(wire::change_membership_request::Change::TransferLeader(
+            wire::TransferLeader {
+                store_id: self.store_id.clone(),
+                to_node_id: to,
+            },
+        ))
+        .await
+    }
+
+    async fn change_membership(
+        &self,
+        change: wire::change_membership_request::Change,
+    ) -> Result<Vec<(String, String)>, ClientError> {
+        let mut request = self.request(wire::ChangeMembershipRequest {
+            change: Some(change),
+        });
+        // A new member catches up before it votes, which can take longer than a request.
+        request.set_timeout(self.request_timeout.max(MEMBERSHIP_CHANGE_TIMEOUT));
+        let response = self.system.clone().change_membership(request).await?;
+        Ok(response
+            .into_inner()
+            .stores
+            .into_iter()
+            .map(|store| (store.store_id, store.outcome))
+            .collect())
+    }
+
     /// Whether the server's stores accept writes.
     /// ```no_run
     /// # use exesdb_client::*;
@@ -838,6 +887,10 @@ impl Client {
         Ok(response.into_inner().healthy)
     }
 }
+
+/// How long a membership change may take: the server lets a new learner catch up for two
+/// minutes before it answers.
+const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(150);
 
 fn events_stream<F>(
     open: F,

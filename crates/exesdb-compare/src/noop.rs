@@ -5,8 +5,8 @@
 use anyhow::{Context, Result};
 use exesdb_proto::v1::system_service_server::{SystemService, SystemServiceServer};
 use exesdb_proto::v1::{
-    ClusterStatusRequest, ClusterStatusResponse, GetTreeRequest, HealthRequest, HealthResponse,
-    TreeNode,
+    ChangeMembershipRequest, ChangeMembershipResponse, ClusterStatusRequest, ClusterStatusResponse,
+    GetTreeRequest, HealthRequest, HealthResponse, TreeNode,
 };
 use tonic::{Request, Response, Status};
 
@@ -30,6 +30,13 @@ impl SystemService for Noop {
         _: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
         Ok(Response::new(ClusterStatusResponse::default()))
+    }
+
+    async fn change_membership(
+        &self,
+        _: Request<ChangeMembershipRequest>,
+    ) -> Result<Response<ChangeMembershipResponse>, Status> {
+        Ok(Response::new(ChangeMembershipResponse::default()))
     }
 }
 

@@ -513,6 +513,41 @@ impl SystemService for GrpcServices {
         }))
     }
 
+    async fn change_membership(
+        &self,
+        request: Request<wire::ChangeMembershipRequest>,
+    ) -> Result<Response<wire::ChangeMembershipResponse>, Status> {
+        use wire::change_membership_request::Change;
+        let change = request.into_inner().change.ok_or_else(|| {
+            convert::status(&StoreError::invalid(
+                "say which change: add a peer address, remove a node id, or transfer a leader",
+            ))
+        })?;
+        let mut stores = Vec::new();
+        // A node's membership is the same in every store's group: an add or a remove is made
+        // in each, in order, and stops at the first that fails, naming it.
+        let targets = match &change {
+            Change::TransferLeader(transfer) => vec![transfer.store_id.clone()],
+            _ => self.node.store_ids(),
+        };
+        for store_id in targets {
+            let system = self
+                .node
+                .system(&store_id)
+                .map_err(|error| convert::status(&error))?;
+            let outcome = match &change {
+                Change::AddPeerAddr(peer_addr) => system.cluster_add(peer_addr).await,
+                Change::RemoveNodeId(node_id) => system.cluster_remove(*node_id).await,
+                Change::TransferLeader(transfer) => {
+                    system.cluster_transfer_leader(transfer.to_node_id).await
+                }
+            }
+            .map_err(|error| convert::status(&in_store(error, &store_id)))?;
+            stores.push(wire::StoreChangeOutcome { store_id, outcome });
+        }
+        Ok(Response::new(wire::ChangeMembershipResponse { stores }))
+    }
+
     async fn get_tree(
         &self,
         request: Request<wire::GetTreeRequest>,
@@ -523,6 +558,17 @@ impl SystemService for GrpcServices {
             .system(&request.store_id)
             .map_err(|error| convert::status(&error))?;
         Ok(Response::new(convert::tree(&system.tree())))
+    }
+}
+
+/// Names the store in a membership change's refusal: the change runs store by store.
+fn in_store(error: StoreError, store_id: &str) -> StoreError {
+    match error {
+        StoreError::InvalidArgument(why) => {
+            StoreError::InvalidArgument(format!("store {store_id}: {why}"))
+        }
+        StoreError::Unavailable(why) => StoreError::Unavailable(format!("store {store_id}: {why}")),
+        other => other,
     }
 }
 

@@ -73,6 +73,7 @@ impl PeerTransport for GrpcPeerTransport {
                 kind: call.kind.code(),
                 body: call.body,
                 cluster_id: call.cluster_id,
+                target_node: call.target_node,
             });
             request.set_timeout(deadline);
             if let Some(secret) = secret {
@@ -175,6 +176,7 @@ impl Peer for PeerService {
             kind,
             body: request.body,
             cluster_id: request.cluster_id,
+            target_node: request.target_node,
         };
         let body = system.handle_peer_call(&call).await;
         Ok(Response::new(PeerReply { body }))

@@ -238,6 +238,9 @@ pub struct ClusterConfig {
     pub write_timeout_ms: u64,
     /// How often discovery asks the seeds who they are, until the cluster is formed.
     pub discovery_interval_ms: u64,
+    /// The store's group snapshots the whole store after this many log entries, and keeps as
+    /// many behind the snapshot for followers that catch up from the log.
+    pub snapshot_every_entries: u64,
     /// Whether a read must see every write acknowledged before it began (the default), or
     /// may be served from what this node has applied.
     pub read_consistency: ReadConsistency,
@@ -267,6 +270,7 @@ impl ClusterConfig {
             heartbeat_interval_ms: 100,
             write_timeout_ms: 10_000,
             discovery_interval_ms: 250,
+            snapshot_every_entries: 100_000,
             read_consistency: ReadConsistency::Linearizable,
             transport,
         }

@@ -14,16 +14,16 @@ use uuid::Uuid;
 use crate::common::{PATIENCE, Server, http_get, wait_for};
 
 /// A loopback port free now (the test's own nodes take them a moment later).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .expect("a free port")
 }
 
-struct Cluster {
+pub(crate) struct Cluster {
     dirs: Vec<tempfile::TempDir>,
-    peers: Vec<String>,
+    pub(crate) peers: Vec<String>,
     nodes: Vec<Option<Server>>,
     extra: Vec<String>,
 }
@@ -32,7 +32,7 @@ impl Cluster {
     /// Starts `size` nodes. A peer port is chosen free, then bound by the node a moment
     /// later; if another process took it meanwhile, the whole cluster starts again on new
     /// ports.
-    fn new(size: usize, extra: &[&str]) -> Cluster {
+    pub(crate) fn new(size: usize, extra: &[&str]) -> Cluster {
         let mut last_log = String::new();
         for _ in 0..3 {
             let mut cluster = Cluster {
@@ -54,7 +54,7 @@ impl Cluster {
         panic!("no free peer ports after three tries; the last node's log:\n{last_log}");
     }
 
-    fn start(&mut self, index: usize) {
+    pub(crate) fn start(&mut self, index: usize) {
         if let Err(log) = self.try_start(index) {
             panic!("node {index} did not start; its log:\n{log}");
         }
@@ -89,26 +89,40 @@ impl Cluster {
         Ok(())
     }
 
-    fn node(&self, index: usize) -> &Server {
+    pub(crate) fn node(&self, index: usize) -> &Server {
         self.nodes[index].as_ref().expect("the node runs")
     }
 
-    fn running(&self) -> Vec<usize> {
+    pub(crate) fn running(&self) -> Vec<usize> {
         (0..self.nodes.len())
             .filter(|index| self.nodes[*index].is_some())
             .collect()
     }
 
     /// SIGKILL: the node gets no chance to hand anything over.
-    fn kill(&mut self, index: usize) {
+    pub(crate) fn kill(&mut self, index: usize) {
         if let Some(mut server) = self.nodes[index].take() {
             let _ = server.child.kill();
             let _ = server.child.wait();
         }
     }
 
+    /// SIGTERM: the node stops gracefully (a leader hands over first).
+    pub(crate) fn terminate(&mut self, index: usize) -> std::process::ExitStatus {
+        let server = self.nodes[index].take().expect("the node runs");
+        server.terminate()
+    }
+
+    /// Empties a stopped node's data directory: the node has lost its disk.
+    pub(crate) fn wipe(&mut self, index: usize) {
+        assert!(self.nodes[index].is_none(), "stop the node first");
+        let dir = self.dirs[index].path();
+        std::fs::remove_dir_all(dir).expect("remove the data");
+        std::fs::create_dir(dir).expect("an empty data directory");
+    }
+
     /// Waits until every running node reports the same leader, a running one; returns its index.
-    async fn leader(&self) -> usize {
+    pub(crate) async fn leader(&self) -> usize {
         wait_for(PATIENCE, || {
             let seen: Vec<(usize, Option<u64>, bool, String)> = self
                 .running()
@@ -140,12 +154,12 @@ impl Cluster {
         .await
     }
 
-    async fn client(&self, index: usize) -> Client {
+    pub(crate) async fn client(&self, index: usize) -> Client {
         self.node(index).client().await
     }
 }
 
-async fn all_events(client: &Client) -> Vec<RecordedEvent> {
+pub(crate) async fn all_events(client: &Client) -> Vec<RecordedEvent> {
     client
         .read_all(ReadFrom::Start, None, Direction::Forward, None, &[])
         .collect::<Result<Vec<_>, _>>()
@@ -154,7 +168,7 @@ async fn all_events(client: &Client) -> Vec<RecordedEvent> {
 }
 
 /// Waits until the node's `$all` holds `count` events, and returns them.
-async fn events_once_there(server: &Server, count: usize) -> Vec<RecordedEvent> {
+pub(crate) async fn events_once_there(server: &Server, count: usize) -> Vec<RecordedEvent> {
     let client = server.client().await;
     wait_for(PATIENCE, || {
         let client = client.clone();
@@ -249,7 +263,7 @@ async fn three_nodes_form_a_cluster_and_take_appends_through_every_node() {
     assert!(report["cluster_id"].is_string(), "{report}");
 }
 
-fn exesdb_cli(args: &[&str]) -> std::process::Output {
+pub(crate) fn exesdb_cli(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_exesdb"))
         .args(args)
         .output()

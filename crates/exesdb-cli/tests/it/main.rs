@@ -9,6 +9,7 @@ mod bench_smoke;
 mod cli;
 mod client_api;
 mod cluster;
+mod cluster_changes;
 mod flood;
 mod large_reads;
 mod persistent;

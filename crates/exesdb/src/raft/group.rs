@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::{Config, Raft, ReadPolicy, SnapshotPolicy};
-use serde::Serialize;
+use openraft::{ChangeMembers, Config, Raft, ReadPolicy, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::log_store::LogStore;
@@ -53,6 +53,21 @@ impl Default for RaftSettings {
         }
     }
 }
+
+/// A change asked of a store's leader: of the membership, or of who leads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum MembershipChange {
+    /// Add a node: first as a learner, which catches up, then as a voter.
+    Add { node_id: u64, node: PeerNode },
+    /// Remove a node, voter or learner.
+    Remove { node_id: u64 },
+    /// Hand the leadership to this voter.
+    TransferLeader { to: u64 },
+}
+
+/// How long a new learner may take to catch up before it is made a voter; past it the add
+/// answers `unavailable`, and running it again goes on from where the learner is.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A snapshot being received from the leader.
 struct Receiving {
@@ -148,18 +163,33 @@ impl RaftGroup {
         self.raft
             .initialize(members)
             .await
+            .map_err(|error| io::Error::other(error.to_string()))?;
+        // The new cluster elects now rather than after a first election timeout; the others
+        // vote as in any election, so this changes when, not who may lead.
+        self.raft
+            .trigger()
+            .elect(true)
+            .await
             .map_err(|error| io::Error::other(error.to_string()))
     }
 
     /// Proposes a command; answers once it is committed by a majority and applied on the
     /// leader. On a follower the command goes to the leader over the peer port, once.
     pub(crate) async fn propose(&self, command: Command) -> Result<Outcome, StoreError> {
-        match self.propose_here(command.clone()).await {
-            Err(Proposal::Elsewhere(leader_id, leader)) => {
-                self.forward(leader_id, &leader, command).await
-            }
-            Err(Proposal::Refused(error)) => Err(error),
-            Ok(outcome) => outcome,
+        // Where to send it is decided from the leader this node knows, so that the command is
+        // never copied: if the leadership moves in between, the write is refused unproposed
+        // (`unavailable`, safe to retry) rather than proposed twice.
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let elsewhere = metrics
+            .current_leader
+            .filter(|leader| *leader != self.node_id)
+            .and_then(|leader| {
+                let node = metrics.membership_config.membership().get_node(&leader)?;
+                Some((leader, node.clone()))
+            });
+        match elsewhere {
+            Some((leader_id, leader)) => self.forward(leader_id, &leader, command).await,
+            None => self.propose_on_leader(command).await,
         }
     }
 
@@ -224,6 +254,7 @@ impl RaftGroup {
                     body: encode(&())
                         .map_err(|error| StoreError::unavailable(error.to_string()))?,
                     cluster_id: read_cluster_id(&self.cluster_id),
+                    target_node: Some(leader_id),
                 };
                 let asked = tokio::time::timeout(
                     timeout,
@@ -305,6 +336,7 @@ impl RaftGroup {
             kind: PeerCallKind::Propose,
             body,
             cluster_id: read_cluster_id(&self.cluster_id),
+            target_node: Some(leader_id),
         };
         let deadline = Duration::from_millis(self.settings.write_timeout_ms);
         let answered = tokio::time::timeout(
@@ -334,6 +366,217 @@ impl RaftGroup {
                 "the leader, node {leader_id}, refused the write ({refusal})"
             ))
         })?
+    }
+
+    /// Makes a membership change or a leader transfer on the leader (asked of it over the
+    /// peer port from a follower, once), and answers when it is done, in words.
+    pub(crate) async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<String, StoreError> {
+        let metrics = self.metrics();
+        match metrics.current_leader {
+            Some(leader) if leader == self.node_id => self.change_membership_here(change).await,
+            Some(leader_id) => {
+                let leader = metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&leader_id)
+                    .cloned()
+                    .ok_or_else(|| {
+                        StoreError::unavailable(format!(
+                            "the leader, node {leader_id}, is not in this node's membership yet: \
+                             retry shortly"
+                        ))
+                    })?;
+                let body =
+                    encode(&change).map_err(|error| StoreError::unavailable(error.to_string()))?;
+                let call = super::network::PeerCall {
+                    store_id: self.store_id.clone(),
+                    kind: PeerCallKind::ChangeMembership,
+                    body,
+                    cluster_id: read_cluster_id(&self.cluster_id),
+                    target_node: Some(leader_id),
+                };
+                let deadline = CATCH_UP_TIMEOUT + Duration::from_secs(10);
+                let bytes = self
+                    .transport
+                    .call(&leader.peer_addr, call, deadline)
+                    .await
+                    .map_err(|error| {
+                        StoreError::unavailable(format!(
+                            "the leader, node {leader_id}, cannot be reached ({error}); retry"
+                        ))
+                    })?;
+                let answer: Answer<Result<String, StoreError>> =
+                    decode(&bytes, "membership change's answer")
+                        .map_err(|error| StoreError::unavailable(error.to_string()))?;
+                answer.map_err(|refusal| {
+                    StoreError::unavailable(format!(
+                        "the leader, node {leader_id}, refused ({refusal})"
+                    ))
+                })?
+            }
+            None => Err(StoreError::unavailable(
+                "no leader is known yet: retry shortly",
+            )),
+        }
+    }
+
+    async fn change_membership_here(&self, change: MembershipChange) -> Result<String, StoreError> {
+        let metrics = self.metrics();
+        if metrics.current_leader != Some(self.node_id) {
+            return Err(StoreError::unavailable(
+                "this node stopped leading during the change: retry",
+            ));
+        }
+        let membership = metrics.membership_config.membership().clone();
+        let is_voter = |node_id: u64| membership.voter_ids().any(|voter| voter == node_id);
+        let failed = |what: &str, error: String| {
+            StoreError::unavailable(format!("{what} failed: {error}; retry"))
+        };
+        match change {
+            MembershipChange::Add { node_id, node } => {
+                if is_voter(node_id) {
+                    return Ok(format!("node {node_id} is already a voter"));
+                }
+                let same_address = membership
+                    .nodes()
+                    .find(|(other, known)| **other != node_id && known.peer_addr == node.peer_addr);
+                if let Some((other, _)) = same_address {
+                    return Err(StoreError::invalid(format!(
+                        "node {other} is still a member at {}: a node that lost its data comes \
+                         back with a new id; remove node {other} first",
+                        node.peer_addr
+                    )));
+                }
+                self.raft
+                    .add_learner(node_id, node.clone(), false)
+                    .await
+                    .map_err(|error| failed("adding the learner", error.to_string()))?;
+                let target = metrics.last_log_index;
+                self.raft
+                    .wait(Some(CATCH_UP_TIMEOUT))
+                    .metrics(
+                        |now| {
+                            now.replication
+                                .as_ref()
+                                .and_then(|replication| replication.get(&node_id))
+                                .is_some_and(|matched| matched.map(|log_id| log_id.index) >= target)
+                        },
+                        "the learner caught up",
+                    )
+                    .await
+                    .map_err(|error| {
+                        StoreError::unavailable(format!(
+                            "node {node_id} was added as a learner but did not catch up within \
+                             {CATCH_UP_TIMEOUT:?} ({error}); run the add again to make it a voter"
+                        ))
+                    })?;
+                self.raft
+                    .change_membership(
+                        ChangeMembers::AddVoterIds([node_id].into_iter().collect()),
+                        false,
+                    )
+                    .await
+                    .map_err(|error| failed("making the learner a voter", error.to_string()))?;
+                Ok(format!("node {node_id} ({node}) is a voter"))
+            }
+            MembershipChange::Remove { node_id } => {
+                if membership.get_node(&node_id).is_none() {
+                    return Ok(format!("node {node_id} is not a member"));
+                }
+                let change = if is_voter(node_id) {
+                    if membership.voter_ids().count() == 1 {
+                        return Err(StoreError::invalid(format!(
+                            "node {node_id} is the only voter: a cluster cannot remove its last \
+                             voter"
+                        )));
+                    }
+                    ChangeMembers::RemoveVoters([node_id].into_iter().collect())
+                } else {
+                    ChangeMembers::RemoveNodes([node_id].into_iter().collect())
+                };
+                self.raft
+                    .change_membership(change, false)
+                    .await
+                    .map_err(|error| failed("removing the node", error.to_string()))?;
+                Ok(format!("node {node_id} is no longer a member"))
+            }
+            MembershipChange::TransferLeader { to } => {
+                if to == self.node_id {
+                    return Ok(format!("node {to} already leads"));
+                }
+                if !is_voter(to) {
+                    return Err(StoreError::invalid(format!(
+                        "node {to} is not a voter of this store's group"
+                    )));
+                }
+                if self.transfer_leadership(to).await {
+                    Ok(format!("node {to} leads"))
+                } else {
+                    Err(StoreError::unavailable(format!(
+                        "node {to} did not take the leadership in time: is it caught up and \
+                         reachable?"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Hands the leadership to `to` and waits, up to two election timeouts, until it has it.
+    async fn transfer_leadership(&self, to: u64) -> bool {
+        if self.raft.trigger().transfer_leader(to).await.is_err() {
+            return false;
+        }
+        let bound = Duration::from_millis(self.settings.election_timeout_max_ms * 2);
+        self.raft
+            .wait(Some(bound))
+            .metrics(
+                |metrics| metrics.current_leader == Some(to),
+                "the leadership handed over",
+            )
+            .await
+            .is_ok()
+    }
+
+    /// On a graceful stop of the leader: hands the leadership to the voter that is furthest
+    /// along, so that clients do not wait an election timeout. Bounded; on failure the node
+    /// stops anyway and the others elect as after a crash.
+    pub(crate) async fn hand_over_leadership(&self) {
+        let metrics = self.metrics();
+        if metrics.current_leader != Some(self.node_id) {
+            return;
+        }
+        let voters: Vec<u64> = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|voter| *voter != self.node_id)
+            .collect();
+        let furthest = voters.iter().copied().max_by_key(|voter| {
+            metrics
+                .replication
+                .as_ref()
+                .and_then(|replication| replication.get(voter).copied().flatten())
+                .map(|log_id| log_id.index)
+        });
+        let Some(to) = furthest else {
+            return;
+        };
+        if self.transfer_leadership(to).await {
+            tracing::info!(
+                store = self.store_id,
+                to,
+                "handed the store's leadership over before stopping"
+            );
+        } else {
+            tracing::warn!(
+                store = self.store_id,
+                to,
+                "the leadership was not handed over in time; stopping anyway"
+            );
+        }
     }
 
     /// This node's view of the group.
@@ -394,6 +637,14 @@ impl RaftGroup {
             .await?;
         }
         Ok(())
+    }
+
+    /// Bytes on disk: the Raft log, the state machine's data, and the snapshot file (blocking:
+    /// it reads file sizes).
+    pub(crate) fn disk_bytes(&self) -> io::Result<(u64, u64, u64)> {
+        let engine = self.machine.storage().engine().map_err(io::Error::other)?;
+        let (log, data) = engine.disk_bytes().map_err(io::Error::other)?;
+        Ok((log, data, self.machine.snapshot_bytes()))
     }
 
     /// The last log index this node knows is committed.
@@ -471,6 +722,15 @@ impl RaftGroup {
                     }
                 }))
             }
+            // Asked of this node as the leader, like a forwarded write.
+            PeerCallKind::ChangeMembership => {
+                match decode::<MembershipChange>(body, "membership change") {
+                    Ok(change) => {
+                        encode_answer(&Answer::Ok(self.change_membership_here(change).await))
+                    }
+                    Err(error) => refuse::<()>(error),
+                }
+            }
             PeerCallKind::Hello => refuse::<()>(io::Error::other(
                 "a hello is answered by the node, not by a store's group",
             )),
@@ -494,6 +754,7 @@ impl RaftGroup {
         let done = chunk.done;
         let last = done.is_some();
         let (transfer, offset, data) = (chunk.transfer, chunk.offset, chunk.data);
+        let store_id = self.store_id.clone();
         let finished = tokio::task::spawn_blocking(move || -> io::Result<Option<SnapshotFile>> {
             let mut slot = receiving
                 .lock()
@@ -522,6 +783,8 @@ impl RaftGroup {
             };
             current.file.write_all(&data)?;
             current.next_offset += data.len() as u64;
+            metrics::counter!("exesdb_raft_snapshot_received_bytes_total", "store" => store_id.clone())
+                .increment(data.len() as u64);
             if !last {
                 return Ok(None);
             }

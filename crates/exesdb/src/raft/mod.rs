@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::system::core::store::state_machine::{Command, Outcome};
 use exesdb_types::StoreError;
 
-pub(crate) use group::{GroupStorage, RaftGroup, RaftSettings};
+pub(crate) use group::{GroupStorage, MembershipChange, RaftGroup, RaftSettings};
 pub(crate) use network::SharedClusterId;
 pub use network::{PeerCall, PeerCallError, PeerCallFuture, PeerCallKind, PeerTransport};
 

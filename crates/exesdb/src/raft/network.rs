@@ -39,6 +39,8 @@ pub enum PeerCallKind {
     Propose,
     /// A follower asks the leader for a read index: its commit index, confirmed by a quorum.
     ReadIndex,
+    /// A change of the membership (add, remove) or a leader transfer, asked of the leader.
+    ChangeMembership,
 }
 
 impl PeerCallKind {
@@ -53,6 +55,7 @@ impl PeerCallKind {
             PeerCallKind::Hello => 6,
             PeerCallKind::Propose => 7,
             PeerCallKind::ReadIndex => 8,
+            PeerCallKind::ChangeMembership => 9,
         }
     }
 
@@ -67,6 +70,7 @@ impl PeerCallKind {
             6 => PeerCallKind::Hello,
             7 => PeerCallKind::Propose,
             8 => PeerCallKind::ReadIndex,
+            9 => PeerCallKind::ChangeMembership,
             _ => return None,
         })
     }
@@ -84,6 +88,10 @@ pub struct PeerCall {
     /// The cluster the caller's store belongs to, once it belongs to one: a node refuses calls
     /// from another cluster, so that it never takes another cluster's log.
     pub cluster_id: Option<String>,
+    /// The node the call is meant for, when the caller knows it. A node at that address with
+    /// another id refuses it: that is a node whose data was lost and that started again with a
+    /// new id, and taking the call would let its empty log stand in for the old voter's.
+    pub target_node: Option<u64>,
 }
 
 /// Why a peer call failed.
@@ -187,6 +195,7 @@ impl PeerClient {
             kind,
             body,
             cluster_id: read_cluster_id(&self.cluster_id),
+            target_node: Some(self.target),
         };
         let answered = tokio::time::timeout(
             deadline,
@@ -293,6 +302,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                     .await
                     .map_err(StreamingError::from)?;
                 offset += filled as u64;
+                metrics::counter!("exesdb_raft_snapshot_sent_bytes_total", "store" => self.store_id.clone())
+                    .increment(filled as u64);
                 if let Some(response) = answer {
                     return Ok(response);
                 }

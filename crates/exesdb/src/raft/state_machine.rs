@@ -101,6 +101,16 @@ impl ReplicatedStateMachine {
             .join(format!("receiving-{name}.snap"))
     }
 
+    /// The storage the machine applies to.
+    pub(crate) fn storage(&self) -> &Arc<Storage> {
+        &self.shared.storage
+    }
+
+    /// The size of the snapshot this node holds, 0 when it holds none.
+    pub(crate) fn snapshot_bytes(&self) -> u64 {
+        std::fs::metadata(self.current_path()).map_or(0, |metadata| metadata.len())
+    }
+
     fn current_path(&self) -> PathBuf {
         self.shared.snapshot_dir.join(CURRENT_SNAPSHOT)
     }

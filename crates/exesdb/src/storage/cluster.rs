@@ -75,6 +75,14 @@ fn data_keyspaces(engine: &Engine) -> [(u8, &Keyspace); 9] {
 }
 
 impl Engine {
+    /// Bytes on disk of the Raft log with its metadata, and of the rest: the data the state
+    /// machine applied, with the journal the two share.
+    pub(crate) fn disk_bytes(&self) -> Result<(u64, u64), StorageError> {
+        let raft = self.raft_log.disk_space() + self.raft_meta.disk_space();
+        let total = self.db.disk_space()?;
+        Ok((raft, total.saturating_sub(raft)))
+    }
+
     /// Appends Raft log entries (index, encoded entry), synced before this returns.
     pub(crate) fn raft_append(&self, entries: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
         if entries.is_empty() {

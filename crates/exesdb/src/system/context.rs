@@ -80,7 +80,9 @@ pub(crate) struct StoreContext {
     pub counters: CommitCounters,
     pub hops: HopCounters,
     /// Whether this node leads the store (always, in single mode); kept by `LeaderTracker`.
-    pub leader: AtomicBool,
+    leader: AtomicBool,
+    /// The same, for those that wait for it to change (`LeaderWorker`).
+    leadership: watch::Sender<bool>,
     /// The persistent subscriptions running on this node (loaded by `LeaderWorker`).
     pub persistent: PersistentRegistry,
     /// `SubscriptionsWriter` and `SubscriptionsReader`, while they run.
@@ -112,6 +114,7 @@ impl StoreContext {
             counters: CommitCounters::default(),
             hops: HopCounters::default(),
             leader: AtomicBool::new(false),
+            leadership: watch::Sender::new(false),
             persistent: PersistentRegistry::default(),
             subscription_processes: SubscriptionsProcesses::default(),
             raft: RwLock::new(None),
@@ -178,6 +181,21 @@ impl StoreContext {
 
     pub(crate) fn is_leader(&self) -> bool {
         self.leader.load(Ordering::Acquire)
+    }
+
+    /// Records whether this node leads the store, and tells those waiting when it changes.
+    pub(crate) fn set_leader(&self, leading: bool) {
+        self.leader.store(leading, Ordering::Release);
+        self.leadership.send_if_modified(|now| {
+            let changed = *now != leading;
+            *now = leading;
+            changed
+        });
+    }
+
+    /// Follows whether this node leads the store.
+    pub(crate) fn leadership(&self) -> watch::Receiver<bool> {
+        self.leadership.subscribe()
     }
 
     /// The store's Raft group, while it runs (cluster mode).

@@ -151,6 +151,9 @@ impl System {
         if let Some(refusal) = cluster::foreign_cluster(context, call) {
             return refusal;
         }
+        if let Some(refusal) = cluster::another_node(context, call) {
+            return refusal;
+        }
         let (kind, body) = (call.kind, call.body.as_slice());
         match kind {
             crate::PeerCallKind::Hello => cluster::answer_hello(context, body),
@@ -164,6 +167,25 @@ impl System {
     /// The store's place in its cluster as this node sees it; `None` in single mode.
     pub fn cluster_status(&self) -> Option<exesdb_types::ClusterStatus> {
         cluster::status(&self.api.context)
+    }
+
+    /// Adds the node at `peer_addr` (its `--peer-advertise`) to the store's group: as a
+    /// learner, then, once it has caught up, as a voter. Answers what was done.
+    pub async fn cluster_add(&self, peer_addr: &str) -> Result<String, exesdb_types::StoreError> {
+        cluster::add_member(&self.api.context, peer_addr).await
+    }
+
+    /// Removes node `node_id` from the store's group.
+    pub async fn cluster_remove(&self, node_id: u64) -> Result<String, exesdb_types::StoreError> {
+        cluster::remove_member(&self.api.context, node_id).await
+    }
+
+    /// Hands the store's leadership to node `to`.
+    pub async fn cluster_transfer_leader(
+        &self,
+        to: u64,
+    ) -> Result<String, exesdb_types::StoreError> {
+        cluster::transfer_leader(&self.api.context, to).await
     }
 
     /// Whether the tree is up and this node accepts writes for the store.
@@ -238,6 +260,11 @@ impl System {
         let timeout = Duration::from_millis(self.api.context.config.shutdown_timeout_ms);
         let _ = tokio::time::timeout(timeout, self.api.admission.acquire_many(all)).await;
         self.api.admission.close();
+        // The leader hands over before its Store stops, so that the others need not wait an
+        // election timeout to learn that it is gone.
+        if let Some(group) = self.api.context.raft_group() {
+            group.hand_over_leadership().await;
+        }
         supervision_stop(&self.root, timeout).await;
         self.api.pools.emitters.work().detach();
     }

@@ -103,12 +103,23 @@ impl Service for Discovery {
             let interval = std::time::Duration::from_millis(cluster.discovery_interval_ms);
             loop {
                 let hello = own_hello(&context);
-                for seed in &cluster.seeds {
-                    if *seed == cluster.peer_advertise {
-                        continue;
-                    }
-                    if let Some(answer) =
-                        view::ask(&cluster, context.store_id(), seed, &hello).await
+                // The seeds, and the members added since, which need not be seeds.
+                let mut addresses: std::collections::BTreeSet<String> =
+                    cluster.seeds.iter().cloned().collect();
+                if let Some(group) = context.raft_group() {
+                    let metrics = group.metrics();
+                    addresses.extend(
+                        metrics
+                            .membership_config
+                            .membership()
+                            .nodes()
+                            .map(|(_, node)| node.peer_addr.clone()),
+                    );
+                }
+                addresses.remove(&cluster.peer_advertise);
+                for address in &addresses {
+                    if let Ok(answer) =
+                        view::ask(&cluster, context.store_id(), address, &hello).await
                     {
                         context.cluster_view.record(answer);
                     }
@@ -173,6 +184,32 @@ pub(crate) fn foreign_cluster(context: &StoreContext, call: &crate::PeerCall) ->
     )))
 }
 
+/// The refusal of a call meant for another node id than this one. A node that lost its data
+/// starts with a new id; its peers still call the old id at its address. Taking those calls
+/// would make its empty log count as the old voter's, which can lose committed writes, so it
+/// refuses them until an operator removes the old id and adds the new one.
+pub(crate) fn another_node(context: &StoreContext, call: &crate::PeerCall) -> Option<Vec<u8>> {
+    let own = context.config.cluster.as_ref()?.node_id;
+    let target = call.target_node?;
+    if target == own {
+        return None;
+    }
+    metrics::counter!("exesdb_peer_refused_total", "reason" => "node_id").increment(1);
+    tracing::error!(
+        store = context.store_id(),
+        own,
+        target,
+        kind = ?call.kind,
+        "refused a call for another node id: if node {target} lost its data and this node \
+         replaced it, remove {target} (exesdb cluster remove {target}) and add this node \
+         (exesdb cluster add)"
+    );
+    Some(crate::raft::refusal(&format!(
+        "this is node {own}, not node {target}: the node at this address was replaced; remove \
+         node {target} from the cluster and add node {own}"
+    )))
+}
+
 /// Answers another node's hello for this store, and remembers who asked.
 pub(crate) fn answer_hello(context: &StoreContext, body: &[u8]) -> Vec<u8> {
     let Some(cluster) = context.config.cluster.as_ref() else {
@@ -192,6 +229,77 @@ pub(crate) fn answer_hello(context: &StoreContext, body: &[u8]) -> Vec<u8> {
         context.cluster_view.record(asker);
     }
     crate::raft::encode(&Ok::<Hello, String>(own_hello(context))).unwrap_or_default()
+}
+
+/// The store's group on this node, in cluster mode.
+fn running_group(
+    context: &StoreContext,
+) -> Result<crate::raft::RaftGroup, exesdb_types::StoreError> {
+    if context.config.cluster.is_none() {
+        return Err(exesdb_types::StoreError::invalid(
+            "this node runs in single mode: cluster commands need a node started with --mode \
+             cluster",
+        ));
+    }
+    context.raft_group().ok_or_else(|| {
+        exesdb_types::StoreError::unavailable("the store's Raft group is not running on this node")
+    })
+}
+
+/// Adds the node whose peer address is `peer_addr` to the store's group: asks it who it is,
+/// then has the leader take it in as a learner and, once caught up, as a voter.
+pub(crate) async fn add_member(
+    context: &StoreContext,
+    peer_addr: &str,
+) -> Result<String, exesdb_types::StoreError> {
+    let group = running_group(context)?;
+    let Some(cluster) = context.config.cluster.as_ref() else {
+        return Err(exesdb_types::StoreError::invalid("single mode"));
+    };
+    let hello = view::ask(cluster, context.store_id(), peer_addr, &own_hello(context))
+        .await
+        .map_err(|why| {
+            exesdb_types::StoreError::unavailable(format!(
+                "cannot ask the node at {peer_addr} who it is: {why}"
+            ))
+        })?;
+    if let (Some(theirs), Some(ours)) = (hello.cluster_id.as_deref(), context.cluster_id())
+        && theirs != ours
+    {
+        return Err(exesdb_types::StoreError::invalid(format!(
+            "the node at {peer_addr} holds data of cluster {theirs}, this store belongs to \
+             cluster {ours}: a node never joins another cluster"
+        )));
+    }
+    group
+        .change_membership(crate::raft::MembershipChange::Add {
+            node_id: hello.node_id,
+            node: crate::raft::PeerNode {
+                peer_addr: hello.peer_addr,
+                client_addr: hello.client_addr,
+            },
+        })
+        .await
+}
+
+/// Removes node `node_id` from the store's group (through its leader).
+pub(crate) async fn remove_member(
+    context: &StoreContext,
+    node_id: u64,
+) -> Result<String, exesdb_types::StoreError> {
+    running_group(context)?
+        .change_membership(crate::raft::MembershipChange::Remove { node_id })
+        .await
+}
+
+/// Hands the store's leadership to node `to` (through the current leader).
+pub(crate) async fn transfer_leader(
+    context: &StoreContext,
+    to: u64,
+) -> Result<String, exesdb_types::StoreError> {
+    running_group(context)?
+        .change_membership(crate::raft::MembershipChange::TransferLeader { to })
+        .await
 }
 
 /// A member not heard from for this long is reported `down` (advisory: only Raft decides).

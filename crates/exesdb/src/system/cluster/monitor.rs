@@ -32,6 +32,7 @@ impl Service for NodeMonitor {
         let task = tokio::spawn(async move {
             loop {
                 report(&context);
+                report_disk(&context).await;
                 tokio::time::sleep(REPORT_EVERY).await;
             }
         });
@@ -67,6 +68,14 @@ fn report(context: &StoreContext) {
         metrics.last_applied.map_or(0, |log_id| log_id.index) as f64,
     );
     gauge(
+        "exesdb_raft_purged_index",
+        metrics.purged.map_or(0, |log_id| log_id.index) as f64,
+    );
+    gauge(
+        "exesdb_raft_commit_index",
+        group.committed_index().unwrap_or(0) as f64,
+    );
+    gauge(
         "exesdb_raft_last_log_index",
         metrics.last_log_index.unwrap_or(0) as f64,
     );
@@ -81,5 +90,27 @@ fn report(context: &StoreContext) {
             )
             .set(lag as f64);
         }
+    }
+}
+
+/// Bytes on disk of the Raft log, the state machine's data and the snapshot; file sizes are
+/// read off the runtime's threads.
+async fn report_disk(context: &StoreContext) {
+    let Some(group) = context.raft_group() else {
+        return;
+    };
+    let Ok(Ok((log, data, snapshot))) =
+        tokio::task::spawn_blocking(move || group.disk_bytes()).await
+    else {
+        return;
+    };
+    let store = context.store_id().to_string();
+    for (part, bytes) in [
+        ("raft_log", log),
+        ("state_machine", data),
+        ("snapshot", snapshot),
+    ] {
+        metrics::gauge!("exesdb_store_disk_bytes", "store" => store.clone(), "part" => part)
+            .set(bytes as f64);
     }
 }

@@ -91,31 +91,35 @@ impl ClusterView {
 const HELLO_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Sends `hello` to the node at `peer_addr` and returns its own, if it answers and is of this
-/// cluster's name.
+/// cluster's name; otherwise why not, in words.
 pub(crate) async fn ask(
     cluster: &ClusterConfig,
     store_id: &str,
     peer_addr: &str,
     hello: &Hello,
-) -> Option<Hello> {
-    let body = encode(hello).ok()?;
+) -> Result<Hello, String> {
+    let body = encode(hello).map_err(|error| error.to_string())?;
     let call = PeerCall {
         store_id: store_id.to_string(),
         kind: PeerCallKind::Hello,
         body,
         cluster_id: hello.cluster_id.clone(),
+        target_node: None,
     };
     let answer = tokio::time::timeout(
         HELLO_DEADLINE,
         cluster.transport.call(peer_addr, call, HELLO_DEADLINE),
     )
     .await
-    .ok()?
-    .map_err(|error| tracing::debug!(%error, peer_addr, "no answer to a hello"))
-    .ok()?;
-    let answer: Result<Hello, String> = decode(&answer, "hello").ok()?;
+    .map_err(|_| format!("{peer_addr} did not answer within {HELLO_DEADLINE:?}"))?
+    .map_err(|error| {
+        tracing::debug!(%error, peer_addr, "no answer to a hello");
+        error.to_string()
+    })?;
+    let answer: Result<Hello, String> =
+        decode(&answer, "hello").map_err(|error| error.to_string())?;
     match answer {
-        Ok(answer) if answer.cluster_name == cluster.cluster_name => Some(answer),
+        Ok(answer) if answer.cluster_name == cluster.cluster_name => Ok(answer),
         Ok(answer) => {
             tracing::warn!(
                 peer_addr,
@@ -123,11 +127,14 @@ pub(crate) async fn ask(
                 ours = cluster.cluster_name,
                 "a seed belongs to another cluster name; ignoring it"
             );
-            None
+            Err(format!(
+                "{peer_addr} belongs to cluster name {}, not {}",
+                answer.cluster_name, cluster.cluster_name
+            ))
         }
         Err(refusal) => {
             tracing::warn!(peer_addr, refusal, "a seed refused our hello");
-            None
+            Err(format!("{peer_addr} refused: {refusal}"))
         }
     }
 }

@@ -536,6 +536,16 @@ impl PersistentRegistry {
         self.lock().keys().cloned().collect()
     }
 
+    /// Stops every group on this node (it no longer leads): their consumers' streams end, and
+    /// they connect to the new leader, which resumes from the replicated checkpoints.
+    pub(crate) fn unload(&self) -> usize {
+        let groups: Vec<_> = self.lock().drain().map(|(_, group)| group).collect();
+        for group in &groups {
+            group.close();
+        }
+        groups.len()
+    }
+
     /// Loads every stored definition not running yet, from its checkpoint.
     pub(crate) fn load(&self, context: &StoreContext) -> Result<usize, StoreError> {
         let mut loaded = 0;

@@ -55,7 +55,7 @@ impl Drop for Replicated {
         self.proposer.abort();
         self.leadership.abort();
         self.context.set_raft_group(None);
-        self.context.leader.store(false, Ordering::Release);
+        self.context.set_leader(false);
         // A kill drops the state without `post_stop`: the group is shut down in the
         // background, and the restarted Store waits for that before it starts another one
         // over the same log (two Raft instances on one log would each vote and append).
@@ -209,7 +209,7 @@ async fn start_replicated(
         election_timeout_max_ms: cluster.election_timeout_max_ms,
         heartbeat_interval_ms: cluster.heartbeat_interval_ms,
         write_timeout_ms: cluster.write_timeout_ms,
-        ..RaftSettings::default()
+        snapshot_every_entries: cluster.snapshot_every_entries,
     };
     let storage = GroupStorage {
         storage: context.storage.clone(),
@@ -248,11 +248,18 @@ async fn start_replicated(
     let leading = context.clone();
     let following = group.clone();
     let leadership = tokio::spawn(async move {
+        let mut last_leader = None;
         following
             .follow_leader(|leader| {
-                leading
-                    .leader
-                    .store(leader == Some(node_id), Ordering::Release);
+                leading.set_leader(leader == Some(node_id));
+                if leader.is_some() && leader != last_leader {
+                    metrics::counter!(
+                        "exesdb_raft_leader_changes_total",
+                        "store" => leading.store_id().to_string()
+                    )
+                    .increment(1);
+                    last_leader = leader;
+                }
             })
             .await;
     });

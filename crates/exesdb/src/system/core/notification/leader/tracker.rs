@@ -2,8 +2,6 @@
 //! always does. In cluster mode it starts as a follower, and the flag follows Raft's view of
 //! the leader from then on (the Store's Raft group sets it, `core/store/store.rs`).
 
-use std::sync::atomic::Ordering;
-
 use crate::supervision::service::Service;
 use crate::system::context::StoreContext;
 
@@ -12,13 +10,11 @@ pub(crate) struct LeaderTracker;
 
 impl Service for LeaderTracker {
     fn start(&self, context: &StoreContext) -> Result<(), String> {
-        context
-            .leader
-            .store(context.config.cluster.is_none(), Ordering::Release);
+        context.set_leader(context.config.cluster.is_none());
         Ok(())
     }
 
     fn stop(&self, context: &StoreContext) {
-        context.leader.store(false, Ordering::Release);
+        context.set_leader(false);
     }
 }

@@ -1,0 +1,268 @@
+//! Cluster mode's changes, with real processes: a follower catching up from the log and from
+//! a snapshot, a 5-node cluster losing two nodes and then a third, a graceful stop of the
+//! leader handing over, and a node that lost its disk being refused under its old id, then
+//! taken back with `exesdb cluster remove` and `add`, and given the leadership with
+//! `transfer-leader`.
+
+use exesdb_client::{Client, Direction, ExpectedVersion, NewEvent, ReadFrom};
+use tokio_stream::StreamExt;
+use uuid::Uuid;
+
+use crate::cluster::{Cluster, events_once_there, exesdb_cli};
+use crate::common::{PATIENCE, Server, http_get, metric, wait_for};
+
+async fn append_events(client: &Client, stream: &str, count: usize) {
+    for n in 0..count {
+        client
+            .append(
+                stream,
+                ExpectedVersion::Any,
+                vec![NewEvent::new("Noted", format!("{{\"n\":{n}}}"))],
+            )
+            .await
+            .unwrap_or_else(|error| panic!("append {n} to {stream}: {error}"));
+    }
+}
+
+/// `exesdb cluster ... --json` against `server`: the exit code and the JSON it printed.
+fn cluster_cli(server: &Server, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let url = server.url();
+    let mut all = vec!["cluster"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--json", "--server", &url]);
+    let output = exesdb_cli(&all);
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+        serde_json::json!({"stdout": String::from_utf8_lossy(&output.stdout),
+                           "stderr": String::from_utf8_lossy(&output.stderr)})
+    });
+    (output.status.code(), report)
+}
+
+fn node_id(server: &Server) -> u64 {
+    let (code, report) = cluster_cli(server, &["status"]);
+    assert_eq!(code, Some(0), "{report}");
+    report["node_id"].as_u64().expect("a node id")
+}
+
+fn snapshot_bytes_received(server: &Server) -> f64 {
+    metric(
+        &server.address,
+        "exesdb_raft_snapshot_received_bytes_total{store=\"default\"}",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_catches_up_from_the_log_and_after_a_long_absence_from_a_snapshot() {
+    // A snapshot every 50 entries, and 50 kept behind it.
+    let mut cluster = Cluster::new(3, &["--raft-snapshot-entries", "50"]);
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let client = cluster.client(leader).await;
+    append_events(&client, "before", 10).await;
+    events_once_there(cluster.node(follower), 10).await;
+
+    // Away briefly: the entries it missed are still in the leader's log.
+    cluster.kill(follower);
+    append_events(&client, "briefly-away", 20).await;
+    cluster.start(follower);
+    let reference = events_once_there(cluster.node(leader), 30).await;
+    assert_eq!(
+        events_once_there(cluster.node(follower), 30).await,
+        reference
+    );
+    assert_eq!(
+        snapshot_bytes_received(cluster.node(follower)),
+        0.0,
+        "caught up from the log"
+    );
+
+    // Away long: the leader snapshots and drops the log the follower would need.
+    cluster.kill(follower);
+    append_events(&client, "long-away", 300).await;
+    let leader_address = cluster.node(leader).address.clone();
+    wait_for(PATIENCE, || {
+        let purged = metric(
+            &leader_address,
+            "exesdb_raft_purged_index{store=\"default\"}",
+        );
+        std::future::ready(if purged >= 100.0 {
+            Ok(())
+        } else {
+            Err(format!("the leader's log purged past 100, at {purged}"))
+        })
+    })
+    .await;
+    cluster.start(follower);
+    let reference = events_once_there(cluster.node(leader), 330).await;
+    assert_eq!(
+        events_once_there(cluster.node(follower), 330).await,
+        reference
+    );
+    assert!(
+        snapshot_bytes_received(cluster.node(follower)) > 0.0,
+        "caught up from a snapshot"
+    );
+    // And it follows the log again after the snapshot.
+    append_events(&client, "after", 5).await;
+    assert_eq!(
+        events_once_there(cluster.node(follower), 335).await,
+        events_once_there(cluster.node(leader), 335).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_serve_with_two_down_and_refuse_writes_with_three_down() {
+    let mut cluster = Cluster::new(5, &[]);
+    let leader = cluster.leader().await;
+    let others: Vec<usize> = (0..5).filter(|index| *index != leader).collect();
+    cluster.kill(others[0]);
+    cluster.kill(others[1]);
+    let via_leader = cluster.client(leader).await;
+    let via_follower = cluster.client(others[2]).await;
+    append_events(&via_leader, "two-down", 3).await;
+    append_events(&via_follower, "two-down", 3).await;
+    assert_eq!(events_once_there(cluster.node(others[3]), 6).await.len(), 6);
+
+    // Two of five left: no majority, so no write is acknowledged.
+    cluster.kill(others[2]);
+    let id = Uuid::now_v7();
+    let event = || NewEvent::new("Noted", "{}").with_id(id);
+    let refused = via_leader
+        .append("three-down", ExpectedVersion::Any, vec![event()])
+        .await
+        .expect_err("two of five nodes cannot commit");
+    assert_eq!(refused.code(), "unavailable", "{refused}");
+    assert!(
+        refused.to_string().contains("same event ids"),
+        "the refusal says how to retry: {refused}"
+    );
+
+    // A majority again: the retry with the same id is written once, whatever became of the
+    // first attempt.
+    cluster.start(others[0]);
+    let retried = wait_for(PATIENCE, || {
+        let client = via_leader.clone();
+        async move {
+            client
+                .append("three-down", ExpectedVersion::Any, vec![event()])
+                .await
+                .map_err(|error| error.to_string())
+        }
+    })
+    .await;
+    let stored: Vec<_> = via_leader
+        .read_stream("three-down", ReadFrom::Start, None, Direction::Forward)
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .expect("reads the stream");
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].event_id, id);
+    assert_eq!(stored[0].position, retried.first_position);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_of_the_leader_hands_the_leadership_over() {
+    // Elections wait a minute here: a new leader within the test's patience (30 s) was
+    // handed the leadership; none was elected after a timeout.
+    let mut cluster = Cluster::new(
+        3,
+        &[
+            "--election-timeout-min-ms",
+            "60000",
+            "--election-timeout-max-ms",
+            "90000",
+        ],
+    );
+    let leader = cluster.leader().await;
+    let survivor = (leader + 1) % 3;
+    let client = cluster.client(survivor).await;
+    append_events(&client, "handover", 5).await;
+    let exit = tokio::task::block_in_place(|| cluster.terminate(leader));
+    assert_eq!(exit.code(), Some(0), "a graceful stop exits 0");
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    append_events(&client, "handover", 5).await;
+    assert_eq!(
+        events_once_there(cluster.node(new_leader), 10).await,
+        events_once_there(cluster.node(survivor), 10).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_disk_is_refused_under_its_old_id_and_rejoins_as_a_new_member() {
+    let mut cluster = Cluster::new(3, &[]);
+    let leader = cluster.leader().await;
+    let lost = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let old_id = node_id(cluster.node(lost));
+    let client = cluster.client(leader).await;
+    append_events(&client, "kept", 10).await;
+    let reference = events_once_there(cluster.node(lost), 10).await;
+
+    cluster.kill(lost);
+    cluster.wipe(lost);
+    cluster.start(lost);
+    let new_id = node_id(cluster.node(lost));
+    assert_ne!(new_id, old_id, "a node id is never reused");
+    // The leader still calls the old id at that address; the new node refuses, and counts.
+    let lost_address = cluster.node(lost).address.clone();
+    wait_for(PATIENCE, || {
+        let refused = metric(
+            &lost_address,
+            "exesdb_peer_refused_total{reason=\"node_id\"}",
+        );
+        std::future::ready(if refused >= 1.0 {
+            Ok(())
+        } else {
+            Err("calls for the old id refused".to_string())
+        })
+    })
+    .await;
+    let (status, body) = http_get(&lost_address, "/health");
+    assert_eq!(status, 503, "not a member, so not healthy: {body}");
+
+    // While the old id is a member at that address, the new node is not added.
+    let peer = cluster.peers[lost].clone();
+    let (code, refused) = cluster_cli(cluster.node(leader), &["add", &peer]);
+    assert_eq!(code, Some(1), "{refused}");
+    assert_eq!(refused["error"]["code"], "invalid_argument", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("still a member")),
+        "{refused}"
+    );
+
+    // Remove the old id (asked of a follower, which asks the leader), then add the new node.
+    let (code, removed) = cluster_cli(cluster.node(other), &["remove", &old_id.to_string()]);
+    assert_eq!(code, Some(0), "{removed}");
+    let (code, added) = cluster_cli(cluster.node(leader), &["add", &peer]);
+    assert_eq!(code, Some(0), "{added}");
+    assert_eq!(added["stores"][0]["store"], "default", "{added}");
+    let (_, status) = cluster_cli(cluster.node(leader), &["status"]);
+    let mut members: Vec<u64> = status["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|member| member["node_id"].as_u64())
+        .collect();
+    members.sort_unstable();
+    let mut expected = vec![
+        node_id(cluster.node(leader)),
+        node_id(cluster.node(other)),
+        new_id,
+    ];
+    expected.sort_unstable();
+    assert_eq!(members, expected, "{status}");
+    assert_eq!(events_once_there(cluster.node(lost), 10).await, reference);
+
+    // The new member can lead.
+    let (code, moved) = cluster_cli(
+        cluster.node(other),
+        &["transfer-leader", "--to", &new_id.to_string()],
+    );
+    assert_eq!(code, Some(0), "{moved}");
+    assert_eq!(cluster.leader().await, lost);
+    append_events(&cluster.client(other).await, "kept", 1).await;
+    assert_eq!(events_once_there(cluster.node(lost), 11).await.len(), 11);
+}
