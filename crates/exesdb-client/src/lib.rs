@@ -18,16 +18,20 @@
 //! # Ok(()) }
 //! ```
 
+mod failover;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use exesdb_proto::convert;
 use exesdb_proto::v1 as wire;
 use exesdb_proto::v1::event_store_client::EventStoreClient;
 use exesdb_proto::v1::system_service_client::SystemServiceClient;
+use failover::{Connection, Retries, Servers, worth_moving_on};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub use exesdb_types::{
     ALL_STREAM, AppendResult, CATEGORY_STREAM_PREFIX, ClusterMember, ClusterStatus,
@@ -164,6 +168,13 @@ impl Default for ClientOptions {
 /// (HTTP/2 multiplexes the calls); for the most throughput, spread load over a few clients
 /// made with [`Client::connect`].
 ///
+/// Given several comma-separated servers (the members of a cluster), the client talks to the
+/// store's leader, learns the other members, and sends a request that failed because its
+/// server was unreachable or `unavailable` to another member, with a bounded backoff, within
+/// the request's timeout. Appends keep their event ids through retries, so a retry of an
+/// attempt whose outcome was unknown is recognised and not written twice. Given one server,
+/// it never retries.
+///
 /// ```no_run
 /// # async fn demo() -> Result<(), exesdb_client::ClientError> {
 /// let client = exesdb_client::Client::connect(exesdb_client::DEFAULT_SERVER).await?;
@@ -173,8 +184,7 @@ impl Default for ClientOptions {
 #[derive(Clone)]
 pub struct Client {
     store_id: String,
-    events: EventStoreClient<Channel>,
-    system: SystemServiceClient<Channel>,
+    servers: Arc<Servers>,
     request_timeout: Duration,
 }
 
@@ -199,24 +209,55 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|error| {
-                ClientError::Connection(format!("bad server address {url:?}: {error}"))
-            })?
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|error| ClientError::Connection(format!("cannot reach {url}: {error}")))?;
+        let servers = Servers::connect(url, &options.store_id, options.connect_timeout).await?;
         Ok(Client {
             store_id: options.store_id,
-            events: EventStoreClient::new(channel.clone())
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX),
-            system: SystemServiceClient::new(channel),
+            servers: Arc::new(servers),
             request_timeout: options.request_timeout,
         })
+    }
+
+    /// The address of the server requests go to now.
+    pub fn server(&self) -> String {
+        self.servers.current().url
+    }
+
+    fn events(&self) -> EventStoreClient<Channel> {
+        self.servers.current().events
+    }
+
+    fn system(&self) -> SystemServiceClient<Channel> {
+        self.servers.current().system
+    }
+
+    /// Sends a unary request; with several servers, sends it again to another after a failure
+    /// that another may not have (see [`Client`]).
+    async fn unary<R, T, F, Fut>(&self, request: R, call: F) -> Result<T, ClientError>
+    where
+        R: Clone,
+        F: Fn(Connection, tonic::Request<R>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        if !self.servers.several() {
+            let answer = call(self.servers.current(), self.request(request)).await?;
+            return Ok(answer.into_inner());
+        }
+        let mut retries = Retries::within(self.request_timeout);
+        loop {
+            let connection = self.servers.current();
+            let answer = call(connection.clone(), self.request(request.clone()))
+                .await
+                .map_err(ClientError::from);
+            match answer {
+                Err(error) if worth_moving_on(&error) => {
+                    self.servers.move_on(&connection).await;
+                    if !retries.wait().await {
+                        return Err(error);
+                    }
+                }
+                answer => return answer.map(tonic::Response::into_inner),
+            }
+        }
     }
 
     /// The store this client talks to.
@@ -275,11 +316,11 @@ impl Client {
             events: events.into_iter().map(convert::new_event_to_wire).collect(),
         };
         let response = self
-            .events
-            .clone()
-            .append_events(self.request(request))
+            .unary(request, |connection, request| async move {
+                connection.events.clone().append_events(request).await
+            })
             .await?;
-        Ok(convert::append_result_from_wire(response.into_inner()))
+        Ok(convert::append_result_from_wire(response))
     }
 
     /// The stream's version; -1 when it has no events.
@@ -295,11 +336,11 @@ impl Client {
             stream_id: stream_id.to_string(),
         };
         let response = self
-            .events
-            .clone()
-            .get_version(self.request(request))
+            .unary(request, |connection, request| async move {
+                connection.events.clone().get_version(request).await
+            })
             .await?;
-        Ok(response.into_inner().version)
+        Ok(response.version)
     }
 
     /// A stream's events, `count` of them at most (`None`: all), paged by the server.
@@ -327,7 +368,7 @@ impl Client {
             count: count.unwrap_or(0),
             direction: convert::direction_to_wire(direction),
         };
-        let mut client = self.events.clone();
+        let mut client = self.events();
         events_stream(async move { client.read_stream(request).await })
     }
 
@@ -359,7 +400,7 @@ impl Client {
             stream_prefix: stream_prefix.unwrap_or_default().to_string(),
             event_types: event_types.to_vec(),
         };
-        let mut client = self.events.clone();
+        let mut client = self.events();
         events_stream(async move { client.read_all(request).await })
     }
 
@@ -385,7 +426,7 @@ impl Client {
             after: after.unwrap_or_default().to_string(),
             count: count.unwrap_or(0),
         };
-        let mut client = self.events.clone();
+        let mut client = self.events();
         async_stream(async move { client.list_streams(request).await }, |batch| {
             Ok(batch
                 .streams
@@ -426,7 +467,7 @@ impl Client {
             selector: Some(convert::selector_to_wire(&selector)),
             start: Some(convert::start_from_to_wire(start)),
         };
-        let mut client = self.events.clone();
+        let mut client = self.events();
         async_stream(async move { client.subscribe(request).await }, |response| {
             let mut messages = response
                 .events
@@ -466,8 +507,7 @@ impl Client {
             store_id: self.store_id.clone(),
             definition: Some(convert::definition_to_wire(definition)),
         };
-        self.events
-            .clone()
+        self.events()
             .save_subscription(self.request(request))
             .await?;
         Ok(())
@@ -486,8 +526,7 @@ impl Client {
             store_id: self.store_id.clone(),
             name: name.to_string(),
         };
-        self.events
-            .clone()
+        self.events()
             .remove_subscription(self.request(request))
             .await?;
         Ok(())
@@ -517,8 +556,7 @@ impl Client {
             store_id: self.store_id.clone(),
         };
         let response = self
-            .events
-            .clone()
+            .events()
             .list_subscriptions(self.request(request))
             .await?;
         Ok(response.into_inner().subscriptions)
@@ -559,11 +597,7 @@ impl Client {
             store_id: self.store_id.clone(),
             name: name.to_string(),
         };
-        let response = self
-            .events
-            .clone()
-            .list_parked(self.request(request))
-            .await?;
+        let response = self.events().list_parked(self.request(request)).await?;
         response
             .into_inner()
             .events
@@ -585,11 +619,7 @@ impl Client {
             store_id: self.store_id.clone(),
             name: name.to_string(),
         };
-        let response = self
-            .events
-            .clone()
-            .replay_parked(self.request(request))
-            .await?;
+        let response = self.events().replay_parked(self.request(request)).await?;
         Ok(response.into_inner().replayed)
     }
 
@@ -618,11 +648,7 @@ impl Client {
             .send(start)
             .await
             .map_err(|_| ClientError::Connection("the request stream closed".into()))?;
-        let response = self
-            .events
-            .clone()
-            .consume(ReceiverStream::new(outgoing))
-            .await?;
+        let response = self.events().consume(ReceiverStream::new(outgoing)).await?;
         let mut stream = response.into_inner();
         let (sender, deliveries) = mpsc::channel(STREAM_BUFFER_MESSAGES);
         tokio::spawn(async move {
@@ -680,10 +706,7 @@ impl Client {
             data,
             metadata,
         };
-        self.events
-            .clone()
-            .record_snapshot(self.request(request))
-            .await?;
+        self.events().record_snapshot(self.request(request)).await?;
         Ok(())
     }
 
@@ -707,11 +730,7 @@ impl Client {
             stream_uuid: stream_uuid.to_string(),
             version: Some(convert::snapshot_version_to_wire(version)),
         };
-        let response = self
-            .events
-            .clone()
-            .read_snapshot(self.request(request))
-            .await?;
+        let response = self.events().read_snapshot(self.request(request)).await?;
         Ok(convert::snapshot_from_wire(response.into_inner()))
     }
 
@@ -734,10 +753,7 @@ impl Client {
             stream_uuid: stream_uuid.to_string(),
             version,
         };
-        self.events
-            .clone()
-            .delete_snapshot(self.request(request))
-            .await?;
+        self.events().delete_snapshot(self.request(request)).await?;
         Ok(())
     }
 
@@ -762,11 +778,7 @@ impl Client {
             stream_uuid: stream_uuid.unwrap_or_default().to_string(),
             count,
         };
-        let response = self
-            .events
-            .clone()
-            .list_snapshots(self.request(request))
-            .await?;
+        let response = self.events().list_snapshots(self.request(request)).await?;
         Ok(response
             .into_inner()
             .snapshots
@@ -784,8 +796,7 @@ impl Client {
     /// ```
     pub async fn list_stores(&self) -> Result<Vec<String>, ClientError> {
         let response = self
-            .events
-            .clone()
+            .events()
             .list_stores(self.request(wire::ListStoresRequest {}))
             .await?;
         Ok(response.into_inner().store_ids)
@@ -802,7 +813,7 @@ impl Client {
         let request = wire::GetTreeRequest {
             store_id: self.store_id.clone(),
         };
-        let response = self.system.clone().get_tree(self.request(request)).await?;
+        let response = self.system().get_tree(self.request(request)).await?;
         Ok(convert::tree_from_wire(response.into_inner())?)
     }
 
@@ -810,8 +821,7 @@ impl Client {
     /// `invalid_argument` from a node in single mode.
     pub async fn cluster_status(&self) -> Result<Vec<ClusterStatus>, ClientError> {
         let response = self
-            .system
-            .clone()
+            .system()
             .cluster_status(self.request(wire::ClusterStatusRequest {}))
             .await?;
         Ok(response
@@ -862,7 +872,7 @@ impl Client {
         });
         // A new member catches up before it votes, which can take longer than a request.
         request.set_timeout(self.request_timeout.max(MEMBERSHIP_CHANGE_TIMEOUT));
-        let response = self.system.clone().change_membership(request).await?;
+        let response = self.system().change_membership(request).await?;
         Ok(response
             .into_inner()
             .stores
@@ -880,8 +890,7 @@ impl Client {
     /// ```
     pub async fn healthy(&self) -> Result<bool, ClientError> {
         let response = self
-            .system
-            .clone()
+            .system()
             .health(self.request(wire::HealthRequest {}))
             .await?;
         Ok(response.into_inner().healthy)

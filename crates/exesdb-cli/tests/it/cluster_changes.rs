@@ -266,3 +266,52 @@ async fn a_node_that_lost_its_disk_is_refused_under_its_old_id_and_rejoins_as_a_
     append_events(&cluster.client(other).await, "kept", 1).await;
     assert_eq!(events_once_there(cluster.node(lost), 11).await.len(), 11);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_every_member_follows_the_leader_through_a_failover() {
+    let mut cluster = Cluster::new(3, &[]);
+    let leader = cluster.leader().await;
+    let urls: Vec<String> = (0..3).map(|index| cluster.node(index).url()).collect();
+    // The leader last, so that following it is the client's doing.
+    let mut given = urls.clone();
+    given.retain(|url| *url != urls[leader]);
+    given.push(urls[leader].clone());
+    let client = Client::connect(&given.join(","))
+        .await
+        .expect("connects to the first that answers");
+    assert_eq!(client.server(), urls[leader], "talks to the leader");
+    append_events(&client, "followed", 10).await;
+
+    cluster.kill(leader);
+    // No retry here: the client moves to another member and tries again by itself.
+    append_events(&client, "followed", 10).await;
+    let new_leader = cluster.leader().await;
+    assert_eq!(client.server(), urls[new_leader], "follows the new leader");
+    let stored: Vec<_> = client
+        .read_stream("followed", ReadFrom::Start, None, Direction::Forward)
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .expect("reads the stream");
+    let numbers: Vec<u64> = stored.iter().map(|event| event.event_number).collect();
+    assert_eq!(numbers, (0..20).collect::<Vec<_>>(), "each append once");
+
+    // The command line takes several servers too, and skips one that is down.
+    let (code, status) = {
+        let output = exesdb_cli(&[
+            "cluster",
+            "status",
+            "--json",
+            "--server",
+            &format!("{},{}", urls[leader], urls[new_leader]),
+        ]);
+        (
+            output.status.code(),
+            serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap_or_default(),
+        )
+    };
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(
+        status["stores"][0]["leader"].as_u64(),
+        Some(node_id(cluster.node(new_leader)))
+    );
+}
