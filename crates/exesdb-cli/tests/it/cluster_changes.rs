@@ -315,3 +315,96 @@ async fn a_client_given_every_member_follows_the_leader_through_a_failover() {
         Some(node_id(cluster.node(new_leader)))
     );
 }
+
+async fn next_delivery(consumer: &mut exesdb_client::Consumer) -> exesdb_client::Delivery {
+    tokio::time::timeout(PATIENCE, consumer.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the consumer is open")
+        .expect("a delivery")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_delivers_a_persistent_subscription_and_the_next_leader_resumes_it() {
+    use exesdb_client::{Selector, StartFrom, SubscriptionDefinition};
+    let mut cluster = Cluster::new(3, &[]);
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let client = cluster.client(leader).await;
+    append_events(&client, "s", 10).await;
+    let definition = SubscriptionDefinition::new(
+        "audit",
+        Selector::ByStream("$all".into()),
+        StartFrom::Beginning,
+    );
+    client
+        .save_subscription(&definition)
+        .await
+        .expect("saved through the leader");
+    let mut consumer = client.consume("audit").await.expect("the leader delivers");
+    for expected in 0..10u64 {
+        let delivery = next_delivery(&mut consumer).await;
+        assert_eq!(delivery.event.position, expected);
+        if expected < 6 {
+            consumer.ack(expected).await.expect("ack");
+        }
+    }
+    // The checkpoint is replicated: the follower has it too.
+    let on_follower = cluster.client(follower).await;
+    wait_for(PATIENCE, || {
+        let client = on_follower.clone();
+        async move {
+            match client.subscription_checkpoint("audit").await {
+                Ok(Some(6)) => Ok(()),
+                other => Err(format!("the follower's checkpoint reaches 6: {other:?}")),
+            }
+        }
+    })
+    .await;
+    let refused = on_follower
+        .consume("audit")
+        .await
+        .err()
+        .expect("a follower does not deliver");
+    assert_eq!(refused.code(), "unavailable", "{refused}");
+    assert!(refused.to_string().contains("leader"), "{refused}");
+
+    drop(consumer);
+    cluster.kill(leader);
+    let new_leader = cluster.leader().await;
+    let resumed_client = cluster.client(new_leader).await;
+    let mut resumed = resumed_client
+        .consume("audit")
+        .await
+        .expect("the new leader delivers");
+    for expected in 6..10u64 {
+        let delivery = next_delivery(&mut resumed).await;
+        assert_eq!(
+            delivery.event.position, expected,
+            "resumed from the replicated checkpoint"
+        );
+    }
+    // Leadership moves on again: the node that lost it stops delivering, and its consumer's
+    // stream ends.
+    let next = cluster
+        .running()
+        .into_iter()
+        .find(|index| *index != new_leader)
+        .expect("a third node");
+    let (code, moved) = cluster_cli(
+        cluster.node(new_leader),
+        &[
+            "transfer-leader",
+            "--to",
+            &node_id(cluster.node(next)).to_string(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{moved}");
+    let ended = tokio::time::timeout(PATIENCE, resumed.next())
+        .await
+        .expect("the stream ends in time");
+    assert!(
+        !matches!(ended, Some(Ok(_))),
+        "no delivery from a node that no longer leads: {ended:?}"
+    );
+}

@@ -597,6 +597,12 @@ impl StoreApi {
                 "persistent subscriptions are delivered by the store's leader: {leader}"
             )));
         }
+        if self.context.config.cluster.is_some() && self.context.persistent.get(name).is_none() {
+            // A new leader loads the groups as it takes over; a consumer that comes first
+            // loads them itself rather than hear of no such subscription.
+            let context = self.context.clone();
+            super::blocking(move || context.persistent.load(&context)).await?;
+        }
         let group = self.context.persistent.get(name).ok_or_else(|| {
             StoreError::SubscriptionNotFound(format!("no persistent subscription named {name:?}"))
         })?;
