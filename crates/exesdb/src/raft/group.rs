@@ -140,7 +140,7 @@ impl RaftGroup {
             node_id,
             Arc::new(config),
             network,
-            LogStore::new(storage.storage),
+            LogStore::new(storage.storage, store_id),
             machine.clone(),
         )
         .await
@@ -526,6 +526,25 @@ impl RaftGroup {
 
     /// Hands the leadership to `to` and waits, up to two election timeouts, until it has it.
     async fn transfer_leadership(&self, to: u64) -> bool {
+        // The target ignores a transfer while its log is behind the leader's: let it catch up
+        // first (briefly; a follower that cannot is not a good successor anyway).
+        let last = self.metrics().last_log_index;
+        let _ = self
+            .raft
+            .wait(Some(Duration::from_millis(
+                self.settings.election_timeout_min_ms,
+            )))
+            .metrics(
+                |now| {
+                    now.replication
+                        .as_ref()
+                        .and_then(|replication| replication.get(&to).copied().flatten())
+                        .map(|log_id| log_id.index)
+                        >= last
+                },
+                "the successor caught up",
+            )
+            .await;
         if self.raft.trigger().transfer_leader(to).await.is_err() {
             return false;
         }
@@ -538,6 +557,39 @@ impl RaftGroup {
             )
             .await
             .is_ok()
+    }
+
+    /// Spreads the leaderships of a node's stores: store number `rank` (of the stores every
+    /// node hosts, in order) prefers the voter at `rank` in id order. The leader hands over to
+    /// its store's preferred voter when that one is up and has the whole log, so that leaders
+    /// spread at start and move back after a failure heals.
+    pub(crate) async fn lead_where_preferred(&self, rank: usize, is_up: impl Fn(u64) -> bool) {
+        let metrics = self.metrics();
+        if metrics.current_leader != Some(self.node_id) {
+            return;
+        }
+        let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+        let Some(preferred) = voters.get(rank % voters.len().max(1)).copied() else {
+            return;
+        };
+        if preferred == self.node_id || !is_up(preferred) {
+            return;
+        }
+        let matched = metrics
+            .replication
+            .as_ref()
+            .and_then(|replication| replication.get(&preferred).copied().flatten())
+            .map(|log_id| log_id.index);
+        if matched < metrics.last_log_index {
+            return;
+        }
+        if self.transfer_leadership(preferred).await {
+            tracing::info!(
+                store = self.store_id,
+                to = preferred,
+                "moved the store's leadership to its preferred node"
+            );
+        }
     }
 
     /// On a graceful stop of the leader: hands the leadership to the voter that is furthest

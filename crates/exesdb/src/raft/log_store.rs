@@ -21,11 +21,21 @@ const PURGED_KEY: &str = "purged";
 #[derive(Clone)]
 pub(crate) struct LogStore {
     storage: Arc<Storage>,
+    /// Counts the log's syncs and the entries they made durable, for this store.
+    syncs: metrics::Counter,
+    entries: metrics::Counter,
 }
 
 impl LogStore {
-    pub(crate) fn new(storage: Arc<Storage>) -> Self {
-        LogStore { storage }
+    pub(crate) fn new(storage: Arc<Storage>, store_id: &str) -> Self {
+        LogStore {
+            storage,
+            syncs: metrics::counter!("exesdb_raft_log_syncs_total", "store" => store_id.to_string()),
+            entries: metrics::counter!(
+                "exesdb_raft_log_entries_total",
+                "store" => store_id.to_string()
+            ),
+        }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -158,8 +168,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .collect::<io::Result<Vec<_>>>();
         let result = match encoded {
             Ok(encoded) => {
-                self.blocking(move |engine| read(engine.raft_append(&encoded)))
-                    .await
+                let count = encoded.len() as u64;
+                let appended = self
+                    .blocking(move |engine| read(engine.raft_append(&encoded)))
+                    .await;
+                if appended.is_ok() && count > 0 {
+                    self.syncs.increment(1);
+                    self.entries.increment(count);
+                }
+                appended
             }
             Err(error) => Err(error),
         };

@@ -63,7 +63,7 @@ impl Node {
             CommitSettings::default().stream_head_cache_entries_max,
             sender,
         )?;
-        Ok((LogStore::new(self.storage.clone()), machine))
+        Ok((LogStore::new(self.storage.clone(), "test"), machine))
     }
 
     /// Closes the storage and opens it again from the directory, as a restart does.

@@ -61,7 +61,9 @@ impl Service for StoreCoordinator {
         let task = tokio::spawn(async move {
             if let Err(error) = coordinate(&context).await {
                 tracing::error!(store = context.store_id(), %error, "the store's coordinator stopped");
+                return;
             }
+            balance(&context).await;
         });
         self.task.replace(Some(task.abort_handle()));
         Ok(())
@@ -69,6 +71,42 @@ impl Service for StoreCoordinator {
 
     fn stop(&self, _context: &StoreContext) {
         self.task.replace(None);
+    }
+}
+
+/// How often the coordinator looks at where its store's leadership is. A clock, not a signal:
+/// what matters (a preferred node back and caught up) builds up gradually, and a look is cheap.
+const BALANCE_EVERY: Duration = Duration::from_secs(2);
+
+/// Keeps the store's leadership on its preferred node while that one is up (see
+/// `RaftGroup::lead_where_preferred`), so that with several stores the leaders, and the write
+/// load, spread over the nodes.
+async fn balance(context: &StoreContext) {
+    let mut clock = tokio::time::interval(BALANCE_EVERY);
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        clock.tick().await;
+        let Some(group) = context.raft_group() else {
+            continue;
+        };
+        // Every node hosts the same stores; they register as they start. With one store
+        // there is nothing to spread, and an operator's transfer-leader stands.
+        let stores = context.config.node_stores.list();
+        if stores.len() < 2 {
+            continue;
+        }
+        let rank = stores
+            .iter()
+            .position(|store| store == context.store_id())
+            .unwrap_or(0);
+        let heard = context.cluster_view.peers();
+        group
+            .lead_where_preferred(rank, |node_id| {
+                heard
+                    .get(&node_id)
+                    .is_some_and(|seen| seen.at.elapsed() < super::DOWN_AFTER)
+            })
+            .await;
     }
 }
 
