@@ -458,12 +458,7 @@ impl RaftGroup {
                 self.raft
                     .wait(Some(CATCH_UP_TIMEOUT))
                     .metrics(
-                        |now| {
-                            now.replication
-                                .as_ref()
-                                .and_then(|replication| replication.get(&node_id))
-                                .is_some_and(|matched| matched.map(|log_id| log_id.index) >= target)
-                        },
+                        |now| matched_index(now, node_id) >= target,
                         "the learner caught up",
                     )
                     .await
@@ -535,13 +530,7 @@ impl RaftGroup {
                 self.settings.election_timeout_min_ms,
             )))
             .metrics(
-                |now| {
-                    now.replication
-                        .as_ref()
-                        .and_then(|replication| replication.get(&to).copied().flatten())
-                        .map(|log_id| log_id.index)
-                        >= last
-                },
+                |now| matched_index(now, to) >= last,
                 "the successor caught up",
             )
             .await;
@@ -575,12 +564,7 @@ impl RaftGroup {
         if preferred == self.node_id || !is_up(preferred) {
             return;
         }
-        let matched = metrics
-            .replication
-            .as_ref()
-            .and_then(|replication| replication.get(&preferred).copied().flatten())
-            .map(|log_id| log_id.index);
-        if matched < metrics.last_log_index {
+        if matched_index(&metrics, preferred) < metrics.last_log_index {
             return;
         }
         if self.transfer_leadership(preferred).await {
@@ -606,13 +590,10 @@ impl RaftGroup {
             .voter_ids()
             .filter(|voter| *voter != self.node_id)
             .collect();
-        let furthest = voters.iter().copied().max_by_key(|voter| {
-            metrics
-                .replication
-                .as_ref()
-                .and_then(|replication| replication.get(voter).copied().flatten())
-                .map(|log_id| log_id.index)
-        });
+        let furthest = voters
+            .iter()
+            .copied()
+            .max_by_key(|voter| matched_index(&metrics, *voter));
         let Some(to) = furthest else {
             return;
         };
@@ -873,6 +854,16 @@ impl RaftGroup {
             .map_err(io::Error::other)?;
         Ok(Some(response))
     }
+}
+
+/// The last log index the leader knows `node_id` has (`None` on a follower, or before the
+/// first answer).
+fn matched_index(metrics: &openraft::RaftMetrics<TypeConfig>, node_id: u64) -> Option<u64> {
+    metrics
+        .replication
+        .as_ref()
+        .and_then(|replication| replication.get(&node_id).copied().flatten())
+        .map(|log_id| log_id.index)
 }
 
 /// Where a proposal went, when this node could not decide it.
