@@ -23,6 +23,31 @@ def health(client):
         return None
 
 
+def metric(client, name):
+    """The sum of the `/metrics` samples named `name` whose labels include every one given in
+    `name` after the metric's name (`exesdb_x{store="a"}` matches `exesdb_x{peer="2",store="a"}`),
+    or 0 when there is none."""
+    base, _, wanted = name.partition("{")
+    wanted = [label for label in wanted.rstrip("}").split(",") if label]
+    try:
+        with urllib.request.urlopen(f"http://{client}/metrics", timeout=2) as reply:
+            text = reply.read().decode()
+    except Exception:
+        return 0.0
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(base):
+            continue
+        sample, _, value = line.rpartition(" ")
+        sample_base, _, labels = sample.partition("{")
+        if sample_base != base:
+            continue
+        present = labels.rstrip("}").split(",")
+        if all(label in present for label in wanted):
+            total += float(value)
+    return total
+
+
 def wait(condition, what, seconds=60):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -35,7 +60,7 @@ def wait(condition, what, seconds=60):
 
 def start_cluster(binary, root, extra=()):
     """Starts three nodes with their data under `root`; returns (processes, client addresses,
-    the leader's client address) once every node reports the same leader."""
+    the leader's client address of the first store) once every node is healthy."""
     peers = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     clients = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     processes = [subprocess.Popen(

@@ -2,7 +2,9 @@
 """Three nodes on this machine against one, in the same run: `exesdb bench write` (64 clients
 x 1 event of 256 B, 1,000 streams) on a single-mode node, then on a 3-node cluster through its
 leader and through a follower (which forwards to the leader), ROUNDS times alternating. Prints
-events/s, p50 and p99 of each, and the cluster's rate as a share of the single node's.
+events/s, p50 and p99 of each, the cluster's rate as a share of the single node's, and, for
+each node, the Raft log entries (here one 1-event append each) per log fsync during the run
+through the leader.
 
     bench/cluster_write.py [EXESDB_BINARY] [ROUNDS] [REQUESTS_PER_CLIENT]
 """
@@ -14,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 
-from cluster_common import free_port, health, start_cluster, stop, wait
+from cluster_common import free_port, health, metric, start_cluster, stop, wait
 
 BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/release/exesdb"
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 2
@@ -53,11 +55,22 @@ def single(root):
         shutil.rmtree(data, ignore_errors=True)
 
 
+def log_counters(clients):
+    return [(metric(c, 'exesdb_raft_log_entries_total{store="default"}'),
+             metric(c, 'exesdb_raft_log_syncs_total{store="default"}')) for c in clients]
+
+
 def cluster(root):
     processes, clients, leader = start_cluster(BINARY, root)
     try:
         follower = next(c for c in clients if c != leader)
-        return figures(bench(leader)), figures(bench(follower))
+        # The leader first in the per-node figures.
+        ordered = [leader] + [c for c in clients if c != leader]
+        before = log_counters(ordered)
+        via_leader = figures(bench(leader))
+        after = log_counters(ordered)
+        per_fsync = [(a[0] - b[0]) / max(a[1] - b[1], 1) for a, b in zip(after, before)]
+        return via_leader, figures(bench(follower)), per_fsync
     finally:
         stop(processes)
         for i in range(3):
@@ -66,14 +79,16 @@ def cluster(root):
 
 def main():
     root = tempfile.mkdtemp(prefix="exesdb-cluster-bench-")
-    print("| round | single node | cluster via leader | cluster via follower | leader / single |")
-    print("|---|---:|---:|---:|---:|")
+    print("| round | single node | cluster via leader | cluster via follower | leader / single "
+          "| entries per log fsync (leader, followers) |")
+    print("|---|---:|---:|---:|---:|---|")
     for round_number in range(1, ROUNDS + 1):
         one = single(root)
-        via_leader, via_follower = cluster(root)
+        via_leader, via_follower, per_fsync = cluster(root)
         cell = lambda f: f"{f[0]:,}/s (p50 {f[1]} µs, p99 {f[2]} µs, {f[3]} errors)"
+        fsyncs = ", ".join(f"{n:.1f}" for n in per_fsync)
         print(f"| {round_number} | {cell(one)} | {cell(via_leader)} | {cell(via_follower)} | "
-              f"{via_leader[0] / one[0]:.0%} |", flush=True)
+              f"{via_leader[0] / one[0]:.0%} | {fsyncs} |", flush=True)
     shutil.rmtree(root, ignore_errors=True)
 
 

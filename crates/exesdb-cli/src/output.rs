@@ -77,6 +77,13 @@ pub(crate) fn error(error: &ClientError) -> Value {
             StoreError::StreamNotFound { stream_id } => {
                 object["stream_id"] = json!(stream_id);
             }
+            StoreError::NotLeader {
+                leader_node_id,
+                leader_addr,
+            } => {
+                object["leader_node_id"] = json!(leader_node_id);
+                object["leader_addr"] = json!(leader_addr);
+            }
             _ => {}
         }
     }

@@ -4,7 +4,9 @@
 //! Given one address, a client talks to that server alone and never retries (a follower
 //! forwards writes to its leader). Given several (`a,b,c`), it connects to the first that
 //! answers, learns the cluster's members and the store's leader from it, and talks to the
-//! leader. A request that fails because its server is unreachable or answers `unavailable`
+//! leader. Its requests ask not to be forwarded: a member that does not lead the store
+//! answers `not_leader` with the leader's address, and the client moves there and sends the
+//! request again at once. A request that fails because its server is unreachable or answers `unavailable`
 //! goes to the next server after a bounded backoff, within the request's timeout. A retried
 //! append keeps its event ids, so an attempt whose outcome was unknown is recognised, not
 //! written twice.
@@ -137,6 +139,35 @@ impl Servers {
         }
     }
 
+    /// After `answered` said `not_leader`: moves to the leader it named (`host:port`).
+    /// `false` when the leader cannot be reached; another request moving first counts as
+    /// moved.
+    pub(crate) async fn move_to(&self, answered: &Connection, leader: &str) -> bool {
+        let _moving = self.moving.lock().await;
+        if self.current().url != answered.url {
+            return true;
+        }
+        let leader_url = format!("http://{leader}");
+        match tokio::time::timeout(ASK_TIMEOUT, open(&leader_url, self.connect_timeout)).await {
+            Ok(Ok(connection)) => {
+                self.remember(&leader_url);
+                self.set_current(connection);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn remember(&self, url: &str) {
+        let mut urls = self
+            .urls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !urls.iter().any(|known| same_server(known, url)) && urls.len() < MEMBERS_MAX {
+            urls.push(url.to_string());
+        }
+    }
+
     /// Asks `connection`'s server for the members and the store's leader: remembers the
     /// members, and moves to the leader when it is another server.
     async fn follow_leader(&self, connection: &Connection) {
@@ -149,17 +180,8 @@ impl Servers {
         let Some(store) = stores.iter().find(|store| store.store_id == self.store_id) else {
             return;
         };
-        {
-            let mut urls = self
-                .urls
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            for member in &store.members {
-                let url = format!("http://{}", member.client_addr);
-                if !urls.contains(&url) && urls.len() < MEMBERS_MAX {
-                    urls.push(url);
-                }
-            }
+        for member in &store.members {
+            self.remember(&format!("http://{}", member.client_addr));
         }
         let Some(leader) = store.leader_client_addr.as_deref() else {
             return;
@@ -177,11 +199,13 @@ impl Servers {
 }
 
 /// Whether a failed request is worth sending to another server: the server could not be
-/// reached, or it could not serve now (no leader, no quorum, stopping, outcome unknown).
+/// reached, or it could not serve now (no leader, no quorum, stopping, outcome unknown, or
+/// not the leader and its leader unreachable).
 pub(crate) fn worth_moving_on(error: &ClientError) -> bool {
     matches!(
         error,
-        ClientError::Connection(_) | ClientError::Store(StoreError::Unavailable(_))
+        ClientError::Connection(_)
+            | ClientError::Store(StoreError::Unavailable(_) | StoreError::NotLeader { .. })
     )
 }
 

@@ -102,6 +102,12 @@ impl From<tonic::Status> for ClientError {
             tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
                 ClientError::Connection(status.message().to_string())
             }
+            // A connection that breaks under a request (the server killed) comes back as
+            // UNKNOWN "transport error", made here with the transport's error as its source; an
+            // UNKNOWN the server sent has no source.
+            tonic::Code::Unknown if std::error::Error::source(&status).is_some() => {
+                ClientError::Connection(status.to_string())
+            }
             code => ClientError::Protocol(format!("{code:?}: {}", status.message())),
         }
     }
@@ -243,12 +249,32 @@ impl Client {
             return Ok(answer.into_inner());
         }
         let mut retries = Retries::within(self.request_timeout);
+        let mut redirected = false;
         loop {
             let connection = self.servers.current();
-            let answer = call(connection.clone(), self.request(request.clone()))
+            let mut attempt = self.request(request.clone());
+            attempt.metadata_mut().insert(
+                convert::NOT_LEADER_METADATA,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            let answer = call(connection.clone(), attempt)
                 .await
                 .map_err(ClientError::from);
             match answer {
+                Err(ClientError::Store(StoreError::NotLeader {
+                    leader_addr: Some(leader),
+                    ..
+                })) if self.servers.move_to(&connection, &leader).await => {
+                    // The first redirect goes straight to the leader; another one means
+                    // leadership is moving, and waits like any retry.
+                    if redirected && !retries.wait().await {
+                        return Err(ClientError::Store(StoreError::NotLeader {
+                            leader_node_id: None,
+                            leader_addr: Some(leader),
+                        }));
+                    }
+                    redirected = true;
+                }
                 Err(error) if worth_moving_on(&error) => {
                     self.servers.move_on(&connection).await;
                     if !retries.wait().await {
@@ -507,9 +533,10 @@ impl Client {
             store_id: self.store_id.clone(),
             definition: Some(convert::definition_to_wire(definition)),
         };
-        self.events()
-            .save_subscription(self.request(request))
-            .await?;
+        self.unary(request, |connection, request| async move {
+            connection.events.clone().save_subscription(request).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -556,10 +583,11 @@ impl Client {
             store_id: self.store_id.clone(),
         };
         let response = self
-            .events()
-            .list_subscriptions(self.request(request))
+            .unary(request, |connection, request| async move {
+                connection.events.clone().list_subscriptions(request).await
+            })
             .await?;
-        Ok(response.into_inner().subscriptions)
+        Ok(response.subscriptions)
     }
 
     /// A persistent subscription's stored checkpoint (every event before it is done), `None`
@@ -597,9 +625,12 @@ impl Client {
             store_id: self.store_id.clone(),
             name: name.to_string(),
         };
-        let response = self.events().list_parked(self.request(request)).await?;
+        let response = self
+            .unary(request, |connection, request| async move {
+                connection.events.clone().list_parked(request).await
+            })
+            .await?;
         response
-            .into_inner()
             .events
             .into_iter()
             .map(|event| Ok(convert::recorded_event_from_wire(event)?))
@@ -706,7 +737,10 @@ impl Client {
             data,
             metadata,
         };
-        self.events().record_snapshot(self.request(request)).await?;
+        self.unary(request, |connection, request| async move {
+            connection.events.clone().record_snapshot(request).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -730,8 +764,12 @@ impl Client {
             stream_uuid: stream_uuid.to_string(),
             version: Some(convert::snapshot_version_to_wire(version)),
         };
-        let response = self.events().read_snapshot(self.request(request)).await?;
-        Ok(convert::snapshot_from_wire(response.into_inner()))
+        let response = self
+            .unary(request, |connection, request| async move {
+                connection.events.clone().read_snapshot(request).await
+            })
+            .await?;
+        Ok(convert::snapshot_from_wire(response))
     }
 
     /// Deletes a snapshot (no error if there is none).
@@ -753,7 +791,10 @@ impl Client {
             stream_uuid: stream_uuid.to_string(),
             version,
         };
-        self.events().delete_snapshot(self.request(request)).await?;
+        self.unary(request, |connection, request| async move {
+            connection.events.clone().delete_snapshot(request).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -778,9 +819,12 @@ impl Client {
             stream_uuid: stream_uuid.unwrap_or_default().to_string(),
             count,
         };
-        let response = self.events().list_snapshots(self.request(request)).await?;
+        let response = self
+            .unary(request, |connection, request| async move {
+                connection.events.clone().list_snapshots(request).await
+            })
+            .await?;
         Ok(response
-            .into_inner()
             .snapshots
             .into_iter()
             .map(convert::snapshot_from_wire)

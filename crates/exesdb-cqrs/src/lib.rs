@@ -123,7 +123,9 @@ impl From<StoreFailure> for PersistenceError {
         let error = Box::new(StoreCallFailed(failure.message));
         match failure.code {
             "wrong_expected_version" => PersistenceError::OptimisticLockError,
-            "connection_error" | "unavailable" => PersistenceError::ConnectionError(error),
+            "connection_error" | "unavailable" | "not_leader" => {
+                PersistenceError::ConnectionError(error)
+            }
             _ => PersistenceError::UnknownError(error),
         }
     }

@@ -17,11 +17,19 @@ use crate::v1 as wire;
 /// Response metadata key carrying the error code.
 pub const ERROR_CODE_METADATA: &str = "exesdb-error-code";
 
+/// Request metadata key: present, a cluster node that does not lead the store answers a write
+/// with `not_leader` and the leader's address, instead of forwarding it to the leader.
+pub const NOT_LEADER_METADATA: &str = "exesdb-refuse-forwarding";
+
 /// A store error as a gRPC status: a code that fits, the message, the `Error` detail, and the
 /// code in the metadata.
 pub fn status(error: &StoreError) -> Status {
     let code = match error {
-        StoreError::WrongExpectedVersion { .. } => Code::FailedPrecondition,
+        // Both refuse because of the state a request found, and retrying the same request on
+        // the same node does not help (gRPC's table: FAILED_PRECONDITION, not UNAVAILABLE).
+        StoreError::WrongExpectedVersion { .. } | StoreError::NotLeader { .. } => {
+            Code::FailedPrecondition
+        }
         StoreError::StreamNotFound { .. }
         | StoreError::SnapshotNotFound(_)
         | StoreError::SubscriptionNotFound(_)
@@ -43,7 +51,9 @@ pub fn status(error: &StoreError) -> Status {
         | StoreError::InvalidArgument(text)
         | StoreError::StoreNotFound(text)
         | StoreError::Unavailable(text) => text.clone(),
-        StoreError::WrongExpectedVersion { .. } | StoreError::LimitExceeded { .. } => String::new(),
+        StoreError::WrongExpectedVersion { .. }
+        | StoreError::LimitExceeded { .. }
+        | StoreError::NotLeader { .. } => String::new(),
         _ => error.to_string(),
     };
     let mut detail = wire::Error {
@@ -60,6 +70,13 @@ pub fn status(error: &StoreError) -> Status {
             detail.limit = limit.clone();
             detail.max = *max;
             detail.actual = *actual;
+        }
+        StoreError::NotLeader {
+            leader_node_id,
+            leader_addr,
+        } => {
+            detail.leader_node_id = *leader_node_id;
+            detail.leader_addr = leader_addr.clone().unwrap_or_default();
         }
         _ => {}
     }
@@ -91,6 +108,10 @@ pub fn store_error(status: &Status) -> Option<StoreError> {
         },
         "store_not_found" => StoreError::StoreNotFound(text),
         "unavailable" => StoreError::Unavailable(text),
+        "not_leader" => StoreError::NotLeader {
+            leader_node_id: detail.leader_node_id,
+            leader_addr: Some(detail.leader_addr).filter(|addr| !addr.is_empty()),
+        },
         _ => return None,
     })
 }

@@ -120,6 +120,20 @@ fn every_error_round_trips_with_its_grpc_code() {
             exesdb_types::StoreError::unavailable("restarting"),
             tonic::Code::Unavailable,
         ),
+        (
+            exesdb_types::StoreError::NotLeader {
+                leader_node_id: Some(7),
+                leader_addr: Some("127.0.0.3:2113".into()),
+            },
+            tonic::Code::FailedPrecondition,
+        ),
+        (
+            exesdb_types::StoreError::NotLeader {
+                leader_node_id: None,
+                leader_addr: None,
+            },
+            tonic::Code::FailedPrecondition,
+        ),
     ];
     for (error, code) in cases {
         let sent = convert::status(&error);

@@ -41,6 +41,28 @@ impl GrpcServices {
             .map(|system| system.gateway().clone())
             .map_err(|error| convert::status(&error))
     }
+
+    /// The gateway for a write; with `redirect`, a cluster node that does not lead the store
+    /// answers `not_leader` instead of forwarding. Leadership can move right after this check,
+    /// and then the write is forwarded after all: the answer is an optimisation, never a
+    /// guarantee about where the write ran.
+    fn write_gateway(&self, store_id: &str, redirect: bool) -> Result<Gateway, Status> {
+        let system = self
+            .node
+            .system(store_id)
+            .map_err(|error| convert::status(&error))?;
+        if redirect && let Some(not_leader) = system.not_leader() {
+            return Err(convert::status(&not_leader));
+        }
+        Ok(system.gateway().clone())
+    }
+}
+
+/// Whether the client asked to be told `not_leader` rather than have its write forwarded.
+fn refuses_forwarding<T>(request: &Request<T>) -> bool {
+    request
+        .metadata()
+        .contains_key(convert::NOT_LEADER_METADATA)
 }
 
 fn reply<T>(result: Result<T, StoreError>) -> Result<Response<T>, Status> {
@@ -55,8 +77,9 @@ impl EventStore for GrpcServices {
         &self,
         request: Request<wire::AppendEventsRequest>,
     ) -> Result<Response<wire::AppendEventsResponse>, Status> {
+        let redirect = refuses_forwarding(&request);
         let request = request.into_inner();
-        let gateway = self.gateway(&request.store_id)?;
+        let gateway = self.write_gateway(&request.store_id, redirect)?;
         let expected = convert::expected_version(request.expected);
         let events = request
             .events
@@ -250,8 +273,9 @@ impl EventStore for GrpcServices {
         &self,
         request: Request<wire::RecordSnapshotRequest>,
     ) -> Result<Response<wire::RecordSnapshotResponse>, Status> {
+        let redirect = refuses_forwarding(&request);
         let r = request.into_inner();
-        let gateway = self.gateway(&r.store_id)?;
+        let gateway = self.write_gateway(&r.store_id, redirect)?;
         let route = r.stream_uuid.clone();
         let result = gateway
             .call(&route, move |api| async move {
@@ -289,8 +313,9 @@ impl EventStore for GrpcServices {
         &self,
         request: Request<wire::DeleteSnapshotRequest>,
     ) -> Result<Response<wire::DeleteSnapshotResponse>, Status> {
+        let redirect = refuses_forwarding(&request);
         let r = request.into_inner();
-        let gateway = self.gateway(&r.store_id)?;
+        let gateway = self.write_gateway(&r.store_id, redirect)?;
         let route = r.stream_uuid.clone();
         let result = gateway
             .call(&route, move |api| async move {
@@ -353,8 +378,9 @@ impl EventStore for GrpcServices {
         &self,
         request: Request<wire::SaveSubscriptionRequest>,
     ) -> Result<Response<wire::SaveSubscriptionResponse>, Status> {
+        let redirect = refuses_forwarding(&request);
         let request = request.into_inner();
-        let gateway = self.gateway(&request.store_id)?;
+        let gateway = self.write_gateway(&request.store_id, redirect)?;
         let definition =
             convert::definition(request.definition).map_err(|e| convert::status(&e))?;
         let route = definition.name.clone();
@@ -370,8 +396,9 @@ impl EventStore for GrpcServices {
         &self,
         request: Request<wire::RemoveSubscriptionRequest>,
     ) -> Result<Response<wire::RemoveSubscriptionResponse>, Status> {
+        let redirect = refuses_forwarding(&request);
         let request = request.into_inner();
-        let gateway = self.gateway(&request.store_id)?;
+        let gateway = self.write_gateway(&request.store_id, redirect)?;
         let name = request.name;
         let route = name.clone();
         let result = gateway
@@ -422,8 +449,9 @@ impl EventStore for GrpcServices {
         &self,
         request: Request<wire::ReplayParkedRequest>,
     ) -> Result<Response<wire::ReplayParkedResponse>, Status> {
+        let redirect = refuses_forwarding(&request);
         let request = request.into_inner();
-        let gateway = self.gateway(&request.store_id)?;
+        let gateway = self.write_gateway(&request.store_id, redirect)?;
         let name = request.name;
         let route = name.clone();
         let result = gateway

@@ -49,6 +49,23 @@ pub enum StoreError {
     /// This node cannot take the request now (restarting, stopping, storage failing, full).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// This cluster node does not lead the store, and the client asked to be told so rather
+    /// than have the write forwarded. Send the request to the leader named, if one is known.
+    #[error("not leader: {}", not_leader_text(.leader_node_id, .leader_addr))]
+    NotLeader {
+        /// The node the answering node knows to lead the store.
+        leader_node_id: Option<u64>,
+        /// Where clients reach that leader (`host:port`).
+        leader_addr: Option<String>,
+    },
+}
+
+fn not_leader_text(leader_node_id: &Option<u64>, leader_addr: &Option<String>) -> String {
+    match (leader_node_id, leader_addr) {
+        (Some(id), Some(addr)) => format!("node {id} at {addr} leads the store"),
+        (Some(id), None) => format!("node {id} leads the store; its address is not known here"),
+        _ => "no leader is known now; retry shortly".to_string(),
+    }
 }
 
 impl StoreError {
@@ -64,6 +81,7 @@ impl StoreError {
             StoreError::SubscriptionNotFound(_) => "subscription_not_found",
             StoreError::StoreNotFound(_) => "store_not_found",
             StoreError::Unavailable(_) => "unavailable",
+            StoreError::NotLeader { .. } => "not_leader",
         }
     }
 

@@ -318,6 +318,76 @@ async fn a_client_given_every_member_follows_the_leader_through_a_failover() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_asked_not_to_forward_names_the_leader_and_the_client_follows_it() {
+    use exesdb_proto::v1 as wire;
+    let cluster = Cluster::new(3, &[]);
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let append = |stream: &str| {
+        let mut request = tonic::Request::new(wire::AppendEventsRequest {
+            store_id: "default".into(),
+            stream_id: stream.into(),
+            expected: None,
+            events: vec![wire::NewEvent {
+                event_type: "Noted".into(),
+                data: b"{}".to_vec(),
+                ..Default::default()
+            }],
+        });
+        request.metadata_mut().insert(
+            exesdb_proto::convert::NOT_LEADER_METADATA,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        request
+    };
+    let mut raw = wire::event_store_client::EventStoreClient::connect(cluster.node(follower).url())
+        .await
+        .expect("connects to the follower");
+    let refused = raw
+        .append_events(append("redirected"))
+        .await
+        .expect_err("a follower asked not to forward refuses");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert_eq!(
+        exesdb_proto::convert::store_error(&refused),
+        Some(exesdb_client::StoreError::NotLeader {
+            leader_node_id: Some(node_id(cluster.node(leader))),
+            leader_addr: Some(cluster.node(leader).address.clone()),
+        })
+    );
+    // Nothing was written; without the header the follower forwards.
+    let forwarded = cluster.client(follower).await;
+    assert_eq!(forwarded.stream_version("redirected").await.ok(), Some(-1));
+    append_events(&forwarded, "redirected", 1).await;
+    // The leader itself takes the same request.
+    let mut at_leader =
+        wire::event_store_client::EventStoreClient::connect(cluster.node(leader).url())
+            .await
+            .expect("connects to the leader");
+    at_leader
+        .append_events(append("redirected"))
+        .await
+        .expect("the leader takes it");
+
+    // A client of every member moves to a new leader on its first not_leader answer, where a
+    // forwarded write would have left it talking to the old one.
+    let urls: Vec<String> = (0..3).map(|index| cluster.node(index).url()).collect();
+    let client = Client::connect(&urls.join(",")).await.expect("connects");
+    assert_eq!(client.server(), urls[leader]);
+    let target = node_id(cluster.node(follower)).to_string();
+    let (code, report) = cluster_cli(cluster.node(leader), &["transfer-leader", "--to", &target]);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(cluster.leader().await, follower);
+    append_events(&client, "redirected", 1).await;
+    assert_eq!(client.server(), urls[follower], "moved to the leader named");
+    assert_eq!(client.stream_version("redirected").await.ok(), Some(2));
+}
+
 async fn next_delivery(consumer: &mut exesdb_client::Consumer) -> exesdb_client::Delivery {
     tokio::time::timeout(PATIENCE, consumer.next())
         .await

@@ -169,6 +169,12 @@ impl System {
         cluster::status(&self.api.context)
     }
 
+    /// In cluster mode, while this node does not lead the store: the `not_leader` error that
+    /// names the leader, for a client that asked to be redirected rather than forwarded.
+    pub fn not_leader(&self) -> Option<exesdb_types::StoreError> {
+        cluster::not_leader(&self.api.context)
+    }
+
     /// Adds the node at `peer_addr` (its `--peer-advertise`) to the store's group: as a
     /// learner, then, once it has caught up, as a voter. Answers what was done.
     pub async fn cluster_add(&self, peer_addr: &str) -> Result<String, exesdb_types::StoreError> {

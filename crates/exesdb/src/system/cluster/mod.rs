@@ -23,7 +23,7 @@ use crate::supervision::service::{Service, ServiceActor, ServiceArgs};
 use crate::system::context::StoreContext;
 use crate::system::wiring::Wiring;
 pub(crate) use coordinator::{CLUSTER_ID_FILE, StoreCoordinator, read_cluster_id};
-use exesdb_types::{ClusterMember, ClusterStatus};
+use exesdb_types::{ClusterMember, ClusterStatus, StoreError};
 pub(crate) use view::{ClusterView, Hello};
 
 /// The coordinator and the monitor are independent.
@@ -306,6 +306,25 @@ pub(crate) async fn transfer_leader(
 const DOWN_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The status of the store's group; `None` in single mode or while the group is not running.
+/// In cluster mode, while this node does not lead the store: the `not_leader` answer naming
+/// the leader it knows of.
+pub(crate) fn not_leader(context: &StoreContext) -> Option<StoreError> {
+    if context.is_leader() {
+        return None;
+    }
+    context.config.cluster.as_ref()?;
+    let group = context.raft_group()?;
+    let metrics = group.metrics();
+    let leader_node_id = metrics.current_leader;
+    let leader_addr = leader_node_id
+        .and_then(|leader| metrics.membership_config.membership().get_node(&leader))
+        .map(|node| node.client_addr.clone());
+    Some(StoreError::NotLeader {
+        leader_node_id,
+        leader_addr,
+    })
+}
+
 pub(crate) fn status(context: &StoreContext) -> Option<ClusterStatus> {
     let cluster = context.config.cluster.as_ref()?;
     let group = context.raft_group()?;
