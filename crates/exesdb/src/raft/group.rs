@@ -248,40 +248,24 @@ impl RaftGroup {
             Ok(index) => index,
             Err(Proposal::Refused(error)) => return Err(error),
             Err(Proposal::Elsewhere(leader_id, leader)) => {
-                let call = super::network::PeerCall {
-                    store_id: self.store_id.clone(),
-                    kind: PeerCallKind::ReadIndex,
-                    body: encode(&())
-                        .map_err(|error| StoreError::unavailable(error.to_string()))?,
-                    cluster_id: read_cluster_id(&self.cluster_id),
-                    target_node: Some(leader_id),
-                };
-                let asked = tokio::time::timeout(
-                    timeout,
-                    self.transport.call(&leader.peer_addr, call, timeout),
-                )
-                .await;
-                let bytes = match asked {
-                    Ok(Ok(bytes)) => bytes,
-                    Ok(Err(error)) => {
-                        return Err(StoreError::unavailable(format!(
+                let asked: Result<Result<u64, StoreError>, LeaderCallFailure> = self
+                    .call_leader(leader_id, &leader, PeerCallKind::ReadIndex, &(), timeout)
+                    .await;
+                asked.map_err(|failure| {
+                    StoreError::unavailable(match failure {
+                        LeaderCallFailure::Unreachable(error) => format!(
                             "a linearizable read needs the leader, node {leader_id}, which \
                              cannot be reached ({error}); retry shortly"
-                        )));
-                    }
-                    Err(_) => {
-                        return Err(StoreError::unavailable(format!(
+                        ),
+                        LeaderCallFailure::TimedOut => format!(
                             "the leader, node {leader_id}, did not give a read index within {} ms",
                             self.settings.write_timeout_ms
-                        )));
-                    }
-                };
-                let answer: Answer<Result<u64, StoreError>> = decode(&bytes, "read index")
-                    .map_err(|error| StoreError::unavailable(error.to_string()))?;
-                answer.map_err(|refusal| {
-                    StoreError::unavailable(format!(
-                        "the leader, node {leader_id}, gave no read index ({refusal})"
-                    ))
+                        ),
+                        LeaderCallFailure::Garbled(error) => error,
+                        LeaderCallFailure::Refused(refusal) => {
+                            format!("the leader, node {leader_id}, gave no read index ({refusal})")
+                        }
+                    })
                 })??
             }
         };
@@ -330,42 +314,59 @@ impl RaftGroup {
         leader: &PeerNode,
         command: Command,
     ) -> Result<Outcome, StoreError> {
-        let body = encode(&command).map_err(|error| StoreError::unavailable(error.to_string()))?;
+        let deadline = Duration::from_millis(self.settings.write_timeout_ms);
+        let answered: Result<Result<Outcome, StoreError>, LeaderCallFailure> = self
+            .call_leader(leader_id, leader, PeerCallKind::Propose, &command, deadline)
+            .await;
+        answered.map_err(|failure| {
+            outcome_unknown(match failure {
+                LeaderCallFailure::Unreachable(error) => format!(
+                    "forwarding the write to the leader, node {leader_id}, failed ({error})"
+                ),
+                LeaderCallFailure::TimedOut => format!(
+                    "the leader, node {leader_id}, did not answer within {} ms",
+                    self.settings.write_timeout_ms
+                ),
+                LeaderCallFailure::Garbled(error) => error,
+                LeaderCallFailure::Refused(refusal) => {
+                    format!("the leader, node {leader_id}, refused the write ({refusal})")
+                }
+            })
+        })?
+    }
+
+    /// Sends `request` to the leader as a `kind` peer call and decodes its answer, within
+    /// `deadline`. A follower asks this of the leader once; the caller words the failures.
+    async fn call_leader<T: for<'de> Deserialize<'de>>(
+        &self,
+        leader_id: u64,
+        leader: &PeerNode,
+        kind: PeerCallKind,
+        request: &impl Serialize,
+        deadline: Duration,
+    ) -> Result<T, LeaderCallFailure> {
+        let body =
+            encode(request).map_err(|error| LeaderCallFailure::Garbled(error.to_string()))?;
         let call = super::network::PeerCall {
             store_id: self.store_id.clone(),
-            kind: PeerCallKind::Propose,
+            kind,
             body,
             cluster_id: read_cluster_id(&self.cluster_id),
             target_node: Some(leader_id),
         };
-        let deadline = Duration::from_millis(self.settings.write_timeout_ms);
-        let answered = tokio::time::timeout(
+        let bytes = match tokio::time::timeout(
             deadline,
             self.transport.call(&leader.peer_addr, call, deadline),
         )
-        .await;
-        let bytes = match answered {
+        .await
+        {
             Ok(Ok(bytes)) => bytes,
-            Ok(Err(error)) => {
-                return Err(outcome_unknown(format!(
-                    "forwarding the write to the leader, node {leader_id}, failed ({error})"
-                )));
-            }
-            Err(_) => {
-                return Err(outcome_unknown(format!(
-                    "the leader, node {leader_id}, did not answer within {} ms",
-                    self.settings.write_timeout_ms
-                )));
-            }
+            Ok(Err(error)) => return Err(LeaderCallFailure::Unreachable(error.to_string())),
+            Err(_) => return Err(LeaderCallFailure::TimedOut),
         };
-        let answer: Answer<Result<Outcome, StoreError>> =
-            decode(&bytes, "forwarded write's answer")
-                .map_err(|error| outcome_unknown(error.to_string()))?;
-        answer.map_err(|refusal| {
-            outcome_unknown(format!(
-                "the leader, node {leader_id}, refused the write ({refusal})"
-            ))
-        })?
+        let answer: Answer<T> = decode(&bytes, "the leader's answer")
+            .map_err(|error| LeaderCallFailure::Garbled(error.to_string()))?;
+        answer.map_err(LeaderCallFailure::Refused)
     }
 
     /// Makes a membership change or a leader transfer on the leader (asked of it over the
@@ -389,32 +390,30 @@ impl RaftGroup {
                              retry shortly"
                         ))
                     })?;
-                let body =
-                    encode(&change).map_err(|error| StoreError::unavailable(error.to_string()))?;
-                let call = super::network::PeerCall {
-                    store_id: self.store_id.clone(),
-                    kind: PeerCallKind::ChangeMembership,
-                    body,
-                    cluster_id: read_cluster_id(&self.cluster_id),
-                    target_node: Some(leader_id),
-                };
                 let deadline = CATCH_UP_TIMEOUT + Duration::from_secs(10);
-                let bytes = self
-                    .transport
-                    .call(&leader.peer_addr, call, deadline)
-                    .await
-                    .map_err(|error| {
-                        StoreError::unavailable(format!(
+                let changed: Result<Result<String, StoreError>, LeaderCallFailure> = self
+                    .call_leader(
+                        leader_id,
+                        &leader,
+                        PeerCallKind::ChangeMembership,
+                        &change,
+                        deadline,
+                    )
+                    .await;
+                changed.map_err(|failure| {
+                    StoreError::unavailable(match failure {
+                        LeaderCallFailure::Unreachable(error) => format!(
                             "the leader, node {leader_id}, cannot be reached ({error}); retry"
-                        ))
-                    })?;
-                let answer: Answer<Result<String, StoreError>> =
-                    decode(&bytes, "membership change's answer")
-                        .map_err(|error| StoreError::unavailable(error.to_string()))?;
-                answer.map_err(|refusal| {
-                    StoreError::unavailable(format!(
-                        "the leader, node {leader_id}, refused ({refusal})"
-                    ))
+                        ),
+                        LeaderCallFailure::TimedOut => format!(
+                            "the leader, node {leader_id}, did not finish the change within {} s",
+                            deadline.as_secs()
+                        ),
+                        LeaderCallFailure::Garbled(error) => error,
+                        LeaderCallFailure::Refused(refusal) => {
+                            format!("the leader, node {leader_id}, refused ({refusal})")
+                        }
+                    })
                 })?
             }
             None => Err(StoreError::unavailable(
@@ -871,6 +870,18 @@ enum Proposal {
     /// Another node leads: its id and addresses.
     Elsewhere(u64, PeerNode),
     Refused(StoreError),
+}
+
+/// Why a call to the leader brought no answer of the application's.
+enum LeaderCallFailure {
+    /// The leader could not be reached, or the call broke.
+    Unreachable(String),
+    /// No answer within the deadline.
+    TimedOut,
+    /// A message that does not encode or decode.
+    Garbled(String),
+    /// The leader refused the call (wrong cluster, wrong node, not the leader any more).
+    Refused(String),
 }
 
 fn outcome_unknown(why: String) -> StoreError {

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use exesdb_types::{Kind, Strategy};
 use tokio::task::AbortHandle;
 
+use crate::ClusterConfig;
 use crate::supervision::ChildSpec;
 use crate::supervision::TreeNode;
 use crate::supervision::service::{Service, ServiceActor, ServiceArgs};
@@ -231,19 +232,20 @@ pub(crate) fn answer_hello(context: &StoreContext, body: &[u8]) -> Vec<u8> {
     crate::raft::encode(&Ok::<Hello, String>(own_hello(context))).unwrap_or_default()
 }
 
-/// The store's group on this node, in cluster mode.
+/// The store's group on this node and the node's cluster settings, in cluster mode.
 fn running_group(
     context: &StoreContext,
-) -> Result<crate::raft::RaftGroup, exesdb_types::StoreError> {
-    if context.config.cluster.is_none() {
-        return Err(exesdb_types::StoreError::invalid(
+) -> Result<(crate::raft::RaftGroup, &ClusterConfig), StoreError> {
+    let Some(cluster) = context.config.cluster.as_ref() else {
+        return Err(StoreError::invalid(
             "this node runs in single mode: cluster commands need a node started with --mode \
              cluster",
         ));
-    }
-    context.raft_group().ok_or_else(|| {
-        exesdb_types::StoreError::unavailable("the store's Raft group is not running on this node")
-    })
+    };
+    let group = context.raft_group().ok_or_else(|| {
+        StoreError::unavailable("the store's Raft group is not running on this node")
+    })?;
+    Ok((group, cluster))
 }
 
 /// Adds the node whose peer address is `peer_addr` to the store's group: asks it who it is,
@@ -251,22 +253,19 @@ fn running_group(
 pub(crate) async fn add_member(
     context: &StoreContext,
     peer_addr: &str,
-) -> Result<String, exesdb_types::StoreError> {
-    let group = running_group(context)?;
-    let Some(cluster) = context.config.cluster.as_ref() else {
-        return Err(exesdb_types::StoreError::invalid("single mode"));
-    };
+) -> Result<String, StoreError> {
+    let (group, cluster) = running_group(context)?;
     let hello = view::ask(cluster, context.store_id(), peer_addr, &own_hello(context))
         .await
         .map_err(|why| {
-            exesdb_types::StoreError::unavailable(format!(
+            StoreError::unavailable(format!(
                 "cannot ask the node at {peer_addr} who it is: {why}"
             ))
         })?;
     if let (Some(theirs), Some(ours)) = (hello.cluster_id.as_deref(), context.cluster_id())
         && theirs != ours
     {
-        return Err(exesdb_types::StoreError::invalid(format!(
+        return Err(StoreError::invalid(format!(
             "the node at {peer_addr} holds data of cluster {theirs}, this store belongs to \
              cluster {ours}: a node never joins another cluster"
         )));
@@ -286,18 +285,17 @@ pub(crate) async fn add_member(
 pub(crate) async fn remove_member(
     context: &StoreContext,
     node_id: u64,
-) -> Result<String, exesdb_types::StoreError> {
+) -> Result<String, StoreError> {
     running_group(context)?
+        .0
         .change_membership(crate::raft::MembershipChange::Remove { node_id })
         .await
 }
 
 /// Hands the store's leadership to node `to` (through the current leader).
-pub(crate) async fn transfer_leader(
-    context: &StoreContext,
-    to: u64,
-) -> Result<String, exesdb_types::StoreError> {
+pub(crate) async fn transfer_leader(context: &StoreContext, to: u64) -> Result<String, StoreError> {
     running_group(context)?
+        .0
         .change_membership(crate::raft::MembershipChange::TransferLeader { to })
         .await
 }
