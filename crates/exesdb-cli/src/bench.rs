@@ -97,9 +97,9 @@ pub(crate) async fn run(command: BenchCommand, target: BenchTarget) -> Result<()
         } => catch_up(&target, store_events, stream_events.max(1), runs.max(1)).await?,
     };
     if target.json {
-        println!("{}", report.json);
+        outln!("{}", report.json);
     } else {
-        print!("{}", report.text);
+        out!("{}", report.text);
     }
     if report.ok {
         Ok(())

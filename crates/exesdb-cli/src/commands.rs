@@ -1,7 +1,7 @@
 //! The client commands of `spec/cli.md`: each talks to a server through `exesdb-client`.
 //! Exit status: 0 success, 1 the server refused the request, 2 usage or connection error.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -300,8 +300,7 @@ pub(crate) async fn run(command: ClientCommand) -> ExitCode {
 }
 
 fn print_json(value: &Value) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{value}");
+    outln!("{value}");
 }
 
 async fn execute(client: &Client, command: ClientCommand, json: bool) -> Result<(), Failure> {
@@ -329,7 +328,7 @@ async fn execute(client: &Client, command: ClientCommand, json: bool) -> Result<
                     "last_position": result.last_position,
                 }));
             } else {
-                println!(
+                outln!(
                     "appended to {stream}: events {}..={} at positions {}..={}",
                     result.first_event_number,
                     result.last_event_number,
@@ -370,7 +369,7 @@ async fn execute(client: &Client, command: ClientCommand, json: bool) -> Result<
             if json {
                 print_json(&json!({"stream_id": stream, "version": version}));
             } else {
-                println!("{version}");
+                outln!("{version}");
             }
         }
         ClientCommand::Streams { .. } => {
@@ -380,7 +379,7 @@ async fn execute(client: &Client, command: ClientCommand, json: bool) -> Result<
                 if json {
                     print_json(&json!({"stream_id": info.stream_id, "version": info.version}));
                 } else {
-                    println!("{}  {}", info.stream_id, info.version);
+                    outln!("{}  {}", info.stream_id, info.version);
                 }
             }
         }
@@ -389,7 +388,7 @@ async fn execute(client: &Client, command: ClientCommand, json: bool) -> Result<
                 if json {
                     print_json(&json!({"store_id": store}));
                 } else {
-                    println!("{store}");
+                    outln!("{store}");
                 }
             }
         }
@@ -409,12 +408,12 @@ async fn execute(client: &Client, command: ClientCommand, json: bool) -> Result<
             while let Some(message) = messages.next().await {
                 match message? {
                     SubscriptionMessage::Event(event) if json => print_json(&output::event(&event)),
-                    SubscriptionMessage::Event(event) => println!("{}", output::event_line(&event)),
+                    SubscriptionMessage::Event(event) => outln!("{}", output::event_line(&event)),
                     SubscriptionMessage::CaughtUp if json => {
                         print_json(&json!({"caught_up": true}))
                     }
                     SubscriptionMessage::CaughtUp => {
-                        println!("-- caught up: following new events --")
+                        outln!("-- caught up: following new events --")
                     }
                 }
             }
@@ -426,7 +425,7 @@ async fn execute(client: &Client, command: ClientCommand, json: bool) -> Result<
                     if json {
                         print_json(&output::cluster_status(&stores));
                     } else {
-                        print!("{}", output::cluster_status_text(&stores));
+                        out!("{}", output::cluster_status_text(&stores));
                     }
                     return Ok(());
                 }
@@ -438,7 +437,7 @@ async fn execute(client: &Client, command: ClientCommand, json: bool) -> Result<
                 print_json(&output::membership_outcomes(&outcomes));
             } else {
                 for (store_id, outcome) in &outcomes {
-                    println!("{store_id}: {outcome}");
+                    outln!("{store_id}: {outcome}");
                 }
             }
         }
@@ -447,7 +446,7 @@ async fn execute(client: &Client, command: ClientCommand, json: bool) -> Result<
             if json {
                 print_json(&serde_json::to_value(&tree).unwrap_or(Value::Null));
             } else {
-                print!("{}", tree.render());
+                out!("{}", tree.render());
             }
         }
     }
@@ -476,7 +475,7 @@ async fn snapshot(client: &Client, command: SnapshotCommand, json: bool) -> Resu
                     &json!({"source_uuid": source_uuid, "stream_uuid": stream_uuid, "version": version}),
                 );
             } else {
-                println!("recorded snapshot {source_uuid}/{stream_uuid} at version {version}");
+                outln!("recorded snapshot {source_uuid}/{stream_uuid} at version {version}");
             }
         }
         SnapshotCommand::Read {
@@ -497,7 +496,7 @@ async fn snapshot(client: &Client, command: SnapshotCommand, json: bool) -> Resu
             if json {
                 print_json(&value);
             } else {
-                println!(
+                outln!(
                     "{}/{} version {} created {}\n{}",
                     found.source_uuid,
                     found.stream_uuid,
@@ -520,7 +519,7 @@ async fn snapshot(client: &Client, command: SnapshotCommand, json: bool) -> Resu
                     &json!({"deleted": true, "source_uuid": source_uuid, "stream_uuid": stream_uuid, "version": version}),
                 );
             } else {
-                println!("deleted snapshot {source_uuid}/{stream_uuid} at version {version}");
+                outln!("deleted snapshot {source_uuid}/{stream_uuid} at version {version}");
             }
         }
         SnapshotCommand::List { source, stream } => {
@@ -531,9 +530,11 @@ async fn snapshot(client: &Client, command: SnapshotCommand, json: bool) -> Resu
                 if json {
                     print_json(&output::snapshot(&snapshot));
                 } else {
-                    println!(
+                    outln!(
                         "{}  {}  {}",
-                        snapshot.source_uuid, snapshot.stream_uuid, snapshot.version
+                        snapshot.source_uuid,
+                        snapshot.stream_uuid,
+                        snapshot.version
                     );
                 }
             }
@@ -554,10 +555,10 @@ async fn print_events(
             print_json(&output::event(&event));
         } else {
             if first {
-                println!("{}", output::EVENT_HEADER);
+                outln!("{}", output::EVENT_HEADER);
                 first = false;
             }
-            println!("{}", output::event_line(&event));
+            outln!("{}", output::event_line(&event));
         }
     }
     Ok(())
@@ -596,7 +597,7 @@ async fn consume_persistent(
         if json {
             print_json(&output::event(&delivery.event));
         } else {
-            println!("{}", output::event_line(&delivery.event));
+            outln!("{}", output::event_line(&delivery.event));
         }
         consumer.ack(delivery.event.position).await?;
     }

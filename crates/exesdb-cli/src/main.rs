@@ -1,6 +1,19 @@
 //! The `exesdb` command: `exesdb serve` runs a node; the other commands talk to one
 //! (`spec/cli.md`).
 
+/// `print!` that ends the program quietly once stdout's reader has gone
+/// (`output::write_stdout`).
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!($($arg)*)) };
+}
+
+/// `println!` that ends the program quietly once stdout's reader has gone.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod bench;
 mod commands;
 mod output;

@@ -60,6 +60,24 @@ pub(crate) fn snapshot(snapshot: &Snapshot) -> Value {
     })
 }
 
+/// Writes to stdout. When the reader has gone (`exesdb read ... | head`), the command has no
+/// one left to answer: it ends at once with status 0, as a Unix tool ends on SIGPIPE, instead
+/// of panicking or, following a subscription, writing into the void forever. Any other write
+/// failure (a full disk behind a redirect) ends it with status 2 and says why.
+pub(crate) fn write_stdout(text: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(text).and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(error) => {
+            eprintln!("exesdb: cannot write the output: {error}");
+            std::process::exit(2);
+        }
+    }
+}
+
 /// The error object printed with `--json`.
 pub(crate) fn error(error: &ClientError) -> Value {
     let mut object = json!({ "code": error.code(), "message": error.to_string() });

@@ -211,6 +211,53 @@ fn the_cli_prints_events_then_caught_up_then_live_events() {
     let _ = subscriber.wait();
 }
 
+/// A subscriber whose reader went away (`exesdb subscribe ... | head -1`) ends at its next
+/// event, with status 0 and no panic, in both output formats.
+#[test]
+fn a_subscriber_whose_reader_is_gone_ends_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let exesdb = env!("CARGO_BIN_EXE_exesdb");
+    let append = || {
+        let status = Command::new(exesdb)
+            .args(["append", "piped", "--type", "Noted", "--data", "{}"])
+            .args(["--server", &server.url()])
+            .stdout(Stdio::null())
+            .status()
+            .expect("append runs");
+        assert!(status.success());
+    };
+    append();
+    for format in [None, Some("--json")] {
+        let mut subscriber = Command::new(exesdb)
+            .args(["subscribe", "$all", "--server", &server.url()])
+            .args(format)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("subscribe runs");
+        let mut lines = BufReader::new(subscriber.stdout.take().expect("stdout")).lines();
+        let first = lines.next().expect("a line").expect("readable");
+        assert!(!first.is_empty());
+        drop(lines);
+        // The next write finds the pipe closed.
+        append();
+        let pid = subscriber.id().to_string();
+        let (exited, exit) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = exited.send(subscriber.wait_with_output());
+        });
+        let Ok(output) = exit.recv_timeout(PATIENCE) else {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+            panic!("the subscriber ({format:?}) went on after its reader had gone");
+        };
+        let output = output.expect("waitable");
+        let (status, stderr) = (output.status, String::from_utf8_lossy(&output.stderr));
+        assert!(status.success(), "{format:?}: {status}, stderr: {stderr}");
+        assert!(!stderr.contains("panicked"), "{format:?}: {stderr}");
+    }
+}
+
 #[test]
 fn sigterm_ends_open_subscriptions_and_the_server_exits() {
     let dir = tempfile::tempdir().expect("tempdir");
