@@ -66,6 +66,7 @@ impl fmt::Display for Replicated {
             Command::Checkpoint { name, position } => write!(f, "checkpoint {name} at {position}"),
             Command::BusForwarded { position } => write!(f, "bus forwarded to {position}"),
             Command::Park { name, position, .. } => write!(f, "park {name} at {position}"),
+            Command::Batch(commands) => write!(f, "{} commands", commands.len()),
         }
     }
 }

@@ -221,6 +221,81 @@ async fn applying_commands_answers_each_with_the_outcome_the_single_node_gives()
 }
 
 #[tokio::test]
+async fn a_batch_entry_answers_each_command_as_separate_entries_would() -> io::Result<()> {
+    let mut node = Node::new()?;
+    let (_, machine) = node.stores()?;
+    let first = append("order-1", ExpectedVersion::NoStream, 2);
+    let replies = apply_entries_for_test(
+        &machine,
+        vec![normal(
+            1,
+            1,
+            Command::Batch(vec![
+                first.clone(),
+                // Later commands of a batch see what earlier ones wrote.
+                first,
+                append("order-1", ExpectedVersion::NoStream, 1),
+                append("order-2", ExpectedVersion::Any, 1),
+            ]),
+        )],
+    )
+    .await?;
+    let appended = |first_position, last_position, first_event_number, last_event_number| {
+        Ok(Outcome::Appended(exesdb_types::AppendResult {
+            first_event_number,
+            last_event_number,
+            first_position,
+            last_position,
+        }))
+    };
+    let [ApplyReply::Command(Ok(Outcome::Batch(outcomes)))] = replies.as_slice() else {
+        panic!("one batch outcome: {replies:?}");
+    };
+    assert_eq!(outcomes.len(), 4);
+    assert_eq!(outcomes[0], appended(0, 1, 0, 1));
+    assert_eq!(
+        outcomes[1],
+        appended(0, 1, 0, 1),
+        "a retry inside the batch"
+    );
+    assert!(
+        matches!(
+            &outcomes[2],
+            Err(StoreError::WrongExpectedVersion { current: 1, .. })
+        ),
+        "{:?}",
+        outcomes[2]
+    );
+    assert_eq!(outcomes[3], appended(2, 2, 0, 0));
+    assert_eq!(node.all_events()?.len(), 3);
+    assert_eq!(*node.committed.borrow(), 3);
+
+    // A batch inside a batch is refused whole, on every node alike.
+    let replies = apply_entries_for_test(
+        &machine,
+        vec![normal(
+            1,
+            2,
+            Command::Batch(vec![Command::Batch(vec![append(
+                "order-3",
+                ExpectedVersion::Any,
+                1,
+            )])]),
+        )],
+    )
+    .await?;
+    assert!(
+        matches!(
+            replies.as_slice(),
+            [ApplyReply::Command(Err(StoreError::InvalidArgument(_)))]
+        ),
+        "{replies:?}"
+    );
+    assert_eq!(node.all_events()?.len(), 3);
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_installed_snapshot_holds_exactly_the_leaders_data() -> io::Result<()> {
     let mut leader = Node::new()?;
     let (_, mut leader_machine) = leader.stores()?;

@@ -48,6 +48,31 @@ pub(crate) enum Command {
         position: u64,
         parked: bool,
     },
+    /// Several commands, applied in order as if one after the other; each has its own
+    /// outcome (cluster mode proposes the commands that queued during a commit as one Raft
+    /// entry). A batch holds no batch.
+    Batch(Vec<Command>),
+}
+
+impl Command {
+    /// About how many bytes the command carries: its payloads, not the encoding's framing.
+    pub(crate) fn payload_bytes(&self) -> usize {
+        match self {
+            Command::Append(append) => append
+                .events
+                .iter()
+                .map(|event| event.data.len() + event.metadata.len() + event.event_type.len())
+                .sum(),
+            Command::RecordSnapshot(snapshot) => snapshot.data.len() + snapshot.metadata.len(),
+            Command::SaveSubscription { definition, .. } => definition.len(),
+            Command::Batch(commands) => commands.iter().map(Command::payload_bytes).sum(),
+            Command::DeleteSnapshot { .. }
+            | Command::RemoveSubscription { .. }
+            | Command::Checkpoint { .. }
+            | Command::BusForwarded { .. }
+            | Command::Park { .. } => 0,
+        }
+    }
 }
 
 /// An append, with every event's id and the time of acceptance fixed.
@@ -94,7 +119,7 @@ pub(crate) struct SnapshotCommand {
 }
 
 /// What applying a command did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Outcome {
     /// Events were appended, or a retry found them already there (nothing written).
     Appended(AppendResult),
@@ -104,6 +129,8 @@ pub(crate) enum Outcome {
     SnapshotDeleted,
     /// A subscription's definition, checkpoint or parked set changed, or PubSub's position.
     SubscriptionChanged,
+    /// A batch's commands were applied: the outcome of each, in order.
+    Batch(Vec<Result<Outcome, StoreError>>),
 }
 
 /// State derived from the log, kept between batches: the next position and a bounded cache of
@@ -244,6 +271,19 @@ impl Transaction<'_> {
                 self.batch
                     .delete_snapshot(source_uuid, stream_uuid, *version);
                 Ok(Outcome::SnapshotDeleted)
+            }
+            Command::Batch(commands) => {
+                if commands
+                    .iter()
+                    .any(|command| matches!(command, Command::Batch(_)))
+                {
+                    return Err(StoreError::invalid(
+                        "a batch of commands holds another batch",
+                    ));
+                }
+                Ok(Outcome::Batch(
+                    commands.iter().map(|command| self.apply(command)).collect(),
+                ))
             }
         }
     }

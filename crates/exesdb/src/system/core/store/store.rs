@@ -229,20 +229,8 @@ async fn start_replicated(
     .await
     .map_err(|error| format!("cannot start the store's Raft group: {error}"))?;
     context.set_raft_group(Some(group.clone()));
-    let (queue, mut receiver) = mpsc::channel(context.config.commit.commit_queue_commands_max);
-    let proposing = group.clone();
-    let proposer = tokio::spawn(async move {
-        while let Some(message) = receiver.recv().await {
-            let CommitMsg::Command(request) = message else {
-                break;
-            };
-            let group = proposing.clone();
-            tokio::spawn(async move {
-                let outcome = group.propose(request.command).await;
-                let _ = request.reply.send(outcome);
-            });
-        }
-    });
+    let (queue, receiver) = mpsc::channel(context.config.commit.commit_queue_commands_max);
+    let proposer = tokio::spawn(propose_commands(receiver, group.clone()));
     // LeaderTracker's flag follows Raft: this node leads when Raft says it does.
     let node_id = cluster.node_id;
     let leading = context.clone();
@@ -270,6 +258,94 @@ async fn start_replicated(
         proposer: proposer.abort_handle(),
         leadership: leadership.abort_handle(),
     })
+}
+
+/// Proposals waiting for their commit at once, at most. While that many wait, the commands
+/// that arrive queue, and the next proposal takes them all as one Raft entry: under load an
+/// entry carries many commands and costs one log write, one replication and one apply.
+const PROPOSALS_IN_FLIGHT_MAX: usize = 16;
+/// The most commands, and about the most payload bytes, one entry carries (a single bigger
+/// command still goes alone).
+const PROPOSAL_COMMANDS_MAX: usize = 512;
+const PROPOSAL_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Cluster mode's committer: takes the store's commands off its queue and proposes them to
+/// the Raft group, one command alone or those queued as one `Command::Batch`, and answers
+/// each command's sender with its own outcome. Ends at `CommitMsg::Stop` or when the queue
+/// closes; proposals already made are answered first.
+async fn propose_commands(mut queue: mpsc::Receiver<CommitMsg>, group: RaftGroup) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
+    // A command taken off the queue that did not fit the last proposal.
+    let mut held: Option<CommitRequest> = None;
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match held.take() {
+            Some(request) => request,
+            None => match queue.recv().await {
+                Some(CommitMsg::Command(request)) => request,
+                Some(CommitMsg::Stop) | None => return,
+            },
+        };
+        let mut bytes = first.command.payload_bytes();
+        let mut requests = vec![first];
+        let mut stop = false;
+        while requests.len() < PROPOSAL_COMMANDS_MAX {
+            match queue.try_recv() {
+                Ok(CommitMsg::Command(request)) => {
+                    let more = request.command.payload_bytes();
+                    if bytes + more > PROPOSAL_BYTES_MAX {
+                        held = Some(request);
+                        break;
+                    }
+                    bytes += more;
+                    requests.push(request);
+                }
+                Ok(CommitMsg::Stop) => {
+                    stop = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let group = group.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            propose_and_answer(&group, requests).await;
+        });
+        if stop {
+            return;
+        }
+    }
+}
+
+/// Proposes the requests' commands (alone, or as one batch) and answers each request.
+async fn propose_and_answer(group: &RaftGroup, mut requests: Vec<CommitRequest>) {
+    if requests.len() == 1
+        && let Some(request) = requests.pop()
+    {
+        let _ = request.reply.send(group.propose(request.command).await);
+        return;
+    }
+    let (commands, replies): (Vec<Command>, Vec<_>) = requests
+        .into_iter()
+        .map(|request| (request.command, request.reply))
+        .unzip();
+    let count = commands.len();
+    let outcomes = match group.propose(Command::Batch(commands)).await {
+        Ok(Outcome::Batch(outcomes)) if outcomes.len() == count => outcomes,
+        Ok(other) => vec![
+            Err(StoreError::unavailable(format!(
+                "a batch of {count} commands was answered {other:?}"
+            )));
+            count
+        ],
+        Err(error) => vec![Err(error); count],
+    };
+    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+        let _ = reply.send(outcome);
+    }
 }
 
 /// Marks the committer's end when dropped, including by a panic unwinding the thread.
