@@ -260,21 +260,21 @@ impl Client {
             let answer = call(connection.clone(), attempt)
                 .await
                 .map_err(ClientError::from);
-            match answer {
-                Err(ClientError::Store(StoreError::NotLeader {
-                    leader_addr: Some(leader),
-                    ..
-                })) if self.servers.move_to(&connection, &leader).await => {
-                    // The first redirect goes straight to the leader; another one means
-                    // leadership is moving, and waits like any retry.
-                    if redirected && !retries.wait().await {
-                        return Err(ClientError::Store(StoreError::NotLeader {
-                            leader_node_id: None,
-                            leader_addr: Some(leader),
-                        }));
-                    }
-                    redirected = true;
+            if let Err(ClientError::Store(StoreError::NotLeader {
+                leader_addr: Some(leader),
+                ..
+            })) = &answer
+                && self.servers.move_to(&connection, leader).await
+            {
+                // The first redirect goes straight to the leader; another one means
+                // leadership is moving, and waits like any retry.
+                if redirected && !retries.wait().await {
+                    return answer.map(tonic::Response::into_inner);
                 }
+                redirected = true;
+                continue;
+            }
+            match answer {
                 Err(error) if worth_moving_on(&error) => {
                     self.servers.move_on(&connection).await;
                     if !retries.wait().await {

@@ -147,6 +147,22 @@ fn normal(term: u64, index: u64, command: Command) -> Entry {
     }
 }
 
+/// The outcome of an append that placed events `first_event_number..=last_event_number` at
+/// `first_position..=last_position`.
+fn appended(
+    first_position: u64,
+    last_position: u64,
+    first_event_number: u64,
+    last_event_number: u64,
+) -> Result<Outcome, StoreError> {
+    Ok(Outcome::Appended(exesdb_types::AppendResult {
+        first_event_number,
+        last_event_number,
+        first_position,
+        last_position,
+    }))
+}
+
 async fn append_to_log(log: &mut LogStore, entries: Vec<Entry>) -> io::Result<()> {
     let (sender, receiver) = TypeConfig::oneshot();
     log.append(entries, IOFlushed::signal(sender)).await?;
@@ -179,12 +195,12 @@ async fn applying_commands_answers_each_with_the_outcome_the_single_node_gives()
     )
     .await?;
     let appended = |first_position, last_position, first_event_number, last_event_number| {
-        ApplyReply::Command(Ok(Outcome::Appended(exesdb_types::AppendResult {
-            first_event_number,
-            last_event_number,
+        ApplyReply::Command(appended(
             first_position,
             last_position,
-        })))
+            first_event_number,
+            last_event_number,
+        ))
     };
     assert_eq!(replies[0], ApplyReply::Internal);
     assert_eq!(replies[1], appended(0, 1, 0, 1));
@@ -240,14 +256,6 @@ async fn a_batch_entry_answers_each_command_as_separate_entries_would() -> io::R
         )],
     )
     .await?;
-    let appended = |first_position, last_position, first_event_number, last_event_number| {
-        Ok(Outcome::Appended(exesdb_types::AppendResult {
-            first_event_number,
-            last_event_number,
-            first_position,
-            last_position,
-        }))
-    };
     let [ApplyReply::Command(Ok(Outcome::Batch(outcomes)))] = replies.as_slice() else {
         panic!("one batch outcome: {replies:?}");
     };

@@ -272,7 +272,7 @@ const PROPOSAL_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Cluster mode's committer: takes the store's commands off its queue and proposes them to
 /// the Raft group, one command alone or those queued as one `Command::Batch`, and answers
 /// each command's sender with its own outcome. Ends at `CommitMsg::Stop` or when the queue
-/// closes; proposals already made are answered first.
+/// closes; proposals already made go on in their own tasks and are answered.
 async fn propose_commands(mut queue: mpsc::Receiver<CommitMsg>, group: RaftGroup) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
     // A command taken off the queue that did not fit the last proposal.
