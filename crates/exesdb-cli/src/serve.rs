@@ -464,6 +464,7 @@ fn read_config_file(path: &Path) -> Result<ConfigFile, String> {
 
 pub(crate) async fn serve(settings: Settings) -> Result<(), String> {
     let metrics = install_metrics()?;
+    let stop = shutdown_signal()?;
     let data_dir = settings.template.data_dir.clone();
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -498,15 +499,9 @@ pub(crate) async fn serve(settings: Settings) -> Result<(), String> {
     }
     // Tests and scripts read the bound port from this line (`listen=`).
     tracing::info!(listen = %local, data_dir = %data_dir.display(), stores = ?settings.stores, mode = ?settings.mode, "exesdb serving");
-    let served = exesdb_server::serve(
-        node,
-        listener,
-        settings.network,
-        Some(metrics),
-        shutdown_signal(),
-    )
-    .await
-    .map_err(|error| error.to_string());
+    let served = exesdb_server::serve(node, listener, settings.network, Some(metrics), stop)
+        .await
+        .map_err(|error| error.to_string());
     let _ = peers.send(());
     if let Some((_, serving)) = peer_server {
         let _ = serving.await;
@@ -622,28 +617,37 @@ fn install_metrics() -> Result<MetricsRenderer, String> {
     Ok(Arc::new(move || handle.render()))
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Watches SIGINT and SIGTERM from this call on, not from the first poll: a signal that arrives
+/// while the server is still starting (but already answering) must stop it gracefully, not kill
+/// it with the default action.
+fn shutdown_signal() -> Result<impl Future<Output = ()>, String> {
     #[cfg(unix)]
     {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::error!(%error, "cannot watch SIGTERM; only SIGINT stops the server");
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let watch = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|error| format!("cannot watch {name}: {error}"))
+        };
+        let mut interrupt = watch(SignalKind::interrupt(), "SIGINT")?;
+        let mut terminate = watch(SignalKind::terminate(), "SIGTERM")?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            stopping();
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = interrupt.await;
+        let interrupt = tokio::signal::ctrl_c();
+        Ok(async move {
+            let _ = interrupt.await;
+            stopping();
+        })
     }
+}
+
+fn stopping() {
     tracing::info!("stopping: finishing in-flight work, then stopping the tree in reverse order");
 }
 

@@ -30,6 +30,21 @@ fn serve_answers_health_and_stops_cleanly_on_sigterm() {
     assert_eq!(http_get(&address, "/health").0, 200);
 }
 
+/// The server prints `listen=` once it watches its stop signals: a SIGTERM sent the moment
+/// the line appears stops it cleanly (it used to kill it when the signal beat the accept loop).
+#[test]
+fn a_sigterm_the_moment_the_server_is_up_stops_it_cleanly() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (child, _) = start_server(dir.path());
+        assert_eq!(
+            child.terminate().code(),
+            Some(0),
+            "exit status after SIGTERM"
+        );
+    }
+}
+
 #[test]
 fn a_data_directory_of_a_newer_format_is_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().expect("tempdir");
