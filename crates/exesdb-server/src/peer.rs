@@ -8,19 +8,27 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use exesdb::{PeerCall, PeerCallError, PeerCallFuture, PeerCallKind, PeerTransport};
+use exesdb::{
+    PeerCall, PeerCallError, PeerCallFuture, PeerCallKind, PeerMessages, PeerStreamFuture,
+    PeerTransport,
+};
 use exesdb_proto::peer::peer_client::PeerClient;
 use exesdb_proto::peer::peer_server::{Peer, PeerServer};
 use exesdb_proto::peer::{PeerReply, PeerRequest};
+use futures_util::StreamExt;
 use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::connections::{self, NetworkSettings};
 use crate::node::Node;
 
 /// The metadata key that carries the cluster secret.
 const SECRET_KEY: &str = "x-exesdb-cluster-secret";
+/// Requests of one peer stream that wait for the connection, at most; a full queue waits
+/// (the engine bounds what it sends unanswered too).
+const PEER_STREAM_QUEUE: usize = 8;
 /// A peer message may carry a snapshot piece (1 MiB) or a batch of log entries.
 const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
@@ -61,43 +69,109 @@ impl GrpcPeerTransport {
     }
 }
 
+impl GrpcPeerTransport {
+    fn with_secret<T>(&self, message: T) -> Result<Request<T>, PeerCallError> {
+        let mut request = Request::new(message);
+        if let Some(secret) = &self.secret {
+            let value = secret.parse().map_err(|_| {
+                PeerCallError::Refused("the cluster secret is not valid text".into())
+            })?;
+            request.metadata_mut().insert(SECRET_KEY, value);
+        }
+        Ok(request)
+    }
+}
+
+/// Opens a peer stream. The requests come from a channel, not the engine's boxed stream:
+/// with a `dyn Stream` inside, the compiler cannot prove tonic's call future `Send`.
+async fn open_peer_stream(
+    mut client: PeerClient<Channel>,
+    request: Request<ReceiverStream<PeerRequest>>,
+    peer: String,
+) -> Result<exesdb::PeerAnswers, PeerCallError> {
+    let replies = client
+        .stream(request)
+        .await
+        .map_err(|status| call_error(&peer, &status))?
+        .into_inner();
+    Ok(Box::pin(replies.map(move |reply| {
+        reply
+            .map(|reply| reply.body)
+            .map_err(|status| call_error(&peer, &status))
+    })))
+}
+
+/// A failed peer call or stream in the engine's terms.
+fn call_error(peer: &str, status: &Status) -> PeerCallError {
+    match status.code() {
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            PeerCallError::Timeout(peer.to_string())
+        }
+        tonic::Code::Unauthenticated
+        | tonic::Code::PermissionDenied
+        | tonic::Code::NotFound
+        | tonic::Code::InvalidArgument => {
+            PeerCallError::Refused(format!("{peer}: {}", status.message()))
+        }
+        _ => PeerCallError::Unreachable(format!("{peer} ({})", status.message())),
+    }
+}
+
+fn peer_request(call: PeerCall) -> PeerRequest {
+    PeerRequest {
+        store_id: call.store_id,
+        kind: call.kind.code(),
+        body: call.body,
+        cluster_id: call.cluster_id,
+        target_node: call.target_node,
+    }
+}
+
 impl PeerTransport for GrpcPeerTransport {
     fn call(&self, peer_addr: &str, call: PeerCall, deadline: Duration) -> PeerCallFuture {
         let client = self.client(peer_addr);
-        let secret = self.secret.clone();
+        let request = self.with_secret(peer_request(call));
         let peer = peer_addr.to_string();
         Box::pin(async move {
             let mut client = client?;
-            let mut request = Request::new(PeerRequest {
-                store_id: call.store_id,
-                kind: call.kind.code(),
-                body: call.body,
-                cluster_id: call.cluster_id,
-                target_node: call.target_node,
-            });
+            let mut request = request?;
             request.set_timeout(deadline);
-            if let Some(secret) = secret {
-                let value = secret.parse().map_err(|_| {
-                    PeerCallError::Refused("the cluster secret is not valid text".into())
-                })?;
-                request.metadata_mut().insert(SECRET_KEY, value);
-            }
             match client.call(request).await {
                 Ok(reply) => Ok(reply.into_inner().body),
-                Err(status) => Err(match status.code() {
-                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                        PeerCallError::Timeout(peer)
-                    }
-                    tonic::Code::Unauthenticated
-                    | tonic::Code::PermissionDenied
-                    | tonic::Code::NotFound
-                    | tonic::Code::InvalidArgument => {
-                        PeerCallError::Refused(format!("{peer}: {}", status.message()))
-                    }
-                    _ => PeerCallError::Unreachable(format!("{peer} ({})", status.message())),
-                }),
+                Err(status) => Err(call_error(&peer, &status)),
             }
         })
+    }
+
+    fn stream(&self, peer_addr: &str, call: PeerCall, messages: PeerMessages) -> PeerStreamFuture {
+        let client = self.client(peer_addr);
+        // The header rides on the first request; the rest carry their body alone.
+        let (sender, receiver) = tokio::sync::mpsc::channel(PEER_STREAM_QUEUE);
+        let mut header = Some(call);
+        let mut messages = messages;
+        // Ends when the messages do, or when the call is gone and nobody reads the channel.
+        tokio::spawn(async move {
+            loop {
+                let body = tokio::select! {
+                    body = messages.next() => body,
+                    () = sender.closed() => None,
+                };
+                let Some(body) = body else { break };
+                let request = match header.take() {
+                    Some(call) => peer_request(PeerCall { body, ..call }),
+                    None => PeerRequest {
+                        body,
+                        ..PeerRequest::default()
+                    },
+                };
+                if sender.send(request).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let request = self.with_secret(ReceiverStream::new(receiver));
+        let peer = peer_addr.to_string();
+        Box::pin(async move { open_peer_stream(client?, request?, peer).await })
     }
 }
 
@@ -106,6 +180,9 @@ impl PeerTransport for GrpcPeerTransport {
 pub struct PeerService {
     node: Arc<OnceLock<Arc<Node>>>,
     secret: Option<Arc<str>>,
+    /// Set when the peer port stops: open streams end then, since a connection's graceful
+    /// close waits for its streams, and a leader keeps its AppendEntries stream open.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl PeerService {
@@ -114,6 +191,7 @@ impl PeerService {
         PeerService {
             node: Arc::new(OnceLock::new()),
             secret: secret.map(Arc::from),
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
     }
 
@@ -122,7 +200,7 @@ impl PeerService {
         let _ = self.node.set(node);
     }
 
-    fn check_secret(&self, request: &Request<PeerRequest>) -> Result<(), Status> {
+    fn check_secret<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let Some(expected) = &self.secret else {
             return Ok(());
         };
@@ -181,6 +259,64 @@ impl Peer for PeerService {
         let body = system.handle_peer_call(&call).await;
         Ok(Response::new(PeerReply { body }))
     }
+
+    type StreamStream =
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<PeerReply, Status>> + Send>>;
+
+    /// Answers at once, before the first request arrives: a leader with nothing to send yet
+    /// must still see its stream open. The header is read from the first request.
+    async fn stream(
+        &self,
+        request: Request<Streaming<PeerRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        self.check_secret(&request)?;
+        let Some(node) = self.node.get().cloned() else {
+            return Err(Status::unavailable("this node is still starting"));
+        };
+        let incoming = request.into_inner();
+        let mut stopping = self.stopping.subscribe();
+        let stopped = async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        };
+        let replies = futures_util::stream::once(open_stream(node, incoming))
+            .flat_map(|opened| match opened {
+                Ok(answers) => answers.map(|body| Ok(PeerReply { body })).boxed(),
+                Err(status) => futures_util::stream::once(std::future::ready(Err(status))).boxed(),
+            })
+            .take_until(stopped);
+        Ok(Response::new(Box::pin(replies)))
+    }
+}
+
+/// Reads a peer stream's header from its first request and hands the stream to the store.
+async fn open_stream(
+    node: Arc<Node>,
+    mut incoming: Streaming<PeerRequest>,
+) -> Result<PeerMessages, Status> {
+    let Some(first) = incoming.message().await? else {
+        return Err(Status::invalid_argument(
+            "a peer stream ended before its first request",
+        ));
+    };
+    let kind = PeerCallKind::from_code(first.kind).ok_or_else(|| {
+        Status::invalid_argument(format!("unknown peer call kind {}", first.kind))
+    })?;
+    let system = node
+        .system(&first.store_id)
+        .map_err(|_| Status::not_found(format!("store {} is not hosted here", first.store_id)))?;
+    let call = PeerCall {
+        store_id: first.store_id,
+        kind,
+        body: Vec::new(),
+        cluster_id: first.cluster_id,
+        target_node: first.target_node,
+    };
+    // A broken connection ends the requests; the answers end after the last one's.
+    let rest = incoming.scan((), |(), request| {
+        std::future::ready(request.ok().map(|request| request.body))
+    });
+    let messages = futures_util::stream::once(std::future::ready(first.body)).chain(rest);
+    Ok(system.handle_peer_stream(&call, Box::pin(messages)))
 }
 
 /// Serves the peer port on `listener` until `shutdown` completes.
@@ -190,6 +326,11 @@ pub async fn serve_peers(
     network: NetworkSettings,
     shutdown: impl Future<Output = ()>,
 ) {
+    let stopping = service.stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.send_replace(true);
+    };
     let router = tonic::service::Routes::new(
         PeerServer::new(service)
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)

@@ -24,7 +24,10 @@ pub use exesdb_types::{
     SnapshotVersion, StartFrom, StoreError, Strategy, StreamInfo, SubscriptionDefinition,
     SubscriptionMessage, TreeSnapshot, category_of, validate_stream_id,
 };
-pub use raft::{PeerCall, PeerCallError, PeerCallFuture, PeerCallKind, PeerTransport};
+pub use raft::{
+    PeerAnswers, PeerCall, PeerCallError, PeerCallFuture, PeerCallKind, PeerMessages,
+    PeerStreamFuture, PeerTransport,
+};
 pub use storage::EventPage;
 #[cfg(feature = "fault-injection")]
 pub use storage::fault::{IoFault, StorageFault};

@@ -6,15 +6,18 @@ use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::raft::AppendEntriesRequest;
 use openraft::{ChangeMembers, Config, Raft, ReadPolicy, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::log_store::LogStore;
 use super::network::{
-    Answer, Network, PeerCallKind, PeerTransport, SharedClusterId, SnapshotChunk, read_cluster_id,
+    Answer, Network, PeerCallKind, PeerMessages, PeerTransport, SharedClusterId, SnapshotChunk,
+    read_cluster_id,
 };
 use super::state_machine::{ReplicatedStateMachine, SnapshotFile};
 use super::{ApplyReply, PeerNode, TypeConfig, decode, encode};
@@ -718,6 +721,27 @@ impl RaftGroup {
     }
 
     /// Serves one call from a peer; the answer is encoded for the wire.
+    /// Serves a leader's pipelined AppendEntries stream: each request goes to openraft in
+    /// order as it arrives, and each answer, sent once its entries are synced, comes back in
+    /// the same order. A request that cannot be decoded ends the stream; the leader opens
+    /// another.
+    pub(crate) fn append_stream(&self, messages: PeerMessages) -> PeerMessages {
+        let requests = messages
+            .map(|body| decode::<AppendEntriesRequest<TypeConfig>>(&body, "AppendEntries"))
+            .take_while(|decoded| {
+                if let Err(error) = decoded {
+                    tracing::warn!(%error, "ending a leader's AppendEntries stream");
+                }
+                std::future::ready(decoded.is_ok())
+            })
+            .filter_map(|decoded| std::future::ready(decoded.ok()));
+        let answers = self
+            .raft
+            .stream_append(requests)
+            .map(|answered| encode_answer(&answered.map_err(|fatal| fatal.to_string())));
+        Box::pin(answers)
+    }
+
     pub(crate) async fn handle(&self, kind: PeerCallKind, body: &[u8]) -> Vec<u8> {
         match kind {
             PeerCallKind::AppendEntries => match decode(body, "AppendEntries") {

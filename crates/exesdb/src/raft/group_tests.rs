@@ -14,11 +14,15 @@ use uuid::Uuid;
 
 use super::PeerNode;
 use super::group::{GroupStorage, RaftGroup, RaftSettings};
-use super::network::{PeerCall, PeerCallError, PeerCallFuture, PeerTransport};
+use super::network::{
+    PeerAnswers, PeerCall, PeerCallError, PeerCallFuture, PeerMessages, PeerStreamFuture,
+    PeerTransport,
+};
 use crate::config::{Limits, StorageSettings};
 use crate::storage::Storage;
 use crate::system::core::store::state_machine::{AppendCommand, Command, Outcome, PreparedEvent};
 use exesdb_types::{ExpectedVersion, RecordedEvent, StoreError};
+use futures_util::StreamExt;
 
 const STORE: &str = "default";
 const WAIT: Duration = Duration::from_secs(30);
@@ -28,16 +32,18 @@ const WAIT: Duration = Duration::from_secs(30);
 #[derive(Default)]
 struct LocalTransport {
     groups: RwLock<HashMap<String, RaftGroup>>,
-    down: RwLock<HashSet<String>>,
+    down: Arc<RwLock<HashSet<String>>>,
+}
+
+fn is_down(down: &RwLock<HashSet<String>>, peer_addr: &str) -> bool {
+    down.read()
+        .map(|down| down.contains(peer_addr))
+        .unwrap_or(true)
 }
 
 impl PeerTransport for LocalTransport {
     fn call(&self, peer_addr: &str, call: PeerCall, _deadline: Duration) -> PeerCallFuture {
-        let down = self
-            .down
-            .read()
-            .map(|down| down.contains(peer_addr))
-            .unwrap_or(true);
+        let down = is_down(&self.down, peer_addr);
         let group = self
             .groups
             .read()
@@ -48,6 +54,31 @@ impl PeerTransport for LocalTransport {
             match group {
                 Some(group) if !down && call.store_id == STORE => {
                     Ok(group.handle(call.kind, &call.body).await)
+                }
+                _ => Err(PeerCallError::Unreachable(peer)),
+            }
+        })
+    }
+
+    /// Delivers messages while the peer is up: marking it down cuts an open stream too.
+    fn stream(&self, peer_addr: &str, call: PeerCall, messages: PeerMessages) -> PeerStreamFuture {
+        let group = self
+            .groups
+            .read()
+            .ok()
+            .and_then(|groups| groups.get(peer_addr).cloned());
+        let (down, peer) = (self.down.clone(), peer_addr.to_string());
+        Box::pin(async move {
+            match group {
+                Some(group) if !is_down(&down, &peer) && call.store_id == STORE => {
+                    let (down_in, peer_in) = (down.clone(), peer.clone());
+                    let delivered = messages
+                        .take_while(move |_| std::future::ready(!is_down(&down_in, &peer_in)));
+                    let answers = group
+                        .append_stream(Box::pin(delivered))
+                        .take_while(move |_| std::future::ready(!is_down(&down, &peer)))
+                        .map(Ok);
+                    Ok(Box::pin(answers) as PeerAnswers)
                 }
                 _ => Err(PeerCallError::Unreachable(peer)),
             }

@@ -29,7 +29,10 @@ use exesdb_types::StoreError;
 
 pub(crate) use group::{GroupStorage, MembershipChange, RaftGroup, RaftSettings};
 pub(crate) use network::SharedClusterId;
-pub use network::{PeerCall, PeerCallError, PeerCallFuture, PeerCallKind, PeerTransport};
+pub use network::{
+    PeerAnswers, PeerCall, PeerCallError, PeerCallFuture, PeerCallKind, PeerMessages,
+    PeerStreamFuture, PeerTransport,
+};
 
 /// A node's addresses, as the membership records them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

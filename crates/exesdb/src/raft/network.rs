@@ -8,14 +8,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek, SeekFrom};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::sync::{Notify, Semaphore};
 
 use super::state_machine::SnapshotFile;
 use super::{PeerNode, SnapshotMeta, TypeConfig, Vote, decode, encode};
@@ -111,12 +115,31 @@ pub enum PeerCallError {
 /// A call in flight.
 pub type PeerCallFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, PeerCallError>> + Send>>;
 
+/// Encoded messages of a peer stream, in order: a leader's AppendEntries requests, or the
+/// follower's answers to them.
+pub type PeerMessages = Pin<Box<dyn Stream<Item = Vec<u8>> + Send>>;
+
+/// The answers of an opened peer stream, one for each message sent, in the same order; the
+/// stream ends, after an error or not, when the peer or the connection does.
+pub type PeerAnswers = Pin<Box<dyn Stream<Item = Result<Vec<u8>, PeerCallError>> + Send>>;
+
+/// A peer stream being opened.
+pub type PeerStreamFuture =
+    Pin<Box<dyn Future<Output = Result<PeerAnswers, PeerCallError>> + Send>>;
+
 /// How a node's Raft groups reach other nodes. The server implements it over the peer port;
 /// tests implement it in memory.
 pub trait PeerTransport: Send + Sync + 'static {
     /// Sends `call` to the node whose peer address is `peer_addr` and returns its answer;
     /// fails with [`PeerCallError::Timeout`] once `deadline` has passed.
     fn call(&self, peer_addr: &str, call: PeerCall, deadline: Duration) -> PeerCallFuture;
+
+    /// Opens an ordered stream to the node at `peer_addr`: `call` says which store's group,
+    /// what kind ([`PeerCallKind::AppendEntries`]) and for which node (its body is unused), and
+    /// `messages` are delivered in order, each answered in the same order. The leader sends
+    /// its next entries while the follower still syncs the last ones: replication is pipelined,
+    /// not one round trip per batch.
+    fn stream(&self, peer_addr: &str, call: PeerCall, messages: PeerMessages) -> PeerStreamFuture;
 }
 
 /// What the receiving group answers: the response, or its refusal in words.
@@ -182,6 +205,19 @@ fn unreachable(error: &(impl std::error::Error + 'static)) -> RPCError<TypeConfi
     RPCError::Unreachable(Unreachable::new(error))
 }
 
+/// A transport failure as openraft sees it: a timeout is a network error (try again soon), the
+/// rest mean the peer cannot be reached.
+fn transport_error(error: PeerCallError) -> RPCError<TypeConfig> {
+    match error {
+        error @ PeerCallError::Timeout(_) => RPCError::Network(NetworkError::new(&error)),
+        error => unreachable(&error),
+    }
+}
+
+/// AppendEntries requests sent to one follower and not yet answered, at most: the follower
+/// works through them in order, so more would only wait there.
+const APPENDS_IN_FLIGHT_MAX: usize = 32;
+
 impl PeerClient {
     async fn call<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
         &self,
@@ -191,11 +227,8 @@ impl PeerClient {
     ) -> Result<Resp, RPCError<TypeConfig>> {
         let body = encode(request).map_err(|error| RPCError::Network(NetworkError::new(&error)))?;
         let call = PeerCall {
-            store_id: self.store_id.clone(),
-            kind,
             body,
-            cluster_id: read_cluster_id(&self.cluster_id),
-            target_node: Some(self.target),
+            ..self.header(kind)
         };
         let answered = tokio::time::timeout(
             deadline,
@@ -203,21 +236,113 @@ impl PeerClient {
         )
         .await
         .unwrap_or_else(|_| Err(PeerCallError::Timeout(self.peer_addr.clone())));
-        let bytes = match answered {
-            Ok(bytes) => bytes,
-            Err(error @ PeerCallError::Timeout(_)) => {
-                return Err(RPCError::Network(NetworkError::new(&error)));
+        decode_answer(&answered.map_err(transport_error)?, self.target)
+    }
+
+    fn header(&self, kind: PeerCallKind) -> PeerCall {
+        PeerCall {
+            store_id: self.store_id.clone(),
+            kind,
+            body: Vec::new(),
+            cluster_id: read_cluster_id(&self.cluster_id),
+            target_node: Some(self.target),
+        }
+    }
+}
+
+fn decode_answer<Resp: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    target: u64,
+) -> Result<Resp, RPCError<TypeConfig>> {
+    let answer: Answer<Resp> = decode(bytes, "peer answer")
+        .map_err(|error| RPCError::Network(NetworkError::new(&error)))?;
+    answer.map_err(|refusal| {
+        unreachable(&io::Error::other(format!(
+            "node {target} refused: {refusal}"
+        )))
+    })
+}
+
+/// The requests of one pipelined AppendEntries stream that were sent and answered, and how a
+/// waiting reader learns of the next one sent.
+#[derive(Default)]
+struct InFlight {
+    sent: AtomicU64,
+    answered: AtomicU64,
+    sent_signal: Notify,
+    /// Set when openraft drops the answers: the request side must then stop taking requests
+    /// from openraft, whose next session takes them over.
+    closed: AtomicBool,
+    closed_signal: Notify,
+}
+
+impl InFlight {
+    /// The next request from openraft, or `None` once the stream is closed or openraft has
+    /// no more for it.
+    async fn next_request<S>(&self, input: &mut S) -> Option<AppendEntriesRequest<TypeConfig>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
+    {
+        let closed = self.closed_signal.notified();
+        tokio::pin!(closed);
+        closed.as_mut().enable();
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        tokio::select! {
+            request = input.next() => request,
+            () = closed => None,
+        }
+    }
+}
+
+/// The answer side of a pipelined stream: the follower's answers in order, each releasing its
+/// request's place in the window.
+struct AppendAnswers {
+    answers: PeerAnswers,
+    in_flight: Arc<InFlight>,
+    window: Arc<Semaphore>,
+    patience: Duration,
+    peer_addr: String,
+    target: u64,
+}
+
+impl Drop for AppendAnswers {
+    fn drop(&mut self) {
+        self.window.close();
+        self.in_flight.closed.store(true, Ordering::Release);
+        self.in_flight.closed_signal.notify_waiters();
+    }
+}
+
+impl AppendAnswers {
+    /// The next answer. With a request unanswered, the follower must answer within
+    /// `patience` (openraft's per-request soft TTL) or the stream fails, so that a paused or
+    /// cut-off follower is noticed; with none, the stream is idle and waits for a request.
+    async fn next(
+        &mut self,
+    ) -> Option<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
+        let answer = loop {
+            let waiting = self.in_flight.sent.load(Ordering::Acquire)
+                > self.in_flight.answered.load(Ordering::Acquire);
+            if waiting {
+                match tokio::time::timeout(self.patience, self.answers.next()).await {
+                    Ok(answer) => break answer?,
+                    Err(_) => break Err(PeerCallError::Timeout(self.peer_addr.clone())),
+                }
             }
-            Err(error) => return Err(unreachable(&error)),
+            tokio::select! {
+                answer = self.answers.next() => break answer?,
+                () = self.in_flight.sent_signal.notified() => {}
+            }
         };
-        let answer: Answer<Resp> = decode(&bytes, "peer answer")
-            .map_err(|error| RPCError::Network(NetworkError::new(&error)))?;
-        answer.map_err(|refusal| {
-            unreachable(&io::Error::other(format!(
-                "node {} refused: {refusal}",
-                self.target
-            )))
-        })
+        self.in_flight.answered.fetch_add(1, Ordering::AcqRel);
+        self.window.add_permits(1);
+        Some(
+            answer
+                .map_err(transport_error)
+                .and_then(|bytes| decode_answer(&bytes, self.target)),
+        )
     }
 }
 
@@ -231,6 +356,78 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(PeerCallKind::AppendEntries, &rpc, option.soft_ttl())
             .await
+    }
+
+    /// Pipelined: up to [`APPENDS_IN_FLIGHT_MAX`] requests travel on one ordered peer stream
+    /// before the first is answered. openraft's default waits for each answer before it sends
+    /// the next request, which leaves the follower idle for a round trip per batch.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + openraft::OptionalSend
+            + Unpin
+            + 'static,
+    {
+        Box::pin(async move {
+            let patience = option.soft_ttl();
+            let window = Arc::new(Semaphore::new(APPENDS_IN_FLIGHT_MAX));
+            let in_flight = Arc::new(InFlight::default());
+            let sending = (input, window.clone(), in_flight.clone());
+            let messages = futures_util::stream::unfold(
+                sending,
+                |(mut input, window, in_flight)| async move {
+                    // A place in the window first: a request taken from openraft is sent.
+                    window.acquire().await.ok()?.forget();
+                    let request = in_flight.next_request(&mut input).await?;
+                    let body = match encode(&request) {
+                        Ok(body) => body,
+                        Err(error) => {
+                            tracing::error!(%error, "cannot encode an AppendEntries request; the stream ends");
+                            return None;
+                        }
+                    };
+                    in_flight.sent.fetch_add(1, Ordering::AcqRel);
+                    in_flight.sent_signal.notify_one();
+                    Some((body, (input, window, in_flight)))
+                },
+            );
+            let opened = tokio::time::timeout(
+                patience,
+                self.transport.stream(
+                    &self.peer_addr,
+                    self.header(PeerCallKind::AppendEntries),
+                    Box::pin(messages),
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| Err(PeerCallError::Timeout(self.peer_addr.clone())));
+            let answers = AppendAnswers {
+                answers: opened.map_err(transport_error)?,
+                in_flight,
+                window,
+                patience,
+                peer_addr: self.peer_addr.clone(),
+                target: self.target,
+            };
+            // The stream ends after its first error: openraft opens a new one.
+            let responses = futures_util::stream::unfold(Some(answers), |answers| async move {
+                let mut answers = answers?;
+                let answer = answers.next().await?;
+                let more = answer.is_ok();
+                Some((answer, more.then_some(answers)))
+            });
+            Ok(Box::pin(responses) as BoxStream<'s, _>)
+        })
     }
 
     async fn vote(

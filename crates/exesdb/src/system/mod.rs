@@ -164,6 +164,32 @@ impl System {
         }
     }
 
+    /// Serves a stream another node's Raft group opened to this store (the leader's pipelined
+    /// AppendEntries), and returns the encoded answers in order. The server's peer port calls
+    /// this; `call` is the stream's header (its body is unused).
+    pub fn handle_peer_stream(
+        &self,
+        call: &crate::PeerCall,
+        messages: crate::PeerMessages,
+    ) -> crate::PeerMessages {
+        let context = &self.api.context;
+        let refusal = cluster::foreign_cluster(context, call)
+            .or_else(|| cluster::another_node(context, call));
+        let answers = match (refusal, call.kind, context.raft_group()) {
+            (Some(refusal), _, _) => refusal,
+            (None, crate::PeerCallKind::AppendEntries, Some(group)) => {
+                return group.append_stream(messages);
+            }
+            (None, crate::PeerCallKind::AppendEntries, None) => {
+                crate::raft::refusal("the store's Raft group is not running on this node")
+            }
+            (None, kind, _) => {
+                crate::raft::refusal(&format!("a peer stream of {kind:?} calls is not served"))
+            }
+        };
+        Box::pin(futures_util::stream::once(std::future::ready(answers)))
+    }
+
     /// The store's place in its cluster as this node sees it; `None` in single mode.
     pub fn cluster_status(&self) -> Option<exesdb_types::ClusterStatus> {
         cluster::status(&self.api.context)

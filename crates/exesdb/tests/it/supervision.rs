@@ -261,6 +261,16 @@ impl exesdb::PeerTransport for NoPeers {
         let peer = peer_addr.to_string();
         Box::pin(async move { Err(exesdb::PeerCallError::Unreachable(peer)) })
     }
+
+    fn stream(
+        &self,
+        peer_addr: &str,
+        _call: exesdb::PeerCall,
+        _messages: exesdb::PeerMessages,
+    ) -> exesdb::PeerStreamFuture {
+        let peer = peer_addr.to_string();
+        Box::pin(async move { Err(exesdb::PeerCallError::Unreachable(peer)) })
+    }
 }
 
 /// Cluster mode with a cluster of one: node 7, which forms the group alone.
