@@ -18,7 +18,7 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek, SeekFrom};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{Notify, Semaphore};
 
 use super::state_machine::SnapshotFile;
@@ -263,16 +263,15 @@ fn decode_answer<Resp: for<'de> Deserialize<'de>>(
     })
 }
 
-/// The requests of one pipelined AppendEntries stream that were sent and answered, and how a
-/// waiting reader learns of the next one sent.
-#[derive(Default)]
+/// The requests of one pipelined AppendEntries stream that were sent and answered, the places
+/// left in its window, and how each side learns of the other.
 struct InFlight {
     sent: AtomicU64,
     answered: AtomicU64,
     sent_signal: Notify,
-    /// Set when openraft drops the answers: the request side must then stop taking requests
+    /// Closed when openraft drops the answers: the request side must then stop taking requests
     /// from openraft, whose next session takes them over.
-    closed: AtomicBool,
+    window: Semaphore,
     closed_signal: Notify,
 }
 
@@ -286,7 +285,7 @@ impl InFlight {
         let closed = self.closed_signal.notified();
         tokio::pin!(closed);
         closed.as_mut().enable();
-        if self.closed.load(Ordering::Acquire) {
+        if self.window.is_closed() {
             return None;
         }
         tokio::select! {
@@ -301,7 +300,6 @@ impl InFlight {
 struct AppendAnswers {
     answers: PeerAnswers,
     in_flight: Arc<InFlight>,
-    window: Arc<Semaphore>,
     patience: Duration,
     peer_addr: String,
     target: u64,
@@ -309,8 +307,7 @@ struct AppendAnswers {
 
 impl Drop for AppendAnswers {
     fn drop(&mut self) {
-        self.window.close();
-        self.in_flight.closed.store(true, Ordering::Release);
+        self.in_flight.window.close();
         self.in_flight.closed_signal.notify_waiters();
     }
 }
@@ -337,7 +334,7 @@ impl AppendAnswers {
             }
         };
         self.in_flight.answered.fetch_add(1, Ordering::AcqRel);
-        self.window.add_permits(1);
+        self.in_flight.window.add_permits(1);
         Some(
             answer
                 .map_err(transport_error)
@@ -380,14 +377,19 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     {
         Box::pin(async move {
             let patience = option.soft_ttl();
-            let window = Arc::new(Semaphore::new(APPENDS_IN_FLIGHT_MAX));
-            let in_flight = Arc::new(InFlight::default());
-            let sending = (input, window.clone(), in_flight.clone());
+            let in_flight = Arc::new(InFlight {
+                sent: AtomicU64::new(0),
+                answered: AtomicU64::new(0),
+                sent_signal: Notify::new(),
+                window: Semaphore::new(APPENDS_IN_FLIGHT_MAX),
+                closed_signal: Notify::new(),
+            });
+            let sending = (input, in_flight.clone());
             let messages = futures_util::stream::unfold(
                 sending,
-                |(mut input, window, in_flight)| async move {
+                |(mut input, in_flight)| async move {
                     // A place in the window first: a request taken from openraft is sent.
-                    window.acquire().await.ok()?.forget();
+                    in_flight.window.acquire().await.ok()?.forget();
                     let request = in_flight.next_request(&mut input).await?;
                     let body = match encode(&request) {
                         Ok(body) => body,
@@ -398,7 +400,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                     };
                     in_flight.sent.fetch_add(1, Ordering::AcqRel);
                     in_flight.sent_signal.notify_one();
-                    Some((body, (input, window, in_flight)))
+                    Some((body, (input, in_flight)))
                 },
             );
             let opened = tokio::time::timeout(
@@ -414,7 +416,6 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let answers = AppendAnswers {
                 answers: opened.map_err(transport_error)?,
                 in_flight,
-                window,
                 patience,
                 peer_addr: self.peer_addr.clone(),
                 target: self.target,
