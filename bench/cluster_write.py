@@ -23,6 +23,21 @@ ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 2
 REQUESTS = sys.argv[3] if len(sys.argv) > 3 else "500"
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_1k_events(pids, run):
+    """Runs `run`; returns its result and each process's CPU milliseconds per 1,000 events."""
+    before = [cpu_seconds(pid) for pid in pids]
+    result = run()
+    events = 64 * int(REQUESTS)
+    return result, [(cpu_seconds(pid) - b) * 1e6 / events for pid, b in zip(pids, before)]
+
+
 def bench(client):
     result = subprocess.run(
         [BINARY, "bench", "write", "--server", f"http://{client}", "--json", "--clients", "64",
@@ -48,7 +63,8 @@ def single(root):
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait(lambda: health(client), "the single node")
-        return figures(bench(client))
+        report, cpu = cpu_per_1k_events([process.pid], lambda: bench(client))
+        return figures(report), cpu
     finally:
         process.kill()
         process.wait()
@@ -66,11 +82,12 @@ def cluster(root):
         follower = next(c for c in clients if c != leader)
         # The leader first in the per-node figures.
         ordered = [leader] + [c for c in clients if c != leader]
+        pids = [processes[clients.index(c)].pid for c in ordered]
         before = log_counters(ordered)
-        via_leader = figures(bench(leader))
+        report, cpu = cpu_per_1k_events(pids, lambda: bench(leader))
         after = log_counters(ordered)
         per_fsync = [(a[0] - b[0]) / max(a[1] - b[1], 1) for a, b in zip(after, before)]
-        return via_leader, figures(bench(follower)), per_fsync
+        return figures(report), figures(bench(follower)), per_fsync, cpu
     finally:
         stop(processes)
         for i in range(3):
@@ -80,15 +97,17 @@ def cluster(root):
 def main():
     root = tempfile.mkdtemp(prefix="exesdb-cluster-bench-")
     print("| round | single node | cluster via leader | cluster via follower | leader / single "
-          "| entries per log fsync (leader, followers) |")
-    print("|---|---:|---:|---:|---:|---|")
+          "| entries per log fsync (leader, followers) "
+          "| server CPU ms per 1k events (single; leader, followers) |")
+    print("|---|---:|---:|---:|---:|---|---|")
     for round_number in range(1, ROUNDS + 1):
-        one = single(root)
-        via_leader, via_follower, per_fsync = cluster(root)
+        one, single_cpu = single(root)
+        via_leader, via_follower, per_fsync, cluster_cpu = cluster(root)
         cell = lambda f: f"{f[0]:,}/s (p50 {f[1]} µs, p99 {f[2]} µs, {f[3]} errors)"
         fsyncs = ", ".join(f"{n:.1f}" for n in per_fsync)
+        cpu = f"{single_cpu[0]:.0f}; " + ", ".join(f"{n:.0f}" for n in cluster_cpu)
         print(f"| {round_number} | {cell(one)} | {cell(via_leader)} | {cell(via_follower)} | "
-              f"{via_leader[0] / one[0]:.0%} | {fsyncs} |", flush=True)
+              f"{via_leader[0] / one[0]:.0%} | {fsyncs} | {cpu} |", flush=True)
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -143,7 +143,7 @@ impl RaftGroup {
             node_id,
             Arc::new(config),
             network,
-            LogStore::new(storage.storage, store_id),
+            LogStore::new(storage.storage, store_id)?,
             machine.clone(),
         )
         .await
@@ -213,8 +213,11 @@ impl RaftGroup {
         command: Command,
     ) -> Result<Result<Outcome, StoreError>, Proposal> {
         let timeout = Duration::from_millis(self.settings.write_timeout_ms);
-        let written =
-            tokio::time::timeout(timeout, self.raft.client_write(super::Replicated(command))).await;
+        let written = tokio::time::timeout(
+            timeout,
+            self.raft.client_write(super::Replicated(Arc::new(command))),
+        )
+        .await;
         match written {
             Err(_) => Err(Proposal::Refused(outcome_unknown(format!(
                 "the write was not committed within {} ms",

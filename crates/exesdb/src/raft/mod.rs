@@ -21,6 +21,7 @@ mod tests;
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -49,13 +50,15 @@ impl fmt::Display for PeerNode {
     }
 }
 
-/// A command as Raft replicates it.
+/// A command as Raft replicates it. Shared, because openraft clones entries (the log keeps
+/// the newest in memory, and hands them to replication and to `apply`); encoded as the bare
+/// command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Replicated(pub Command);
+pub(crate) struct Replicated(pub Arc<Command>);
 
 impl fmt::Display for Replicated {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
+        match self.0.as_ref() {
             Command::Append(append) => write!(
                 f,
                 "append {} event(s) to {}",

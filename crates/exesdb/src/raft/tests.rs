@@ -63,7 +63,7 @@ impl Node {
             CommitSettings::default().stream_head_cache_entries_max,
             sender,
         )?;
-        Ok((LogStore::new(self.storage.clone(), "test"), machine))
+        Ok((LogStore::new(self.storage.clone(), "test")?, machine))
     }
 
     /// Closes the storage and opens it again from the directory, as a restart does.
@@ -143,7 +143,7 @@ fn append_with_ids(stream_id: &str, expected: ExpectedVersion, ids: Vec<Uuid>) -
 fn normal(term: u64, index: u64, command: Command) -> Entry {
     Entry {
         log_id: log_id::<TypeConfig>(term, 1, index),
-        payload: EntryPayload::Normal(Replicated(command)),
+        payload: EntryPayload::Normal(Replicated(Arc::new(command))),
     }
 }
 
@@ -482,8 +482,27 @@ async fn entries_synced_but_not_applied_before_a_restart_are_applied_once_after_
 
 #[tokio::test]
 async fn a_truncated_log_takes_new_entries_in_place_of_the_old() -> io::Result<()> {
+    truncate_and_append_again(None).await
+}
+
+/// The same, with the log keeping only about two synced entries in memory: reads then join
+/// what they find on the disk with what is held.
+#[tokio::test]
+async fn a_log_that_keeps_few_entries_in_memory_reads_the_rest_from_the_disk() -> io::Result<()> {
+    let entry = normal(1, 1, append("old-1", ExpectedVersion::Any, 1));
+    truncate_and_append_again(Some(2 * encode(&entry)?.len())).await
+}
+
+async fn truncate_and_append_again(recent_bytes_max: Option<usize>) -> io::Result<()> {
     let mut node = Node::new()?;
-    let (mut log, _) = node.stores()?;
+    let (log, _) = node.stores()?;
+    let mut log = match recent_bytes_max {
+        Some(bytes) => {
+            drop(log);
+            LogStore::keeping(node.storage.clone(), "test", bytes)?
+        }
+        None => log,
+    };
     let old: Vec<Entry> = (1..=10)
         .map(|index| {
             normal(
@@ -503,11 +522,11 @@ async fn a_truncated_log_takes_new_entries_in_place_of_the_old() -> io::Result<(
     let new: Vec<Entry> = (6..=8)
         .map(|index| Entry {
             log_id: log_id::<TypeConfig>(2, 2, index),
-            payload: EntryPayload::Normal(Replicated(append(
+            payload: EntryPayload::Normal(Replicated(Arc::new(append(
                 &format!("new-{index}"),
                 ExpectedVersion::Any,
                 1,
-            ))),
+            )))),
         })
         .collect();
     append_to_log(&mut log, new.clone()).await?;
