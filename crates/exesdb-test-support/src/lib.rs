@@ -1,5 +1,8 @@
 //! Waiting on conditions, shared by the integration tests of the engine and the command: a
-//! test waits for what it needs to see, never for a fixed time.
+//! test waits for what it needs to see, never for a fixed time. And the history checker of
+//! the cluster tests ([`history`]).
+
+pub mod history;
 
 use std::future::Future;
 use std::time::Duration;
