@@ -5,9 +5,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use exesdb_client::{Client, Direction, ExpectedVersion, NewEvent, ReadFrom, RecordedEvent};
+use exesdb_client::{
+    AppendResult, Client, ClientError, Direction, ExpectedVersion, NewEvent, ReadFrom,
+    RecordedEvent,
+};
+use exesdb_test_support::history::{self, Appended, Expected, History, Operation, Outcome};
 use tokio_stream::StreamExt;
 use uuid::Uuid;
 
@@ -159,6 +164,92 @@ impl Cluster {
     }
 }
 
+/// Events as the history checker sees them.
+pub(crate) fn as_stored(events: &[RecordedEvent]) -> Vec<history::StoredEvent> {
+    events
+        .iter()
+        .map(|event| history::StoredEvent {
+            stream: event.stream_id.clone(),
+            version: event.event_number,
+            position: event.position,
+            id: event.event_id.as_u128(),
+        })
+        .collect()
+}
+
+/// An append's answer as the history records it: a wrong expected version certainly wrote
+/// nothing; any other error may have (the leader may have committed it before the answer was
+/// lost).
+pub(crate) fn append_outcome(answer: &Result<AppendResult, ClientError>) -> Outcome<Appended> {
+    match answer {
+        Ok(result) => Outcome::Ok(Appended {
+            first_version: result.first_event_number,
+            first_position: result.first_position,
+        }),
+        Err(error) if error.code() == "wrong_expected_version" => Outcome::Fail(error.to_string()),
+        Err(error) => Outcome::Unknown(error.to_string()),
+    }
+}
+
+/// Appends through `client` (node `node`), recording the operation in `history`.
+pub(crate) async fn recorded_append(
+    history: &History,
+    (client_number, node, client): (usize, usize, &Client),
+    stream: &str,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> Result<AppendResult, ClientError> {
+    // Every event gets its id here, so that the checker knows each stored event's sender.
+    let events: Vec<NewEvent> = events
+        .into_iter()
+        .map(|event| match event.event_id {
+            Some(_) => event,
+            None => event.with_id(Uuid::now_v7()),
+        })
+        .collect();
+    let ids = events
+        .iter()
+        .filter_map(|event| event.event_id)
+        .map(|id| id.as_u128())
+        .collect();
+    let start = history.now();
+    let answer = client.append(stream, expected, events).await;
+    history.record(
+        client_number,
+        node,
+        start,
+        Operation::Append {
+            stream: stream.to_string(),
+            expected: match expected {
+                ExpectedVersion::Any | ExpectedVersion::StreamExists => Expected::Any,
+                ExpectedVersion::NoStream => Expected::NoStream,
+                ExpectedVersion::Exact(version) => Expected::Exact(version),
+            },
+            ids,
+            outcome: append_outcome(&answer),
+        },
+    );
+    answer
+}
+
+/// Reads `$all` through `client` (node `node`), recording the operation in `history`.
+pub(crate) async fn recorded_read(
+    history: &History,
+    (client_number, node, client): (usize, usize, &Client),
+) -> Option<Vec<RecordedEvent>> {
+    let start = history.now();
+    let read: Result<Vec<RecordedEvent>, ClientError> = client
+        .read_all(ReadFrom::Start, None, Direction::Forward, None, &[])
+        .collect()
+        .await;
+    let outcome = match &read {
+        Ok(events) => Outcome::Ok(as_stored(events)),
+        Err(error) => Outcome::Unknown(error.to_string()),
+    };
+    history.record(client_number, node, start, Operation::ReadAll { outcome });
+    read.ok()
+}
+
 pub(crate) async fn all_events(client: &Client) -> Vec<RecordedEvent> {
     client
         .read_all(ReadFrom::Start, None, Direction::Forward, None, &[])
@@ -188,26 +279,34 @@ pub(crate) async fn events_once_there(server: &Server, count: usize) -> Vec<Reco
 async fn three_nodes_form_a_cluster_and_take_appends_through_every_node() {
     let cluster = Cluster::new(3, &[]);
     cluster.leader().await;
+    let history = History::new();
     let mut acknowledged = Vec::new();
     let mut clients = Vec::new();
     for index in 0..3 {
         clients.push(cluster.client(index).await);
     }
     for index in 0..3 {
-        for n in 0..5 {
-            let result = clients[index]
-                .append(
-                    &format!("order-{index}"),
-                    ExpectedVersion::Any,
-                    vec![NewEvent::new("Placed", format!("{{\"n\":{n}}}"))],
-                )
-                .await
-                .unwrap_or_else(|error| panic!("node {index} takes the append: {error}"));
+        for n in 0..5u64 {
+            // Each append expects the version the one before it left.
+            let expected = n
+                .checked_sub(1)
+                .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+            let result = recorded_append(
+                &history,
+                (index, index, &clients[index]),
+                &format!("order-{index}"),
+                expected,
+                vec![NewEvent::new("Placed", format!("{{\"n\":{n}}}"))],
+            )
+            .await
+            .unwrap_or_else(|error| panic!("node {index} takes the append: {error}"));
             acknowledged.push(result.first_position);
             // Reads are linearizable: a read on another node, begun after the append was
-            // acknowledged, sees it at once (no waiting here).
-            let other = (index + 1 + n % 2) % 3;
-            let seen = all_events(&clients[other]).await;
+            // acknowledged, sees it at once (no waiting here; the checker holds it to that).
+            let other = (index + 1 + n as usize % 2) % 3;
+            let seen = recorded_read(&history, (3 + other, other, &clients[other]))
+                .await
+                .unwrap_or_else(|| panic!("node {other} serves a read"));
             assert!(
                 seen.iter()
                     .any(|event| event.position == result.first_position),
@@ -218,9 +317,11 @@ async fn three_nodes_form_a_cluster_and_take_appends_through_every_node() {
     }
     assert_eq!(acknowledged, (0..15).collect::<Vec<_>>());
     let reference = events_once_there(cluster.node(0), 15).await;
+    let mut nodes = vec![as_stored(&reference)];
     for index in 1..3 {
-        assert_eq!(events_once_there(cluster.node(index), 15).await, reference);
+        nodes.push(as_stored(&events_once_there(cluster.node(index), 15).await));
     }
+    history.assert_valid(&nodes);
     // Optimistic concurrency holds across nodes: the version check is the leader's.
     let follower = (cluster.leader().await + 1) % 3;
     let client = cluster.client(follower).await;
@@ -273,6 +374,7 @@ pub(crate) fn exesdb_cli(args: &[&str]) -> std::process::Output {
 /// One writer's events: each keeps its id through every retry, so a retry after a lost answer
 /// is recognised instead of written twice.
 async fn write_through_failures(
+    history: Arc<History>,
     clients: Vec<(usize, Client)>,
     writer: usize,
     count: usize,
@@ -283,15 +385,16 @@ async fn write_through_failures(
         let id = Uuid::now_v7();
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let (_, client) = &clients[turn % clients.len()];
+            let (node, client) = &clients[turn % clients.len()];
             let event = NewEvent::new("Written", format!("{{\"n\":{n}}}")).with_id(id);
-            match client
-                .append(
-                    &format!("writer-{writer}"),
-                    ExpectedVersion::Any,
-                    vec![event],
-                )
-                .await
+            match recorded_append(
+                &history,
+                (writer, *node, client),
+                &format!("writer-{writer}"),
+                ExpectedVersion::Any,
+                vec![event],
+            )
+            .await
             {
                 Ok(result) => {
                     acknowledged.push((id, result.first_position));
@@ -320,9 +423,33 @@ async fn the_leader_killed_under_load_loses_no_acknowledged_event_and_comes_back
     for index in 0..3 {
         clients.push((index, cluster.client(index).await));
     }
+    let history = Arc::new(History::new());
     let writers: Vec<_> = (0..4)
-        .map(|writer| tokio::spawn(write_through_failures(clients.clone(), writer, 60)))
+        .map(|writer| {
+            tokio::spawn(write_through_failures(
+                history.clone(),
+                clients.clone(),
+                writer,
+                60,
+            ))
+        })
         .collect();
+    // A reader goes round the nodes meanwhile: each read must hold every append acknowledged
+    // before it began, whichever node serves it.
+    let reading = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = tokio::spawn({
+        let (history, clients, reading) = (history.clone(), clients.clone(), reading.clone());
+        async move {
+            let mut turn = 0;
+            while reading.load(std::sync::atomic::Ordering::Acquire) {
+                let (node, client) = &clients[turn % clients.len()];
+                if recorded_read(&history, (4, *node, client)).await.is_none() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                turn += 1;
+            }
+        }
+    });
     // Kill the leader once the load is under way.
     let before = clients[(leader + 1) % 3].1.clone();
     wait_for(PATIENCE, || {
@@ -350,6 +477,8 @@ async fn the_leader_killed_under_load_loses_no_acknowledged_event_and_comes_back
         }
     }
     assert_eq!(acknowledged.len(), 240);
+    reading.store(false, std::sync::atomic::Ordering::Release);
+    reader.await.expect("the reader finishes");
     let survivors = cluster.running();
     let reference = events_once_there(cluster.node(survivors[0]), 240).await;
     assert_eq!(
@@ -378,10 +507,13 @@ async fn the_leader_killed_under_load_loses_no_acknowledged_event_and_comes_back
 
     // The killed node comes back from its directory and catches up from the log.
     cluster.start(leader);
-    assert_eq!(
-        events_once_there(cluster.node(leader), 240).await,
-        reference
-    );
+    let caught_up = events_once_there(cluster.node(leader), 240).await;
+    assert_eq!(caught_up, reference);
+    let mut nodes = vec![as_stored(&reference), as_stored(&caught_up)];
+    nodes.push(as_stored(
+        &events_once_there(cluster.node(survivors[1]), 240).await,
+    ));
+    history.assert_valid(&nodes);
     let (status, _) = http_get(&cluster.node(leader).address, "/health");
     assert_eq!(status, 200);
 }
