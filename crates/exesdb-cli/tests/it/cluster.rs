@@ -1,7 +1,8 @@
 //! Cluster mode with real processes: three `exesdb serve --mode cluster` nodes on loopback
 //! ports form a cluster, take appends through every node, keep identical `$all` logs, lose
 //! their leader to SIGKILL under load without losing an acknowledged event, and take the lost
-//! node back, which catches up from the log. A wrong cluster secret is refused.
+//! node back, which catches up from the log. A wrong cluster secret is refused. The tests that
+//! write record their histories and check them (`exesdb_test_support::history`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -256,6 +257,17 @@ pub(crate) async fn all_events(client: &Client) -> Vec<RecordedEvent> {
         .collect::<Result<Vec<_>, _>>()
         .await
         .expect("reads $all")
+}
+
+/// Each running node's `$all` once it holds `count` events, as the history checker takes them.
+pub(crate) async fn final_logs(cluster: &Cluster, count: usize) -> Vec<Vec<history::StoredEvent>> {
+    let mut logs = Vec::new();
+    for index in cluster.running() {
+        logs.push(as_stored(
+            &events_once_there(cluster.node(index), count).await,
+        ));
+    }
+    logs
 }
 
 /// Waits until the node's `$all` holds `count` events, and returns them.

@@ -2,15 +2,43 @@
 //! a snapshot, a 5-node cluster losing two nodes and then a third, a graceful stop of the
 //! leader handing over, and a node that lost its disk being refused under its old id, then
 //! taken back with `exesdb cluster remove` and `add`, and given the leadership with
-//! `transfer-leader`.
+//! `transfer-leader`. Each test that writes with event ids records its history and checks it
+//! against every running node at the end (`exesdb_test_support::history`).
 
 use exesdb_client::{Client, Direction, ExpectedVersion, NewEvent, ReadFrom};
+use exesdb_test_support::history::{Delivery, History, Operation};
 use tokio_stream::StreamExt;
 use uuid::Uuid;
 
-use crate::cluster::{Cluster, events_once_there, exesdb_cli};
+use crate::cluster::{
+    Cluster, as_stored, events_once_there, exesdb_cli, final_logs, recorded_append,
+};
 use crate::common::{PATIENCE, Server, http_get, metric, wait_for};
 
+/// Appends `count` events one by one through `client` (node `node`), recording each in
+/// `history`.
+async fn append_recorded(
+    history: &History,
+    node: usize,
+    client: &Client,
+    stream: &str,
+    count: usize,
+) {
+    for n in 0..count {
+        recorded_append(
+            history,
+            (0, node, client),
+            stream,
+            ExpectedVersion::Any,
+            vec![NewEvent::new("Noted", format!("{{\"n\":{n}}}"))],
+        )
+        .await
+        .unwrap_or_else(|error| panic!("append {n} to {stream}: {error}"));
+    }
+}
+
+/// Appends `count` events through `client` without a history: for the test whose raw wire
+/// appends carry no event ids, which the checker could not tell from phantoms.
 async fn append_events(client: &Client, stream: &str, count: usize) {
     for n in 0..count {
         client
@@ -58,12 +86,13 @@ async fn a_follower_catches_up_from_the_log_and_after_a_long_absence_from_a_snap
     let leader = cluster.leader().await;
     let follower = (leader + 1) % 3;
     let client = cluster.client(leader).await;
-    append_events(&client, "before", 10).await;
+    let history = History::new();
+    append_recorded(&history, leader, &client, "before", 10).await;
     events_once_there(cluster.node(follower), 10).await;
 
     // Away briefly: the entries it missed are still in the leader's log.
     cluster.kill(follower);
-    append_events(&client, "briefly-away", 20).await;
+    append_recorded(&history, leader, &client, "briefly-away", 20).await;
     cluster.start(follower);
     let reference = events_once_there(cluster.node(leader), 30).await;
     assert_eq!(
@@ -78,7 +107,7 @@ async fn a_follower_catches_up_from_the_log_and_after_a_long_absence_from_a_snap
 
     // Away long: the leader snapshots and drops the log the follower would need.
     cluster.kill(follower);
-    append_events(&client, "long-away", 300).await;
+    append_recorded(&history, leader, &client, "long-away", 300).await;
     let leader_address = cluster.node(leader).address.clone();
     wait_for(PATIENCE, || {
         let purged = metric(
@@ -103,11 +132,12 @@ async fn a_follower_catches_up_from_the_log_and_after_a_long_absence_from_a_snap
         "caught up from a snapshot"
     );
     // And it follows the log again after the snapshot.
-    append_events(&client, "after", 5).await;
+    append_recorded(&history, leader, &client, "after", 5).await;
     assert_eq!(
         events_once_there(cluster.node(follower), 335).await,
         events_once_there(cluster.node(leader), 335).await
     );
+    history.assert_valid(&final_logs(&cluster, 335).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,18 +149,24 @@ async fn five_nodes_serve_with_two_down_and_refuse_writes_with_three_down() {
     cluster.kill(others[1]);
     let via_leader = cluster.client(leader).await;
     let via_follower = cluster.client(others[2]).await;
-    append_events(&via_leader, "two-down", 3).await;
-    append_events(&via_follower, "two-down", 3).await;
+    let history = History::new();
+    append_recorded(&history, leader, &via_leader, "two-down", 3).await;
+    append_recorded(&history, others[2], &via_follower, "two-down", 3).await;
     assert_eq!(events_once_there(cluster.node(others[3]), 6).await.len(), 6);
 
     // Two of five left: no majority, so no write is acknowledged.
     cluster.kill(others[2]);
     let id = Uuid::now_v7();
     let event = || NewEvent::new("Noted", "{}").with_id(id);
-    let refused = via_leader
-        .append("three-down", ExpectedVersion::Any, vec![event()])
-        .await
-        .expect_err("two of five nodes cannot commit");
+    let refused = recorded_append(
+        &history,
+        (0, leader, &via_leader),
+        "three-down",
+        ExpectedVersion::Any,
+        vec![event()],
+    )
+    .await
+    .expect_err("two of five nodes cannot commit");
     assert_eq!(refused.code(), "unavailable", "{refused}");
     assert!(
         refused.to_string().contains("same event ids"),
@@ -141,12 +177,17 @@ async fn five_nodes_serve_with_two_down_and_refuse_writes_with_three_down() {
     // first attempt.
     cluster.start(others[0]);
     let retried = wait_for(PATIENCE, || {
-        let client = via_leader.clone();
+        let (client, history) = (via_leader.clone(), &history);
         async move {
-            client
-                .append("three-down", ExpectedVersion::Any, vec![event()])
-                .await
-                .map_err(|error| error.to_string())
+            recorded_append(
+                history,
+                (0, leader, &client),
+                "three-down",
+                ExpectedVersion::Any,
+                vec![event()],
+            )
+            .await
+            .map_err(|error| error.to_string())
         }
     })
     .await;
@@ -158,6 +199,7 @@ async fn five_nodes_serve_with_two_down_and_refuse_writes_with_three_down() {
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(stored[0].event_id, id);
     assert_eq!(stored[0].position, retried.first_position);
+    history.assert_valid(&final_logs(&cluster, 7).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,16 +218,18 @@ async fn a_graceful_stop_of_the_leader_hands_the_leadership_over() {
     let leader = cluster.leader().await;
     let survivor = (leader + 1) % 3;
     let client = cluster.client(survivor).await;
-    append_events(&client, "handover", 5).await;
+    let history = History::new();
+    append_recorded(&history, survivor, &client, "handover", 5).await;
     let exit = tokio::task::block_in_place(|| cluster.terminate(leader));
     assert_eq!(exit.code(), Some(0), "a graceful stop exits 0");
     let new_leader = cluster.leader().await;
     assert_ne!(new_leader, leader);
-    append_events(&client, "handover", 5).await;
+    append_recorded(&history, survivor, &client, "handover", 5).await;
     assert_eq!(
         events_once_there(cluster.node(new_leader), 10).await,
         events_once_there(cluster.node(survivor), 10).await
     );
+    history.assert_valid(&final_logs(&cluster, 10).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,7 +240,8 @@ async fn a_node_that_lost_its_disk_is_refused_under_its_old_id_and_rejoins_as_a_
     let other = (leader + 2) % 3;
     let old_id = node_id(cluster.node(lost));
     let client = cluster.client(leader).await;
-    append_events(&client, "kept", 10).await;
+    let history = History::new();
+    append_recorded(&history, leader, &client, "kept", 10).await;
     let reference = events_once_there(cluster.node(lost), 10).await;
 
     cluster.kill(lost);
@@ -263,8 +308,9 @@ async fn a_node_that_lost_its_disk_is_refused_under_its_old_id_and_rejoins_as_a_
     );
     assert_eq!(code, Some(0), "{moved}");
     assert_eq!(cluster.leader().await, lost);
-    append_events(&cluster.client(other).await, "kept", 1).await;
+    append_recorded(&history, other, &cluster.client(other).await, "kept", 1).await;
     assert_eq!(events_once_there(cluster.node(lost), 11).await.len(), 11);
+    history.assert_valid(&final_logs(&cluster, 11).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,11 +326,13 @@ async fn a_client_given_every_member_follows_the_leader_through_a_failover() {
         .await
         .expect("connects to the first that answers");
     assert_eq!(client.server(), urls[leader], "talks to the leader");
-    append_events(&client, "followed", 10).await;
+    // The client chooses its node; the history names the one it began with.
+    let history = History::new();
+    append_recorded(&history, leader, &client, "followed", 10).await;
 
     cluster.kill(leader);
     // No retry here: the client moves to another member and tries again by itself.
-    append_events(&client, "followed", 10).await;
+    append_recorded(&history, leader, &client, "followed", 10).await;
     let new_leader = cluster.leader().await;
     // It moved to a survivor: the new leader, or a follower that forwards to it when the
     // election was still on as the client moved.
@@ -296,6 +344,7 @@ async fn a_client_given_every_member_follows_the_leader_through_a_failover() {
         .expect("reads the stream");
     let numbers: Vec<u64> = stored.iter().map(|event| event.event_number).collect();
     assert_eq!(numbers, (0..20).collect::<Vec<_>>(), "each append once");
+    history.assert_valid(&final_logs(&cluster, 20).await);
 
     // The command line takes several servers too, and skips one that is down.
     let (code, status) = {
@@ -403,7 +452,10 @@ async fn only_the_leader_delivers_a_persistent_subscription_and_the_next_leader_
     let leader = cluster.leader().await;
     let follower = (leader + 1) % 3;
     let client = cluster.client(leader).await;
-    append_events(&client, "s", 10).await;
+    let history = History::new();
+    append_recorded(&history, leader, &client, "s", 10).await;
+    // Every delivery, across the failover: the group promises each event at least once.
+    let mut delivered = Vec::new();
     let definition = SubscriptionDefinition::new(
         "audit",
         Selector::ByStream("$all".into()),
@@ -416,6 +468,7 @@ async fn only_the_leader_delivers_a_persistent_subscription_and_the_next_leader_
     let mut consumer = client.consume("audit").await.expect("the leader delivers");
     for expected in 0..10u64 {
         let delivery = next_delivery(&mut consumer).await;
+        delivered.push(delivery.event.clone());
         assert_eq!(delivery.event.position, expected);
         if expected < 6 {
             consumer.ack(expected).await.expect("ack");
@@ -450,6 +503,7 @@ async fn only_the_leader_delivers_a_persistent_subscription_and_the_next_leader_
         .expect("the new leader delivers");
     for expected in 6..10u64 {
         let delivery = next_delivery(&mut resumed).await;
+        delivered.push(delivery.event.clone());
         assert_eq!(
             delivery.event.position, expected,
             "resumed from the replicated checkpoint"
@@ -478,6 +532,19 @@ async fn only_the_leader_delivers_a_persistent_subscription_and_the_next_leader_
         !matches!(ended, Some(Ok(_))),
         "no delivery from a node that no longer leads: {ended:?}"
     );
+    let start = history.now();
+    history.record(
+        1,
+        new_leader,
+        start,
+        Operation::Subscribe {
+            delivery: Delivery::AtLeastOnce,
+            from: 0,
+            through: 9,
+            delivered: as_stored(&delivered),
+        },
+    );
+    history.assert_valid(&final_logs(&cluster, 10).await);
 }
 
 /// The leader node of each store, as every running node agrees it is; `None` until they do.
