@@ -113,6 +113,16 @@ impl Cluster {
         }
     }
 
+    /// Sends a signal (`STOP`, `CONT`) to a running node's process.
+    pub(crate) fn signal(&self, index: usize, signal: &str) {
+        let pid = self.node(index).child.id().to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {pid}: {status}");
+    }
+
     /// SIGTERM: the node stops gracefully (a leader hands over first).
     pub(crate) fn terminate(&mut self, index: usize) -> std::process::ExitStatus {
         let server = self.nodes[index].take().expect("the node runs");
@@ -129,10 +139,15 @@ impl Cluster {
 
     /// Waits until every running node reports the same leader, a running one; returns its index.
     pub(crate) async fn leader(&self) -> usize {
+        self.leader_among(&self.running()).await
+    }
+
+    /// Waits until the nodes `among` report the same leader, one of them; returns its index.
+    pub(crate) async fn leader_among(&self, among: &[usize]) -> usize {
         wait_for(PATIENCE, || {
-            let seen: Vec<(usize, Option<u64>, bool, String)> = self
-                .running()
-                .into_iter()
+            let seen: Vec<(usize, Option<u64>, bool, String)> = among
+                .iter()
+                .copied()
                 .map(|index| {
                     let (status, body) = http_get(&self.node(index).address, "/health");
                     let health: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -385,7 +400,7 @@ pub(crate) fn exesdb_cli(args: &[&str]) -> std::process::Output {
 
 /// One writer's events: each keeps its id through every retry, so a retry after a lost answer
 /// is recognised instead of written twice.
-async fn write_through_failures(
+pub(crate) async fn write_through_failures(
     history: Arc<History>,
     clients: Vec<(usize, Client)>,
     writer: usize,

@@ -10,6 +10,7 @@ mod cli;
 mod client_api;
 mod cluster;
 mod cluster_changes;
+mod cluster_faults;
 mod flood;
 mod large_reads;
 mod persistent;
