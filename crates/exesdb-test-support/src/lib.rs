@@ -47,8 +47,8 @@ where
     }
 }
 
-/// Starts `binary serve` on a free loopback port with its data in `data_dir` (and `extra`
-/// arguments), and returns the process with the address it listens on, read from its log.
+/// Starts `binary serve` on a free loopback port (unless `extra` gives `--listen`) with its
+/// data in `data_dir` (and `extra` arguments), and returns the process with the address it listens on, read from its log.
 /// The rest of its log is drained on a thread (so the server never blocks on a full pipe) and
 /// shown when `EXESDB_TEST_SERVER_LOG` is set.
 pub fn spawn_server(
@@ -69,8 +69,14 @@ pub fn try_spawn_server(
 ) -> Result<(std::process::Child, String), String> {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-    let mut child = Command::new(binary)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+    let mut command = Command::new(binary);
+    command.arg("serve");
+    // A free port unless the caller names one (a restart that keeps its address).
+    if !extra.contains(&"--listen") {
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
+    let mut child = command
+        .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
         .env("RUST_LOG", "info")

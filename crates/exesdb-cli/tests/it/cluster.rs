@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use exesdb_client::{
@@ -31,6 +32,8 @@ pub(crate) struct Cluster {
     dirs: Vec<tempfile::TempDir>,
     pub(crate) peers: Vec<String>,
     nodes: Vec<Option<Server>>,
+    /// Each node's client address, once it has started.
+    client_addrs: Vec<Option<String>>,
     extra: Vec<String>,
 }
 
@@ -49,6 +52,7 @@ impl Cluster {
                     .map(|_| format!("127.0.0.1:{}", free_port()))
                     .collect(),
                 nodes: (0..size).map(|_| None).collect(),
+                client_addrs: vec![None; size],
                 extra: extra.iter().map(|arg| arg.to_string()).collect(),
             };
             match (0..size).try_for_each(|index| cluster.try_start(index)) {
@@ -82,11 +86,18 @@ impl Cluster {
             &seeds,
         ];
         args.extend(self.extra.iter().map(String::as_str));
+        // A node that ran before comes back on its client address, as a deployed one does
+        // (the membership records it, and clients know it).
+        let known = self.client_addrs[index].clone();
+        if let Some(address) = &known {
+            args.extend(["--listen", address.as_str()]);
+        }
         let (child, address) = exesdb_test_support::try_spawn_server(
             Path::new(env!("CARGO_BIN_EXE_exesdb")),
             self.dirs[index].path(),
             &args,
         )?;
+        self.client_addrs[index] = Some(address.clone());
         self.nodes[index] = Some(Server {
             child,
             address,
@@ -398,33 +409,42 @@ pub(crate) fn exesdb_cli(args: &[&str]) -> std::process::Output {
         .expect("exesdb runs")
 }
 
-/// One writer's events: each keeps its id through every retry, so a retry after a lost answer
-/// is recognised instead of written twice.
+/// One writer's events, while `more(events written so far)` says so: each keeps its id
+/// through every retry, so a retry after a lost answer is recognised instead of written twice;
+/// a retry goes to the next node. A call to a paused node waits for it (the history takes the
+/// answer it gives once it runs again). Counts each acknowledged event in `acknowledged`.
 pub(crate) async fn write_through_failures(
     history: Arc<History>,
     clients: Vec<(usize, Client)>,
     writer: usize,
-    count: usize,
+    more: impl Fn(usize) -> bool,
+    acknowledged: Arc<AtomicUsize>,
 ) -> Vec<(Uuid, u64)> {
-    let mut acknowledged = Vec::new();
+    let mut written = Vec::new();
     let mut turn = writer;
-    for n in 0..count {
+    while more(written.len()) {
+        let n = written.len();
         let id = Uuid::now_v7();
         let deadline = Instant::now() + PATIENCE;
         loop {
             let (node, client) = &clients[turn % clients.len()];
             let event = NewEvent::new("Written", format!("{{\"n\":{n}}}")).with_id(id);
-            match recorded_append(
-                &history,
-                (writer, *node, client),
-                &format!("writer-{writer}"),
-                ExpectedVersion::Any,
-                vec![event],
+            let answer = tokio::time::timeout(
+                PATIENCE,
+                recorded_append(
+                    &history,
+                    (writer, *node, client),
+                    &format!("writer-{writer}"),
+                    ExpectedVersion::Any,
+                    vec![event],
+                ),
             )
             .await
-            {
+            .unwrap_or_else(|_| panic!("writer {writer}: node {node} never answered"));
+            match answer {
                 Ok(result) => {
-                    acknowledged.push((id, result.first_position));
+                    written.push((id, result.first_position));
+                    acknowledged.fetch_add(1, Ordering::AcqRel);
                     break;
                 }
                 Err(error) => {
@@ -439,7 +459,7 @@ pub(crate) async fn write_through_failures(
             }
         }
     }
-    acknowledged
+    written
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,7 +477,8 @@ async fn the_leader_killed_under_load_loses_no_acknowledged_event_and_comes_back
                 history.clone(),
                 clients.clone(),
                 writer,
-                60,
+                |written| written < 60,
+                Arc::new(AtomicUsize::new(0)),
             ))
         })
         .collect();

@@ -6,57 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use exesdb_client::{Client, ExpectedVersion, NewEvent};
 use exesdb_test_support::history::{History, Record};
 use exesdb_test_support::wait_until;
-use uuid::Uuid;
 
-use crate::cluster::{Cluster, all_events, final_logs, recorded_append};
+use crate::cluster::{Cluster, all_events, final_logs, write_through_failures};
 use crate::common::PATIENCE;
 
 /// How long the paused leader sleeps: longer than an election, so that it wakes deposed.
 const PAUSE: Duration = Duration::from_secs(5);
-
-/// One writer, until `writing` turns false: each event keeps its id through its retries, which
-/// go to the next node after an error. Counts each acknowledged event in `acknowledged`.
-async fn write_while(
-    history: Arc<History>,
-    clients: Vec<(usize, Client)>,
-    writer: usize,
-    writing: Arc<AtomicBool>,
-    acknowledged: Arc<AtomicUsize>,
-) {
-    let mut turn = writer;
-    let mut n = 0;
-    while writing.load(Ordering::Acquire) {
-        let id = Uuid::now_v7();
-        loop {
-            let (node, client) = &clients[turn % clients.len()];
-            let event = NewEvent::new("Written", format!("{{\"n\":{n}}}")).with_id(id);
-            // A call to the paused node waits for it; the history takes the answer it gives
-            // once it runs again.
-            let answer = tokio::time::timeout(
-                PATIENCE,
-                recorded_append(
-                    &history,
-                    (writer, *node, client),
-                    &format!("writer-{writer}"),
-                    ExpectedVersion::Any,
-                    vec![event],
-                ),
-            )
-            .await
-            .unwrap_or_else(|_| panic!("writer {writer}: node {node} never answered"));
-            if answer.is_ok() {
-                acknowledged.fetch_add(1, Ordering::AcqRel);
-                break;
-            }
-            turn += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        n += 1;
-    }
-}
 
 async fn wait_for_more(acknowledged: &AtomicUsize, more: usize, what: &str) {
     let target = acknowledged.load(Ordering::Acquire) + more;
@@ -80,11 +37,12 @@ async fn a_paused_leader_is_deposed_and_acknowledges_nothing_after_it_resumes() 
     let acknowledged = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..4)
         .map(|writer| {
-            tokio::spawn(write_while(
+            let writing = writing.clone();
+            tokio::spawn(write_through_failures(
                 history.clone(),
                 clients.clone(),
                 writer,
-                writing.clone(),
+                move |_| writing.load(Ordering::Acquire),
                 acknowledged.clone(),
             ))
         })
@@ -117,5 +75,47 @@ async fn a_paused_leader_is_deposed_and_acknowledges_nothing_after_it_resumes() 
         .collect();
     assert!(!woke_to.is_empty(), "no call waited on the paused leader");
     let total = all_events(&cluster.client(new_leader).await).await.len();
+    history.assert_valid(&final_logs(&cluster, total).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_leader_kills_under_load_lose_nothing_acknowledged() {
+    let mut cluster = Cluster::new(3, &[]);
+    let mut clients = Vec::new();
+    for index in 0..3 {
+        clients.push((index, cluster.client(index).await));
+    }
+    let history = Arc::new(History::new());
+    let writing = Arc::new(AtomicBool::new(true));
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let writing = writing.clone();
+            tokio::spawn(write_through_failures(
+                history.clone(),
+                clients.clone(),
+                writer,
+                move |_| writing.load(Ordering::Acquire),
+                acknowledged.clone(),
+            ))
+        })
+        .collect();
+    for kill in 0..20 {
+        let leader = cluster.leader().await;
+        wait_for_more(&acknowledged, 10, &format!("writes before kill {kill}")).await;
+        cluster.kill(leader);
+        let others: Vec<usize> = (0..3).filter(|index| *index != leader).collect();
+        cluster.leader_among(&others).await;
+        // The killed node comes back from its directory (its client reconnects by itself).
+        cluster.start(leader);
+    }
+    wait_for_more(&acknowledged, 10, "writes after the last kill").await;
+    writing.store(false, Ordering::Release);
+    for writer in writers {
+        writer.await.expect("the writer finishes");
+    }
+    let leader = cluster.leader().await;
+    let total = all_events(&cluster.client(leader).await).await.len();
+    assert!(total >= 210, "{total} events stored");
     history.assert_valid(&final_logs(&cluster, total).await);
 }
