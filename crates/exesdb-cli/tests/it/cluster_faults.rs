@@ -119,3 +119,51 @@ async fn twenty_leader_kills_under_load_lose_nothing_acknowledged() {
     assert!(total >= 210, "{total} events stored");
     history.assert_valid(&final_logs(&cluster, total).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_node_under_load_loses_nothing_acknowledged() {
+    let mut cluster = Cluster::new(3, &[]);
+    cluster.leader().await;
+    let mut clients = Vec::new();
+    for index in 0..3 {
+        clients.push((index, cluster.client(index).await));
+    }
+    let history = Arc::new(History::new());
+    let writing = Arc::new(AtomicBool::new(true));
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let writing = writing.clone();
+            tokio::spawn(write_through_failures(
+                history.clone(),
+                clients.clone(),
+                writer,
+                move |_| writing.load(Ordering::Acquire),
+                acknowledged.clone(),
+            ))
+        })
+        .collect();
+    // Each node in turn stops gracefully (the leader hands over first), and comes back.
+    for index in 0..3 {
+        wait_for_more(
+            &acknowledged,
+            20,
+            &format!("writes before node {index} stops"),
+        )
+        .await;
+        let exit = tokio::task::block_in_place(|| cluster.terminate(index));
+        assert_eq!(exit.code(), Some(0), "node {index} stops cleanly");
+        let others: Vec<usize> = (0..3).filter(|other| *other != index).collect();
+        cluster.leader_among(&others).await;
+        cluster.start(index);
+        cluster.leader().await;
+    }
+    wait_for_more(&acknowledged, 20, "writes after the last restart").await;
+    writing.store(false, Ordering::Release);
+    for writer in writers {
+        writer.await.expect("the writer finishes");
+    }
+    let leader = cluster.leader().await;
+    let total = all_events(&cluster.client(leader).await).await.len();
+    history.assert_valid(&final_logs(&cluster, total).await);
+}
