@@ -618,3 +618,52 @@ async fn the_leaders_of_several_stores_spread_over_the_nodes_and_spread_again_af
     cluster.start(lost);
     assert_eq!(leaders_spread(&cluster).await, spread);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_subscription_saved_through_a_follower_is_delivered_by_the_leader_only() {
+    use exesdb_client::{Selector, StartFrom, SubscriptionDefinition};
+    let cluster = Cluster::new(3, &[]);
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let via_leader = cluster.client(leader).await;
+    let via_follower = cluster.client(follower).await;
+    let history = History::new();
+    append_recorded(&history, leader, &via_leader, "s", 5).await;
+    let definition = SubscriptionDefinition::new(
+        "from-follower",
+        Selector::ByStream("$all".into()),
+        StartFrom::Beginning,
+    );
+    via_follower
+        .save_subscription(&definition)
+        .await
+        .expect("saved through the follower");
+    let refused = via_follower
+        .consume("from-follower")
+        .await
+        .expect_err("a follower does not deliver");
+    assert_eq!(refused.code(), "unavailable", "{refused}");
+    let mut consumer = via_leader
+        .consume("from-follower")
+        .await
+        .expect("the leader delivers what a follower saved");
+    let mut delivered = Vec::new();
+    for expected in 0..5u64 {
+        let delivery = next_delivery(&mut consumer).await;
+        assert_eq!(delivery.event.position, expected);
+        delivered.push(delivery.event.clone());
+    }
+    let start = history.now();
+    history.record(
+        1,
+        leader,
+        start,
+        Operation::Subscribe {
+            delivery: Delivery::AtLeastOnce,
+            from: 0,
+            through: 4,
+            delivered: as_stored(&delivered),
+        },
+    );
+    history.assert_valid(&final_logs(&cluster, 5).await);
+}
