@@ -30,7 +30,11 @@ pub(crate) fn free_port() -> u16 {
 
 pub(crate) struct Cluster {
     dirs: Vec<tempfile::TempDir>,
+    /// Where each node's peers reach it (its `--peer-advertise`, and the seeds).
     pub(crate) peers: Vec<String>,
+    /// Where each node takes peer calls (`--peer-listen`): its peer address, unless a proxy
+    /// stands in front of it.
+    peer_listen: Vec<String>,
     nodes: Vec<Option<Server>>,
     /// Each node's client address, once it has started.
     client_addrs: Vec<Option<String>>,
@@ -42,15 +46,31 @@ impl Cluster {
     /// later; if another process took it meanwhile, the whole cluster starts again on new
     /// ports.
     pub(crate) fn new(size: usize, extra: &[&str]) -> Cluster {
+        Cluster::new_behind(size, extra, |_, _| None)
+    }
+
+    /// Starts `size` nodes, each reached by its peers at the address `advertise(index, its
+    /// peer port)` gives (a proxy in front of it), or at its peer port itself.
+    pub(crate) fn new_behind(
+        size: usize,
+        extra: &[&str],
+        mut advertise: impl FnMut(usize, &str) -> Option<String>,
+    ) -> Cluster {
         let mut last_log = String::new();
         for _ in 0..3 {
+            let listen: Vec<String> = (0..size)
+                .map(|_| format!("127.0.0.1:{}", free_port()))
+                .collect();
             let mut cluster = Cluster {
                 dirs: (0..size)
                     .map(|_| tempfile::tempdir().expect("tempdir"))
                     .collect(),
-                peers: (0..size)
-                    .map(|_| format!("127.0.0.1:{}", free_port()))
+                peers: listen
+                    .iter()
+                    .enumerate()
+                    .map(|(index, listen)| advertise(index, listen).unwrap_or(listen.clone()))
                     .collect(),
+                peer_listen: listen,
                 nodes: (0..size).map(|_| None).collect(),
                 client_addrs: vec![None; size],
                 extra: extra.iter().map(|arg| arg.to_string()).collect(),
@@ -81,6 +101,8 @@ impl Cluster {
             "--cluster-size",
             &size,
             "--peer-listen",
+            &self.peer_listen[index],
+            "--peer-advertise",
             &self.peers[index],
             "--seeds",
             &seeds,

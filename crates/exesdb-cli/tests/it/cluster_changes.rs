@@ -53,7 +53,7 @@ async fn append_events(client: &Client, stream: &str, count: usize) {
 }
 
 /// `exesdb cluster ... --json` against `server`: the exit code and the JSON it printed.
-fn cluster_cli(server: &Server, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+pub(crate) fn cluster_cli(server: &Server, args: &[&str]) -> (Option<i32>, serde_json::Value) {
     let url = server.url();
     let mut all = vec!["cluster"];
     all.extend_from_slice(args);
@@ -66,7 +66,7 @@ fn cluster_cli(server: &Server, args: &[&str]) -> (Option<i32>, serde_json::Valu
     (output.status.code(), report)
 }
 
-fn node_id(server: &Server) -> u64 {
+pub(crate) fn node_id(server: &Server) -> u64 {
     let (code, report) = cluster_cli(server, &["status"]);
     assert_eq!(code, Some(0), "{report}");
     report["node_id"].as_u64().expect("a node id")

@@ -1,6 +1,7 @@
 //! Cluster mode under faults, with real processes, each test checking its history
 //! (`exesdb_test_support::history`): a leader paused with SIGSTOP is deposed while it sleeps,
-//! and once resumed acknowledges nothing the cluster does not hold.
+//! and once resumed acknowledges nothing the cluster does not hold; twenty leader kills; a
+//! rolling restart; a node behind a link with 200 ms of delay causes no election.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -9,8 +10,12 @@ use std::time::{Duration, Instant};
 use exesdb_test_support::history::{History, Record};
 use exesdb_test_support::wait_until;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
 use crate::cluster::{Cluster, all_events, final_logs, write_through_failures};
-use crate::common::PATIENCE;
+use crate::cluster_changes::{cluster_cli, node_id};
+use crate::common::{PATIENCE, metric, wait_for};
 
 /// How long the paused leader sleeps: longer than an election, so that it wakes deposed.
 const PAUSE: Duration = Duration::from_secs(5);
@@ -166,4 +171,143 @@ async fn a_rolling_restart_of_every_node_under_load_loses_nothing_acknowledged()
     let leader = cluster.leader().await;
     let total = all_events(&cluster.client(leader).await).await.len();
     history.assert_valid(&final_logs(&cluster, total).await);
+}
+
+/// A TCP proxy on a free loopback port: each connection goes on to `upstream`, every byte held
+/// `delay` in each direction (this kernel has no netem). Stops when dropped.
+struct DelayProxy {
+    address: String,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl DelayProxy {
+    fn start(upstream: &str, delay: Duration) -> DelayProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a proxy port");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let address = listener.local_addr().expect("its address").to_string();
+        let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+        let upstream = upstream.to_string();
+        let accepting = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    let (from_client, to_client) = inbound.into_split();
+                    let (from_server, to_server) = outbound.into_split();
+                    tokio::join!(
+                        delayed_copy(from_client, to_server, delay),
+                        delayed_copy(from_server, to_client, delay)
+                    );
+                });
+            }
+        });
+        DelayProxy { address, accepting }
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+/// Copies `from` to `to`, each chunk written `delay` after it was read.
+async fn delayed_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    let (chunks, mut due) = mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(1024);
+    let reading = async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        while let Ok(read) = from.read(&mut buffer).await {
+            if read == 0 {
+                break;
+            }
+            let at = tokio::time::Instant::now() + delay;
+            if chunks.send((at, buffer[..read].to_vec())).await.is_err() {
+                break;
+            }
+        }
+    };
+    let writing = async move {
+        while let Some((at, chunk)) = due.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(reading, writing);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_a_link_with_200_ms_of_delay_causes_no_election() {
+    const DELAY: Duration = Duration::from_millis(200);
+    let mut proxies = Vec::new();
+    // Node 2's peers reach it through the proxy, both ways of each connection delayed.
+    let cluster = Cluster::new_behind(3, &[], |index, listen| {
+        (index == 2).then(|| {
+            let proxy = DelayProxy::start(listen, DELAY);
+            let address = proxy.address.clone();
+            proxies.push(proxy);
+            address
+        })
+    });
+    // The delayed node follows: the leader's calls to it (appends, heartbeats) cross the link.
+    let mut leader = cluster.leader().await;
+    if leader == 2 {
+        let to = node_id(cluster.node(0)).to_string();
+        let (code, moved) = cluster_cli(cluster.node(2), &["transfer-leader", "--to", &to]);
+        assert_eq!(code, Some(0), "{moved}");
+        leader = cluster.leader().await;
+    }
+    assert_ne!(leader, 2);
+    let term = |index: usize| {
+        metric(
+            &cluster.node(index).address,
+            "exesdb_raft_term{store=\"default\"}",
+        )
+    };
+    // The term every node reports once the monitor has published it.
+    let terms_before = wait_for(PATIENCE, || {
+        let terms: Vec<f64> = (0..3).map(term).collect();
+        std::future::ready(
+            if terms[0] > 0.0 && terms.windows(2).all(|t| t[0] == t[1]) {
+                Ok(terms)
+            } else {
+                Err(format!("one term on every node: {terms:?}"))
+            },
+        )
+    })
+    .await;
+    let mut clients = Vec::new();
+    for index in 0..3 {
+        clients.push((index, cluster.client(index).await));
+    }
+    let history = Arc::new(History::new());
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            tokio::spawn(write_through_failures(
+                history.clone(),
+                clients.clone(),
+                writer,
+                |written| written < 30,
+                Arc::new(AtomicUsize::new(0)),
+            ))
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("the writer finishes");
+    }
+    let total = all_events(&cluster.client(leader).await).await.len();
+    history.assert_valid(&final_logs(&cluster, total).await);
+    assert_eq!(cluster.leader().await, leader, "the leadership stayed");
+    let terms_after: Vec<f64> = (0..3).map(term).collect();
+    assert_eq!(terms_after, terms_before, "no election on any node");
 }

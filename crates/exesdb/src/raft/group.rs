@@ -138,6 +138,7 @@ impl RaftGroup {
             store_id: store_id.to_string(),
             transport: transport.clone(),
             cluster_id: cluster_id.clone(),
+            answer_patience_min: Duration::from_millis(settings.election_timeout_min_ms),
         };
         let raft = Raft::new(
             node_id,

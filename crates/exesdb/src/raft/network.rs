@@ -165,6 +165,8 @@ pub(super) struct Network {
     pub store_id: String,
     pub transport: Arc<dyn PeerTransport>,
     pub cluster_id: SharedClusterId,
+    /// The least time a streamed AppendEntries answer is waited for (see `stream_append`).
+    pub answer_patience_min: Duration,
 }
 
 /// The store's cluster id, shared by the store and its group: set once the store belongs to a
@@ -188,6 +190,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             store_id: self.store_id.clone(),
             transport: self.transport.clone(),
             cluster_id: self.cluster_id.clone(),
+            answer_patience_min: self.answer_patience_min,
         }
     }
 }
@@ -199,6 +202,7 @@ pub(super) struct PeerClient {
     store_id: String,
     transport: Arc<dyn PeerTransport>,
     cluster_id: SharedClusterId,
+    answer_patience_min: Duration,
 }
 
 fn unreachable(error: &(impl std::error::Error + 'static)) -> RPCError<TypeConfig> {
@@ -314,7 +318,8 @@ impl Drop for AppendAnswers {
 
 impl AppendAnswers {
     /// The next answer. With a request unanswered, the follower must answer within
-    /// `patience` (openraft's per-request soft TTL) or the stream fails, so that a paused or
+    /// `patience` (openraft's per-request soft TTL, at least an election timeout) or the stream
+    /// fails, so that a paused or
     /// cut-off follower is noticed; with none, the stream is idle and waits for a request.
     async fn next(
         &mut self,
@@ -376,7 +381,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             + 'static,
     {
         Box::pin(async move {
-            let patience = option.soft_ttl();
+            // openraft's TTL for a stream is the heartbeat interval: a follower whose round trip
+            // or fsync takes longer (a 200 ms link, a stalled disk) would have every stream
+            // time out and never catch up (test `a_node_behind_a_link_with_200_ms_of_delay_
+            // causes_no_election`). An answer gets at least an election timeout: a follower
+            // silent that long is taken for lost, as it would take a silent leader.
+            let patience = option.soft_ttl().max(self.answer_patience_min);
             let in_flight = Arc::new(InFlight {
                 sent: AtomicU64::new(0),
                 answered: AtomicU64::new(0),
