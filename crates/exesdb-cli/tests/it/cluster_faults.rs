@@ -20,12 +20,64 @@ use crate::common::{PATIENCE, metric, wait_for};
 /// How long the paused leader sleeps: longer than an election, so that it wakes deposed.
 const PAUSE: Duration = Duration::from_secs(5);
 
-async fn wait_for_more(acknowledged: &AtomicUsize, more: usize, what: &str) {
-    let target = acknowledged.load(Ordering::Acquire) + more;
-    wait_until(PATIENCE, what, || {
-        acknowledged.load(Ordering::Acquire) >= target
-    })
-    .await;
+/// Four writers going on through every node (each retrying an event with its id on the next
+/// node) until `check` stops them, recording into one history.
+struct Load {
+    history: Arc<History>,
+    writing: Arc<AtomicBool>,
+    acknowledged: Arc<AtomicUsize>,
+    writers: Vec<tokio::task::JoinHandle<Vec<(uuid::Uuid, u64)>>>,
+}
+
+impl Load {
+    async fn start(cluster: &Cluster) -> Load {
+        let mut clients = Vec::new();
+        for index in cluster.running() {
+            clients.push((index, cluster.client(index).await));
+        }
+        let history = Arc::new(History::new());
+        let writing = Arc::new(AtomicBool::new(true));
+        let acknowledged = Arc::new(AtomicUsize::new(0));
+        let writers = (0..4)
+            .map(|writer| {
+                let writing = writing.clone();
+                tokio::spawn(write_through_failures(
+                    history.clone(),
+                    clients.clone(),
+                    writer,
+                    move |_| writing.load(Ordering::Acquire),
+                    acknowledged.clone(),
+                ))
+            })
+            .collect();
+        Load {
+            history,
+            writing,
+            acknowledged,
+            writers,
+        }
+    }
+
+    /// Waits until `more` events more are acknowledged.
+    async fn more(&self, more: usize, what: &str) {
+        let target = self.acknowledged.load(Ordering::Acquire) + more;
+        wait_until(PATIENCE, what, || {
+            self.acknowledged.load(Ordering::Acquire) >= target
+        })
+        .await;
+    }
+
+    /// Stops the writers, then checks the history against every running node.
+    async fn check(self, cluster: &Cluster) -> Arc<History> {
+        self.writing.store(false, Ordering::Release);
+        for writer in self.writers {
+            writer.await.expect("the writer finishes");
+        }
+        let leader = cluster.leader().await;
+        let total = all_events(&cluster.client(leader).await).await.len();
+        self.history.assert_valid(&final_logs(cluster, total).await);
+        self.history
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,129 +85,59 @@ async fn a_paused_leader_is_deposed_and_acknowledges_nothing_after_it_resumes() 
     let cluster = Cluster::new(3, &[]);
     let leader = cluster.leader().await;
     let others: Vec<usize> = (0..3).filter(|index| *index != leader).collect();
-    let mut clients = Vec::new();
-    for index in 0..3 {
-        clients.push((index, cluster.client(index).await));
-    }
-    let history = Arc::new(History::new());
-    let writing = Arc::new(AtomicBool::new(true));
-    let acknowledged = Arc::new(AtomicUsize::new(0));
-    let writers: Vec<_> = (0..4)
-        .map(|writer| {
-            let writing = writing.clone();
-            tokio::spawn(write_through_failures(
-                history.clone(),
-                clients.clone(),
-                writer,
-                move |_| writing.load(Ordering::Acquire),
-                acknowledged.clone(),
-            ))
-        })
-        .collect();
-    wait_for_more(&acknowledged, 20, "writes before the pause").await;
+    let load = Load::start(&cluster).await;
+    load.more(20, "writes before the pause").await;
 
     cluster.signal(leader, "STOP");
     let paused = Instant::now();
     // The two others elect one of them and go on writing without it.
     let new_leader = cluster.leader_among(&others).await;
-    wait_for_more(&acknowledged, 20, "writes while the old leader sleeps").await;
+    load.more(20, "writes while the old leader sleeps").await;
     // The fault lasts its full length, whatever happened meanwhile.
     tokio::time::sleep_until((paused + PAUSE).into()).await;
-    let resumed = history.now();
+    let resumed = load.history.now();
     cluster.signal(leader, "CONT");
 
     // Deposed: once awake it follows the new leader, as the others do.
     assert_eq!(cluster.leader().await, new_leader);
-    wait_for_more(&acknowledged, 20, "writes after it resumed").await;
-    writing.store(false, Ordering::Release);
-    for writer in writers {
-        writer.await.expect("the writer finishes");
-    }
-    // Calls were waiting on the old leader when it woke (so this test saw what it answers
-    // then), and whatever it answered is checked against what every node holds.
+    load.more(20, "writes after it resumed").await;
+    // Whatever the old leader answered after it woke is checked against what every node
+    // holds; and calls were waiting on it when it woke, so this test saw what it answers then.
+    let history = load.check(&cluster).await;
     let woke_to: Vec<Record> = history
         .records()
         .into_iter()
         .filter(|record| record.node == leader && record.start < resumed && record.end > resumed)
         .collect();
     assert!(!woke_to.is_empty(), "no call waited on the paused leader");
-    let total = all_events(&cluster.client(new_leader).await).await.len();
-    history.assert_valid(&final_logs(&cluster, total).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_leader_kills_under_load_lose_nothing_acknowledged() {
     let mut cluster = Cluster::new(3, &[]);
-    let mut clients = Vec::new();
-    for index in 0..3 {
-        clients.push((index, cluster.client(index).await));
-    }
-    let history = Arc::new(History::new());
-    let writing = Arc::new(AtomicBool::new(true));
-    let acknowledged = Arc::new(AtomicUsize::new(0));
-    let writers: Vec<_> = (0..4)
-        .map(|writer| {
-            let writing = writing.clone();
-            tokio::spawn(write_through_failures(
-                history.clone(),
-                clients.clone(),
-                writer,
-                move |_| writing.load(Ordering::Acquire),
-                acknowledged.clone(),
-            ))
-        })
-        .collect();
+    let load = Load::start(&cluster).await;
     for kill in 0..20 {
         let leader = cluster.leader().await;
-        wait_for_more(&acknowledged, 10, &format!("writes before kill {kill}")).await;
+        load.more(10, &format!("writes before kill {kill}")).await;
         cluster.kill(leader);
         let others: Vec<usize> = (0..3).filter(|index| *index != leader).collect();
         cluster.leader_among(&others).await;
-        // The killed node comes back from its directory (its client reconnects by itself).
+        // The killed node comes back on its old addresses, so its clients find it again.
         cluster.start(leader);
     }
-    wait_for_more(&acknowledged, 10, "writes after the last kill").await;
-    writing.store(false, Ordering::Release);
-    for writer in writers {
-        writer.await.expect("the writer finishes");
-    }
-    let leader = cluster.leader().await;
-    let total = all_events(&cluster.client(leader).await).await.len();
-    assert!(total >= 210, "{total} events stored");
-    history.assert_valid(&final_logs(&cluster, total).await);
+    load.more(10, "writes after the last kill").await;
+    load.check(&cluster).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_every_node_under_load_loses_nothing_acknowledged() {
     let mut cluster = Cluster::new(3, &[]);
     cluster.leader().await;
-    let mut clients = Vec::new();
-    for index in 0..3 {
-        clients.push((index, cluster.client(index).await));
-    }
-    let history = Arc::new(History::new());
-    let writing = Arc::new(AtomicBool::new(true));
-    let acknowledged = Arc::new(AtomicUsize::new(0));
-    let writers: Vec<_> = (0..4)
-        .map(|writer| {
-            let writing = writing.clone();
-            tokio::spawn(write_through_failures(
-                history.clone(),
-                clients.clone(),
-                writer,
-                move |_| writing.load(Ordering::Acquire),
-                acknowledged.clone(),
-            ))
-        })
-        .collect();
+    let load = Load::start(&cluster).await;
     // Each node in turn stops gracefully (the leader hands over first), and comes back.
     for index in 0..3 {
-        wait_for_more(
-            &acknowledged,
-            20,
-            &format!("writes before node {index} stops"),
-        )
-        .await;
+        load.more(20, &format!("writes before node {index} stops"))
+            .await;
         let exit = tokio::task::block_in_place(|| cluster.terminate(index));
         assert_eq!(exit.code(), Some(0), "node {index} stops cleanly");
         let others: Vec<usize> = (0..3).filter(|other| *other != index).collect();
@@ -163,14 +145,8 @@ async fn a_rolling_restart_of_every_node_under_load_loses_nothing_acknowledged()
         cluster.start(index);
         cluster.leader().await;
     }
-    wait_for_more(&acknowledged, 20, "writes after the last restart").await;
-    writing.store(false, Ordering::Release);
-    for writer in writers {
-        writer.await.expect("the writer finishes");
-    }
-    let leader = cluster.leader().await;
-    let total = all_events(&cluster.client(leader).await).await.len();
-    history.assert_valid(&final_logs(&cluster, total).await);
+    load.more(20, "writes after the last restart").await;
+    load.check(&cluster).await;
 }
 
 /// A TCP proxy on a free loopback port: each connection goes on to `upstream`, every byte held
@@ -286,27 +262,9 @@ async fn a_node_behind_a_link_with_200_ms_of_delay_causes_no_election() {
         )
     })
     .await;
-    let mut clients = Vec::new();
-    for index in 0..3 {
-        clients.push((index, cluster.client(index).await));
-    }
-    let history = Arc::new(History::new());
-    let writers: Vec<_> = (0..4)
-        .map(|writer| {
-            tokio::spawn(write_through_failures(
-                history.clone(),
-                clients.clone(),
-                writer,
-                |written| written < 30,
-                Arc::new(AtomicUsize::new(0)),
-            ))
-        })
-        .collect();
-    for writer in writers {
-        writer.await.expect("the writer finishes");
-    }
-    let total = all_events(&cluster.client(leader).await).await.len();
-    history.assert_valid(&final_logs(&cluster, total).await);
+    let load = Load::start(&cluster).await;
+    load.more(100, "writes through every node").await;
+    load.check(&cluster).await;
     assert_eq!(cluster.leader().await, leader, "the leadership stayed");
     let terms_after: Vec<f64> = (0..3).map(term).collect();
     assert_eq!(terms_after, terms_before, "no election on any node");
