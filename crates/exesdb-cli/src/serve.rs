@@ -556,7 +556,10 @@ async fn start_peer_port(
         .local_addr()
         .map_err(|error| format!("cannot read the peer listen address: {error}"))?;
     let node_id = exesdb::node_id(data_dir).map_err(|error| error.to_string())?;
-    let transport = Arc::new(exesdb_server::GrpcPeerTransport::new(secret.clone()));
+    let transport = Arc::new(exesdb_server::GrpcPeerTransport::new(
+        secret.clone(),
+        peer_local,
+    ));
     let service = exesdb_server::PeerService::new(secret);
     let serving = tokio::spawn(exesdb_server::serve_peers(
         service.clone(),

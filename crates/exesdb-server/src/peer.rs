@@ -5,7 +5,11 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use exesdb::{
@@ -16,8 +20,10 @@ use exesdb_proto::peer::peer_client::PeerClient;
 use exesdb_proto::peer::peer_server::{Peer, PeerServer};
 use exesdb_proto::peer::{PeerReply, PeerRequest};
 use futures_util::StreamExt;
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -36,14 +42,19 @@ const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub struct GrpcPeerTransport {
     clients: Mutex<HashMap<String, PeerClient<Channel>>>,
     secret: Option<Arc<str>>,
+    source: Option<IpAddr>,
 }
 
 impl GrpcPeerTransport {
-    /// A transport that sends `secret` (when the cluster has one) with every call.
-    pub fn new(secret: Option<String>) -> Self {
+    /// A transport that sends `secret` (when the cluster has one) with every call, and calls
+    /// from `peer_listen`'s address when that is a specific one: then a node's peer traffic
+    /// leaves from the address its peers know it by, and a firewall can tell the nodes apart.
+    pub fn new(secret: Option<String>, peer_listen: SocketAddr) -> Self {
+        let source = peer_listen.ip();
         GrpcPeerTransport {
             clients: Mutex::new(HashMap::new()),
             secret: secret.map(Arc::from),
+            source: (!source.is_unspecified()).then_some(source),
         }
     }
 
@@ -58,15 +69,113 @@ impl GrpcPeerTransport {
         let endpoint = Endpoint::from_shared(format!("http://{peer_addr}"))
             .map_err(|error| PeerCallError::Refused(format!("peer address {peer_addr}: {error}")))?
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
-        let client = PeerClient::new(endpoint.connect_lazy())
+        let connector = PeerConnector {
+            source: self.source,
+        };
+        let client = PeerClient::new(endpoint.connect_with_connector_lazy(connector))
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
         clients.insert(peer_addr.to_string(), client.clone());
         Ok(client)
     }
+}
+
+/// Opens the connections to one peer: from this node's own address when it has one that can
+/// reach the peer, with Nagle off (peer messages are small and waited for).
+#[derive(Clone)]
+struct PeerConnector {
+    source: Option<IpAddr>,
+}
+
+impl tower_service::Service<Uri> for PeerConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let source = self.source;
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .map(|host| {
+                    host.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_string()
+                })
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host"))?;
+            let port = uri.port_u16().unwrap_or(80);
+            let mut failed = None;
+            for address in tokio::net::lookup_host((host.as_str(), port)).await? {
+                match connect_from(source_for(source, address), address).await {
+                    Ok(stream) => return Ok(TokioIo::new(stream)),
+                    Err(error) => failed = Some(error),
+                }
+            }
+            Err(failed.unwrap_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"))
+            }))
+        })
+    }
+}
+
+/// The local address to call `peer` from: this node's own, unless the peer is on the other
+/// side of loopback (a loopback address cannot reach another host, nor the reverse) or of
+/// another IP version.
+fn source_for(source: Option<IpAddr>, peer: SocketAddr) -> Option<IpAddr> {
+    source.filter(|source| {
+        peer.ip().is_loopback() == source.is_loopback() && peer.is_ipv4() == source.is_ipv4()
+    })
+}
+
+async fn connect_from(source: Option<IpAddr>, peer: SocketAddr) -> io::Result<TcpStream> {
+    let socket = if peer.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(source) = source {
+        leave_the_port_to_connect(&socket)?;
+        socket.bind(SocketAddr::new(source, 0))?;
+    }
+    let stream = socket.connect(peer).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Bound before it connects, a socket would take its port from the ones bind(2) hands out,
+/// among which a restarting node's listening port may be; with IP_BIND_ADDRESS_NO_PORT the
+/// port is chosen by connect(2), as for any unbound call.
+#[cfg(target_os = "linux")]
+fn leave_the_port_to_connect(socket: &TcpSocket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is the socket's, open for the call; the option's value is a
+    // c_int that lives across it, and its size is given.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn leave_the_port_to_connect(_socket: &TcpSocket) -> io::Result<()> {
+    Ok(())
 }
 
 impl GrpcPeerTransport {
@@ -338,4 +447,47 @@ pub async fn serve_peers(
     )
     .into_axum_router();
     connections::serve(listener, router, network, shutdown).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(listen: &str, peer: &str) -> Option<IpAddr> {
+        let listen: SocketAddr = listen.parse().expect("a socket address");
+        let transport = GrpcPeerTransport::new(None, listen);
+        source_for(transport.source, peer.parse().expect("a socket address"))
+    }
+
+    #[test]
+    fn peer_calls_leave_from_the_peer_listen_address_when_it_can_reach_the_peer() {
+        let own: IpAddr = "127.0.0.11".parse().expect("an address");
+        assert_eq!(source("127.0.0.11:7000", "127.0.0.12:7000"), Some(own));
+        let own: IpAddr = "10.0.0.5".parse().expect("an address");
+        assert_eq!(source("10.0.0.5:7000", "10.0.0.6:7000"), Some(own));
+        // Every address: the kernel picks, as it must for a host with several.
+        assert_eq!(source("0.0.0.0:7000", "10.0.0.6:7000"), None);
+        assert_eq!(source("[::]:7000", "[::1]:7000"), None);
+        // A loopback address cannot reach another host, nor IPv4 an IPv6 peer.
+        assert_eq!(source("127.0.0.1:7000", "10.0.0.6:7000"), None);
+        assert_eq!(source("10.0.0.5:7000", "127.0.0.1:7000"), None);
+        assert_eq!(source("10.0.0.5:7000", "[fd00::6]:7000"), None);
+    }
+
+    #[tokio::test]
+    async fn a_call_from_an_own_address_takes_its_port_from_connect() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a listener");
+        let peer = listener.local_addr().expect("its address");
+        let own: IpAddr = "127.0.0.1".parse().expect("an address");
+        let stream = connect_from(Some(own), peer).await.expect("connects");
+        let local = stream.local_addr().expect("the local address");
+        assert_eq!(local.ip(), own);
+        // connect(2) prefers even ports, bind(2) odd ones: a port left to connect is even
+        // while the range has even ones free.
+        assert_eq!(
+            local.port() % 2,
+            0,
+            "the calling port {local} came from bind"
+        );
+    }
 }

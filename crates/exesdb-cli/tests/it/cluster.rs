@@ -39,6 +39,8 @@ pub(crate) struct Cluster {
     /// Each node's client address, once it has started.
     client_addrs: Vec<Option<String>>,
     extra: Vec<String>,
+    /// Seeds given beside the cluster's own peers (another cluster's, say).
+    pub(crate) extra_seeds: Vec<String>,
 }
 
 impl Cluster {
@@ -54,12 +56,31 @@ impl Cluster {
     pub(crate) fn new_behind(
         size: usize,
         extra: &[&str],
+        advertise: impl FnMut(usize, &str) -> Option<String>,
+    ) -> Cluster {
+        Cluster::start_all(size, extra, |_| "127.0.0.1".to_string(), advertise)
+    }
+
+    /// Starts `size` nodes, each taking peer calls on its own address `peer_host(index)` (and
+    /// calling its peers from it), so that a firewall can cut the links between two nodes.
+    pub(crate) fn new_on(
+        size: usize,
+        extra: &[&str],
+        peer_host: impl Fn(usize) -> String,
+    ) -> Cluster {
+        Cluster::start_all(size, extra, peer_host, |_, _| None)
+    }
+
+    fn start_all(
+        size: usize,
+        extra: &[&str],
+        peer_host: impl Fn(usize) -> String,
         mut advertise: impl FnMut(usize, &str) -> Option<String>,
     ) -> Cluster {
         let mut last_log = String::new();
         for _ in 0..3 {
             let listen: Vec<String> = (0..size)
-                .map(|_| format!("127.0.0.1:{}", free_port()))
+                .map(|index| format!("{}:{}", peer_host(index), free_port()))
                 .collect();
             let mut cluster = Cluster {
                 dirs: (0..size)
@@ -74,6 +95,7 @@ impl Cluster {
                 nodes: (0..size).map(|_| None).collect(),
                 client_addrs: vec![None; size],
                 extra: extra.iter().map(|arg| arg.to_string()).collect(),
+                extra_seeds: Vec::new(),
             };
             match (0..size).try_for_each(|index| cluster.try_start(index)) {
                 Ok(()) => return cluster,
@@ -92,7 +114,9 @@ impl Cluster {
 
     fn try_start(&mut self, index: usize) -> Result<(), String> {
         let size = self.peers.len().to_string();
-        let seeds = self.peers.join(",");
+        let seeds = [self.peers.as_slice(), self.extra_seeds.as_slice()]
+            .concat()
+            .join(",");
         let mut args = vec![
             "--mode",
             "cluster",

@@ -1,7 +1,9 @@
 //! Cluster mode under faults, with real processes, each test checking its history
 //! (`exesdb_test_support::history`): a leader paused with SIGSTOP is deposed while it sleeps,
 //! and once resumed acknowledges nothing the cluster does not hold; twenty leader kills; a
-//! rolling restart; a node behind a link with 200 ms of delay causes no election.
+//! rolling restart; a node behind a link with 200 ms of delay causes no election; two clusters
+//! given each other's seeds under load stay two. (Partitions, which need root:
+//! `cluster_partitions.rs`.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,15 +24,15 @@ const PAUSE: Duration = Duration::from_secs(5);
 
 /// Four writers going on through every node (each retrying an event with its id on the next
 /// node) until `check` stops them, recording into one history.
-struct Load {
-    history: Arc<History>,
+pub(crate) struct Load {
+    pub(crate) history: Arc<History>,
     writing: Arc<AtomicBool>,
     acknowledged: Arc<AtomicUsize>,
     writers: Vec<tokio::task::JoinHandle<Vec<(uuid::Uuid, u64)>>>,
 }
 
 impl Load {
-    async fn start(cluster: &Cluster) -> Load {
+    pub(crate) async fn start(cluster: &Cluster) -> Load {
         let mut clients = Vec::new();
         for index in cluster.running() {
             clients.push((index, cluster.client(index).await));
@@ -59,7 +61,7 @@ impl Load {
     }
 
     /// Waits until `more` events more are acknowledged.
-    async fn more(&self, more: usize, what: &str) {
+    pub(crate) async fn more(&self, more: usize, what: &str) {
         let target = self.acknowledged.load(Ordering::Acquire) + more;
         wait_until(PATIENCE, what, || {
             self.acknowledged.load(Ordering::Acquire) >= target
@@ -68,7 +70,7 @@ impl Load {
     }
 
     /// Stops the writers, then checks the history against every running node.
-    async fn check(self, cluster: &Cluster) -> Arc<History> {
+    pub(crate) async fn check(self, cluster: &Cluster) -> Arc<History> {
         self.writing.store(false, Ordering::Release);
         for writer in self.writers {
             writer.await.expect("the writer finishes");
@@ -268,4 +270,79 @@ async fn a_node_behind_a_link_with_200_ms_of_delay_causes_no_election() {
     assert_eq!(cluster.leader().await, leader, "the leadership stayed");
     let terms_after: Vec<f64> = (0..3).map(term).collect();
     assert_eq!(terms_after, terms_before, "no election on any node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_given_each_others_seeds_under_load_stay_two() {
+    let mut clusters = [Cluster::new(3, &[]), Cluster::new(3, &[])];
+    let mut loads = Vec::new();
+    for cluster in &clusters {
+        cluster.leader().await;
+        loads.push(Load::start(cluster).await);
+    }
+    let refused = |cluster: &Cluster| -> f64 {
+        cluster
+            .running()
+            .into_iter()
+            .map(|index| {
+                metric(
+                    &cluster.node(index).address,
+                    "exesdb_peer_refused_total{reason=\"cluster_id\"}",
+                )
+            })
+            .sum()
+    };
+    // Node by node, each cluster comes back with the other's peers among its seeds (both go
+    // by the same cluster name), while both keep writing.
+    for index in 0..3 {
+        for (this, other) in [(0, 1), (1, 0)] {
+            let seeds = clusters[other].peers.clone();
+            let refused_before = refused(&clusters[other]);
+            let cluster = &mut clusters[this];
+            cluster.kill(index);
+            cluster.extra_seeds = seeds;
+            cluster.start(index);
+            // The restarted node called the other cluster's seeds, and was turned away.
+            let other_cluster = &clusters[other];
+            wait_until(
+                PATIENCE,
+                "the other cluster refuses the node's calls",
+                || refused(other_cluster) > refused_before,
+            )
+            .await;
+            clusters[this].leader().await;
+            loads[this]
+                .more(
+                    10,
+                    &format!("cluster {this} writes after node {index} restarted"),
+                )
+                .await;
+        }
+    }
+    for (cluster, load) in clusters.iter().zip(loads) {
+        // Each still has three members of its own; and each history holds against its own
+        // nodes alone, so no event of the other's reached them (no phantoms).
+        let (code, report) = cluster_cli(cluster.node(0), &["status"]);
+        assert_eq!(code, Some(0), "{report}");
+        assert_eq!(
+            report["members"].as_array().map(Vec::len),
+            Some(3),
+            "{report}"
+        );
+        load.check(cluster).await;
+    }
+    let ids: Vec<String> = clusters
+        .iter()
+        .map(|cluster| {
+            let (_, report) = cluster_cli(cluster.node(1), &["status"]);
+            report["cluster_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        !ids[0].is_empty() && ids[0] != ids[1],
+        "two cluster ids: {ids:?}"
+    );
 }

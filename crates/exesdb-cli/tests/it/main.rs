@@ -11,6 +11,8 @@ mod client_api;
 mod cluster;
 mod cluster_changes;
 mod cluster_faults;
+#[cfg(feature = "root-tests")]
+mod cluster_partitions;
 mod flood;
 mod large_reads;
 mod persistent;
