@@ -63,6 +63,7 @@ impl Cluster {
 
     /// Starts `size` nodes, each taking peer calls on its own address `peer_host(index)` (and
     /// calling its peers from it), so that a firewall can cut the links between two nodes.
+    #[cfg(feature = "root-tests")]
     pub(crate) fn new_on(
         size: usize,
         extra: &[&str],
