@@ -99,10 +99,11 @@ pub fn try_spawn_server(
         }
     };
     let show = std::env::var_os("EXESDB_TEST_SERVER_LOG").is_some();
+    let server = address.clone();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
             if show {
-                eprintln!("[server] {line}");
+                eprintln!("[server {server}] {line}");
             }
         }
     });

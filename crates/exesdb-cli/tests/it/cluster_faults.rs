@@ -1,7 +1,8 @@
 //! Cluster mode under faults, with real processes, each test checking its history
 //! (`exesdb_test_support::history`): a leader paused with SIGSTOP is deposed while it sleeps,
 //! and once resumed acknowledges nothing the cluster does not hold; twenty leader kills; a
-//! rolling restart; a node behind a link with 200 ms of delay causes no election; two clusters
+//! rolling restart; a node behind a link with 200 ms of delay causes no election; a follower
+//! whose peers' links to it are cut, then black-holed, catches up once healed; two clusters
 //! given each other's seeds under load stay two. (Partitions, which need root:
 //! `cluster_partitions.rs`.)
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use exesdb_test_support::history::{History, Record};
+use exesdb_test_support::history::{History, Operation, Outcome, Record};
 use exesdb_test_support::wait_until;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -112,6 +113,22 @@ async fn a_paused_leader_is_deposed_and_acknowledges_nothing_after_it_resumes() 
         .filter(|record| record.node == leader && record.start < resumed && record.end > resumed)
         .collect();
     assert!(!woke_to.is_empty(), "no call waited on the paused leader");
+    // A write a follower had forwarded to the sleeping leader was answered once the follower
+    // saw the new leader: outcome unknown, retry with the same ids; not after the write
+    // timeout, and not only once the old leader woke.
+    let records = history.records();
+    let answered_asleep: Vec<&Record> = records
+        .iter()
+        .filter(|record| record.node != leader && record.end < resumed)
+        .filter(|record| {
+            matches!(&record.operation, Operation::Append { outcome: Outcome::Unknown(why), .. }
+                if why.contains("lost the leadership"))
+        })
+        .collect();
+    assert!(
+        !answered_asleep.is_empty(),
+        "no forwarded write was answered while the old leader slept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,24 +168,48 @@ async fn a_rolling_restart_of_every_node_under_load_loses_nothing_acknowledged()
     load.check(&cluster).await;
 }
 
-/// A TCP proxy on a free loopback port: each connection goes on to `upstream`, every byte held
-/// `delay` in each direction (this kernel has no netem). Stops when dropped.
-struct DelayProxy {
+/// What a [`LinkProxy`] does with the bytes it is given.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Link {
+    /// Forwards them, each held the proxy's delay.
+    Open,
+    /// Closes every connection, and each new one at once: the caller knows.
+    Cut,
+    /// Keeps every connection open and forwards nothing: the caller waits. Healing closes
+    /// them, as their peers would once the retransmissions gave up.
+    BlackHole,
+}
+
+/// A TCP proxy on a free loopback port (this kernel has no netem): each connection goes on to
+/// `upstream`, every byte held `delay` in each direction, while the link is open; `set` cuts
+/// or black-holes it, and opens it again. Stops when dropped.
+struct LinkProxy {
     address: String,
+    link: tokio::sync::watch::Sender<Link>,
     accepting: tokio::task::JoinHandle<()>,
 }
 
-impl DelayProxy {
-    fn start(upstream: &str, delay: Duration) -> DelayProxy {
+impl LinkProxy {
+    fn start(upstream: &str, delay: Duration) -> LinkProxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a proxy port");
         listener.set_nonblocking(true).expect("nonblocking");
         let address = listener.local_addr().expect("its address").to_string();
         let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
         let upstream = upstream.to_string();
+        let (link, state) = tokio::sync::watch::channel(Link::Open);
         let accepting = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 let upstream = upstream.clone();
+                let mut state = state.clone();
                 tokio::spawn(async move {
+                    let link = *state.borrow_and_update();
+                    if link != Link::Open {
+                        // Cut: dropped now; black hole: held, silent, until the link changes.
+                        if link == Link::BlackHole {
+                            let _ = state.changed().await;
+                        }
+                        return;
+                    }
                     let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
                         return;
                     };
@@ -176,18 +217,46 @@ impl DelayProxy {
                     let _ = outbound.set_nodelay(true);
                     let (from_client, to_client) = inbound.into_split();
                     let (from_server, to_server) = outbound.into_split();
-                    tokio::join!(
-                        delayed_copy(from_client, to_server, delay),
-                        delayed_copy(from_server, to_client, delay)
-                    );
+                    let forwarding = async {
+                        tokio::join!(
+                            delayed_copy(from_client, to_server, delay),
+                            delayed_copy(from_server, to_client, delay)
+                        )
+                    };
+                    tokio::select! {
+                        _ = forwarding => {}
+                        _ = async {
+                            while state.changed().await.is_ok() {
+                                let link = *state.borrow_and_update();
+                                match link {
+                                    Link::Open => {}
+                                    Link::Cut => return,
+                                    // Nothing more goes through; the sockets stay open
+                                    // until the link changes again.
+                                    Link::BlackHole => {
+                                        let _ = state.changed().await;
+                                        return;
+                                    }
+                                }
+                            }
+                        } => {}
+                    }
                 });
             }
         });
-        DelayProxy { address, accepting }
+        LinkProxy {
+            address,
+            link,
+            accepting,
+        }
+    }
+
+    fn set(&self, link: Link) {
+        self.link.send_replace(link);
     }
 }
 
-impl Drop for DelayProxy {
+impl Drop for LinkProxy {
     fn drop(&mut self) {
         self.accepting.abort();
     }
@@ -231,21 +300,14 @@ async fn a_node_behind_a_link_with_200_ms_of_delay_causes_no_election() {
     // Node 2's peers reach it through the proxy, both ways of each connection delayed.
     let cluster = Cluster::new_behind(3, &[], |index, listen| {
         (index == 2).then(|| {
-            let proxy = DelayProxy::start(listen, DELAY);
+            let proxy = LinkProxy::start(listen, DELAY);
             let address = proxy.address.clone();
             proxies.push(proxy);
             address
         })
     });
     // The delayed node follows: the leader's calls to it (appends, heartbeats) cross the link.
-    let mut leader = cluster.leader().await;
-    if leader == 2 {
-        let to = node_id(cluster.node(0)).to_string();
-        let (code, moved) = cluster_cli(cluster.node(2), &["transfer-leader", "--to", &to]);
-        assert_eq!(code, Some(0), "{moved}");
-        leader = cluster.leader().await;
-    }
-    assert_ne!(leader, 2);
+    let leader = follow_through_proxy(&cluster).await;
     let term = |index: usize| {
         metric(
             &cluster.node(index).address,
@@ -270,6 +332,51 @@ async fn a_node_behind_a_link_with_200_ms_of_delay_causes_no_election() {
     assert_eq!(cluster.leader().await, leader, "the leadership stayed");
     let terms_after: Vec<f64> = (0..3).map(term).collect();
     assert_eq!(terms_after, terms_before, "no election on any node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_peers_are_cut_off_then_black_holed_catches_up_once_healed() {
+    let mut proxies = Vec::new();
+    // Node 2's peers reach it through the proxy; its own calls to them go straight.
+    let cluster = Cluster::new_behind(3, &[], |index, listen| {
+        (index == 2).then(|| {
+            let proxy = LinkProxy::start(listen, Duration::ZERO);
+            let address = proxy.address.clone();
+            proxies.push(proxy);
+            address
+        })
+    });
+    let leader = follow_through_proxy(&cluster).await;
+    let load = Load::start(&cluster).await;
+    load.more(20, "writes before the cut").await;
+    for (link, what) in [(Link::Cut, "cut"), (Link::BlackHole, "black-holed")] {
+        proxies[0].set(link);
+        load.more(30, &format!("the others write on while node 2 is {what}"))
+            .await;
+        // Longer than an election timeout: node 2 has given up on the leader.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+    }
+    proxies[0].set(Link::Open);
+    // Pre-vote: the others, hearing from their leader, turn down node 2's elections.
+    assert_eq!(cluster.leader().await, leader, "the leadership stayed");
+    load.more(20, "writes after healing").await;
+    // Every acknowledged event is on node 2 too, where acknowledged.
+    load.check(&cluster).await;
+}
+
+/// Moves the leadership off node 2 (the node behind a proxy), so that the leader's calls to
+/// it cross the proxy; returns the leader.
+async fn follow_through_proxy(cluster: &Cluster) -> usize {
+    let leader = cluster.leader().await;
+    if leader != 2 {
+        return leader;
+    }
+    let to = node_id(cluster.node(0)).to_string();
+    let (code, moved) = cluster_cli(cluster.node(2), &["transfer-leader", "--to", &to]);
+    assert_eq!(code, Some(0), "{moved}");
+    let leader = cluster.leader().await;
+    assert_ne!(leader, 2);
+    leader
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,9 +26,11 @@ use crate::cluster::{Cluster, recorded_append};
 use crate::cluster_faults::Load;
 use crate::common::PATIENCE;
 
-/// openraft's leader lease, `election_timeout_max` (the default 2 s): a leader that has heard
-/// from no majority for this long takes no write.
-const LEADER_LEASE: Duration = Duration::from_secs(2);
+/// openraft's leader lease, the longest election timeout (`--election-timeout-max-ms`, 1 s by
+/// default): a leader that has heard from no majority for this long takes no write.
+const LEADER_LEASE: Duration = Duration::from_secs(1);
+/// How long a paused leader sleeps: longer than an election.
+const PAUSE: Duration = Duration::from_secs(4);
 /// Time for a write begun after the lease to reach the leader (the probes go every 100 ms).
 const LEASE_SLACK: Duration = Duration::from_millis(500);
 
@@ -368,11 +370,16 @@ fn random_faults_cycle_after_cycle_lose_nothing_acknowledged() {
         let firewall = Firewall::new();
         cluster.leader().await;
         let load = Load::start(&cluster).await;
+        let started = Instant::now();
         for cycle in 0..cycles {
             let leader = cluster.leader().await;
             let others: Vec<usize> = (0..3).filter(|index| *index != leader).collect();
             let fault = draw(FAULTS.len());
-            println!("cycle {cycle}: {}", FAULTS[fault]);
+            println!(
+                "cycle {cycle} ({} s in): {}, leader {leader}",
+                started.elapsed().as_secs(),
+                FAULTS[fault]
+            );
             load.more(10, &format!("writes before cycle {cycle}")).await;
             match fault {
                 0 => {
@@ -401,9 +408,13 @@ fn random_faults_cycle_after_cycle_lose_nothing_acknowledged() {
                     cluster.start(leader);
                 }
                 _ => {
+                    // A fixed pause, with no writes asked for meanwhile: a writer's call to
+                    // the sleeping node waits for it (as a call forwarded to it waits for the
+                    // write timeout), so within seconds every writer may be waiting on it.
                     cluster.signal(leader, "STOP");
+                    let paused = Instant::now();
                     cluster.leader_among(&others).await;
-                    load.more(10, "the others write on").await;
+                    tokio::time::sleep_until((paused + PAUSE).into()).await;
                     cluster.signal(leader, "CONT");
                 }
             }

@@ -322,11 +322,24 @@ impl RaftGroup {
         command: Command,
     ) -> Result<Outcome, StoreError> {
         let deadline = Duration::from_millis(self.settings.write_timeout_ms);
-        let answered: Result<Result<Outcome, StoreError>, LeaderCallFailure> = self
-            .call_leader(leader_id, leader, PeerCallKind::Propose, &command, deadline)
-            .await;
-        answered.map_err(|failure| {
-            outcome_unknown(match failure {
+        // Once this node follows another leader (or stands for election), the one asked can
+        // no longer commit anything new: waiting out the write timeout on it (paused, or cut
+        // off) would hold the client for nothing. The outcome is unknown either way; the
+        // command may have reached the log before the leadership moved.
+        let waiting = self.raft.wait(Some(deadline));
+        let deposed = waiting.metrics(
+            |metrics| metrics.current_leader != Some(leader_id),
+            "the leadership moved",
+        );
+        let forwarded = self.call_leader::<Result<Outcome, StoreError>>(
+            leader_id,
+            leader,
+            PeerCallKind::Propose,
+            &command,
+            deadline,
+        );
+        let answered = tokio::select! {
+            answered = forwarded => answered.map_err(|failure| match failure {
                 LeaderCallFailure::Unreachable(error) => format!(
                     "forwarding the write to the leader, node {leader_id}, failed ({error})"
                 ),
@@ -338,8 +351,15 @@ impl RaftGroup {
                 LeaderCallFailure::Refused(refusal) => {
                     format!("the leader, node {leader_id}, refused the write ({refusal})")
                 }
-            })
-        })?
+            }),
+            Ok(now) = deposed => Err(match now.current_leader {
+                Some(now) => format!(
+                    "node {leader_id} lost the leadership to node {now} while the write was with it"
+                ),
+                None => format!("node {leader_id} lost the leadership while the write was with it"),
+            }),
+        };
+        answered.map_err(outcome_unknown)?
     }
 
     /// Sends `request` to the leader as a `kind` peer call and decodes its answer, within
