@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::AppendEntriesRequest;
+use openraft::storage::RaftStateMachine;
 use openraft::{ChangeMembers, Config, Raft, ReadPolicy, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -54,6 +55,24 @@ impl Default for RaftSettings {
             write_timeout_ms: 10_000,
             snapshot_every_entries: 100_000,
         }
+    }
+}
+
+impl RaftSettings {
+    /// openraft's configuration for a group with these settings.
+    pub(super) fn raft_config(&self) -> io::Result<Config> {
+        Config {
+            cluster_name: self.cluster_name.clone(),
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            heartbeat_interval: self.heartbeat_interval_ms,
+            enable_pre_vote: Some(true),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: self.snapshot_every_entries,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))
     }
 }
 
@@ -114,18 +133,7 @@ impl RaftGroup {
         storage: GroupStorage,
         transport: Arc<dyn PeerTransport>,
     ) -> io::Result<RaftGroup> {
-        let config = Config {
-            cluster_name: settings.cluster_name.clone(),
-            election_timeout_min: settings.election_timeout_min_ms,
-            election_timeout_max: settings.election_timeout_max_ms,
-            heartbeat_interval: settings.heartbeat_interval_ms,
-            enable_pre_vote: Some(true),
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every_entries),
-            max_in_snapshot_log_to_keep: settings.snapshot_every_entries,
-            ..Config::default()
-        }
-        .validate()
-        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?;
+        let config = settings.raft_config()?;
         let machine = ReplicatedStateMachine::open(
             storage.storage.clone(),
             storage.snapshot_dir,
@@ -744,46 +752,20 @@ impl RaftGroup {
         }
     }
 
-    /// Serves one call from a peer; the answer is encoded for the wire.
     /// Serves a leader's pipelined AppendEntries stream: each request goes to openraft in
     /// order as it arrives, and each answer, sent once its entries are synced, comes back in
-    /// the same order. A request that cannot be decoded ends the stream; the leader opens
-    /// another.
+    /// the same order.
     pub(crate) fn append_stream(&self, messages: PeerMessages) -> PeerMessages {
-        let requests = messages
-            .map(|body| decode::<AppendEntriesRequest<TypeConfig>>(&body, "AppendEntries"))
-            .take_while(|decoded| {
-                if let Err(error) = decoded {
-                    tracing::warn!(%error, "ending a leader's AppendEntries stream");
-                }
-                std::future::ready(decoded.is_ok())
-            })
-            .filter_map(|decoded| std::future::ready(decoded.ok()));
-        let answers = self
-            .raft
-            .stream_append(requests)
-            .map(|answered| encode_answer(&answered.map_err(|fatal| fatal.to_string())));
-        Box::pin(answers)
+        answer_append_stream(&self.raft, messages)
     }
 
+    /// Serves one call from a peer; the answer is encoded for the wire.
     pub(crate) async fn handle(&self, kind: PeerCallKind, body: &[u8]) -> Vec<u8> {
         match kind {
-            PeerCallKind::AppendEntries => match decode(body, "AppendEntries") {
-                Ok(request) => answer(self.raft.append_entries(request).await),
-                Err(error) => refuse::<()>(error),
-            },
-            PeerCallKind::Vote => match decode(body, "vote request") {
-                Ok(request) => answer(self.raft.vote(request).await),
-                Err(error) => refuse::<()>(error),
-            },
-            PeerCallKind::PreVote => match decode(body, "pre-vote request") {
-                Ok(request) => answer(self.raft.pre_vote(request).await),
-                Err(error) => refuse::<()>(error),
-            },
-            PeerCallKind::TransferLeader => match decode(body, "transfer request") {
-                Ok(request) => answer(self.raft.handle_transfer_leader(request).await),
-                Err(error) => refuse::<()>(error),
-            },
+            PeerCallKind::AppendEntries
+            | PeerCallKind::Vote
+            | PeerCallKind::PreVote
+            | PeerCallKind::TransferLeader => answer_raft_call(&self.raft, kind, body).await,
             PeerCallKind::Propose => match decode::<Command>(body, "forwarded write") {
                 // Forwarded once: a node that is not the leader either says so.
                 Ok(command) => encode_answer(&Answer::Ok(self.propose_on_leader(command).await)),
@@ -937,6 +919,58 @@ fn outcome_unknown(why: String) -> StoreError {
         "{why}; the write's outcome is unknown: retry it with the same event ids, which makes \
          the retry safe"
     ))
+}
+
+/// Answers the peer calls openraft itself serves (replication, votes, handovers), whatever
+/// the state machine behind `raft`; the others are refused (the group answers those).
+pub(super) async fn answer_raft_call<SM: RaftStateMachine<TypeConfig>>(
+    raft: &Raft<TypeConfig, SM>,
+    kind: PeerCallKind,
+    body: &[u8],
+) -> Vec<u8> {
+    match kind {
+        PeerCallKind::AppendEntries => match decode(body, "AppendEntries") {
+            Ok(request) => answer(raft.append_entries(request).await),
+            Err(error) => refuse::<()>(error),
+        },
+        PeerCallKind::Vote => match decode(body, "vote request") {
+            Ok(request) => answer(raft.vote(request).await),
+            Err(error) => refuse::<()>(error),
+        },
+        PeerCallKind::PreVote => match decode(body, "pre-vote request") {
+            Ok(request) => answer(raft.pre_vote(request).await),
+            Err(error) => refuse::<()>(error),
+        },
+        PeerCallKind::TransferLeader => match decode(body, "transfer request") {
+            Ok(request) => answer(raft.handle_transfer_leader(request).await),
+            Err(error) => refuse::<()>(error),
+        },
+        other => refuse::<()>(io::Error::other(format!(
+            "a {other:?} call is not openraft's to answer"
+        ))),
+    }
+}
+
+/// Answers a leader's pipelined AppendEntries stream: each request decoded and handed to
+/// openraft in order, each answer encoded in the same order. A request that cannot be decoded
+/// ends the stream; the leader opens another.
+pub(super) fn answer_append_stream<SM: RaftStateMachine<TypeConfig>>(
+    raft: &Raft<TypeConfig, SM>,
+    messages: PeerMessages,
+) -> PeerMessages {
+    let requests = messages
+        .map(|body| decode::<AppendEntriesRequest<TypeConfig>>(&body, "AppendEntries"))
+        .take_while(|decoded| {
+            if let Err(error) = decoded {
+                tracing::warn!(%error, "ending a leader's AppendEntries stream");
+            }
+            std::future::ready(decoded.is_ok())
+        })
+        .filter_map(|decoded| std::future::ready(decoded.ok()));
+    let answers = raft
+        .stream_append(requests)
+        .map(|answered| encode_answer(&answered.map_err(|fatal| fatal.to_string())));
+    Box::pin(answers)
 }
 
 fn encode_answer<T: Serialize>(answer: &Answer<T>) -> Vec<u8> {
