@@ -8,6 +8,11 @@
 // - one run exhausted node 0's ephemeral ports, and one met turmoil's "SocketPair ... is
 //   already connected" assertion (a connection whose close a partition swallowed, met again
 //   by a reused port).
+// A perf of the crawl: the time is in turmoil's `Tcp::is_port_assigned`, which scans every
+// socket of the host for each ephemeral port it hands out, so sockets that pile up (half-open
+// ones left by partitions, and one connection per call here: heartbeats open a stream each)
+// slow every new connection. The idle timeout below (`IDLE`) did not cure it (still a crawl on
+// that seed); next: one long-lived connection per peer, multiplexed, or fewer connections.
 // See RELIABILITY.md, "2026-12-03 (afternoon)".
 
 //! A deterministic simulation of the Raft layer under turmoil: three nodes, each running
@@ -69,6 +74,10 @@ const FAULTY: Duration = Duration::from_secs(20);
 const SETTLE: Duration = Duration::from_secs(20);
 /// A client's patience with one append.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(3);
+/// How long a connection may stay silent before its receiving end drops it. Turmoil's TCP has
+/// no keep-alive: a connection whose close a partition swallowed stays open on the other side,
+/// and sockets that pile up slow every new connection (turmoil scans them for a free port).
+const IDLE: Duration = Duration::from_secs(5);
 /// A frame bigger than this is a bug, not a message.
 const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
 
@@ -332,6 +341,15 @@ async fn write_frame(stream: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8]) ->
     stream.flush().await
 }
 
+/// [`read_frame`], or the end of the connection after [`IDLE`] without one.
+async fn read_frame_or_idle(
+    stream: &mut (impl AsyncReadExt + Unpin),
+) -> io::Result<Option<Vec<u8>>> {
+    tokio::time::timeout(IDLE, read_frame(stream))
+        .await
+        .unwrap_or(Ok(None))
+}
+
 async fn read_frame(stream: &mut (impl AsyncReadExt + Unpin)) -> io::Result<Option<Vec<u8>>> {
     let mut length = [0u8; 4];
     match stream.read_exact(&mut length).await {
@@ -410,7 +428,7 @@ impl PeerTransport for SimTransport {
             let answers = futures_util::stream::unfold(
                 (reading, peer),
                 |(mut reading, peer)| async move {
-                    match read_frame(&mut reading).await {
+                    match read_frame_or_idle(&mut reading).await {
                         Ok(Some(answer)) => Some((Ok(answer), (reading, peer))),
                         Ok(None) => None,
                         Err(error) => Some((Err(unreachable(&peer, error)), (reading, peer))),
@@ -439,7 +457,7 @@ async fn serve_peer_connection(
     stream: TcpStream,
 ) -> io::Result<()> {
     let (mut reading, mut writing) = stream.into_split();
-    let Some(header) = read_frame(&mut reading).await? else {
+    let Some(header) = read_frame_or_idle(&mut reading).await? else {
         return Ok(());
     };
     let header: PeerHeader = decode(&header, "peer header")?;
@@ -447,7 +465,7 @@ async fn serve_peer_connection(
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown call kind"))?;
     if header.stream {
         let requests = futures_util::stream::unfold(reading, |mut reading| async move {
-            match read_frame(&mut reading).await {
+            match read_frame_or_idle(&mut reading).await {
                 Ok(Some(message)) => Some((message, reading)),
                 _ => None,
             }
@@ -458,7 +476,7 @@ async fn serve_peer_connection(
         }
         return Ok(());
     }
-    let Some(body) = read_frame(&mut reading).await? else {
+    let Some(body) = read_frame_or_idle(&mut reading).await? else {
         return Ok(());
     };
     let answer = answer_raft_call(&raft, kind, &body).await;
@@ -483,7 +501,7 @@ async fn serve_clients(raft: Raft<TypeConfig, MemMachine>) -> io::Result<()> {
         let (mut stream, _) = listener.accept().await?;
         let raft = raft.clone();
         tokio::spawn(async move {
-            let Ok(Some(request)) = read_frame(&mut stream).await else {
+            let Ok(Some(request)) = read_frame_or_idle(&mut stream).await else {
                 return;
             };
             let answer = match decode::<Command>(&request, "append") {
