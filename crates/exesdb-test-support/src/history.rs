@@ -129,8 +129,16 @@ pub struct Record {
 
 /// A history being recorded; tasks share it by reference.
 pub struct History {
-    origin: Instant,
+    clock: Clock,
     records: Mutex<Vec<Record>>,
+}
+
+/// Where a history's times come from.
+enum Clock {
+    /// The machine's clock, from when the history began.
+    Real(Instant),
+    /// A simulation's clock.
+    Given(fn() -> Duration),
 }
 
 impl Default for History {
@@ -143,14 +151,26 @@ impl History {
     /// An empty history, beginning now.
     pub fn new() -> History {
         History {
-            origin: Instant::now(),
+            clock: Clock::Real(Instant::now()),
+            records: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An empty history whose times are `clock`'s: a simulation's, whose time is not the
+    /// machine's.
+    pub fn on_clock(clock: fn() -> Duration) -> History {
+        History {
+            clock: Clock::Given(clock),
             records: Mutex::new(Vec::new()),
         }
     }
 
     /// The time to give `record` as the operation's start: take it before the call.
     pub fn now(&self) -> Duration {
-        self.origin.elapsed()
+        match &self.clock {
+            Clock::Real(origin) => origin.elapsed(),
+            Clock::Given(clock) => clock(),
+        }
     }
 
     /// Records an operation that began at `start` and ends now.

@@ -347,6 +347,7 @@ impl RaftGroup {
             deadline,
         );
         let answered = tokio::select! {
+            biased;
             answered = forwarded => answered.map_err(|failure| match failure {
                 LeaderCallFailure::Unreachable(error) => format!(
                     "forwarding the write to the leader, node {leader_id}, failed ({error})"

@@ -15,6 +15,9 @@ mod group;
 mod group_tests;
 mod log_store;
 mod network;
+mod runtime;
+#[cfg(test)]
+mod simulation;
 mod state_machine;
 #[cfg(test)]
 mod tests;
@@ -93,6 +96,7 @@ openraft::declare_raft_types!(
         R = ApplyReply,
         NodeId = u64,
         Node = PeerNode,
+        AsyncRuntime = runtime::RaftRuntime,
 );
 
 type LogId = openraft::alias::LogIdOf<TypeConfig>;

@@ -1,20 +1,3 @@
-// NOT BUILT YET (2026-12-03): issue 14's simulation, work in progress. This file is in no
-// module tree, so nothing compiles or runs it. To resume: add `turmoil = "0.7"` to the
-// dev-dependencies of crates/exesdb, and `#[cfg(test)] mod simulation;` to raft/mod.rs.
-// It runs, and a seed without a crash passes in under a second; two problems are left:
-// - after a node is bounced (crash, then restart) the simulation slows to a crawl (seed
-//   55685575652: fine up to 11.5 s of simulated time, then under 0.1 simulated s per real
-//   minute), with few new peer connections: something spins without calling the transport;
-// - one run exhausted node 0's ephemeral ports, and one met turmoil's "SocketPair ... is
-//   already connected" assertion (a connection whose close a partition swallowed, met again
-//   by a reused port).
-// A perf of the crawl: the time is in turmoil's `Tcp::is_port_assigned`, which scans every
-// socket of the host for each ephemeral port it hands out, so sockets that pile up (half-open
-// ones left by partitions, and one connection per call here: heartbeats open a stream each)
-// slow every new connection. The idle timeout below (`IDLE`) did not cure it (still a crawl on
-// that seed); next: one long-lived connection per peer, multiplexed, or fewer connections.
-// See RELIABILITY.md, "2026-12-03 (afternoon)".
-
 //! A deterministic simulation of the Raft layer under turmoil: three nodes, each running
 //! openraft with this crate's configuration (`RaftSettings::raft_config`), its network layer
 //! (`Network`, the pipelined AppendEntries stream included) and its peer-call dispatch
@@ -25,9 +8,13 @@
 //! (`exesdb_test_support::history`) against each node's applied events.
 //!
 //! Each run covers `EXESDB_SIM_SEEDS` seeds (8 by default), printing each; `EXESDB_SIM_SEED`
-//! replays one. A failure names its seed. Turmoil's network, the fault schedule and the
-//! writers' choices follow the seed; openraft draws its election timeouts from its own thread
-//! random generator, so a replay follows the same faults, not always the same elections.
+//! replays one, and a failure names its seed. Everything the run does follows the seed:
+//! turmoil's network, the fault schedule, the writers' choices and openraft's own draws
+//! (`runtime::seed_this_thread`). Tokio draws too (for `select!` without `biased`, in its
+//! dependencies), and turmoil seeds tokio only in a build with `--cfg tokio_unstable`, so an
+//! exact replay is `RUSTFLAGS="--cfg tokio_unstable" cargo test -p exesdb --lib raft::simulation`;
+//! in that build the test `a_seed_replays_the_same_run` holds the replay to it, and `.ci/run`
+//! runs it. In the default build a replay follows the same faults with other timings.
 //!
 //! The storage keeps what it was given across a crash (a synced disk), and the simulation
 //! takes no snapshots: the log is never purged, so a node that was away catches up from it.
@@ -100,7 +87,9 @@ fn settings() -> RaftSettings {
 type BoxError = Box<dyn std::error::Error>;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -134,7 +123,7 @@ impl RaftLogReader<TypeConfig> for MemLog {
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
-        Ok(lock(&self.state).vote.clone())
+        Ok(lock(&self.state).vote)
     }
 }
 
@@ -155,7 +144,7 @@ impl RaftLogStorage<TypeConfig> for MemLog {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
-        lock(&self.state).vote = Some(vote.clone());
+        lock(&self.state).vote = Some(*vote);
         Ok(())
     }
 
@@ -214,8 +203,8 @@ struct MachineState {
     versions: HashMap<String, u64>,
 }
 
-/// The state machine in memory: appends with `ExpectedVersion::Any` (what the writers send),
-/// positions and stream versions counted as the store counts them.
+/// The state machine in memory: appends, their expected version checked, positions and stream
+/// versions counted as the store counts them.
 #[derive(Clone, Default)]
 struct MemMachine {
     state: Arc<Mutex<MachineState>>,
@@ -224,18 +213,30 @@ struct MemMachine {
 impl MachineState {
     fn apply(&mut self, command: &Command) -> Result<Outcome, StoreError> {
         let Command::Append(append) = command else {
-            return Err(StoreError::invalid("the simulated machine takes appends only"));
-        };
-        if append.expected != ExpectedVersion::Any || append.events.is_empty() {
             return Err(StoreError::invalid(
-                "the simulated machine takes non-empty appends with any expected version",
+                "the simulated machine takes appends only",
+            ));
+        };
+        if append.events.is_empty() {
+            return Err(StoreError::invalid(
+                "the simulated machine takes non-empty appends",
             ));
         }
+        let current = self.versions.get(&append.stream_id).copied();
+        let expected_holds = match append.expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current.is_none(),
+            ExpectedVersion::StreamExists => current.is_some(),
+            ExpectedVersion::Exact(version) => current == Some(version),
+        };
+        if !expected_holds {
+            return Err(StoreError::WrongExpectedVersion {
+                expected: append.expected.to_string(),
+                current: current.map_or(-1, |version| version as i64),
+            });
+        }
         let first_position = self.events.len() as u64;
-        let first_version = self
-            .versions
-            .get(&append.stream_id)
-            .map_or(0, |last| last + 1);
+        let first_version = current.map_or(0, |last| last + 1);
         for (n, event) in append.events.iter().enumerate() {
             self.events.push(AppliedEvent {
                 stream: append.stream_id.clone(),
@@ -403,7 +404,12 @@ impl PeerTransport for SimTransport {
         })
     }
 
-    fn stream(&self, peer_addr: &str, call: PeerCall, mut messages: PeerMessages) -> PeerStreamFuture {
+    fn stream(
+        &self,
+        peer_addr: &str,
+        call: PeerCall,
+        mut messages: PeerMessages,
+    ) -> PeerStreamFuture {
         let peer = peer_addr.to_string();
         Box::pin(async move {
             let stream = TcpStream::connect(peer.as_str())
@@ -425,16 +431,14 @@ impl PeerTransport for SimTransport {
                     }
                 }
             });
-            let answers = futures_util::stream::unfold(
-                (reading, peer),
-                |(mut reading, peer)| async move {
+            let answers =
+                futures_util::stream::unfold((reading, peer), |(mut reading, peer)| async move {
                     match read_frame_or_idle(&mut reading).await {
                         Ok(Some(answer)) => Some((Ok(answer), (reading, peer))),
                         Ok(None) => None,
                         Err(error) => Some((Err(unreachable(&peer, error)), (reading, peer))),
                     }
-                },
-            );
+                });
             Ok(Box::pin(answers) as PeerAnswers)
         })
     }
@@ -489,8 +493,10 @@ async fn serve_peer_connection(
 #[derive(Serialize, Deserialize)]
 enum ClientAnswer {
     Appended(AppendResult),
-    /// Not proposed: this node does not lead.
-    NotLeader,
+    /// Not proposed: this node does not lead; the leader it knows of, if any.
+    NotLeader(Option<u64>),
+    /// Applied, and refused by the state machine: nothing was written.
+    Refused(String),
     /// Proposed, or perhaps not: the outcome is unknown.
     Failed(String),
 }
@@ -520,16 +526,22 @@ async fn propose(raft: &Raft<TypeConfig, MemMachine>, command: Command) -> Clien
     match raft.client_write(Replicated(Arc::new(command))).await {
         Ok(response) => match response.data {
             ApplyReply::Command(Ok(Outcome::Appended(result))) => ClientAnswer::Appended(result),
-            ApplyReply::Command(other) => ClientAnswer::Failed(format!("{other:?}")),
+            ApplyReply::Command(Ok(other)) => ClientAnswer::Failed(format!("{other:?}")),
+            ApplyReply::Command(Err(refusal)) => ClientAnswer::Refused(refusal.to_string()),
             ApplyReply::Internal => ClientAnswer::Failed("an internal entry".into()),
         },
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => ClientAnswer::NotLeader,
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+            ClientAnswer::NotLeader(forward.leader_id)
+        }
         Err(error) => ClientAnswer::Failed(error.to_string()),
     }
 }
 
-/// One writer: appends of one event to its own stream, each through a node of its choosing,
-/// until `until` (simulated time); records each in `history`.
+/// One writer: appends of one event to its own stream, each through a node of its choosing
+/// (`choose` draws one at random),
+/// until `until` (simulated time); records each in `history`. Each append expects the version
+/// the last acknowledgement gave (no stream at first); after an unknown outcome it cannot know
+/// the version, and its next append expects any.
 async fn write(
     writer: usize,
     history: Arc<History>,
@@ -537,14 +549,25 @@ async fn write(
     until: Duration,
 ) -> Result<(), BoxError> {
     let stream_id = format!("writer-{writer}");
+    let mut expected = Expected::NoStream;
+    let mut sticky: Option<usize> = None;
     let mut n = 0u64;
     while turmoil::elapsed() < until {
-        let node = choose();
+        // A client keeps to the node that took its last write, or the leader it was told of;
+        // every fourth append goes to a node drawn at random, so followers are asked too.
+        let node = match sticky.take() {
+            Some(node) if n % 4 != 3 => node,
+            _ => choose(),
+        };
         let id = uuid::Uuid::from_u128(((writer as u128) << 64) | u128::from(n));
         n += 1;
         let command = Command::Append(AppendCommand {
             stream_id: stream_id.clone(),
-            expected: ExpectedVersion::Any,
+            expected: match expected {
+                Expected::Any => ExpectedVersion::Any,
+                Expected::NoStream => ExpectedVersion::NoStream,
+                Expected::Exact(version) => ExpectedVersion::Exact(version),
+            },
             events: vec![PreparedEvent {
                 event_id: id,
                 client_event_id: true,
@@ -556,6 +579,7 @@ async fn write(
             }],
             created_micros: 0,
         });
+        let recorded_expected = expected;
         let start = history.now();
         let exchange = async {
             let mut stream = TcpStream::connect((host(node).as_str(), CLIENT_PORT)).await?;
@@ -571,19 +595,31 @@ async fn write(
                 first_position: result.first_position,
             }),
             // Refused before it was proposed: nothing was written.
-            Ok(Ok(ClientAnswer::NotLeader)) => Seen::Fail("not the leader".into()),
+            Ok(Ok(ClientAnswer::NotLeader(leader))) => {
+                sticky = leader.map(|leader| leader as usize);
+                Seen::Fail("not the leader".into())
+            }
+            Ok(Ok(ClientAnswer::Refused(why))) => Seen::Fail(why),
             Ok(Ok(ClientAnswer::Failed(why))) => Seen::Unknown(why),
             Ok(Err(error)) => Seen::Unknown(error.to_string()),
             Err(_) => Seen::Unknown("no answer in time".into()),
         };
         let refused = matches!(outcome, Seen::Fail(_) | Seen::Unknown(_));
+        match &outcome {
+            Seen::Ok(appended) => {
+                expected = Expected::Exact(appended.first_version);
+                sticky = Some(node);
+            }
+            Seen::Unknown(_) => expected = Expected::Any,
+            Seen::Fail(_) => {}
+        }
         history.record(
             writer,
             node,
             start,
             Operation::Append {
                 stream: stream_id.clone(),
-                expected: Expected::Any,
+                expected: recorded_expected,
                 ids: vec![id.as_u128()],
                 outcome,
             },
@@ -657,15 +693,27 @@ async fn run_node(index: usize, storage: &NodeStorage) -> Result<(), BoxError> {
         raft.initialize(members()).await?;
     }
     tokio::select! {
+        biased;
         served = serve_peers(raft.clone()) => served?,
         served = serve_clients(raft.clone()) => served?,
     }
     Ok(())
 }
 
-/// Runs the simulation of `seed`; returns what the checker found.
-fn simulate(seed: u64) -> Vec<history::Violation> {
+/// What one run of the simulation recorded, and what the checker found in it.
+struct Run {
+    // Compared only by the exact-replay test, which builds with `--cfg tokio_unstable`.
+    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
+    records: Vec<history::Record>,
+    violations: Vec<history::Violation>,
+}
+
+/// Runs the simulation of `seed`.
+fn simulate(seed: u64) -> Run {
     let draw = Draw::new(seed);
+    // openraft's own draws (election timeouts) follow the seed too: turmoil runs every host
+    // on this thread.
+    super::runtime::seed_this_thread(seed);
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .simulation_duration(FAULTY + SETTLE + Duration::from_secs(20))
@@ -692,7 +740,7 @@ fn simulate(seed: u64) -> Vec<history::Violation> {
             async move { run_node(index, &storage).await }
         });
     }
-    let history = Arc::new(History::new());
+    let history = Arc::new(History::on_clock(turmoil::elapsed));
     for writer in 0..WRITERS {
         let (history, draw) = (history.clone(), draw.clone());
         sim.client(format!("writer-{writer}").as_str(), async move {
@@ -719,7 +767,7 @@ fn simulate(seed: u64) -> Vec<history::Violation> {
             Err(error) => panic!("seed {seed}: the simulation failed at {elapsed:?}: {error}"),
         }
         steps += 1;
-        if steps % 50 != 0 {
+        if !steps.is_multiple_of(50) {
             continue;
         }
         let (a, b) = (draw.below(NODES), draw.below(NODES));
@@ -741,8 +789,8 @@ fn simulate(seed: u64) -> Vec<history::Violation> {
         }
     }
     // Heal: every link whole, every node up, then time for the cluster to agree.
-    for a in 0..NODES {
-        if down[a] {
+    for (a, down) in down.iter().enumerate() {
+        if *down {
             sim.bounce(host(a).as_str());
         }
         for b in 0..NODES {
@@ -809,29 +857,64 @@ fn simulate(seed: u64) -> Vec<history::Violation> {
         acknowledged > 0,
         "seed {seed}: no append was acknowledged: the simulation tested nothing"
     );
-    history::check(&records, &nodes)
+    let violations = history::check(&records, &nodes);
+    Run {
+        records,
+        violations,
+    }
+}
+
+/// The seeds of this run: `EXESDB_SIM_SEED` alone, or `EXESDB_SIM_SEEDS` (8 by default) new
+/// ones.
+fn seeds() -> Vec<u64> {
+    if let Ok(seed) = std::env::var("EXESDB_SIM_SEED") {
+        return vec![seed.parse().expect("EXESDB_SIM_SEED is a number")];
+    }
+    let count: u64 = std::env::var("EXESDB_SIM_SEEDS")
+        .map(|count| count.parse().expect("EXESDB_SIM_SEEDS is a number"))
+        .unwrap_or(8);
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_nanos() as u64)
+        .unwrap_or(1);
+    (0..count)
+        .map(|n| base.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(n))
+        .collect()
 }
 
 #[test]
 fn the_raft_layer_under_random_partitions_crashes_and_loss_keeps_every_acknowledged_write() {
-    let seeds: Vec<u64> = match std::env::var("EXESDB_SIM_SEED") {
-        Ok(seed) => vec![seed.parse().expect("EXESDB_SIM_SEED is a number")],
-        Err(_) => {
-            let count: u64 = std::env::var("EXESDB_SIM_SEEDS")
-                .map(|count| count.parse().expect("EXESDB_SIM_SEEDS is a number"))
-                .unwrap_or(8);
-            let base = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|since| since.as_secs())
-                .unwrap_or(1);
-            (0..count).map(|n| base.wrapping_mul(31).wrapping_add(n)).collect()
-        }
-    };
-    for seed in seeds {
-        let violations = simulate(seed);
+    for seed in seeds() {
+        let run = simulate(seed);
         assert!(
-            violations.is_empty(),
-            "seed {seed} (replay with EXESDB_SIM_SEED={seed}): {violations:#?}"
+            run.violations.is_empty(),
+            "seed {seed} (replay with EXESDB_SIM_SEED={seed}): {:#?}",
+            run.violations
         );
     }
+}
+
+/// Only a build with `--cfg tokio_unstable` replays exactly (see the module's header).
+#[cfg(tokio_unstable)]
+#[test]
+fn a_seed_replays_the_same_run() {
+    let seed = seeds()[0];
+    let first = simulate(seed);
+    let again = simulate(seed);
+    assert!(
+        !first.records.is_empty(),
+        "seed {seed}: the run recorded nothing"
+    );
+    let diverged = first
+        .records
+        .iter()
+        .zip(&again.records)
+        .position(|(first, again)| first != again);
+    assert!(
+        diverged.is_none() && first.records.len() == again.records.len(),
+        "seed {seed}: the replay diverged at operation {diverged:?} \
+         ({} operations, then {})",
+        first.records.len(),
+        again.records.len()
+    );
 }
