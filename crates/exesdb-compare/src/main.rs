@@ -10,6 +10,7 @@ mod noop;
 mod peers;
 mod process;
 mod report;
+mod resp;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -95,6 +96,13 @@ struct Options {
     /// The `nats-server` binary (default: on PATH, or /usr/sbin/nats-server).
     #[arg(long)]
     nats_bin: Option<PathBuf>,
+    /// The `umadb` binary (default: on PATH, or where `bench/compare.sh` installs it).
+    #[arg(long)]
+    #[cfg_attr(not(feature = "umadb"), allow(dead_code))]
+    umadb_bin: Option<PathBuf>,
+    /// The `sierradb` binary (default: on PATH, or where `bench/compare.sh` installs it).
+    #[arg(long)]
+    sierradb_bin: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -216,6 +224,29 @@ async fn run_system(
                 return Outcome::Skipped("skipped (not installed)".into());
             };
             peers::nats::run(&binary, dir, settings).await
+        }
+        #[cfg(feature = "umadb")]
+        System::Umadb => {
+            let Some(binary) = peers::umadb::find_binary(options.umadb_bin.as_deref()) else {
+                return Outcome::Skipped(
+                    "skipped (not installed; bench/compare.sh installs it)".into(),
+                );
+            };
+            peers::umadb::run(&binary, dir, settings).await
+        }
+        System::Sierradb => {
+            let Some(binary) = peers::sierradb::find_binary(options.sierradb_bin.as_deref()) else {
+                return Outcome::Skipped(
+                    "skipped (not installed; bench/compare.sh installs it)".into(),
+                );
+            };
+            peers::sierradb::run(&binary, dir, settings).await
+        }
+        #[cfg(not(feature = "umadb"))]
+        System::Umadb => {
+            return Outcome::Skipped(
+                "skipped (built without the feature `umadb`; bench/compare.sh turns it on)".into(),
+            );
         }
     };
     match ran {

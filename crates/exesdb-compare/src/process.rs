@@ -29,11 +29,43 @@ impl ServerProcess {
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
         let stderr = child.stderr.take().context("no standard error")?;
-        let mut process = ServerProcess {
+        let process = ServerProcess {
             name: name.to_string(),
             child,
         };
-        let mut lines = BufReader::new(stderr).lines();
+        process.wait_for(stderr, marker, log)
+    }
+
+    /// As [`ServerProcess::start_and_wait_for`], for a server that logs to standard output; its
+    /// standard error goes to `log` with `.stderr` added.
+    pub(crate) fn start_and_wait_for_stdout(
+        name: &str,
+        mut command: Command,
+        marker: &str,
+        log: &Path,
+    ) -> Result<(ServerProcess, String)> {
+        let errors = std::fs::File::create(log.with_extension("stderr"))
+            .with_context(|| format!("cannot create {name}'s error log"))?;
+        command.stdout(Stdio::piped()).stderr(errors);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        let stdout = child.stdout.take().context("no standard output")?;
+        let process = ServerProcess {
+            name: name.to_string(),
+            child,
+        };
+        process.wait_for(stdout, marker, log)
+    }
+
+    fn wait_for(
+        mut self,
+        output: impl std::io::Read + Send + 'static,
+        marker: &str,
+        log: &Path,
+    ) -> Result<(ServerProcess, String)> {
+        let name = self.name.clone();
+        let mut lines = BufReader::new(output).lines();
         let mut seen = Vec::new();
         let found = loop {
             match lines.next() {
@@ -45,7 +77,7 @@ impl ServerProcess {
                 }
                 Some(Err(error)) => return Err(error).context("cannot read the server's log"),
                 None => {
-                    let status = process.child.wait()?;
+                    let status = self.child.wait()?;
                     bail!(
                         "{name} exited ({status}) before it was ready:\n{}",
                         seen.join("\n")
@@ -63,7 +95,7 @@ impl ServerProcess {
                 }
             }
         });
-        Ok((process, found))
+        Ok((self, found))
     }
 
     /// SIGTERM, then wait up to `patience` before killing it.
@@ -134,4 +166,14 @@ pub(crate) fn run_quietly(name: &str, command: &mut Command) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where `bench/compare.sh` installs the peers it builds from crates.io, kept between runs:
+/// `EXESDB_PEERS_DIR`, or `~/.cache/exesdb-compare`.
+pub(crate) fn peer_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("EXESDB_PEERS_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let home = std::env::var_os("HOME")?;
+    Some(PathBuf::from(home).join(".cache/exesdb-compare"))
 }

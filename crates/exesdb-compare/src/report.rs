@@ -20,14 +20,18 @@ pub(crate) enum System {
     Postgres,
     Sqlite,
     Nats,
+    Umadb,
+    Sierradb,
 }
 
-pub(crate) const ALL_SYSTEMS: [System; 5] = [
+pub(crate) const ALL_SYSTEMS: [System; 7] = [
     System::Exesdb,
     System::ExesdbEmbedded,
     System::Postgres,
     System::Sqlite,
     System::Nats,
+    System::Umadb,
+    System::Sierradb,
 ];
 
 impl System {
@@ -38,6 +42,8 @@ impl System {
             System::Postgres => "postgres",
             System::Sqlite => "sqlite",
             System::Nats => "nats",
+            System::Umadb => "umadb",
+            System::Sierradb => "sierradb",
         }
     }
 
@@ -48,6 +54,8 @@ impl System {
             System::Postgres => "PostgreSQL",
             System::Sqlite => "SQLite (rusqlite)",
             System::Nats => "NATS JetStream",
+            System::Umadb => "UmaDB",
+            System::Sierradb => "SierraDB",
         }
     }
 
@@ -76,6 +84,8 @@ impl System {
                  append of 100 events is 100 messages published back to back, only the first \
                  checked, not atomic (JetStream has no batch publish before 2.12)"
             }
+            System::Umadb => "UMADB_GUARANTEES",
+            System::Sierradb => "SIERRADB_GUARANTEES",
         }
     }
 
@@ -94,6 +104,15 @@ impl System {
                 }),
             System::Nats => crate::peers::nats::find_binary(options.nats_bin.as_deref())
                 .and_then(|binary| crate::peers::nats::version(&binary)),
+            #[cfg(feature = "umadb")]
+            System::Umadb => crate::peers::umadb::find_binary(options.umadb_bin.as_deref())
+                .and_then(|binary| crate::peers::umadb::version(&binary)),
+            #[cfg(not(feature = "umadb"))]
+            System::Umadb => None,
+            System::Sierradb => {
+                crate::peers::sierradb::find_binary(options.sierradb_bin.as_deref())
+                    .and_then(|binary| crate::peers::sierradb::version(&binary))
+            }
         };
         found.unwrap_or_default()
     }

@@ -1,8 +1,8 @@
 //! The comparison runs end to end with tiny loads: exesdb embedded and SQLite always (they
 //! need nothing installed), exesdb over gRPC when its binary has been built beside this one,
-//! and the limits. PostgreSQL and NATS are pointed at binaries that do not exist, so the test
-//! never depends on what the machine has installed and checks that a missing peer is
-//! reported as skipped rather than failing the run.
+//! and the limits. PostgreSQL, NATS, UmaDB and SierraDB are pointed at binaries that do not
+//! exist, so the test never depends on what the machine has installed and checks that a
+//! missing peer is reported as skipped rather than failing the run.
 
 use std::process::Command;
 
@@ -15,7 +15,7 @@ fn a_tiny_comparison_checks_itself_and_skips_missing_peers() {
     let output = Command::new(env!("CARGO_BIN_EXE_exesdb-compare"))
         .args([
             "--systems",
-            "exesdb-embedded,sqlite,exesdb,postgres,nats",
+            "exesdb-embedded,sqlite,exesdb,postgres,nats,umadb,sierradb",
             "--seconds",
             "0.3",
             "--clients",
@@ -34,6 +34,10 @@ fn a_tiny_comparison_checks_itself_and_skips_missing_peers() {
             "/nonexistent/postgresql/bin",
             "--nats-bin",
             "/nonexistent/nats-server",
+            "--umadb-bin",
+            "/nonexistent/umadb",
+            "--sierradb-bin",
+            "/nonexistent/sierradb",
             "--dir",
         ])
         .arg(dir.path())
@@ -97,6 +101,14 @@ fn a_tiny_comparison_checks_itself_and_skips_missing_peers() {
     assert_eq!(grpc["self_check"]["ok"], true, "{grpc}");
     for key in ["postgres", "nats"] {
         assert_eq!(system(key)["status"], "skipped (not installed)");
+    }
+    // UmaDB is skipped either way: not installed, or (without the feature `umadb`) not built.
+    for key in ["umadb", "sierradb"] {
+        let status = system(key)["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(status.starts_with("skipped ("), "{key}: {status}");
     }
     let limits = &report["limits"];
     assert!(

@@ -5,4 +5,7 @@ pub(crate) mod exesdb_embedded;
 pub(crate) mod exesdb_server;
 pub(crate) mod nats;
 pub(crate) mod postgres;
+pub(crate) mod sierradb;
 pub(crate) mod sqlite;
+#[cfg(feature = "umadb")]
+pub(crate) mod umadb;
