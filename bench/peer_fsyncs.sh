@@ -29,12 +29,13 @@ compare=${CARGO_TARGET_DIR:-target}/release/exesdb-compare
 [[ -x $compare ]] || { echo "peer_fsyncs.sh: build $compare first (bench/compare.sh)" >&2; exit 1; }
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap '[[ -n ${KEEP:-} ]] && echo "kept $work" >&2 || rm -rf "$work"' EXIT
 # The run stops its server with SIGTERM: the wrapper passes it to the traced server, then
-# waits for strace to write its summary.
+# waits for strace to write its summary. Each start writes a summary of its own (the report
+# also runs the binary for its version); they are added up.
 cat > "$work/traced" <<EOF
 #!/usr/bin/env bash
-strace -f -c -o "$work/strace.txt" -e trace=fsync,fdatasync,sync_file_range,msync "$real" "\$@" &
+strace -f -c -o "$work/strace.\$\$.txt" -e trace=fsync,fdatasync,sync_file_range,msync "$real" "\$@" &
 tracer=\$!
 trap 'pkill -TERM -P \$tracer; wait \$tracer' TERM INT
 wait \$tracer
@@ -43,7 +44,7 @@ chmod +x "$work/traced"
 
 EXESDB_PEERS_DIR=$peers_dir "$compare" --systems "$system" "--$system-bin" "$work/traced" \
     --no-limits --json "$work/report.json" "$@" > "$work/report.md"
-python3 - "$work/report.json" "$work/strace.txt" <<'EOF'
+python3 - "$work/report.json" "$work"/strace.*.txt <<'EOF'
 import json, sys
 report = json.load(open(sys.argv[1]))
 run = report["systems"][0]
@@ -52,10 +53,11 @@ if run.get("status") != "ran":
 appends = sum(write["appends"] for write in run["writes"])
 events = sum(write["events"] for write in run["writes"])
 syncs = {}
-for line in open(sys.argv[2]):
-    fields = line.split()
-    if fields and fields[-1] in ("fsync", "fdatasync", "sync_file_range", "msync"):
-        syncs[fields[-1]] = int(fields[3])
+for summary in sys.argv[2:]:
+    for line in open(summary):
+        fields = line.split()
+        if fields and fields[-1] in ("fsync", "fdatasync", "sync_file_range", "msync"):
+            syncs[fields[-1]] = syncs.get(fields[-1], 0) + int(fields[3])
 total = sum(syncs.values())
 print(f"{run['system']}: {appends} appends ({events} events) acknowledged; sync calls {syncs}")
 print(f"{total / max(appends, 1):.3f} sync calls per acknowledged append, "

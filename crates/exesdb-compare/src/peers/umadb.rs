@@ -16,9 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use umadb_client::AsyncUmaDbClient;
-use umadb_dcb::{
-    DcbAppendCondition, DcbEvent, DcbEventStoreAsync, DcbQuery, DcbQueryItem, DcbReadResponseAsync,
-};
+use umadb_dcb::{DcbAppendCondition, DcbEvent, DcbEventStoreAsync, DcbQuery, DcbQueryItem};
 
 use crate::load::{self, Appender, LoadSettings, NoFsyncCount, ReadCheck, SystemRun, Target};
 use crate::process::{ServerProcess, first_existing, on_path};
@@ -148,6 +146,7 @@ impl Appender for UmadbAppender {
 /// One read of everything from the start, batch by batch.
 async fn read_all(client: Arc<AsyncUmaDbClient>) -> Result<load::ReadResult> {
     let mut check = ReadCheck::start();
+    let (mut previous, mut gaps) = (None::<u64>, 0u64);
     let mut response = client
         .read(None, None, false, None)
         .await
@@ -163,7 +162,18 @@ async fn read_all(client: Arc<AsyncUmaDbClient>) -> Result<load::ReadResult> {
         for sequenced in batch {
             let stream = sequenced.event.tags.first().map_or("", String::as_str);
             check.event(sequenced.position, stream, None);
+            if previous.is_some_and(|previous| sequenced.position != previous + 1) {
+                gaps += 1;
+            }
+            previous = Some(sequenced.position);
         }
     }
+    eprintln!(
+        "  positions {} (gaps between consecutive events: {gaps})",
+        match previous {
+            Some(last) => format!("up to {last}"),
+            None => "none".to_string(),
+        }
+    );
     Ok(check.finish())
 }
