@@ -177,3 +177,15 @@ pub(crate) fn peer_cache_dir() -> Option<PathBuf> {
     let home = std::env::var_os("HOME")?;
     Some(PathBuf::from(home).join(".cache/exesdb-compare"))
 }
+
+/// A peer's binary: `given`, or `name` on `PATH`, or where `bench/compare.sh` installs
+/// `<name>-<version>` in the cache.
+pub(crate) fn find_peer_binary(given: Option<&Path>, name: &str, version: &str) -> Option<PathBuf> {
+    if let Some(given) = given {
+        return given.is_file().then(|| given.to_path_buf());
+    }
+    on_path(name).or_else(|| {
+        let cache = peer_cache_dir()?;
+        first_existing([cache.join(format!("{name}-{version}/bin/{name}"))])
+    })
+}

@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use tokio::sync::Mutex;
 
 use crate::load::{self, Appender, LoadSettings, NoFsyncCount, ReadCheck, SystemRun, Target};
-use crate::process::{ServerProcess, first_existing, on_path};
+use crate::process::ServerProcess;
 use crate::resp::{Connection, Reply};
 
 /// The version `bench/compare.sh` installs, and the cache directory's name for it.
@@ -29,13 +29,7 @@ const NAMESPACE_PARTITION_KEY: uuid::Uuid = uuid::uuid!("219bd637-e279-53e9-9e2b
 
 /// `sierradb`, from `given`, `PATH` or `bench/compare.sh`'s cache.
 pub(crate) fn find_binary(given: Option<&Path>) -> Option<PathBuf> {
-    if let Some(given) = given {
-        return given.is_file().then(|| given.to_path_buf());
-    }
-    on_path("sierradb").or_else(|| {
-        let cache = crate::process::peer_cache_dir()?;
-        first_existing([cache.join(format!("sierradb-{VERSION}/bin/sierradb"))])
-    })
+    crate::process::find_peer_binary(given, "sierradb", VERSION)
 }
 
 /// The server's version, as `sierradb --version` prints it.

@@ -19,20 +19,14 @@ use umadb_client::AsyncUmaDbClient;
 use umadb_dcb::{DcbAppendCondition, DcbEvent, DcbEventStoreAsync, DcbQuery, DcbQueryItem};
 
 use crate::load::{self, Appender, LoadSettings, NoFsyncCount, ReadCheck, SystemRun, Target};
-use crate::process::{ServerProcess, first_existing, on_path};
+use crate::process::ServerProcess;
 
 /// The version `bench/compare.sh` installs, and the cache directory's name for it.
 pub(crate) const VERSION: &str = "0.7.8";
 
 /// `umadb`, from `given`, `PATH` or `bench/compare.sh`'s cache.
 pub(crate) fn find_binary(given: Option<&Path>) -> Option<PathBuf> {
-    if let Some(given) = given {
-        return given.is_file().then(|| given.to_path_buf());
-    }
-    on_path("umadb").or_else(|| {
-        let cache = crate::process::peer_cache_dir()?;
-        first_existing([cache.join(format!("umadb-{VERSION}/bin/umadb"))])
-    })
+    crate::process::find_peer_binary(given, "umadb", VERSION)
 }
 
 /// Tagged as the version the cache holds; `umadb` prints its version only in a banner.
